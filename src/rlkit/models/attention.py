@@ -1,0 +1,104 @@
+"""Causal attention over packed sequences (no padding; attention never crosses a sequence boundary).
+
+On CUDA it uses PyTorch's flash-attention varlen kernel (``torch.nn.attention.varlen``) when this
+torch has it; otherwise, and on CPU, scaled-dot-product attention with a block-diagonal causal mask
+(short batches) or one call per sequence (long ones, to keep the mask's T x T memory bounded).
+
+Shape legend: T = packed tokens, H = query heads, K = key/value heads, Dh = head dim.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+# A dense T x T mask costs T^2 bytes; above this many tokens go sequence by sequence instead.
+_DENSE_MASK_MAX_TOKENS = 4096
+
+
+@cache
+def _varlen_kernel() -> tuple[object, dict[str, object]] | None:
+    """PyTorch's varlen flash attention and the keywords that make it causal, if this torch has it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        causal: dict[str, object] = {"window_size": (-1, 0)}
+    elif "is_causal" in params:
+        causal = {"is_causal": True}
+    else:
+        return None
+    if "enable_gqa" in params:
+        causal["enable_gqa"] = True
+    return varlen_attn, causal
+
+
+def packed_causal_attention(
+    q_THD: torch.Tensor, k_TKD: torch.Tensor, v_TKD: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int
+) -> torch.Tensor:
+    """Causal attention within each packed sequence.
+
+    Shape:
+        q_THD: (T, H, Dh); k_TKD, v_TKD: (T, K, Dh) with H a multiple of K;
+        cu_seqlens: (N + 1,) int32 offsets of the N sequences. Returns (T, H, Dh).
+    """
+    if q_THD.shape[0] == 0:
+        return q_THD.clone()
+    kernel = _varlen_kernel() if q_THD.is_cuda else None
+    if kernel is not None and q_THD.dtype in (torch.float16, torch.bfloat16):
+        fn, causal = kernel
+        if "enable_gqa" not in causal:
+            k_TKD, v_TKD = _expand_kv(k_TKD, v_TKD, q_THD.shape[1])
+        cu = cu_seqlens.to(device=q_THD.device, dtype=torch.int32)
+        return fn(q_THD, k_TKD, v_TKD, cu, cu, max_len, max_len, **causal)  # type: ignore[operator]
+    k_TKD, v_TKD = _expand_kv(k_TKD, v_TKD, q_THD.shape[1])
+    if q_THD.shape[0] <= _DENSE_MASK_MAX_TOKENS:
+        return _sdpa_dense(q_THD, k_TKD, v_TKD, cu_seqlens)
+    return _sdpa_per_sequence(q_THD, k_TKD, v_TKD, cu_seqlens)
+
+
+def _expand_kv(k: torch.Tensor, v: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rep = num_heads // k.shape[1]
+    if rep == 1:
+        return k, v
+    return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+
+def document_causal_mask(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """Bool (T, T) mask: query i sees key j iff both are in the same sequence and j <= i."""
+    doc = torch.repeat_interleave(
+        torch.arange(cu_seqlens.numel() - 1, device=device),
+        (cu_seqlens[1:] - cu_seqlens[:-1]).to(device=device, dtype=torch.long),
+        output_size=total,
+    )
+    idx = torch.arange(total, device=device)
+    return (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
+
+
+def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    mask = document_causal_mask(cu_seqlens, q.shape[0], q.device)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        attn_mask=mask,
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+def _sdpa_per_sequence(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor
+) -> torch.Tensor:
+    bounds = cu_seqlens.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end == start:
+            continue
+        qs, ks, vs = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        outs.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).squeeze(0).transpose(0, 1))
+    return torch.cat(outs, dim=0)
