@@ -1,0 +1,327 @@
+"""The config schema: the one source of truth for every key, its type, default and meaning.
+
+Recipes (``recipes/*.yaml``), profiles (``profiles/*.yaml``), ``--config`` files and ``KEY=VALUE``
+overrides only set values of these fields. Each field's docstring (the string under it) is its
+documentation: ``rlkit config --explain`` and ``docs/config.md`` are generated from them.
+
+Fields created with :func:`profile_key` are the hardware, parallelism, batch and memory keys that a
+hardware profile may set; a profile that sets any other key is rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def profile_key(default: Any = None) -> Any:
+    """A field that hardware profiles may set (hardware, parallelism, batch and memory keys)."""
+    return field(default=default, metadata={"profile": True})
+
+
+def choice(default: str, *others: str, profile: bool = False) -> Any:
+    """A string field restricted to ``default`` and ``others``; a bad value fails at compose time."""
+    return field(default=default, metadata={"choices": (default, *others), "profile": profile})
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny"
+    """Hugging Face folder or hub id of the policy, or ``builtin:tiny`` (the embedded tiny model)."""
+    tokenizer: str | None = None
+    """Tokenizer folder or hub id; defaults to ``model.path``."""
+    dtype: str = choice("auto", "bfloat16", "float32", profile=True)
+    """Compute dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``bfloat16`` or ``float32``."""
+    gradient_checkpointing: bool = profile_key(False)
+    """Recompute activations in the backward pass to save memory."""
+    trust_remote_code: bool = False
+    """Allow custom modelling code from the model folder (non-native architectures only)."""
+    lora_rank: int = 0
+    """LoRA rank; 0 trains all weights."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get LoRA adapters (``all-linear`` or module names such as ``q_proj``)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """Parquet files of training prompts (verl schema); empty = the synthetic task ``data.synthetic``."""
+    val_files: list[str] = field(default_factory=list)
+    """Parquet files of validation prompts; empty = a held-out split of the synthetic task when it is used."""
+    synthetic: str = choice("arith", "countdown")
+    """Task generated on the fly when ``data.train_files`` is empty (``arith`` or ``countdown``)."""
+    synthetic_size: int = 4096
+    """Number of synthetic training prompts (validation gets an eighth of it)."""
+    batch_size: int = profile_key(16)
+    """Prompts per RL step (each gets ``rollout.n`` samples)."""
+    val_batch_size: int = profile_key(64)
+    """Prompts per validation generation batch."""
+    max_prompt_length: int = 128
+    """Prompts longer than this many tokens are filtered out (and counted)."""
+    max_response_length: int = 32
+    """Maximum generated tokens per response."""
+    prompt_key: str = "prompt"
+    """Column that holds the chat messages of a prompt."""
+    reward_fn_key: str = "data_source"
+    """Column that selects the scorer of a row."""
+    shuffle: bool = True
+    """Shuffle the training prompts each epoch (seeded by ``trainer.seed``)."""
+    chat_template: bool = True
+    """Render prompts with the tokenizer's chat template."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = choice("native")
+    """Rollout engine: ``native`` (built in: KV cache, continuous batching, CUDA graphs)."""
+    n: int = 8
+    """Samples per prompt (the group size of GRPO-style estimators)."""
+    temperature: float = 1.0
+    """Sampling temperature; the trainer's log-probs use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0 = off)."""
+    top_k: int = -1
+    """Top-k sampling (-1 = off)."""
+    val_temperature: float = 0.0
+    """Temperature of validation generations (0 = greedy)."""
+    val_n: int = 1
+    """Samples per validation prompt."""
+    max_num_seqs: int = profile_key(256)
+    """Sequences decoded together by the native engine (its KV-cache slots)."""
+    cuda_graphs: bool = profile_key(True)
+    """Capture the native engine's decode step in CUDA graphs (GPU only)."""
+    gpu_memory_utilization: float = profile_key(0.5)
+    """Fraction of device memory the rollout engine may use for its KV cache."""
+
+
+@dataclass
+class ActorConfig:
+    lr: float = 1e-6
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup steps."""
+    lr_schedule: str = choice("constant", "cosine")
+    """Learning-rate schedule after warmup: ``constant`` or ``cosine``."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine schedule, as a fraction of ``lr``."""
+    grad_clip: float = 1.0
+    """Clip gradients to this global norm."""
+    mini_batch_size: int = 16
+    """Prompts per optimizer step (a multiple dividing ``data.batch_size``)."""
+    epochs: int = 1
+    """Passes over each RL batch."""
+    micro_batch_tokens: int = profile_key(8192)
+    """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
+    loss_mode: str = choice(
+        "vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo", "sapo", "reinforce"
+    )
+    """Policy loss: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, sapo, reinforce."""
+    loss_agg_mode: str = choice(
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    )
+    """Loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm."""
+    clip_ratio_low: float = 0.2
+    """Lower PPO clip range (1 - low)."""
+    clip_ratio_high: float = 0.2
+    """Upper PPO clip range (1 + high); DAPO's clip-higher raises it."""
+    clip_ratio_c: float = 3.0
+    """Dual-clip constant for negative advantages (> 1)."""
+    entropy_coeff: float = 0.0
+    """Weight of the entropy bonus."""
+    use_kl_loss: bool = False
+    """Add a KL-to-reference term to the actor loss (GRPO style)."""
+    kl_loss_coef: float = 0.001
+    """Weight of the KL loss."""
+    kl_loss_type: str = "low_var_kl"
+    """KL estimator of the loss: kl, abs, mse, low_var_kl (k1, k2, k3, with optional ``+``)."""
+    param_offload: bool = profile_key(False)
+    """Keep parameters on the CPU between uses (FSDP2 CPU offload)."""
+    optimizer_offload: bool = profile_key(False)
+    """Keep optimizer state on the CPU."""
+
+
+@dataclass
+class CriticConfig:
+    enable: bool | None = None
+    """Train a value model; ``null`` = only when ``algo.advantage`` is ``gae``."""
+    model_path: str | None = None
+    """Critic initial weights; defaults to ``model.path``."""
+    lr: float = 1e-5
+    """Peak learning rate of the critic."""
+    warmup_steps: int = 0
+    """Critic learning-rate warmup steps."""
+    grad_clip: float = 1.0
+    """Clip critic gradients to this global norm."""
+    cliprange_value: float = 0.5
+    """Value clipping range around the old values."""
+    micro_batch_tokens: int = profile_key(8192)
+    """Token budget of a critic micro-batch per device."""
+    param_offload: bool = profile_key(False)
+    """Keep critic parameters on the CPU between uses."""
+
+
+@dataclass
+class RefConfig:
+    param_offload: bool = profile_key(False)
+    """Keep reference-model parameters on the CPU between uses."""
+    update_every: int = 0
+    """Copy the actor into the reference model every N steps (SPIN); 0 = never."""
+
+
+@dataclass
+class KLControlConfig:
+    type: str = choice("fixed", "adaptive")
+    """KL coefficient controller: ``fixed`` or ``adaptive``."""
+    kl_coef: float = 0.001
+    """(Initial) KL coefficient."""
+    target_kl: float = 0.1
+    """Target KL of the adaptive controller."""
+    horizon: int = 10000
+    """Horizon of the adaptive controller."""
+
+
+@dataclass
+class FilterGroupsConfig:
+    enable: bool = False
+    """Dynamic sampling: drop groups whose samples all scored the same and generate more."""
+    metric: str = "score"
+    """Per-sample value whose spread within a group decides if the group is kept."""
+    max_num_gen_batches: int = 10
+    """Most generation rounds per step (0 = unlimited)."""
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = choice(
+        "grpo",
+        "gae",
+        "rloo",
+        "reinforce_plus_plus",
+        "reinforce_plus_plus_baseline",
+        "remax",
+        "opo",
+        "gpg",
+        "grpo_passk",
+    )
+    """Advantage estimator: gae, grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo,
+    gpg, grpo_passk."""
+    gamma: float = 1.0
+    """Discount factor."""
+    lam: float = 1.0
+    """GAE lambda."""
+    norm_adv_by_std_in_grpo: bool = True
+    """Divide GRPO advantages by the group's std (false = Dr.GRPO)."""
+    use_kl_in_reward: bool = False
+    """Subtract a KL penalty against the reference model from the token rewards."""
+    kl_penalty: str = "kl"
+    """KL estimator of the in-reward penalty."""
+    kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
+    """KL coefficient controller of the in-reward penalty."""
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
+    """Dynamic sampling (DAPO)."""
+
+
+@dataclass
+class CustomRewardConfig:
+    path: str | None = None
+    """Python file defining a verl-style ``compute_score(data_source, solution_str, ground_truth,
+    extra_info)``."""
+    name: str = "compute_score"
+    """Name of the function in ``reward.custom.path``."""
+
+
+@dataclass
+class OverlongConfig:
+    enable: bool = False
+    """DAPO overlong reward shaping."""
+    buffer_len: int = 16
+    """Length of the soft-penalty buffer before ``data.max_response_length``."""
+    penalty_factor: float = 1.0
+    """Penalty at the full length."""
+
+
+@dataclass
+class RewardConfig:
+    manager: str = choice("naive", "batch", "dapo")
+    """Reward manager: ``naive`` (per sample), ``batch`` or ``dapo``."""
+    custom: CustomRewardConfig = field(default_factory=CustomRewardConfig)
+    """A user's scoring function."""
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    """Overlong shaping of the ``dapo`` manager."""
+    num_workers: int = profile_key(0)
+    """Scoring processes (0 = score built-in rules in the trainer process; custom code always runs in a
+    sandboxed worker)."""
+    timeout_s: float = 10.0
+    """Per-sample scoring timeout; a timeout scores 0 and is counted."""
+    model_path: str | None = None
+    """A sequence-classification reward model to score responses with instead of rules."""
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 60
+    """RL steps to run."""
+    out_dir: str = "runs/${recipe}"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/."""
+    save_every: int = 0
+    """Save a checkpoint every N steps (0 = only at the end)."""
+    val_every: int = 10
+    """Validate every N steps (0 = never)."""
+    val_before_train: bool = True
+    """Validate once before the first step."""
+    seed: int = 1
+    """Seed of data order, sampling and initialisation."""
+    resume: str = "auto"
+    """``auto`` (newest complete checkpoint of out_dir), ``never``, or a checkpoint folder."""
+    keep_last: int = 3
+    """Checkpoints to keep (0 = all)."""
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    """Where metrics go: console, jsonl, tensorboard, wandb."""
+    project: str = "rlkit"
+    """Project name (wandb, tensorboard)."""
+    experiment: str = "${recipe}"
+    """Experiment name (wandb, tensorboard)."""
+    critic_warmup: int = 0
+    """Steps that update only the critic."""
+
+
+@dataclass
+class HardwareConfig:
+    device: str = choice("auto", "cpu", "cuda", "npu", profile=True)
+    """``auto`` (a GPU when present, else CPU), ``cpu``, ``cuda`` or ``npu``."""
+    nodes: int = profile_key(1)
+    """Nodes of the Ray cluster to use."""
+    devices_per_node: int = profile_key(1)
+    """Devices (GPUs/NPUs; workers on CPU) per node."""
+    ray_address: str | None = profile_key(None)
+    """Existing Ray cluster to join (``auto`` or host:port); null starts a local one (or uses RAY_ADDRESS)."""
+    placement: str = choice("colocated", "split", profile=True)
+    """``colocated`` (actor, rollout and ref share each device) or ``split`` (a pool per role)."""
+    memory_per_device_gb: float | None = profile_key(None)
+    """Memory the profile assumes per device; checked against the device found."""
+    stage_timeout_s: float = profile_key(1800.0)
+    """A stage of a step that runs longer than this dumps worker stacks and stops the run."""
+
+
+@dataclass
+class RlkitConfig:
+    """A whole run: recipe values, then profile, then ``--config`` file, then ``KEY=VALUE``."""
+
+    recipe: str = "grpo"
+    """Name of the recipe this config came from (set by rlkit)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)

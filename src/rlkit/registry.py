@@ -1,0 +1,97 @@
+"""The recipe registry: plain data, read by ``rlkit recipes`` and resolved by ``rlkit train``/``sft``.
+
+A recipe is a YAML file in ``recipes/`` (installed as ``rlkit.recipes``) that sets values of the
+config schema, plus an optional hook module in the same folder for recipes that need code (batch
+filters, reward shaping, pair construction). Hardware profiles are the YAML files of ``profiles/``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from rlkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One entry of the registry."""
+
+    name: str
+    """What users type: ``rlkit train NAME``."""
+    algorithm: str
+    """The algorithm it runs, as papers name it."""
+    description: str
+    """One line for ``rlkit recipes``."""
+    config: str
+    """YAML file in ``recipes/``."""
+    command: str = "train"
+    """The command that runs it: ``train`` (RL) or ``sft``."""
+    hooks: str | None = None
+    """Module in ``recipes/`` with the recipe's hook functions, if it needs code."""
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("ppo", "PPO", "PPO with a learned critic and GAE advantages", "ppo.yaml"),
+    Recipe("grpo", "GRPO", "Group-relative advantages, no critic; the embedded default", "grpo.yaml"),
+)
+
+
+def recipes_dir() -> Path:
+    """Folder of the shipped recipe YAML files."""
+    return Path(str(resources.files("rlkit.recipes")))
+
+
+def profiles_dir() -> Path:
+    """Folder of the shipped hardware profiles."""
+    return Path(str(resources.files("rlkit.profiles")))
+
+
+def recipe_names(command: str | None = None) -> list[str]:
+    return [r.name for r in RECIPES if command is None or r.command == command]
+
+
+def get_recipe(name: str, command: str | None = None) -> Recipe:
+    """The registry entry called ``name``; a UserError listing the known names otherwise."""
+    for recipe in RECIPES:
+        if recipe.name == name and (command is None or recipe.command == command):
+            return recipe
+    known = recipe_names(command)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UserError(
+        f"unknown recipe {name!r}; known recipes: {', '.join(known)}", hint=hint + "see `rlkit recipes`"
+    )
+
+
+def resolve_recipe_file(name_or_path: str, command: str | None = None) -> tuple[str, Path]:
+    """A registered name, or a path to a recipe YAML (e.g. one copied with ``rlkit cp``)."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(f"recipe file not found: {path}")
+        return path.stem, path
+    recipe = get_recipe(name_or_path, command)
+    return recipe.name, recipes_dir() / recipe.config
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def resolve_profile_file(name_or_path: str) -> Path:
+    """A shipped profile name (``rlkit profiles``) or a path to a profile YAML."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(f"profile file not found: {path}")
+        return path
+    path = profiles_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = profile_names()
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "see `rlkit profiles`"
+        raise UserError(f"unknown profile {name_or_path!r}; known profiles: {', '.join(known)}", hint=hint)
+    return path
