@@ -1,0 +1,214 @@
+"""Where a run's metrics go: the rich console, ``metrics.jsonl``, TensorBoard and Weights & Biases.
+
+One :class:`MetricsLogger` fans each step's metrics out to the backends named in
+``trainer.loggers``. The console shows a live progress bar (ETA, seconds per step) and a compact
+line per step; ``metrics.jsonl`` gets one JSON object per step (``step`` first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rlkit.errors import UserError
+
+# Metrics shown on the console line, in this order, when present.
+CONSOLE_KEYS = (
+    ("reward/mean", "reward"),
+    ("val/reward/mean", "val"),
+    ("response_length/mean", "len"),
+    ("actor/pg_loss", "pg"),
+    ("actor/entropy", "ent"),
+    ("actor/grad_norm", "gnorm"),
+    ("critic/vf_loss", "vf"),
+    ("sft/loss", "loss"),
+    ("val/loss", "val_loss"),
+    ("timing/step_s", "s/step"),
+    ("throughput/tokens_per_s", "tok/s"),
+)
+
+
+class Backend(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlBackend:
+    """Appends one JSON object per step; on resume, lines after the resumed step are dropped first."""
+
+    def __init__(self, path: Path, start_step: int = 0) -> None:
+        self.path = path
+        if start_step > 0 and path.is_file():
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= start_step
+            ]
+            path.write_text("".join(line + "\n" for line in keep))
+        elif start_step == 0 and path.is_file():
+            path.unlink()
+        self._file = path.open("a")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleBackend:
+    """A live progress bar plus a compact line of the main metrics per step."""
+
+    def __init__(
+        self, total_steps: int, start_step: int, every: int = 1, console: Console | None = None
+    ) -> None:
+        self.console = console or Console()
+        self.every = max(1, every)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task("steps", total=total_steps, completed=start_step)
+        self.progress.start()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.progress.update(self.task, completed=step)
+        if step % self.every == 0 or step == self.progress.tasks[0].total:
+            parts = [f"[bold]step {step}[/]"]
+            parts += [f"{label} {_fmt(metrics[key])}" for key, label in CONSOLE_KEYS if key in metrics]
+            self.console.print("  ".join(parts), highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class TensorBoardBackend:
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise UserError(
+                "trainer.loggers has tensorboard but it is not installed", hint="pip install tensorboard"
+            ) from exc
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbBackend:
+    """Weights & Biases; works offline with WANDB_MODE=offline."""
+
+    def __init__(self, run_dir: Path, project: str, name: str, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise UserError(
+                "trainer.loggers has wandb but it is not installed", hint="pip install wandb"
+            ) from exc
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+LOGGERS = ("console", "jsonl", "tensorboard", "wandb")
+
+
+class MetricsLogger:
+    """Sends each step's metrics to every configured backend."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        loggers: list[str],
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        project: str = "rlkit",
+        experiment: str = "run",
+        config: dict[str, Any] | None = None,
+        console_every: int = 1,
+    ) -> None:
+        unknown = [name for name in loggers if name not in LOGGERS]
+        if unknown:
+            raise UserError(
+                f"trainer.loggers: unknown logger {unknown[0]!r}", hint="choose from " + ", ".join(LOGGERS)
+            )
+        self.backends: list[Backend] = []
+        if "jsonl" in loggers:
+            self.backends.append(JsonlBackend(run_dir / "metrics.jsonl", start_step))
+        if "tensorboard" in loggers:
+            self.backends.append(TensorBoardBackend(run_dir / "tensorboard"))
+        if "wandb" in loggers:
+            self.backends.append(WandbBackend(run_dir, project, experiment, config or {}))
+        if "console" in loggers:
+            self.backends.append(ConsoleBackend(total_steps, start_step, every=console_every))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for backend in self.backends:
+            backend.log(step, metrics)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` file; a missing or unreadable file is a UserError naming it."""
+    if not path.is_file():
+        raise UserError(f"no metrics file at {path}", hint="pass a run directory written by `rlkit train`")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON") from exc
+    return rows
