@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlkit.data_prep import arith, countdown, gsm8k, hh_rlhf, math
-
 from rlkit.errors import UserError
 
 MapFn = Callable[[dict[str, Any], int, str], dict[str, Any] | None]

@@ -17,7 +17,6 @@ import random
 from typing import Any
 
 from rlkit.data_prep._common import schema_row, user_prompt
-
 from rlkit.errors import UserError
 
 DATA_SOURCE = "countdown"

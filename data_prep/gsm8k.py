@@ -11,7 +11,6 @@ import re
 from typing import Any
 
 from rlkit.data_prep._common import schema_row, user_prompt
-
 from rlkit.errors import UserError
 
 DATA_SOURCE = "openai/gsm8k"

@@ -16,7 +16,6 @@ import re
 from typing import Any
 
 from rlkit.data_prep._common import schema_row
-
 from rlkit.errors import UserError
 
 DATA_SOURCE = "hh_rlhf"

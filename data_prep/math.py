@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from rlkit.data_prep._common import schema_row, user_prompt
-
 from rlkit.errors import UserError
 
 DATA_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
