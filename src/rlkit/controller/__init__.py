@@ -1,0 +1,21 @@
+"""Ray single controller: resource pools, worker groups of colocated roles, dispatch, failure reports."""
+
+from __future__ import annotations
+
+from rlkit.controller.dispatch import DispatchMode, dispatch, reduce_metrics
+from rlkit.controller.group import RoleHandle, WorkerGroup
+from rlkit.controller.pool import ResourcePool, start_ray
+from rlkit.controller.worker import WorkerContext, WorkerError, worker_context
+
+__all__ = [
+    "DispatchMode",
+    "ResourcePool",
+    "RoleHandle",
+    "WorkerContext",
+    "WorkerError",
+    "WorkerGroup",
+    "dispatch",
+    "reduce_metrics",
+    "start_ray",
+    "worker_context",
+]

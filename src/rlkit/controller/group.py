@@ -1,0 +1,282 @@
+"""A worker group: one Ray actor per slot of a pool, hosting every given role (colocation).
+
+The controller (the Ray driver) calls role methods on all ranks at once::
+
+    group = WorkerGroup(pool, {"actor": ActorRole, "ref": RefRole}, {"actor": {"lr": 1e-6}})
+    batch = group.role("actor").compute_log_prob(batch)     # mode from @dispatch on the method
+    group.call("ref", "compute_ref_log_prob", batch)         # the same, by name
+
+A call never hangs silently: the first rank that raises, dies or misses the deadline ends the
+call with one :class:`~rlkit.controller.worker.WorkerError`. After a worker died, a deadline
+passed, or a failing call left other ranks running, the group is broken and refuses further
+calls; shut it down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlkit.controller.dispatch import collect, dispatch_mode, shard_payloads
+from rlkit.controller.pool import ResourcePool
+from rlkit.controller.worker import RemoteFailure, WorkerError, WorkerHost
+from rlkit.hardware import device as hw
+
+logger = logging.getLogger(__name__)
+
+# How long the other ranks get to finish after one rank failed, before the group counts as broken.
+_FAILURE_GRACE_S = 2.0
+# How long every rank gets to answer dump_stacks() after a deadline.
+_STACK_DUMP_TIMEOUT_S = 10.0
+# Frames of a remote traceback quoted in a WorkerError.
+_TRACEBACK_LINES = 20
+
+
+class WorkerGroup:
+    """Ray actors on every slot of ``pool``, each building all of ``roles`` and joining one process group.
+
+    Args:
+        pool: The slots to run on (a whole pool or a part from :meth:`ResourcePool.split`).
+        roles: Role name -> class; every actor builds ``cls(**init_kwargs[name])`` in this order.
+        init_kwargs: Constructor keyword arguments per role (missing roles get none).
+        call_timeout_s: Default deadline of a call, and of start-up (``hardware.stage_timeout_s``).
+        dist_timeout_s: Timeout of ``torch.distributed`` collectives, so none waits forever.
+
+    Raises:
+        WorkerError: If a worker fails to start or a role constructor raises (the actors are
+            killed and the pool released first).
+    """
+
+    def __init__(
+        self,
+        pool: ResourcePool,
+        roles: dict[str, type],
+        init_kwargs: dict[str, dict[str, Any]] | None = None,
+        *,
+        call_timeout_s: float = 1800.0,
+        dist_timeout_s: float = 600.0,
+    ) -> None:
+        init_kwargs = init_kwargs or {}
+        if not roles:
+            raise ValueError("a worker group needs at least one role")
+        if unknown := set(init_kwargs) - set(roles):
+            raise ValueError(f"init_kwargs for unknown roles {sorted(unknown)}; roles are {list(roles)}")
+        self.roles = dict(roles)
+        self.world_size = pool.world_size
+        self.call_timeout_s = call_timeout_s
+        self._pool = pool
+        self._broken: str | None = None
+        pool.acquire()
+        resource = hw.ray_resource_name(pool.device)
+        host = ray.remote(WorkerHost)
+        self._actors: list[Any] = [
+            host.options(
+                num_cpus=1,
+                num_gpus=1 if resource == "GPU" else 0,
+                resources={resource: 1} if resource not in (None, "GPU") else None,
+                max_concurrency=2,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            ).remote()
+            for pg, i in pool.slots
+        ]
+        try:
+            self._start(init_kwargs, dist_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, init_kwargs: dict[str, dict[str, Any]], dist_timeout_s: float) -> None:
+        infos = self._gather([a.node_info.remote() for a in self._actors], "worker", "node_info", None)
+        self.node_ips: list[str] = [info["ip"] for info in infos]
+        self.pids: list[int] = [info["pid"] for info in infos]
+        per_node = Counter(self.node_ips)
+        seen: Counter[str] = Counter()
+        refs = []
+        for rank, (actor, ip) in enumerate(zip(self._actors, self.node_ips, strict=True)):
+            env = {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": str(seen[ip]),
+                "LOCAL_WORLD_SIZE": str(per_node[ip]),
+                "MASTER_ADDR": infos[0]["ip"],
+                "MASTER_PORT": str(infos[0]["port"]),
+            }
+            seen[ip] += 1
+            refs.append(actor.setup.remote(env, self._pool.device, self.roles, init_kwargs, dist_timeout_s))
+        self._gather(refs, "worker", "setup", None)
+
+    # ----------------------------------------------------------------- calls
+
+    def role(self, name: str, timeout_s: float | None = None) -> RoleHandle:
+        """A handle whose attributes call ``name``'s decorated methods on every rank."""
+        if name not in self.roles:
+            raise KeyError(f"no role {name!r} in this group; it has {list(self.roles)}")
+        return RoleHandle(self, name, timeout_s)
+
+    def call(self, role: str, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Call ``role.method`` on every rank, dispatching the arguments by the method's declared mode.
+
+        Args:
+            role: Role name.
+            method: Name of a method decorated with :func:`~rlkit.controller.dispatch.dispatch`.
+            *args: Positional arguments of the method.
+            timeout_s: Deadline of this call (default: ``call_timeout_s``); when it passes, every
+                rank's Python stacks are logged and a WorkerError is raised.
+            **kwargs: Keyword arguments of the method.
+
+        Returns:
+            The per-mode result (see :mod:`rlkit.controller.dispatch`).
+
+        Raises:
+            WorkerError: A rank raised, a worker died, or the deadline passed.
+        """
+        if role not in self.roles:
+            raise KeyError(f"no role {role!r} in this group; it has {list(self.roles)}")
+        mode = dispatch_mode(self.roles[role], method)
+        if self._broken:
+            raise WorkerError(
+                f"{role}.{method}: the worker group is broken ({self._broken}); shut it down", role=role
+            )
+        pad = 0
+        if mode == "shard":
+            payloads, pad = shard_payloads(args, kwargs, self.world_size)
+            refs = [a.execute.remote(role, method, p) for a, p in zip(self._actors, payloads, strict=True)]
+        else:
+            shared = ray.put((args, kwargs))  # serialised once, read by every rank
+            refs = [a.execute.remote(role, method, shared) for a in self._actors]
+        results = self._gather(refs, role, method, timeout_s)
+        return collect(mode, results, pad)
+
+    def _gather(
+        self, refs: list[ray.ObjectRef[Any]], role: str, method: str, timeout_s: float | None
+    ) -> list[Any]:
+        """Results of ``refs`` in rank order, raising on the first failure instead of waiting for the rest."""
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        pending = {ref: rank for rank, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        while pending:
+            remaining = deadline - time.monotonic()
+            ready = ray.wait(list(pending), num_returns=1, timeout=remaining)[0] if remaining > 0 else []
+            if not ready:
+                self._overran(role, method, timeout_s)
+            for ref in ready:
+                rank = pending.pop(ref)
+                results[rank] = self._value(ref, rank, role, method)
+                if isinstance(results[rank], RemoteFailure):
+                    self._raise_failure(results[rank], pending, role, method)
+        return results
+
+    def _value(self, ref: ray.ObjectRef[Any], rank: int, role: str, method: str) -> Any:
+        """One rank's result (a RemoteFailure if role code raised); a dead worker raises WorkerError."""
+        where = f"{role}.{method} on rank {rank}"
+        try:
+            return ray.get(ref)
+        except RayActorError as exc:
+            self._broken, kind = f"rank {rank} died", type(exc).__name__
+            message = (
+                f"{where}: the worker process died (killed, out of memory or crashed): {_first_line(exc)}"
+            )
+        except RayError as exc:
+            self._broken, kind = f"rank {rank} failed in Ray", type(exc).__name__
+            message = f"{where}: Ray failed: {_first_line(exc)}"
+        raise WorkerError(message, role=role, method=method, rank=rank, exc_type=kind)
+
+    def _raise_failure(
+        self, failure: RemoteFailure, pending: dict[ray.ObjectRef[Any], int], role: str, method: str
+    ) -> None:
+        """Raise the WorkerError for ``failure``, or for a rank that died, which is the likelier cause.
+
+        A rank that dies makes its peers' collectives fail too, and their errors may arrive first;
+        so the other ranks get a short grace period, and a death among them is reported instead.
+        """
+        others = list(pending)
+        done = ray.wait(others, num_returns=len(others), timeout=_FAILURE_GRACE_S)[0] if others else []
+        for ref in done:
+            self._value(ref, pending[ref], role, method)  # raises for a dead rank
+        where = f"{role}.{method} on rank {failure.rank}"
+        if len(done) < len(others):
+            self._broken = f"{where} raised while other ranks were still running"
+        tail = "".join(failure.traceback.splitlines(keepends=True)[-_TRACEBACK_LINES:])
+        raise WorkerError(
+            f"{where} raised {failure.exc_type}: {failure.message}\n--- remote traceback (last frames) ---\n{tail}",
+            role=role,
+            method=method,
+            rank=failure.rank,
+            exc_type=failure.exc_type,
+            remote_traceback=failure.traceback,
+        )
+
+    def _overran(self, role: str, method: str, timeout_s: float) -> None:
+        """Log every rank's Python stacks and raise: a call ran past its deadline."""
+        self._broken = f"{role}.{method} overran its deadline"
+        refs = [a.dump_stacks.remote() for a in self._actors]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=_STACK_DUMP_TIMEOUT_S)[0])
+        dumps = []
+        for rank, ref in enumerate(refs):
+            try:
+                dumps.append(
+                    ray.get(ref) if ref in ready else f"rank {rank}: no answer (hung in native code?)"
+                )
+            except RayError as exc:
+                dumps.append(f"rank {rank}: could not dump stacks: {_first_line(exc)}")
+        stacks = "\n".join(dumps)
+        logger.error(
+            "%s.%s overran its %g s deadline; Python stacks of every rank:\n%s",
+            role,
+            method,
+            timeout_s,
+            stacks,
+        )
+        raise WorkerError(
+            f"stage {role}.{method} overran its {timeout_s:g} s deadline (hardware.stage_timeout_s); "
+            "the stacks of every rank are logged above and in WorkerError.stacks",
+            role=role,
+            method=method,
+            stacks=stacks,
+        )
+
+    # -------------------------------------------------------------- lifecycle
+
+    def shutdown(self) -> None:
+        """Kill the actors and release the pool (the last group on a pool removes its placement groups)."""
+        actors, self._actors = getattr(self, "_actors", []), []
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already dead, or Ray shut down first
+                pass
+        if actors:
+            self._broken = "shut down"
+            self._pool.release()
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class RoleHandle:
+    """``group.role("actor").compute_log_prob(batch)``: attribute access = :meth:`WorkerGroup.call`."""
+
+    def __init__(self, group: WorkerGroup, role: str, timeout_s: float | None) -> None:
+        self._group, self._role, self._timeout_s = group, role, timeout_s
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        dispatch_mode(self._group.roles[self._role], method)  # fail here, not at call time
+        return functools.partial(self._group.call, self._role, method, timeout_s=self._timeout_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,207 @@
+"""Starting or joining Ray, and reserving devices for worker groups (placement groups).
+
+A :class:`ResourcePool` is one Ray placement group per node with one bundle per device slot
+(``{"CPU": 1, "GPU": 1}``, ``{"CPU": 1, "NPU": 1}``, or ``{"CPU": 1}`` for a CPU slot), packed
+strictly onto the node. :meth:`ResourcePool.split` cuts a pool into sub-pools for split placement
+(a worker group per role); the placement groups are removed when the last worker group on them
+shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray._private import ray_constants
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+
+from rlkit.errors import UserError
+from rlkit.hardware import device as hw
+
+DEVICES = ("cuda", "rocm", "npu", "cpu")
+# How long a pool the cluster can never hold waits for nodes that are still joining.
+_NEVER_FITS_WAIT_S = 5.0
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local one.
+
+    A local Ray listens on 127.0.0.1 only, with no dashboard and warnings-only logs. Does nothing
+    when Ray is already initialised in this process. Workers get the driver's extra import paths
+    (``PYTHONPATH`` plus ``sys.path`` entries outside the Python installation), so classes defined
+    in scripts or test modules can be unpickled there.
+
+    Args:
+        address: ``host:port`` or ``auto`` of a running cluster; None starts a local Ray unless
+            ``RAY_ADDRESS`` is set.
+        num_cpus: CPUs a local Ray advertises (default: all); ignored when joining a cluster.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    pythonpath = _driver_pythonpath()
+    if address is not None:
+        runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        return
+    # A local Ray's processes inherit this environment: cheaper than a runtime_env, which stops
+    # Ray from reusing its pre-started workers (seconds per actor on a small box).
+    if pythonpath:
+        os.environ["PYTHONPATH"] = pythonpath
+    # Token auth off and the loopback address for every Ray process; this kept Ray on 127.0.0.1
+    # on sandboxed machines. A joined cluster keeps its own settings.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray read that variable when it was imported; refresh its copy so this driver uses the loopback too.
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in (
+        "1",
+        "true",
+    )
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+
+
+def _driver_pythonpath() -> str:
+    """``PYTHONPATH`` entries and ``sys.path`` directories that are not part of the Python install."""
+    install = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for entry in sys.path:
+        path = Path(entry or ".").resolve()
+        if path.is_dir() and not any(path.is_relative_to(root) for root in install):
+            paths.append(str(path))
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
+class ResourcePool:
+    """Device slots reserved on the Ray cluster: ``nodes`` x ``devices_per_node`` of ``device``.
+
+    Slots are in rank order: node 0's slots first. Creating a pool only asks Ray; :meth:`wait`
+    (called by the first worker group) blocks until the slots are placed, or fails clearly.
+
+    Args:
+        nodes: Nodes to spread over (one placement group each).
+        devices_per_node: Slots per node (devices, or worker processes on CPU).
+        device: ``"cuda"``, ``"rocm"``, ``"npu"`` or ``"cpu"``.
+
+    Raises:
+        UserError: On an unknown device or a count below 1.
+    """
+
+    def __init__(self, nodes: int, devices_per_node: int, device: str) -> None:
+        if device not in DEVICES:
+            raise UserError(f"unknown device {device!r}", hint=f"use one of {', '.join(DEVICES)}")
+        if nodes < 1 or devices_per_node < 1:
+            raise UserError(
+                f"a pool needs at least 1 node and 1 device per node, got {nodes} x {devices_per_node}"
+            )
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised: call rlkit.controller.start_ray() first")
+        self.nodes, self.devices_per_node, self.device = nodes, devices_per_node, device
+        self.resource = hw.ray_resource_name(device)
+        bundle = {"CPU": 1.0, **({self.resource: 1.0} if self.resource else {})}
+        self._pgs: list[PlacementGroup] = [
+            placement_group([dict(bundle)] * devices_per_node, strategy="STRICT_PACK") for _ in range(nodes)
+        ]
+        self.slots: list[tuple[PlacementGroup, int]] = [
+            (pg, i) for pg in self._pgs for i in range(devices_per_node)
+        ]
+        self._root = self
+        self._ready = False
+        self._users = 0
+        self._closed = False
+
+    @property
+    def world_size(self) -> int:
+        """Number of slots (ranks of a worker group on this pool)."""
+        return len(self.slots)
+
+    def wait(self, timeout_s: float = 120.0) -> None:
+        """Block until Ray has placed every slot.
+
+        When the cluster as it is now could never hold the pool (too few devices in total or on
+        any one node), waits at most a few seconds, for nodes that are still joining, instead of
+        the whole ``timeout_s``.
+
+        Raises:
+            UserError: If the slots are not placed in time (the cluster is too small); the
+                reservation is released first.
+        """
+        root = self._root
+        if root._closed:
+            raise RuntimeError("this resource pool was shut down; create a new one")
+        if root._ready:
+            return
+        if not root._cluster_can_hold():
+            timeout_s = min(timeout_s, _NEVER_FITS_WAIT_S)
+        ready, _ = ray.wait([pg.ready() for pg in root._pgs], num_returns=len(root._pgs), timeout=timeout_s)
+        if len(ready) < len(root._pgs):
+            root.shutdown()
+            raise UserError(root._shortage_message(), hint="pick a smaller --profile or add nodes")
+        root._ready = True
+
+    def _per_node(self) -> list[float]:
+        """How many of this pool's resource each live node of the cluster has."""
+        name = self.resource or "CPU"
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        return [float(n["Resources"].get(name, 0.0)) for n in nodes if n.get("Alive")]
+
+    def _cluster_can_hold(self) -> bool:
+        per_node = self._per_node()
+        return sum(per_node) >= self.world_size and max(per_node, default=0.0) >= self.devices_per_node
+
+    def _shortage_message(self) -> str:
+        name = self.resource or "CPU"
+        per_node = self._per_node()
+        total = sum(per_node)
+        where = f"{self.nodes} node" + ("s" if self.nodes > 1 else "")
+        message = f"asked for {self.world_size} {name} on {where}, Ray sees {total:g} {name}"
+        if total >= self.world_size and max(per_node, default=0.0) < self.devices_per_node:
+            message += f" but at most {max(per_node):g} on one node"
+        elif total >= self.world_size:
+            message += " (held by other work)"
+        return message
+
+    def split(self, sizes: Sequence[int]) -> list[ResourcePool]:
+        """Cut the slots into consecutive sub-pools of ``sizes`` (for a worker group per role).
+
+        The sub-pools share this pool's placement groups, which stay until the last worker group
+        on any of them shuts down.
+        """
+        if sum(sizes) != self.world_size or any(s < 1 for s in sizes):
+            raise ValueError(f"split sizes {list(sizes)} must be positive and sum to {self.world_size}")
+        parts, start = [], 0
+        for size in sizes:
+            sub = object.__new__(ResourcePool)
+            sub.nodes, sub.devices_per_node, sub.device = self.nodes, self.devices_per_node, self.device
+            sub.resource, sub._pgs, sub._root = self.resource, [], self._root
+            sub.slots = self.slots[start : start + size]
+            parts.append(sub)
+            start += size
+        return parts
+
+    def acquire(self) -> None:
+        """Record that a worker group now runs on this pool (see :meth:`release`)."""
+        self.wait()
+        self._root._users += 1
+
+    def release(self) -> None:
+        """A worker group on this pool shut down; the last one removes the placement groups."""
+        root = self._root
+        root._users -= 1
+        if root._users <= 0:
+            root.shutdown()
+
+    def shutdown(self) -> None:
+        """Remove the placement groups of the whole pool (idempotent)."""
+        root = self._root
+        if root._closed:
+            return
+        root._closed = True
+        for pg in root._pgs:
+            try:
+                remove_placement_group(pg)
+            except Exception:  # Ray already gone (shutdown at exit): nothing left to free
+                pass

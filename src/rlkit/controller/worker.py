@@ -1,0 +1,206 @@
+"""The process behind one slot of a worker group: a Ray actor that hosts every colocated role.
+
+:class:`WorkerHost` is the body of the Ray actor (:class:`~rlkit.controller.group.WorkerGroup`
+makes it remote). It sets the rank and device environment, joins ``torch.distributed``, builds the
+role objects, and runs the role methods the controller calls. Its actors run with two threads
+(``max_concurrency=2``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck.
+
+Exceptions inside role code are caught here and returned as a :class:`RemoteFailure` (type,
+message, traceback), which the controller turns into one :class:`WorkerError`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+
+from rlkit.controller.dispatch import DISPATCH_ATTR
+from rlkit.data.batch import Batch
+from rlkit.hardware import device as hw
+
+
+class WorkerError(RuntimeError):
+    """A call on a worker group failed: an exception in role code, a dead worker, or an overrun deadline.
+
+    Attributes:
+        role: Role of the failed call (None while the group starts).
+        method: Method of the failed call.
+        rank: Rank that failed first (None for a deadline, which concerns every rank).
+        exc_type: Type name of the remote exception, if there was one.
+        remote_traceback: The remote traceback text, if any.
+        stacks: The Python stacks of every rank, dumped when a deadline passed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        role: str | None = None,
+        method: str | None = None,
+        rank: int | None = None,
+        exc_type: str | None = None,
+        remote_traceback: str | None = None,
+        stacks: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.role, self.method, self.rank = role, method, rank
+        self.exc_type, self.remote_traceback, self.stacks = exc_type, remote_traceback, stacks
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """An exception raised by role code on one rank, as plain data that pickles everywhere."""
+
+    rank: int
+    exc_type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where a worker runs; roles read it with :func:`worker_context`.
+
+    ``roles`` holds the role objects of this process, filled in construction order, so a role can
+    reach a colocated one (e.g. the rollout engine takes the actor's weights in-process).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    roles: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTEXT: WorkerContext | None = None
+
+
+def worker_context() -> WorkerContext:
+    """The :class:`WorkerContext` of the calling worker process.
+
+    Raises:
+        RuntimeError: Outside a worker of a :class:`~rlkit.controller.group.WorkerGroup`.
+    """
+    if _CONTEXT is None:
+        raise RuntimeError("worker_context() is only available inside a worker of a WorkerGroup")
+    return _CONTEXT
+
+
+class WorkerHost:
+    """Body of the Ray actor of one rank; the controller calls these methods, role code never does."""
+
+    def __init__(self) -> None:
+        self._rank = -1
+        self._roles: dict[str, Any] = {}
+
+    def node_info(self) -> dict[str, Any]:
+        """This process's node address, pid, and a free TCP port on the node (rank 0's is the master port)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        return {"ip": ip, "pid": os.getpid(), "port": port}
+
+    def setup(
+        self,
+        env: dict[str, str],
+        device: str,
+        roles: dict[str, type],
+        init_kwargs: dict[str, dict[str, Any]],
+        dist_timeout_s: float,
+    ) -> RemoteFailure | None:
+        """Set the rank env, pin the device, join the process group, then build each role in order."""
+        global _CONTEXT
+        self._rank = int(env["RANK"])
+        try:
+            os.environ.update(env)
+            _pin_visible_devices(device)
+            if device != "cpu" and hw.device_type() == "cpu":
+                raise RuntimeError(f"the pool is on {device} but this worker sees no such device")
+            dev = hw.current_device(0)
+            hw.set_device(dev)
+            dist.init_process_group(
+                backend=hw.dist_backend(device),
+                init_method="env://",
+                rank=self._rank,
+                world_size=int(env["WORLD_SIZE"]),
+                timeout=timedelta(seconds=dist_timeout_s),
+            )
+            _CONTEXT = WorkerContext(self._rank, int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), dev)
+            for name, cls in roles.items():
+                self._roles[name] = _CONTEXT.roles[name] = cls(**init_kwargs.get(name, {}))
+        except Exception as exc:
+            return self._failure(exc)
+        return None
+
+    def execute(self, role: str, method: str, payload: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        """Run ``role.method(*args, **kwargs)``; results go to the CPU, exceptions become RemoteFailure."""
+        try:
+            fn = getattr(self._roles[role], method)
+            if getattr(fn, DISPATCH_ATTR, None) is None:
+                raise AttributeError(f"{role}.{method} is not decorated with @dispatch")
+            args, kwargs = payload
+            if hw.device_type() != "cpu":
+                # Ray runs calls on pool threads; the current device is per thread.
+                hw.set_device(worker_context().device)
+            return _to_cpu(fn(*args, **kwargs))
+        except Exception as exc:
+            return self._failure(exc)
+
+    def dump_stacks(self) -> str:
+        """The Python stack of every thread of this process except the one running this method."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        parts = [f"rank {self._rank} (pid {os.getpid()}):"]
+        for ident, frame in sys._current_frames().items():
+            if ident != threading.get_ident():
+                stack = "".join(traceback.format_stack(frame))
+                parts.append(f"  thread {names.get(ident, ident)}:\n{stack}")
+        return "\n".join(parts)
+
+    def _failure(self, exc: Exception) -> RemoteFailure:
+        # Start at the role code: this host's own frame (execute/setup) says nothing to the user.
+        frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        tb = "".join(traceback.format_exception(type(exc), exc, frames or exc.__traceback__))
+        return RemoteFailure(self._rank, type(exc).__name__, str(exc), tb)
+
+
+def _pin_visible_devices(device: str) -> None:
+    """Make this process see exactly the devices Ray gave it, under every variable the device honours.
+
+    Must run before the first device call of the process. On ROCm the first variable
+    (HIP_VISIBLE_DEVICES) carries the ids and ROCR_VISIBLE_DEVICES is cleared, so the two cannot
+    filter twice.
+    """
+    names = hw.visible_devices_env(device)
+    resource = hw.ray_resource_name(device)
+    if not names or resource is None:
+        return
+    ids = ray.get_runtime_context().get_accelerator_ids().get(resource, [])
+    os.environ[names[0]] = ",".join(str(i) for i in ids)
+    for name in names[1:]:
+        os.environ.pop(name, None)
+
+
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor (also inside batches, dicts, lists and tuples) on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Batch):
+        return value.to("cpu")
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_to_cpu(v) for v in value)
+    return value
