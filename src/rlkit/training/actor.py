@@ -1,0 +1,280 @@
+"""The actor role: old log-probs, the PPO-family policy update, and weights for the rollout engine.
+
+Constructed inside a worker process that already has ``torch.distributed`` initialised (or none, for
+a single process). Every method works on the rank's own shard of the batch (the controller chunks
+the batch over ranks) and every method is collective: all ranks call it together.
+
+Shape legend: B = rows of the rank's batch, R = response length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from rlkit.algos import agg_loss, kl_penalty, policy_losses
+from rlkit.data.batch import Batch
+from rlkit.errors import UserError
+from rlkit.hardware import device as hw
+from rlkit.models import load_causal_lm
+from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
+from rlkit.training.engine import FSDPEngine
+from rlkit.training.heads import PackedPolicy
+from rlkit.training.passes import (
+    mini_batches,
+    packed_micro_batches,
+    require_columns,
+    response_len,
+    response_logprobs,
+    rows_on,
+    temperature_of,
+)
+from rlkit.training.stats import MiniBatchStats, RunningMeans
+
+_LOG_PROB_INPUTS = ("input_ids", "attention_mask", "responses")
+_LOSS_COLUMNS = ("response_mask", "advantages", "old_log_probs", "ref_log_prob", "rollout_is_weights")
+
+
+class ActorRole:
+    """The policy being trained, sharded with FSDP2.
+
+    Args:
+        model_path: a Hugging Face model folder or ``builtin:tiny``.
+        dtype, param_offload, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas,
+            warmup_steps, total_steps, lr_schedule, min_lr_ratio, grad_clip, torch_compile: see
+            :class:`FSDPEngine`.
+        micro_batch_tokens: most real tokens per micro-batch (per forward/backward pass).
+        logprob_chunk_tokens: rows of LM-head logits computed at once (memory vs. speed).
+        init: ``"pretrained"`` or ``"random"`` (benchmarks).
+        seed: seeds the random init and the mini-batch shuffle.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        param_offload: bool = False,
+        optimizer_offload: bool = False,
+        gradient_checkpointing: bool = False,
+        lr: float = 1e-6,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        total_steps: int,
+        lr_schedule: str = "constant",
+        min_lr_ratio: float = 0.0,
+        grad_clip: float = 1.0,
+        torch_compile: bool = False,
+        micro_batch_tokens: int = 8192,
+        logprob_chunk_tokens: int = 1024,
+        init: str = "pretrained",
+        seed: int = 0,
+    ) -> None:
+        ensure_process_group()
+        hw.manual_seed_all(seed)
+        if micro_batch_tokens <= 0:
+            raise UserError(f"actor.micro_batch_tokens must be positive, got {micro_batch_tokens}")
+        model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
+        self.engine = FSDPEngine(
+            PackedPolicy(model),
+            dtype=dtype,
+            param_offload=param_offload,
+            optimizer_offload=optimizer_offload,
+            gradient_checkpointing=gradient_checkpointing,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=(float(betas[0]), float(betas[1])),
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            lr_schedule=lr_schedule,
+            min_lr_ratio=min_lr_ratio,
+            grad_clip=grad_clip,
+            torch_compile=torch_compile,
+        )
+        self.config = model.config
+        self.micro_batch_tokens = micro_batch_tokens
+        self.chunk_tokens = logprob_chunk_tokens
+        self.seed = seed
+
+    # ------------------------------------------------------------------ inference
+
+    def compute_log_prob(
+        self, batch: Batch, temperature: float | None = None, with_entropy: bool = True
+    ) -> Batch:
+        """Log-probs of the response tokens under the current policy (verl's ``old_log_probs``).
+
+        Returns:
+            A Batch with ``old_log_probs`` (B, R) fp32 and, when asked, ``entropy`` (B, R) fp32.
+        """
+        require_columns(batch, _LOG_PROB_INPUTS, "compute_log_prob")
+        self.engine.eval()
+        logp, entropy = response_logprobs(
+            self.engine.module,
+            batch,
+            temperature=temperature_of(batch, temperature),
+            with_entropy=with_entropy,
+            budget=self.micro_batch_tokens,
+            chunk_tokens=self.chunk_tokens,
+            device=self.engine.device,
+        )
+        out = {"old_log_probs": logp}
+        if entropy is not None:
+            out["entropy"] = entropy
+        return Batch(tensors=out)
+
+    # ------------------------------------------------------------------ training
+
+    def update(
+        self,
+        batch: Batch,
+        *,
+        temperature: float | None = None,
+        num_mini_batches: int = 1,
+        epochs: int = 1,
+        shuffle: bool = False,
+        loss_mode: str = "vanilla",
+        loss_agg_mode: str = "token-mean",
+        clip_ratio_low: float = 0.2,
+        clip_ratio_high: float = 0.2,
+        clip_ratio_c: float = 3.0,
+        entropy_coeff: float = 0.0,
+        use_kl_loss: bool = False,
+        kl_loss_coef: float = 0.001,
+        kl_loss_type: str = "low_var_kl",
+        loss_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """One RL step of policy optimisation: an optimizer step per mini-batch per epoch.
+
+        The ratio's denominator is the batch's ``old_log_probs`` when it has them (in verl's bypass
+        mode the trainer puts the rollout log-probs there). Without them the update must be
+        on-policy (one mini-batch, one epoch) and the denominator is the current log-prob itself,
+        detached, so the ratio is exactly 1, as verl does for on-policy updates; a trainer that
+        skips the old-log-prob pass for on-policy steps gets this and saves a forward pass.
+        ``rollout_is_weights`` (B, R), when in the batch, multiplies the per-token policy loss.
+        Micro-batch losses carry the global-batch keywords (token and sequence counts of the whole
+        mini-batch over all ranks), so the update does not depend on how the batch is cut.
+
+        Returns:
+            verl-named metrics averaged over the step's mini-batches: ``actor/pg_loss``,
+            ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (those the loss
+            reports), ``actor/entropy`` (when ``entropy_coeff`` != 0), ``actor/kl_loss`` (with
+            ``use_kl_loss``), ``actor/grad_norm``, ``actor/lr`` (the rate this step used) and
+            ``actor/skipped_steps`` (optimizer steps skipped for a non-finite gradient norm).
+        """
+        if loss_mode not in policy_losses:
+            raise UserError(
+                f"actor.loss_mode: unknown {loss_mode!r}; valid: {', '.join(sorted(policy_losses))}"
+            )
+        on_policy = "old_log_probs" not in batch.tensors
+        if on_policy and (num_mini_batches != 1 or epochs != 1):
+            raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
+        needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages"]
+        needed += ["ref_log_prob"] if use_kl_loss else []
+        require_columns(batch, needed, "actor update")
+        settings = {
+            "temperature": temperature_of(batch, temperature),
+            "on_policy": on_policy,
+            "loss_fn": policy_losses[loss_mode],
+            "loss_agg_mode": loss_agg_mode,
+            "clip": {
+                "clip_ratio_low": clip_ratio_low,
+                "clip_ratio_high": clip_ratio_high,
+                "clip_ratio_c": clip_ratio_c,
+            },
+            "entropy_coeff": entropy_coeff,
+            "kl": (kl_loss_coef, kl_loss_type) if use_kl_loss else None,
+            "loss_kwargs": dict(loss_kwargs or {}),
+        }
+        lr = self.engine.lr()
+        skipped_before = self.engine.skipped_steps
+        running = RunningMeans()
+        self.engine.train()
+        for epoch in range(epochs):
+            seed = self.seed * 1_000_003 + self.engine.step_count * 1_009 + epoch
+            for mini in mini_batches(batch, num_mini_batches, shuffle=shuffle, seed=seed):
+                running.add(self._update_mini_batch(mini, settings))
+        self.engine.scheduler_step()
+        metrics = running.means()
+        metrics["actor/lr"] = lr
+        metrics["actor/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
+        return metrics
+
+    def _update_mini_batch(self, mini: Batch, s: dict[str, Any]) -> dict[str, float]:
+        """Forward/backward over the micro-batches of one mini-batch, then one optimizer step."""
+        device, width = self.engine.device, response_len(mini)
+        mask = mini.tensors["response_mask"].float()
+        tokens, seqs = all_reduce_sum([mask.sum().item(), (mask.sum(-1) > 0).sum().item()], device)
+        agg: dict[str, Any] = {"dp_size": world_size(), "batch_num_tokens": tokens, "global_batch_size": seqs}
+        agg["loss_scale_factor"] = width
+        agg.update({k: v for k, v in s["loss_kwargs"].items() if k in agg})
+        mode_kwargs = {k: v for k, v in s["loss_kwargs"].items() if k not in agg}
+        # The per-token columns go to the device once, before the loop (no copies between passes).
+        names = [n for n in _LOSS_COLUMNS if n in mini.tensors]
+        columns = {n: mini.tensors[n].to(device, torch.float32, non_blocking=True) for n in names}
+        stats = MiniBatchStats(device)
+        for mb in packed_micro_batches(mini, self.micro_batch_tokens, device):
+            col = {n: t[rows_on(mb, device)] for n, t in columns.items()}
+            lp_N, ent_N = self.engine.module(
+                mb.input_ids_T,
+                mb.position_ids_T,
+                mb.cu_seqlens,
+                mb.gather_idx_N,
+                mb.labels_N,
+                temperature=s["temperature"],
+                with_entropy=s["entropy_coeff"] != 0,
+                chunk_tokens=self.chunk_tokens,
+            )
+            log_prob = mb.scatter(lp_N, width)
+            pg_loss, pg_metrics = s["loss_fn"](
+                log_prob.detach() if s["on_policy"] else col["old_log_probs"],
+                log_prob,
+                col["advantages"],
+                col["response_mask"],
+                loss_agg_mode=s["loss_agg_mode"],
+                rollout_is_weights=col.get("rollout_is_weights"),
+                **s["clip"],
+                **agg,
+                **mode_kwargs,
+            )
+            loss = pg_loss
+            if not mb.is_padding:
+                stats.add_share("actor/pg_loss", pg_loss)
+                weight = float(mask[mb.rows].sum())  # host copy of the mask: no device sync
+                for key, value in pg_metrics.items():
+                    stats.add_mean(key, value, weight)
+            if s["entropy_coeff"] != 0 and ent_N is not None:
+                entropy = agg_loss(mb.scatter(ent_N, width), col["response_mask"], s["loss_agg_mode"], **agg)
+                loss = loss - s["entropy_coeff"] * entropy
+                if not mb.is_padding:
+                    stats.add_share("actor/entropy", entropy)
+            if s["kl"] is not None:
+                coef, kind = s["kl"]
+                kld = kl_penalty(log_prob, col["ref_log_prob"], kind)
+                kl = agg_loss(kld, col["response_mask"], s["loss_agg_mode"], **agg)
+                loss = loss + coef * kl
+                if not mb.is_padding:
+                    stats.add_share("actor/kl_loss", kl)
+            # A padding micro-batch still runs backward so every rank joins the same collectives.
+            (loss * 0.0 if mb.is_padding else loss).backward()
+        grad_norm, _ = self.engine.optimizer_step()
+        metrics = stats.reduce()
+        metrics["actor/grad_norm"] = grad_norm
+        return metrics
+
+    # ------------------------------------------------------------------ weights and checkpoints
+
+    def named_full_tensors(
+        self, dtype: torch.dtype | None = torch.bfloat16
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Hugging Face names and full tensors, one at a time (collective: all ranks iterate together)."""
+        return self.engine.named_full_tensors(dtype)
+
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        """Sharded model/optimizer state, schedule and counters (for DCP)."""
+        return self.engine.state_dict_for_checkpoint()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.engine.load_checkpoint_state(state)

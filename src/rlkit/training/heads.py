@@ -1,0 +1,92 @@
+"""Root modules that FSDP2 wraps: a model's own children plus a forward that ends at the heads.
+
+FSDP2 unshards a module's parameters in the pre-forward hook of its ``__call__``. The log-prob of a
+response token needs the LM head *after* the packed backbone forward, on gathered rows only, so both
+must run inside one root ``forward``. These wrappers register the model's top-level children under
+their own names (the parameter names stay Hugging Face's: ``model.layers.0...``, ``lm_head.weight``)
+and keep an unregistered reference to the model to call its methods.
+
+Shape legend: T = packed tokens, N = gathered rows (response tokens), D = hidden size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlkit.models.logprobs import token_logprobs
+
+
+class _AdoptChildren(nn.Module):
+    """Registers ``inner``'s children and direct parameters as its own, without a name prefix."""
+
+    inner: Any  # the wrapped model (``CausalLM``, ``HFCausalLM`` or ``ValueModel``), unregistered
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        for name, child in inner.named_children():
+            self.add_module(name, child)
+        for name, param in inner.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        # Stored outside nn.Module's registries so the parameters are not seen twice.
+        self.__dict__["inner"] = inner
+
+    def train(self, mode: bool = True) -> _AdoptChildren:
+        super().train(mode)
+        self.inner.train(mode)
+        return self
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.inner.set_gradient_checkpointing(enabled)
+
+
+class PackedPolicy(_AdoptChildren):
+    """A causal LM whose forward returns the log-probs (and entropy) of gathered tokens only."""
+
+    def forward(
+        self,
+        input_ids_T: torch.Tensor,
+        position_ids_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        gather_idx_N: torch.Tensor,
+        labels_N: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        chunk_tokens: int = 1024,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs of ``labels_N`` under the temperature-scaled policy at positions ``gather_idx_N``.
+
+        Shape:
+            input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,) int32;
+            gather_idx_N, labels_N: (N,). Returns log-probs (N,) fp32 and entropy (N,) fp32 or None.
+        """
+        hidden_TD = self.inner.forward_packed(input_ids_T, position_ids_T, cu_seqlens)
+        return token_logprobs(
+            hidden_TD.index_select(0, gather_idx_N),
+            self.inner.lm_head.weight,
+            labels_N,
+            temperature=temperature,
+            chunk_tokens=chunk_tokens,
+            with_entropy=with_entropy,
+        )
+
+
+class PackedValue(_AdoptChildren):
+    """A value model whose forward returns the values at gathered positions only."""
+
+    def forward(
+        self,
+        input_ids_T: torch.Tensor,
+        position_ids_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        gather_idx_N: torch.Tensor,
+    ) -> torch.Tensor:
+        """Values (N,) fp32 read at packed positions ``gather_idx_N``.
+
+        Shape:
+            input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,) int32; gather_idx_N: (N,).
+        """
+        values_T: torch.Tensor = self.inner.forward_packed(input_ids_T, position_ids_T, cu_seqlens)
+        return values_T.index_select(0, gather_idx_N).float()

@@ -1,0 +1,129 @@
+"""Micro-batch loops shared by the roles: plan over ranks, pack, and forward-only passes.
+
+Shape legend: B = rows of the rank's batch, R = response length, L = P + R.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlkit.data.batch import Batch
+from rlkit.training.distributed import all_reduce_max
+from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
+
+
+def response_len(batch: Batch) -> int:
+    """R, the width of the batch's ``responses`` column."""
+    return int(batch.tensors["responses"].shape[1])
+
+
+def require_columns(batch: Batch, names: tuple[str, ...] | list[str], what: str) -> None:
+    """Raise a ValueError naming the missing columns (a trainer bug, not a user mistake)."""
+    missing = [n for n in names if n not in batch.tensors]
+    if missing:
+        raise ValueError(f"{what} needs batch columns {missing}; the batch has {batch.keys()}")
+
+
+def mini_batches(batch: Batch, num_mini_batches: int, *, shuffle: bool, seed: int) -> list[Batch]:
+    """The rank's batch cut into ``num_mini_batches`` parts (after a seeded shuffle when asked)."""
+    if num_mini_batches < 1 or len(batch) < num_mini_batches:
+        raise ValueError(f"cannot cut {len(batch)} rows into {num_mini_batches} mini-batches on this rank")
+    if shuffle:
+        batch = batch.reorder(torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed)))
+    return batch.chunk(num_mini_batches)
+
+
+def temperature_of(batch: Batch, temperature: float | None) -> float:
+    """The explicit temperature, else ``batch.meta["temperature"]``, else 1.0."""
+    if temperature is not None:
+        return float(temperature)
+    return float(batch.meta.get("temperature", 1.0))
+
+
+def packed_micro_batches(batch: Batch, budget: int, device: torch.device) -> list[PackedMicroBatch]:
+    """The batch's micro-batches under a token budget, packed and on ``device``.
+
+    The count is agreed over ranks (one small all-reduce), so every rank gets the same number of
+    micro-batches; this is a collective and all ranks must call it together. All micro-batches are
+    packed and sent to the device up front, so no host-to-device copy waits in the middle of the
+    compute loop.
+    """
+    mask = batch.tensors["attention_mask"]
+    num = all_reduce_max(count_micro_batches(mask, budget), device)
+    positions = batch.tensors.get("position_ids")
+    if positions is not None and positions.dim() != 2:
+        raise ValueError(
+            f"position_ids must be (B, L); got shape {tuple(positions.shape)} (mrope is not supported)"
+        )
+    return [
+        pack_rows(
+            batch.tensors["input_ids"], mask, positions, response_len(batch), rows, is_padding=is_padding
+        ).to(device)
+        for rows, is_padding in micro_batch_rows(mask, budget, num)
+    ]
+
+
+def rows_on(mb: PackedMicroBatch, device: torch.device) -> torch.Tensor:
+    """The micro-batch's row indices as a long tensor on ``device``."""
+    return torch.tensor(mb.rows, dtype=torch.long).to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def response_logprobs(
+    module: nn.Module,
+    batch: Batch,
+    *,
+    temperature: float,
+    with_entropy: bool,
+    budget: int,
+    chunk_tokens: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of every response token, in micro-batches; padding gets 0.
+
+    Args:
+        module: a sharded :class:`rlkit.training.heads.PackedPolicy`.
+        batch: the rank's batch (``input_ids``, ``attention_mask``, ``responses``, optionally ``position_ids``).
+
+    Returns:
+        log-probs (B, R) fp32 on the CPU and entropies (B, R) fp32 or None.
+    """
+    num_rows, width = len(batch), response_len(batch)
+    # Results stay on the device until the end: a host copy per micro-batch would stall the loop.
+    logp = torch.zeros(num_rows, width, dtype=torch.float32, device=device)
+    entropy = torch.zeros(num_rows, width, dtype=torch.float32, device=device) if with_entropy else None
+    for mb in packed_micro_batches(batch, budget, device):
+        lp_N, ent_N = module(
+            mb.input_ids_T,
+            mb.position_ids_T,
+            mb.cu_seqlens,
+            mb.gather_idx_N,
+            mb.labels_N,
+            temperature=temperature,
+            with_entropy=with_entropy,
+            chunk_tokens=chunk_tokens,
+        )
+        if mb.is_padding:
+            continue
+        rows = rows_on(mb, device)
+        logp[rows] = mb.scatter(lp_N.float(), width)
+        if entropy is not None and ent_N is not None:
+            entropy[rows] = mb.scatter(ent_N.float(), width)
+    return logp.cpu(), (entropy.cpu() if entropy is not None else None)
+
+
+@torch.no_grad()
+def response_values(module: nn.Module, batch: Batch, *, budget: int, device: torch.device) -> torch.Tensor:
+    """Values of every response token (read at the position before it, as verl); padding gets 0.
+
+    Returns:
+        values (B, R) fp32 on the CPU.
+    """
+    width = response_len(batch)
+    values = torch.zeros(len(batch), width, dtype=torch.float32, device=device)
+    for mb in packed_micro_batches(batch, budget, device):
+        v_N = module(mb.input_ids_T, mb.position_ids_T, mb.cu_seqlens, mb.gather_idx_N)
+        if not mb.is_padding:
+            values[rows_on(mb, device)] = mb.scatter(v_N.float(), width)
+    return values.cpu()

@@ -1,0 +1,81 @@
+"""The reference-policy role: frozen log-probs for the KL loss or the KL-in-reward penalty.
+
+Sharded like the actor but without an optimizer; with ``param_offload`` its parameters live on the
+CPU and are streamed to the device layer by layer during the forward pass.
+
+Shape legend: B = rows of the rank's batch, R = response length.
+"""
+
+from __future__ import annotations
+
+from rlkit.data.batch import Batch
+from rlkit.errors import UserError
+from rlkit.hardware import device as hw
+from rlkit.models import load_causal_lm
+from rlkit.training.distributed import ensure_process_group, training_device
+from rlkit.training.engine import resolve_dtype, shard_module
+from rlkit.training.heads import PackedPolicy
+from rlkit.training.passes import require_columns, response_logprobs, temperature_of
+
+
+class RefRole:
+    """A frozen copy of the initial policy.
+
+    Args:
+        model_path: a Hugging Face model folder or ``builtin:tiny``.
+        dtype: compute dtype (``"auto"``: bf16 on accelerators, fp32 on the CPU).
+        param_offload: keep the parameters on the CPU between layers (CPUOffloadPolicy).
+        torch_compile: compile each decoder layer's forward (see :class:`FSDPEngine`).
+        micro_batch_tokens: most real tokens per forward pass.
+        logprob_chunk_tokens: rows of LM-head logits computed at once.
+        init, seed: as for :class:`rlkit.training.actor.ActorRole` (same seed, same weights).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        param_offload: bool = False,
+        torch_compile: bool = False,
+        micro_batch_tokens: int = 8192,
+        logprob_chunk_tokens: int = 1024,
+        init: str = "pretrained",
+        seed: int = 0,
+    ) -> None:
+        ensure_process_group()
+        hw.manual_seed_all(seed)
+        if micro_batch_tokens <= 0:
+            raise UserError(f"ref micro_batch_tokens must be positive, got {micro_batch_tokens}")
+        # The reference never trains: its parameters are stored in the compute dtype directly.
+        compute_dtype = resolve_dtype(dtype)
+        model = load_causal_lm(model_path, dtype=compute_dtype, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
+        model.requires_grad_(False)
+        self.module = shard_module(
+            PackedPolicy(model),
+            compute_dtype=compute_dtype,
+            param_offload=param_offload,
+            torch_compile=torch_compile,
+        )
+        self.module.eval()
+        self.device = training_device()
+        self.micro_batch_tokens = micro_batch_tokens
+        self.chunk_tokens = logprob_chunk_tokens
+
+    def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
+        """Log-probs of the response tokens under the reference policy.
+
+        Returns:
+            A Batch with ``ref_log_prob`` (B, R) fp32.
+        """
+        require_columns(batch, ("input_ids", "attention_mask", "responses"), "compute_ref_log_prob")
+        logp, _ = response_logprobs(
+            self.module,
+            batch,
+            temperature=temperature_of(batch, temperature),
+            with_entropy=False,
+            budget=self.micro_batch_tokens,
+            chunk_tokens=self.chunk_tokens,
+            device=self.device,
+        )
+        return Batch(tensors={"ref_log_prob": logp})
