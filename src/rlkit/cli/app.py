@@ -72,14 +72,16 @@ def _root(
 
 
 def _register() -> None:
-    from rlkit.cli import config, cp, data, download, plot, profiles, recipes
+    from rlkit.cli import config, cp, data, download, generate, plot, profiles, recipes, train
 
+    app.command("train", epilog=train.EPILOG)(train.train)
     app.command("config", epilog=config.EPILOG)(config.config)
     app.command("recipes", epilog=recipes.EPILOG)(recipes.recipes)
     app.command("profiles", epilog=profiles.EPILOG)(profiles.profiles)
     app.command("cp", epilog=cp.EPILOG)(cp.cp)
     app.command("data", epilog=data.EPILOG)(data.data)
     app.command("download", epilog=download.EPILOG)(download.download)
+    app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
 
 

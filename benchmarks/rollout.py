@@ -1,0 +1,282 @@
+"""Rollout throughput: rlkit's native engine vs. transformers' ``generate`` on the same weights.
+
+A Qwen2.5-0.5B-shaped model (random weights, bf16; hidden 896, 24 layers, 14 heads, 2 kv heads,
+head_dim 64, intermediate 4864, vocab 151936, tied embeddings) samples 256 new tokens (EOS ignored,
+temperature 1) for random 128-token prompts in two shapes: 256 prompts x n=1, and 32 prompts x n=8
+(GRPO groups: the native engine prefills each prompt once for its 8 samples). transformers runs
+the same work with ``generate(do_sample=True)`` (SDPA attention, dynamic cache) in the same process.
+
+Besides end-to-end tokens/s the table reports, for the native engine at its largest batch:
+
+- ``decode step``: time of one decode forward (a CUDA-graph replay) and of one whole loop step
+  (forward + on-device sampling + host bookkeeping), averaged over the n=1 run;
+- ``HBM floor``: bytes a decode step must read (all weights once, plus the KV cache of every
+  sequence at the run's mean context length) divided by the device's copy bandwidth, measured with
+  a large tensor copy. The forward's distance to this floor is what kernel work could still win.
+
+Usage:
+    python benchmarks/rollout.py            # on a GPU: the 0.5B table (about two minutes)
+    python benchmarks/rollout.py --no-hf    # native engine only
+    python benchmarks/rollout.py --tiny     # CPU smoke test (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlkit.hardware import device as hw
+from rlkit.models import DecoderConfig
+from rlkit.models.loader import build_native
+from rlkit.rollout import NativeEngine, SamplingParams
+
+QWEN25_05B = DecoderConfig(
+    architecture="qwen2",
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    head_dim=64,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=True,
+    attention_bias=True,
+    max_position_embeddings=32768,
+    eos_token_id=151643,
+    pad_token_id=151643,
+)
+TINY = DecoderConfig(
+    architecture="qwen2",
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    tie_word_embeddings=True,
+    attention_bias=True,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+@dataclass
+class Result:
+    engine: str
+    shape: str
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def _now() -> float:
+    hw.synchronize()
+    return time.perf_counter()
+
+
+def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (count, length), generator=g).tolist()
+
+
+def bench_native(
+    engine: NativeEngine, prompts: list[list[int]], n: int, new_tokens: int
+) -> tuple[Result, float]:
+    """End-to-end tokens/s of one ``generate`` call, and the mean loop-step time in seconds."""
+    params = SamplingParams(n=n, temperature=1.0, max_tokens=new_tokens, ignore_eos=True)
+    engine.generate(
+        prompts[:2], SamplingParams(n=n, temperature=1.0, max_tokens=4, ignore_eos=True)
+    )  # warm up
+    steps_before = engine.stats.decode_steps
+    start = _now()
+    outs = engine.generate(prompts, params)
+    seconds = _now() - start
+    tokens = sum(len(c.token_ids) for group in outs for c in group)
+    steps = engine.stats.decode_steps - steps_before
+    return Result("rlkit native", f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
+
+
+def decode_forward_seconds(engine: NativeEngine, repeats: int = 20) -> float:
+    """Mean time of one decode forward at the engine's largest batch (graph replay on GPU)."""
+    b = engine.num_slots
+    if engine._graphs is not None:  # noqa: SLF001 - a benchmark may look inside
+        step = lambda: engine._graphs.replay(b)  # noqa: E731, SLF001
+    else:
+        step = lambda: engine._graph_step(b)  # noqa: E731, SLF001
+    with torch.no_grad():
+        step()
+        start = _now()
+        for _ in range(repeats):
+            step()
+        return (_now() - start) / repeats
+
+
+def bench_transformers(
+    cfg: DecoderConfig, model: Any, prompts: list[list[int]], n: int, new_tokens: int
+) -> Result:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weight = next(model.parameters())
+    hf_cfg = AutoConfig.for_model(**cfg.to_hf())
+    hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=weight.dtype, attn_implementation="sdpa")
+    hf.load_state_dict(model.state_dict(), strict=False)
+    hf = hf.to(weight.device).eval()
+    ids = torch.tensor(prompts, device=weight.device)
+    kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        num_return_sequences=n,
+        pad_token_id=cfg.pad_token_id,
+    )
+    with torch.no_grad():
+        hf.generate(
+            ids[:2],
+            attention_mask=torch.ones_like(ids[:2]),
+            **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4},
+        )
+        start = _now()
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        seconds = _now() - start
+    tokens = out.shape[0] * (out.shape[1] - ids.shape[1])
+    del hf
+    hw.empty_cache()
+    return Result("transformers", f"{len(prompts)} x n={n}", tokens, seconds)
+
+
+def copy_bandwidth(device: torch.device, gib: float = 1.0) -> float:
+    """Device memory bandwidth in bytes/s from a large copy (read + write counted)."""
+    numel = int(gib * 2**30) // 4
+    src = torch.empty(numel, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    repeats = 10
+    start = _now()
+    for _ in range(repeats):
+        dst.copy_(src)
+    seconds = (_now() - start) / repeats
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def decode_floor_seconds(
+    model: Any, cfg: DecoderConfig, batch: int, context: float, bandwidth: float
+) -> float:
+    """Bytes one decode step must read (weights once + KV of every sequence) / bandwidth."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: counted once
+    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * next(model.parameters()).element_size()
+    return (weight_bytes + batch * context * per_token) / bandwidth
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return str(getattr(torch, device.type).get_device_name(device))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def print_table(results: list[Result], header: dict[str, str]) -> None:
+    for key, value in header.items():
+        print(f"{key:>18}: {value}")
+    print(f"| {'engine':<14} | {'shape':<12} | {'tokens':>8} | {'seconds':>8} | {'tokens/s':>10} |")
+    print(f"|{'-' * 16}|{'-' * 14}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
+    for r in results:
+        print(
+            f"| {r.engine:<14} | {r.shape:<12} | {r.tokens:>8} | {r.seconds:>8.2f} | {r.tokens_per_s:>10,.0f} |"
+        )
+    for shape in dict.fromkeys(r.shape for r in results):
+        pair = {r.engine: r for r in results if r.shape == shape}
+        if len(pair) == 2:
+            speedup = pair["rlkit native"].tokens_per_s / pair["transformers"].tokens_per_s
+            print(f"speed-up native / transformers at {shape}: {speedup:.2f}x")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: a smoke test")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the accelerator, else cpu)")
+    parser.add_argument("--prompts", type=int, default=256, help="prompts of the n=1 run")
+    parser.add_argument("--group-prompts", type=int, default=32, help="prompts of the grouped run")
+    parser.add_argument("--n", type=int, default=8, help="samples per prompt of the grouped run")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--no-graphs", action="store_true", help="run the native decode step eagerly")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.device = args.device or "cpu"
+        args.prompts, args.group_prompts, args.n = 8, 2, 4
+        args.prompt_len, args.new_tokens = 16, 16
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    device = torch.device(args.device or hw.torch_device_name())
+    cfg = TINY if args.tiny else QWEN25_05B
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    model = build_native(cfg, weights=None, dtype=dtype, device=device, seed=0)
+    prompts = random_prompts(args.prompts, args.prompt_len, cfg.vocab_size, seed=1)
+    slots = max(args.prompts, args.group_prompts * args.n)
+    engine = NativeEngine(
+        model,
+        device=device,
+        max_num_seqs=slots,
+        max_model_len=args.prompt_len + args.new_tokens,
+        cuda_graphs=not args.no_graphs,
+    )
+    results: list[Result] = []
+    single, loop_step = bench_native(engine, prompts, 1, args.new_tokens)
+    grouped, _ = bench_native(engine, prompts[: args.group_prompts], args.n, args.new_tokens)
+    results += [single, grouped]
+    forward = decode_forward_seconds(engine)
+    bandwidth = copy_bandwidth(device, gib=0.25 if args.tiny else 2.0)
+    floor = decode_floor_seconds(
+        model, cfg, engine.num_slots, args.prompt_len + args.new_tokens / 2, bandwidth
+    )
+    if not args.no_hf:
+        results.insert(1, bench_transformers(cfg, model, prompts, 1, args.new_tokens))
+        results.append(bench_transformers(cfg, model, prompts[: args.group_prompts], args.n, args.new_tokens))
+    header = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "model": f"{'tiny' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({dtype}, random weights)",
+        "work": f"prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored, T=1",
+        "cuda graphs": str(engine._graphs is not None),  # noqa: SLF001
+        "decode forward": f"{forward * 1e3:.2f} ms at batch {engine.num_slots}",
+        "decode loop step": f"{loop_step * 1e3:.2f} ms (forward + sampling + host), n=1 run",
+        "copy bandwidth": f"{bandwidth / 1e9:.0f} GB/s",
+        "HBM floor": f"{floor * 1e3:.2f} ms per decode step (weights + KV at mean context)",
+    }
+    print_table(results, header)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The two forwards of the native engine, driving ``CausalLM``'s blocks with the engine's KV cache.
+
+``prefill_forward`` runs packed prompts through the packed attention path of ``rlkit.models`` and
+stores each prompt's keys/values into every slot of its group (the n samples of a prompt share one
+prefill). ``decode_forward`` runs one token per slot against the cache; it allocates nothing that
+outlives it and has static shapes per batch size, so it can be captured in a CUDA graph.
+
+Both repeat ``DecoderLayer.forward`` of ``rlkit.models.decoder`` step by step (norm, qkv, attention,
+out, MLP) with the cache in between; a change there must be mirrored here (the equivalence tests
+against transformers' ``generate`` catch a mismatch).
+
+Shape legend: T = packed prompt tokens, N = cache rows written (prompt tokens x samples),
+P = prompts, B = decode rows, D = hidden, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+
+from rlkit.models.attention import packed_causal_attention
+from rlkit.models.decoder import CausalLM, DecoderLayer, RMSNorm
+from rlkit.rollout.fused import FusedLayer
+from rlkit.rollout.kv_cache import KVCache
+
+
+def layers_of(model: CausalLM) -> list[DecoderLayer]:
+    return cast(list[DecoderLayer], list(model.model.layers))
+
+
+def prefill_forward(
+    model: CausalLM,
+    cache: KVCache,
+    input_ids_T: torch.Tensor,
+    position_ids_T: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    dest_N: torch.Tensor,
+    src_N: torch.Tensor,
+    last_P: torch.Tensor,
+) -> torch.Tensor:
+    """Prefill packed prompts, write their keys/values into the cache, return last-token logits.
+
+    Args:
+        model: The native causal LM.
+        cache: The engine's cache.
+        input_ids_T: The prompts laid end to end.
+        position_ids_T: Positions within each prompt (from 0).
+        cu_seqlens: int32 prompt offsets (P + 1).
+        max_len: The longest prompt.
+        dest_N: Flat cache positions (``slot * max_len + position``) to write.
+        src_N: For each destination, the packed token whose keys/values go there.
+        last_P: Index of each prompt's last token.
+
+    Shape:
+        input_ids_T, position_ids_T: (T,); cu_seqlens: (P + 1,); dest_N, src_N: (N,); last_P: (P,).
+        Returns logits (P, V) in the model's dtype.
+    """
+    backbone = model.model
+    x = backbone.embed_tokens(input_ids_T)
+    cos, sin = backbone.rotary(position_ids_T, x.dtype)
+    for i, layer in enumerate(layers_of(model)):
+        q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
+        cache.write(i, dest_N, k.index_select(0, src_N), v.index_select(0, src_N))
+        x = x + layer.self_attn.out(packed_causal_attention(q, k, v, cu_seqlens, max_len))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    logits: torch.Tensor = model.lm_head(backbone.norm(x.index_select(0, last_P)))
+    return logits
+
+
+def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``RMSNorm`` of rlkit.models.decoder in two kernels instead of six.
+
+    ``F.rms_norm`` normalises in fp32 whatever the input dtype and rounds once to it, which is the
+    decoder's ``(x.float() * rsqrt(mean(x^2) + eps)).to(dtype)``; the weight is applied after the
+    rounding, in the activation dtype, as the decoder (and Hugging Face) do.
+    """
+    return norm.weight * F.rms_norm(x, (x.shape[-1],), eps=norm.eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in three kernels: ``x * cos + rotate_half(x) * sin``.
+
+    ``rotate_half(x) = cat(-x2, x1)`` equals ``roll(x, Dh / 2) * cat(-1, +1)``, so with
+    ``sin_signed = cat(-sin1, sin2)`` the rotation is one roll and one fused multiply-add.
+
+    Shape:
+        x: (B, heads, Dh); cos, sin_signed: (B, 1, Dh). Returns (B, heads, Dh).
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+
+def decode_forward(
+    model: CausalLM,
+    fused: list[FusedLayer],
+    cache: KVCache,
+    tokens_B: torch.Tensor,
+    positions_B: torch.Tensor,
+    attn_len: int,
+) -> torch.Tensor:
+    """One decode step for slots 0..B-1: write each token's keys/values, attend, return logits.
+
+    Positions are clamped to the slot size so that rows of idle slots (which ride along in a
+    fixed-size batch) can never write outside their own slot. The projections run on the fused
+    buffers of ``fuse_layers`` (one GEMM for q/k/v, one for gate/up).
+
+    Shape:
+        tokens_B, positions_B: (B,) long (slot i holds row i). Returns logits (B, V) in the model's
+        dtype (the caller upcasts into its fp32 buffer, as the trainer's log-prob path upcasts).
+    """
+    backbone, cfg = model.model, model.config
+    b, heads, kv_heads, head_dim = tokens_B.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    positions_B = positions_B.clamp(max=cache.max_len - 1)
+    flat_B = torch.arange(b, device=tokens_B.device) * cache.max_len + positions_B
+    meta = cache.decode_meta(positions_B + 1, attn_len)
+    x = backbone.embed_tokens(tokens_B)
+    cos, sin = backbone.rotary(positions_B, x.dtype)
+    half = head_dim // 2
+    cos, sin_signed = cos[:, None, :], torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)[:, None, :]
+    for i, (layer, fl) in enumerate(zip(layers_of(model), fused, strict=True)):
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = F.linear(rms_norm(layer.input_layernorm, x), fl.qkv_weight, fl.qkv_bias)
+        qkv = qkv.view(b, heads + 2 * kv_heads, head_dim)
+        v = qkv[:, heads + kv_heads :]
+        if attn.q_norm is not None and attn.k_norm is not None:
+            q = rope(rms_norm(attn.q_norm, qkv[:, :heads]), cos, sin_signed)
+            k = rope(rms_norm(attn.k_norm, qkv[:, heads : heads + kv_heads]), cos, sin_signed)
+        else:
+            qk = rope(qkv[:, : heads + kv_heads], cos, sin_signed)
+            q, k = qk[:, :heads], qk[:, heads:]
+        cache.write(i, flat_B, k, v)
+        x = x + attn.o_proj(cache.attend(i, q, meta).flatten(1))
+        gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), fl.gate_up_weight).chunk(2, dim=-1)
+        x = x + mlp.down_proj(F.silu(gate) * up)
+    logits: torch.Tensor = model.lm_head(rms_norm(backbone.norm, x))
+    return logits

@@ -1,0 +1,155 @@
+"""Slot-based KV cache and the decode-step attention over it.
+
+Each running sequence owns one slot: a static ``[max_len, K, Dh]`` region of a per-layer buffer,
+indexed by token position. Static shapes are what let the decode step be captured in a CUDA graph
+once per batch-size bucket; the price is that a slot reserves ``max_len`` tokens whatever the
+sequence's length, so ``max_len`` should be the longest prompt plus response of the workload (the
+trainer knows it: ``data.max_prompt_length + data.max_response_length``).
+
+Decode attention reads only the used part of each slot where the device has a flash kernel with
+``seqused_k`` (CUDA, fp16/bf16; feature-detected); elsewhere it is scaled-dot-product attention
+with a length mask over the first ``attn_len`` positions.
+
+Shape legend: S = slots, L = max_len, K = kv heads, H = query heads, Dh = head dim, B = decode rows
+(slots 0..B-1), N = rows written.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+DecodeAttnFn = Callable[..., torch.Tensor]
+
+
+@dataclass
+class DecodeMeta:
+    """Per-step inputs of decode attention: flash offsets and lengths, or an SDPA length mask."""
+
+    attn_len: int
+    cu_q: torch.Tensor | None = None
+    cu_k: torch.Tensor | None = None
+    used: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+@cache
+def flash_decode_fn() -> DecodeAttnFn | None:
+    """``fn(q_QHD, k_XKD, v_XKD, cu_q, cu_k, max_q, max_k, seqused_k) -> o_QHD`` (non-causal), or None.
+
+    The public ``torch.nn.attention.varlen.varlen_attn`` takes ``seqused_k`` in recent torch; older
+    builds have it only on ``aten::_flash_attention_forward``. Either reads each slot's keys up to
+    the sequence's length and no further, so a decode step costs what the sequences actually hold.
+    """
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        varlen_attn = None  # type: ignore[assignment]
+    if varlen_attn is not None and {"seqused_k", "enable_gqa"} <= set(
+        inspect.signature(varlen_attn).parameters
+    ):
+
+        def via_public(q, k, v, cu_q, cu_k, max_q, max_k, used):  # type: ignore[no-untyped-def]
+            return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, enable_gqa=True, seqused_k=used)
+
+        return via_public
+    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    if op is None or "seqused_k" not in str(op.default._schema):
+        return None
+
+    def via_aten(q, k, v, cu_q, cu_k, max_q, max_k, used):  # type: ignore[no-untyped-def]
+        return op(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False, seqused_k=used)[0]
+
+    return via_aten
+
+
+class KVCache:
+    """Per-layer K and V buffers of ``num_slots`` slots of ``max_len`` positions each."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_slots: int,
+        max_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        num_heads: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, num_slots, max_len, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_slots, self.max_len, self.num_heads = num_slots, max_len, num_heads
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+        flash = (
+            flash_decode_fn() if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else None
+        )
+        self._flash = flash
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        """Bytes one cached token takes over all layers (K and V)."""
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @property
+    def uses_flash(self) -> bool:
+        return self._flash is not None
+
+    def write(self, layer: int, flat_idx_N: torch.Tensor, k_NKD: torch.Tensor, v_NKD: torch.Tensor) -> None:
+        """Store keys/values at flat positions ``slot * max_len + position``.
+
+        Shape:
+            flat_idx_N: (N,) long, distinct; k_NKD, v_NKD: (N, K, Dh).
+        """
+        kd = (-1, self.num_kv_heads, self.head_dim)
+        self.k[layer].view(kd).index_copy_(0, flat_idx_N, k_NKD)
+        self.v[layer].view(kd).index_copy_(0, flat_idx_N, v_NKD)
+
+    def decode_meta(self, lengths_B: torch.Tensor, attn_len: int) -> DecodeMeta:
+        """What every layer's decode attention needs, built once per step.
+
+        Args:
+            lengths_B: Keys per slot (the current token included), at least 1.
+            attn_len: A bound on ``lengths_B`` (static under CUDA graphs): the SDPA path reads this
+                many positions; the flash path reads only ``lengths_B``.
+        """
+        b, dev = lengths_B.shape[0], lengths_B.device
+        if self._flash is not None:
+            group = self.num_heads // self.num_kv_heads
+            slots = torch.arange(b + 1, device=dev, dtype=torch.int32)
+            return DecodeMeta(
+                attn_len, cu_q=slots * group, cu_k=slots * self.max_len, used=lengths_B.to(torch.int32)
+            )
+        mask = (torch.arange(attn_len, device=dev)[None, :] < lengths_B[:, None])[:, None, None, :]
+        return DecodeMeta(attn_len, mask=mask)
+
+    def attend(self, layer: int, q_BHD: torch.Tensor, meta: DecodeMeta) -> torch.Tensor:
+        """Attention of one query per slot 0..B-1 over that slot's cached keys.
+
+        Shape:
+            q_BHD: (B, H, Dh). Returns (B, H, Dh).
+        """
+        b = q_BHD.shape[0]
+        k_BLKD, v_BLKD = self.k[layer, :b], self.v[layer, :b]
+        if self._flash is not None:
+            # Grouped-query packing: the G = H / K query heads sharing a kv head become G query rows
+            # of one kv head, so the kernel reads each slot's keys once per kv head, not per q head.
+            group = q_BHD.shape[1] // self.num_kv_heads
+            q = q_BHD.view(b, self.num_kv_heads, group, self.head_dim).transpose(1, 2)
+            q = q.reshape(b * group, self.num_kv_heads, self.head_dim)
+            flat = (-1, self.num_kv_heads, self.head_dim)
+            o = self._flash(
+                q, k_BLKD.view(flat), v_BLKD.view(flat), meta.cu_q, meta.cu_k, group, meta.attn_len, meta.used
+            )
+            return o.view(b, group, self.num_kv_heads, self.head_dim).transpose(1, 2).reshape(q_BHD.shape)
+        k = k_BLKD[:, : meta.attn_len].transpose(1, 2)
+        v = v_BLKD[:, : meta.attn_len].transpose(1, 2)
+        out = F.scaled_dot_product_attention(q_BHD[:, :, None, :], k, v, attn_mask=meta.mask, enable_gqa=True)
+        return out[:, :, 0, :]

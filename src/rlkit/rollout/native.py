@@ -1,0 +1,542 @@
+"""The native rollout engine: KV cache, continuous batching, shared prefill, CUDA-graph decode.
+
+How one ``generate`` call runs:
+
+1. Every prompt becomes a group of ``n`` samples in the scheduler's waiting queue.
+2. When slots are free, groups are admitted: their prompts are prefilled together (packed, no
+   padding) ONCE per group, the keys/values are written into each sample's slot, and the first
+   token of every sample is drawn independently from the shared last-token logits.
+3. A decode step runs one token for every slot 0..B-1 (B the smallest captured bucket covering the
+   running slots): a CUDA-graph replay on GPU, eager elsewhere. Sampling runs on the device and
+   writes the next input tokens in place, so the host never feeds tokens back.
+4. Results travel to pinned host memory asynchronously. On GPU the host handles step t's tokens
+   (stop tokens and strings, finishing, freeing slots, admitting new groups) while step t+1 already
+   runs; a sequence that stopped at step t therefore computes one discarded extra token. Sequences
+   that reach ``max_tokens`` are taken out before that step is launched.
+
+Determinism: with ``SamplingParams.seed`` each sample draws its noise from its own generator
+(seeded from the request seed and the sample index), so its tokens depend only on its prompt,
+parameters and the weights, not on what else is in the batch, as long as the logits themselves are
+batch-invariant: on CPU they are; on GPU, matmul kernels may change with the batch size and flip a
+near-tie. Without a seed, noise comes from torch's default generator of the device.
+
+Memory: the KV cache (``max_num_seqs`` slots of ``max_model_len`` tokens, or fewer slots if the
+budget ``kv_cache_tokens`` says so) plus one fp32 logits row per slot. ``sleep`` frees both (and the
+captured graphs, which point into them); weights stay where they are.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from collections.abc import Sequence as Sequence_
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlkit import hardware
+from rlkit.errors import UserError
+from rlkit.models.decoder import CausalLM
+from rlkit.rollout.base import Completion, ProgressFn, SamplingParams
+from rlkit.rollout.forward import decode_forward, prefill_forward
+from rlkit.rollout.fused import FusedLayer, fuse_layers
+from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
+from rlkit.rollout.kv_cache import KVCache
+from rlkit.rollout.sampling import RowParams, sample_tokens
+from rlkit.rollout.scheduler import Scheduler, Sequence
+
+# Without an explicit budget, a GPU cache may take this fraction of the free device memory.
+DEFAULT_MEMORY_FRACTION = 0.5
+# Sampling holds a few fp32 (rows, vocab) temporaries besides the logits buffer; budgeted per slot.
+_LOGIT_ROWS_PER_SLOT = 6
+# Without max_model_len the cache grows to the longest prompt + max_tokens, rounded up to this.
+_LEN_ROUNDING = 64
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was built (the tests use them to check prefill sharing)."""
+
+    prefill_calls: int = 0
+    prefill_tokens: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0
+    generated_tokens: int = 0
+    graph_replays: int = 0
+
+
+@dataclass
+class _Buffers:
+    """Per-slot device state: the next input token and its position, sampling parameters, logits."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    min_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    logits: torch.Tensor
+    seen: torch.Tensor | None = None
+
+
+@dataclass
+class _Record:
+    """A launched prefill or decode step whose results are on their way to the host."""
+
+    rows: list[Sequence | None]
+    results: HostCopy
+
+
+class NativeEngine:
+    """Rollout engine over a native ``CausalLM`` (llama / qwen2 / qwen3 family).
+
+    Args:
+        model: The model; its weights are used in place (``update_weights`` copies into them).
+        device: Where to run (default: where the model is); the model is moved there.
+        max_num_seqs: Most sequences decoded together (KV-cache slots).
+        max_model_len: Longest prompt + completion. None: grow the cache to what each ``generate``
+            call needs (the longest prompt + ``max_tokens``, rounded up to 64).
+        kv_cache_tokens: KV-cache budget: an int is a number of tokens, a float in (0, 1] a
+            fraction of the device's free memory (ignored on CPU); None means ``max_num_seqs``
+            full slots on CPU and half the free memory on a GPU. Fewer slots than ``max_num_seqs`` fit a small budget.
+        cuda_graphs: Capture the decode step in CUDA graphs (CUDA only; ignored elsewhere).
+        tokenizer: Needed for stop strings; also supplies the default stop tokens (eos + the
+            end-of-turn token of chat templates). Without it the model config's eos ids are used.
+        max_prefill_tokens: Prompt tokens prefilled in one forward (a longer prompt goes alone).
+    """
+
+    def __init__(
+        self,
+        model: CausalLM,
+        *,
+        device: str | torch.device | None = None,
+        max_num_seqs: int = 256,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | float | None = None,
+        cuda_graphs: bool = True,
+        tokenizer: Any | None = None,
+        max_prefill_tokens: int = 8192,
+    ) -> None:
+        if not isinstance(model, CausalLM):
+            raise TypeError(f"NativeEngine needs a native rlkit CausalLM, got {type(model).__name__}")
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.dtype = next(model.parameters()).dtype
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.kv_cache_tokens = kv_cache_tokens
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.tokenizer = tokenizer
+        self.max_prefill_tokens = max_prefill_tokens
+        self.default_stop_ids = _default_stop_ids(model, tokenizer)
+        self.stats = EngineStats()
+        self._cache: KVCache | None = None
+        self._buf: _Buffers | None = None
+        self._graphs: DecodeGraphs | None = None
+        self._fused: list[FusedLayer] = []
+        self._weights_key: tuple[int, ...] = ()
+        self._cache_len = 0
+        self._asleep = False
+        # On an accelerator the host handles a step's results while the next one runs.
+        self._pipeline_depth = 0 if self.device.type == "cpu" else 1
+
+    # ------------------------------------------------------------------ public interface
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Completion]]:
+        """Sample ``n`` completions per prompt; one list per prompt, in input order.
+
+        Raises:
+            UserError: a prompt does not fit ``max_model_len``.
+            ValueError: empty prompts, token ids outside the vocabulary, stop strings without a
+                tokenizer, or a mismatched number of parameter sets.
+            RuntimeError: the engine is asleep.
+        """
+        if self._asleep:
+            raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
+        per_prompt = self._params_per_prompt(prompt_token_ids, params)
+        if not prompt_token_ids:
+            return []
+        self._check_prompts(prompt_token_ids, per_prompt)
+        needed = max(len(p) + sp.max_tokens for p, sp in zip(prompt_token_ids, per_prompt, strict=True))
+        with torch.no_grad():
+            self._ensure_cache(needed)
+            return self._run(prompt_token_ids, per_prompt, progress)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy weights into the model in place, by Hugging Face name (captured graphs stay valid).
+
+        Raises:
+            ValueError: an unknown name or a shape that does not match.
+        """
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                target = state.get(name)
+                if target is None:
+                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
+                if target.shape != tensor.shape:
+                    raise ValueError(
+                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
+                    )
+                target.copy_(tensor)
+
+    def sleep(self) -> None:
+        """Free the KV cache, the logits buffer and the captured graphs (weights stay)."""
+        self._release()
+        self._asleep = True
+
+    def wake(self) -> None:
+        """Re-allocate the cache (and re-capture graphs) at the size it had before :meth:`sleep`."""
+        if self._asleep and self._cache_len:
+            with torch.no_grad():
+                self._allocate(self._cache_len)
+        self._asleep = False
+
+    def close(self) -> None:
+        self._release()
+
+    @property
+    def num_slots(self) -> int:
+        """KV-cache slots currently allocated (0 before the first ``generate`` or while asleep)."""
+        return self._cache.num_slots if self._cache is not None else 0
+
+    # ------------------------------------------------------------------ the generation loop
+
+    def _run(
+        self, prompts: list[list[int]], per_prompt: list[SamplingParams], progress: ProgressFn | None
+    ) -> list[list[Completion]]:
+        assert self._cache is not None
+        sched = Scheduler(self._cache.num_slots, self.max_prefill_tokens, self.device)
+        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
+            max_new = min(sp.max_tokens, self._cache.max_len - len(prompt))
+            sched.add(i, list(prompt), sp, max_new, self._stop_ids(sp))
+        results: list[list[Completion | None]] = [[None] * sp.n for sp in per_prompt]
+        tally = [0, 0]  # finished sequences, generated tokens
+        pending: deque[_Record] = deque()
+        while sched.has_work():
+            launched = False
+            groups = sched.admit()
+            if groups:
+                pending.append(self._prefill(groups))
+                launched = True
+            rows = sched.decode_rows()
+            if rows:
+                pending.append(self._decode(rows))
+                launched = True
+            if not launched and not pending:
+                raise AssertionError("scheduler has work but nothing to run")
+            keep = self._pipeline_depth if launched else 0
+            while len(pending) > keep:
+                self._consume(pending.popleft(), sched, results, tally)
+                if progress is not None:
+                    progress(tally[0], tally[1])
+        while pending:
+            self._consume(pending.popleft(), sched, results, tally)
+        if progress is not None:
+            progress(tally[0], tally[1])
+        assert all(c is not None for group in results for c in group)
+        return results  # type: ignore[return-value]
+
+    def _prefill(self, groups: list[tuple[list[int], list[Sequence]]]) -> _Record:
+        """Prefill each group's prompt once, fill all its slots, sample every sample's first token."""
+        assert self._cache is not None and self._buf is not None
+        ids: list[int] = []
+        positions: list[int] = []
+        cu = [0]
+        rows: list[Sequence] = []
+        row_group: list[int] = []
+        for g, (prompt, seqs) in enumerate(groups):
+            ids.extend(prompt)
+            positions.extend(range(len(prompt)))
+            cu.append(len(ids))
+            rows.extend(seqs)
+            row_group.extend([g] * len(seqs))
+        dev = self.device
+        ids_T = to_device(ids, torch.long, dev)
+        cu_t = to_device(cu, torch.int32, dev)
+        row_len = to_device([len(s.prompt) for s in rows], torch.long, dev)
+        row_start = to_device([cu[g] for g in row_group], torch.long, dev)
+        slots = to_device([s.slot for s in rows], torch.long, dev)
+        num_rows = sum(len(s.prompt) for s in rows)
+        # For every (sample, prompt token): which packed token, and which cache position it fills.
+        row_of = torch.repeat_interleave(torch.arange(len(rows), device=dev), row_len, output_size=num_rows)
+        row_first = torch.cumsum(row_len, 0) - row_len
+        within = torch.arange(num_rows, device=dev) - row_first.index_select(0, row_of)
+        src = row_start.index_select(0, row_of) + within
+        dest = slots.index_select(0, row_of) * self._cache.max_len + within
+        last = cu_t[1:].long() - 1
+        max_len = max(len(prompt) for prompt, _ in groups)
+        logits = prefill_forward(
+            self.model,
+            self._cache,
+            ids_T,
+            to_device(positions, torch.long, dev),
+            cu_t,
+            max_len,
+            dest,
+            src,
+            last,
+        )
+        self._set_slot_params(rows, slots)
+        if self._buf.seen is not None:
+            self._buf.seen.index_fill_(0, slots, False)
+            flat = slots.index_select(0, row_of) * self.config.vocab_size + ids_T.index_select(0, src)
+            self._buf.seen.view(-1).index_fill_(0, flat, True)
+        logits_R = logits.index_select(0, to_device(row_group, torch.long, dev)).float()
+        tokens, logprobs, sampling = sample_tokens(logits_R, self._row_params(rows, slots), self._noise(rows))
+        self._buf.tokens.index_copy_(0, slots, tokens)
+        self._buf.positions.index_copy_(0, slots, row_len)
+        if self._buf.seen is not None:
+            self._buf.seen.view(-1).index_fill_(0, slots * self.config.vocab_size + tokens, True)
+        for seq in rows:
+            seq.launched = 1
+        self.stats.prefill_calls += 1
+        self.stats.prefill_tokens += len(ids)
+        return _Record(list(rows), HostCopy([tokens, logprobs, sampling]))
+
+    def _decode(self, rows: list[Sequence | None]) -> _Record:
+        """One decode step for slots 0..B-1 (graph replay on GPU), then sampling on the device."""
+        assert self._cache is not None and self._buf is not None
+        buf = self._buf
+        if self._graphs is not None:
+            b = bucket_for(len(rows), self._graphs.buckets)
+            self._graphs.replay(b)
+            self.stats.graph_replays += 1
+        else:
+            b = len(rows)
+            longest = max(seq.position + 1 for seq in rows if seq is not None)
+            attn_len = min(self._cache.max_len, -(-longest // _LEN_ROUNDING) * _LEN_ROUNDING)
+            logits = decode_forward(
+                self.model, self._fused, self._cache, buf.tokens[:b], buf.positions[:b], attn_len
+            )
+            buf.logits[:b].copy_(logits)
+        rows = rows + [None] * (b - len(rows))
+        active = [seq for seq in rows if seq is not None]
+        tokens, logprobs, sampling = sample_tokens(
+            buf.logits[:b], self._row_params(active, slice(0, b)), self._noise(rows)
+        )
+        buf.tokens[:b].copy_(tokens)
+        buf.positions[:b] += 1
+        if buf.seen is not None:
+            buf.seen[:b].scatter_(1, tokens[:, None], True)
+        for seq in active:
+            seq.launched += 1
+        self.stats.decode_steps += 1
+        self.stats.decode_rows += b
+        return _Record(rows, HostCopy([tokens, logprobs, sampling]))
+
+    def _consume(
+        self, record: _Record, sched: Scheduler, results: list[list[Completion | None]], tally: list[int]
+    ) -> None:
+        tokens, logprobs, sampling = record.results.get()
+        decode = self._decode_text if self.tokenizer is not None else None
+        for row, seq in enumerate(record.rows):
+            if seq is None or seq.finished:
+                continue  # an idle slot, or the extra step of a sequence that already stopped
+            seq.append(tokens[row], logprobs[row], sampling[row], decode)
+            tally[1] += 1
+            self.stats.generated_tokens += 1
+            if seq.finished:
+                sched.release(seq)
+                results[seq.request][seq.sample] = seq.completion()
+                tally[0] += 1
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ sampling state
+
+    def _set_slot_params(self, rows: list[Sequence], slots: torch.Tensor) -> None:
+        assert self._buf is not None
+        buf, dev = self._buf, self.device
+        buf.temperature.index_copy_(
+            0, slots, to_device([s.params.temperature for s in rows], torch.float32, dev)
+        )
+        buf.top_k.index_copy_(0, slots, to_device([s.params.top_k for s in rows], torch.long, dev))
+        buf.top_p.index_copy_(0, slots, to_device([s.params.top_p for s in rows], torch.float32, dev))
+        buf.min_p.index_copy_(0, slots, to_device([s.params.min_p for s in rows], torch.float32, dev))
+        penalties = [s.params.repetition_penalty for s in rows]
+        buf.repetition_penalty.index_copy_(0, slots, to_device(penalties, torch.float32, dev))
+        if buf.seen is None and any(p != 1.0 for p in penalties):
+            shape = (buf.tokens.shape[0], self.config.vocab_size)
+            buf.seen = torch.zeros(shape, dtype=torch.bool, device=dev)
+
+    def _row_params(self, seqs: list[Sequence], rows: torch.Tensor | slice) -> RowParams:
+        """Parameters of the given rows; stages no sequence uses are switched off (None)."""
+        assert self._buf is not None
+        buf = self._buf
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+        vocab = self.config.vocab_size
+        # Requests usually share one SamplingParams object: decide the stages over distinct ones.
+        distinct = list({id(s.params): s.params for s in seqs}.values())
+        use_rep = any(p.repetition_penalty != 1.0 for p in distinct)
+        return RowParams(
+            temperature=pick(buf.temperature),
+            top_k=pick(buf.top_k) if any(0 < p.top_k < vocab for p in distinct) else None,
+            top_p=pick(buf.top_p) if any(p.top_p < 1.0 for p in distinct) else None,
+            min_p=pick(buf.min_p) if any(p.min_p > 0.0 for p in distinct) else None,
+            repetition_penalty=pick(buf.repetition_penalty) if use_rep else None,
+            seen=pick(buf.seen) if use_rep and buf.seen is not None else None,
+            divide=any(p.temperature not in (0.0, 1.0) for p in distinct),
+            any_greedy=any(p.greedy for p in distinct),
+        )
+
+    def _noise(self, rows: Sequence_[Sequence | None]) -> torch.Tensor | None:
+        """Exponential noise per row: a seeded sequence draws from its own generator."""
+        live = [(row, seq) for row, seq in enumerate(rows) if seq is not None]
+        if all(seq.params.greedy for _, seq in live):
+            return None
+        noise = torch.empty((len(rows), self.config.vocab_size), device=self.device).exponential_()
+        for row, seq in live:
+            if seq.generator is not None:
+                noise[row].exponential_(generator=seq.generator)
+        return noise
+
+    # ------------------------------------------------------------------ memory
+
+    def _ensure_cache(self, needed: int) -> None:
+        """Allocate (or grow) the cache; re-fuse and re-capture if the weights moved since capture."""
+        if self.max_model_len is not None:
+            length = self.max_model_len
+        else:
+            length = max(self._cache_len, -(-needed // _LEN_ROUNDING) * _LEN_ROUNDING)
+        if self._cache is None or self._cache.max_len != length:
+            self._release()
+            self._allocate(length)
+        elif self._weights_key != _weights_key(self.model):
+            # The model was moved or cast (new parameter storage): graphs point at the old one.
+            self._fused = fuse_layers(self.model)
+            self._weights_key = _weights_key(self.model)
+            if self._graphs is not None:
+                self._graphs = DecodeGraphs(self._graph_step, self._graphs.buckets, self.device)
+
+    def _allocate(self, max_len: int) -> None:
+        cfg = self.config
+        self._fused = fuse_layers(self.model)
+        self._weights_key = _weights_key(self.model)
+        slots = self._plan_slots(max_len)
+        self._cache = KVCache(
+            cfg.num_layers,
+            slots,
+            max_len,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            num_heads=cfg.num_heads,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self._cache_len = max_len
+        dev = self.device
+        self._buf = _Buffers(
+            tokens=torch.zeros(slots, dtype=torch.long, device=dev),
+            positions=torch.zeros(slots, dtype=torch.long, device=dev),
+            temperature=torch.ones(slots, device=dev),
+            top_k=torch.full((slots,), -1, dtype=torch.long, device=dev),
+            top_p=torch.ones(slots, device=dev),
+            min_p=torch.zeros(slots, device=dev),
+            repetition_penalty=torch.ones(slots, device=dev),
+            logits=torch.zeros((slots, cfg.vocab_size), dtype=torch.float32, device=dev),
+        )
+        if self.use_graphs:
+            self._graphs = DecodeGraphs(self._graph_step, batch_buckets(slots), dev)
+
+    def _graph_step(self, b: int) -> None:
+        assert self._cache is not None and self._buf is not None
+        buf = self._buf
+        logits = decode_forward(
+            self.model, self._fused, self._cache, buf.tokens[:b], buf.positions[:b], self._cache.max_len
+        )
+        buf.logits[:b].copy_(logits)
+
+    def _plan_slots(self, max_len: int) -> int:
+        cfg = self.config
+        per_token = KVCache.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        per_slot = per_token * max_len + _LOGIT_ROWS_PER_SLOT * 4 * cfg.vocab_size
+        budget = self.kv_cache_tokens
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            slots = budget // max_len
+        elif self.device.type == "cpu":  # no device memory to take a fraction of
+            slots = self.max_num_seqs
+        else:
+            fraction = DEFAULT_MEMORY_FRACTION if budget is None else float(budget)
+            free, _ = hardware.mem_get_info()
+            slots = int(fraction * free) // per_slot
+        slots = min(slots, self.max_num_seqs)
+        if slots < 1:
+            raise UserError(
+                f"rollout: the KV-cache budget cannot hold one sequence of {max_len} tokens",
+                hint="raise the cache budget (kv_cache_tokens / gpu_memory_utilization) or shorten "
+                "prompts and max_tokens",
+            )
+        return slots
+
+    def _release(self) -> None:
+        had_cache = self._cache is not None
+        self._graphs = None
+        self._cache = None
+        self._buf = None
+        if had_cache:
+            hardware.empty_cache()
+
+    # ------------------------------------------------------------------ validation
+
+    def _params_per_prompt(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[SamplingParams]:
+        if isinstance(params, SamplingParams):
+            return [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+        return list(params)
+
+    def _check_prompts(self, prompts: list[list[int]], per_prompt: list[SamplingParams]) -> None:
+        vocab = self.config.vocab_size
+        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
+            if sp.stop and self.tokenizer is None:
+                raise ValueError("stop strings need an engine built with a tokenizer")
+            if self.max_model_len is not None and len(prompt) >= self.max_model_len:
+                raise UserError(
+                    f"rollout: prompt {i} has {len(prompt)} tokens, max_model_len is {self.max_model_len}",
+                    hint="raise max_model_len or filter long prompts (data.max_prompt_length)",
+                )
+
+    def _stop_ids(self, sp: SamplingParams) -> frozenset[int]:
+        explicit = set(sp.stop_token_ids or [])
+        if sp.stop_token_ids is None and not sp.ignore_eos:
+            explicit |= set(self.default_stop_ids)
+        return frozenset(explicit)
+
+
+def _weights_key(model: CausalLM) -> tuple[int, ...]:
+    """Addresses of every parameter: captured graphs and fused buffers are valid while these hold."""
+    return tuple(p.data_ptr() for p in model.parameters())
+
+
+def _default_stop_ids(model: CausalLM, tokenizer: Any | None) -> list[int]:
+    """The model's stop tokens: the tokenizer's (eos + end of turn) if given, else config eos ids."""
+    if tokenizer is not None:
+        from rlkit.models.tokenizer import stop_token_ids
+
+        return stop_token_ids(tokenizer)
+    eos = model.config.eos_token_id
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)

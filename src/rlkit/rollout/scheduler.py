@@ -1,0 +1,176 @@
+"""Host-side bookkeeping of the native engine: sequences, the waiting queue and the cache slots.
+
+Continuous batching: prompts wait in a queue of groups (a prompt and the samples still to start);
+whenever enough slots are free, whole groups (or the part of the head group that fits) are admitted,
+prefilled together and join the running batch; a sequence leaves its slot as soon as it finishes.
+Slots are handed out lowest first so the running batch stays packed at the front and the decode step
+runs on the smallest batch-size bucket that covers it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from rlkit.rollout.base import Completion, FinishReason, SamplingParams
+
+DecodeFn = Callable[[list[int]], str]
+
+# A completion that ended in a stop string is found by decoding this many tokens per stop-string
+# character (a character may take up to 4 byte-level tokens), plus a margin.
+_TOKENS_PER_CHAR = 4
+_STOP_WINDOW_MARGIN = 8
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One completion being generated (sample ``sample`` of prompt ``request``)."""
+
+    request: int
+    sample: int
+    prompt: list[int]
+    params: SamplingParams
+    max_new: int
+    stop_ids: frozenset[int]
+    generator: torch.Generator | None = None
+    slot: int = -1
+    launched: int = 0
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    sampling_logprobs: list[float] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def decoding(self) -> bool:
+        """Whether another decode step should run for it (results may still be in flight)."""
+        return not self.finished and self.launched < self.max_new
+
+    @property
+    def position(self) -> int:
+        """Position of the token the next decode step feeds (the last launched one)."""
+        return len(self.prompt) + self.launched - 1
+
+    def append(self, token: int, logprob: float, sampling_logprob: float, decode: DecodeFn | None) -> None:
+        """Record a generated token and decide whether the sequence has finished."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.sampling_logprobs.append(sampling_logprob)
+        if token in self.stop_ids or self._hit_stop_string(decode):
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.max_new:
+            self.finish_reason = "length"
+
+    def _hit_stop_string(self, decode: DecodeFn | None) -> bool:
+        stops = self.params.stop
+        if not stops or decode is None:
+            return False
+        window = _TOKENS_PER_CHAR * max(len(s) for s in stops) + _STOP_WINDOW_MARGIN
+        text = decode(self.tokens[-window:])
+        return any(s in text for s in stops)
+
+    def completion(self) -> Completion:
+        assert self.finish_reason is not None
+        want = self.params.logprobs
+        return Completion(
+            token_ids=list(self.tokens),
+            logprobs=list(self.logprobs) if want else None,
+            sampling_logprobs=list(self.sampling_logprobs) if want else None,
+            finish_reason=self.finish_reason,
+        )
+
+
+@dataclass(eq=False)
+class _Group:
+    request: int
+    prompt: list[int]
+    params: SamplingParams
+    max_new: int
+    stop_ids: frozenset[int]
+    samples: deque[int]
+
+
+class Scheduler:
+    """Waiting groups, slot ownership and admission for one ``generate`` call."""
+
+    def __init__(self, num_slots: int, max_prefill_tokens: int, device: torch.device) -> None:
+        self.num_slots = num_slots
+        self.max_prefill_tokens = max_prefill_tokens
+        self.device = device
+        self.waiting: deque[_Group] = deque()
+        self.slots: list[Sequence | None] = [None] * num_slots
+        self._free = list(range(num_slots))
+        # Admitting costs an eager prefill, so with many slots wait until a few are free at once.
+        self.admit_threshold = max(1, num_slots // 16)
+
+    def add(
+        self, request: int, prompt: list[int], params: SamplingParams, max_new: int, stop_ids: frozenset[int]
+    ) -> None:
+        self.waiting.append(_Group(request, prompt, params, max_new, stop_ids, deque(range(params.n))))
+
+    @property
+    def num_running(self) -> int:
+        return self.num_slots - len(self._free)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.num_running > 0
+
+    def admit(self) -> list[tuple[list[int], list[Sequence]]]:
+        """Groups to prefill now: (prompt, its new sequences with slots assigned), by token budget."""
+        free = len(self._free)
+        if not self.waiting or free == 0:
+            return []
+        if self.num_running > 0 and free < min(self.admit_threshold, self._waiting_samples()):
+            return []
+        batch: list[tuple[list[int], list[Sequence]]] = []
+        tokens = 0
+        while self.waiting and self._free:
+            group = self.waiting[0]
+            if batch and tokens + len(group.prompt) > self.max_prefill_tokens:
+                break
+            seqs = []
+            while group.samples and self._free:
+                seqs.append(self._start(group, group.samples.popleft()))
+            if not group.samples:
+                self.waiting.popleft()
+            batch.append((group.prompt, seqs))
+            tokens += len(group.prompt)
+        return batch
+
+    def _waiting_samples(self) -> int:
+        return sum(len(g.samples) for g in self.waiting)
+
+    def _start(self, group: _Group, sample: int) -> Sequence:
+        seed = group.params.seed
+        generator = None
+        if seed is not None and not group.params.greedy:
+            generator = torch.Generator(device=self.device)
+            # Each sample of a seeded request has its own stream, fixed by (seed, sample index).
+            generator.manual_seed((seed * 1_000_003 + sample) % (1 << 63))
+        seq = Sequence(
+            group.request, sample, group.prompt, group.params, group.max_new, group.stop_ids, generator
+        )
+        seq.slot = heapq.heappop(self._free)
+        self.slots[seq.slot] = seq
+        return seq
+
+    def release(self, seq: Sequence) -> None:
+        """Free the slot of a finished sequence."""
+        assert self.slots[seq.slot] is seq
+        self.slots[seq.slot] = None
+        heapq.heappush(self._free, seq.slot)
+
+    def decode_rows(self) -> list[Sequence | None]:
+        """Sequences of slots 0..k-1 for the next decode step (None: idle slot), k = last active + 1."""
+        last = -1
+        for slot, seq in enumerate(self.slots):
+            if seq is not None and seq.decoding:
+                last = slot
+        return [seq if seq is not None and seq.decoding else None for seq in self.slots[: last + 1]]
