@@ -36,6 +36,26 @@ class Recipe:
 RECIPES: tuple[Recipe, ...] = (
     Recipe("ppo", "PPO", "PPO with a learned critic and GAE advantages", "ppo.yaml"),
     Recipe("grpo", "GRPO", "Group-relative advantages, no critic; the embedded default", "grpo.yaml"),
+    Recipe("drgrpo", "Dr. GRPO", "GRPO without std normalisation or length bias", "drgrpo.yaml"),
+    Recipe("rloo", "RLOO", "Leave-one-out group baseline", "rloo.yaml"),
+    Recipe(
+        "reinforce_plus_plus", "REINFORCE++", "Batch-whitened discounted returns", "reinforce_plus_plus.yaml"
+    ),
+    Recipe(
+        "reinforce_plus_plus_baseline",
+        "REINFORCE++ (baseline)",
+        "Group-mean baseline, then batch whitening",
+        "reinforce_plus_plus_baseline.yaml",
+    ),
+    Recipe(
+        "remax",
+        "ReMax",
+        "Greedy-rollout baseline (one extra generation per step)",
+        "remax.yaml",
+        hooks="remax",
+    ),
+    Recipe("opo", "OPO", "Length-weighted optimal baseline within each group", "opo.yaml"),
+    Recipe("gpg", "GPG", "Group policy gradient (no ratio, no clipping)", "gpg.yaml"),
 )
 
 

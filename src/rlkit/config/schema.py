@@ -292,6 +292,22 @@ class TrainerConfig:
 
 
 @dataclass
+class SFTConfig:
+    max_length: int = 256
+    """Longest training sequence in tokens; longer ones are truncated (and counted)."""
+    messages_key: str = "messages"
+    """Column holding multi-turn chat messages (used when ``sft.prompt_key`` is null)."""
+    prompt_key: str | None = None
+    """Column of single-turn prompts (with ``sft.response_key``) instead of ``messages``."""
+    response_key: str | None = None
+    """Column of single-turn responses."""
+    truncation: str = choice("right", "left", "error")
+    """How an over-long sequence is cut (or refused)."""
+    val_every: int = 50
+    """Compute the validation loss every N steps (0 = never)."""
+
+
+@dataclass
 class HardwareConfig:
     device: str = choice("auto", "cpu", "cuda", "npu", profile=True)
     """``auto`` (a GPU when present, else CPU), ``cpu``, ``cuda`` or ``npu``."""
@@ -315,6 +331,8 @@ class RlkitConfig:
 
     recipe: str = "grpo"
     """Name of the recipe this config came from (set by rlkit)."""
+    hooks: str | None = None
+    """Module in ``recipes/`` whose ``hooks()`` changes the RL step (set by recipes that need code)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -324,4 +342,5 @@ class RlkitConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)

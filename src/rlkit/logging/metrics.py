@@ -76,7 +76,7 @@ class ConsoleBackend:
     def __init__(
         self, total_steps: int, start_step: int, every: int = 1, console: Console | None = None
     ) -> None:
-        self.console = console or Console()
+        self.console = console or Console(soft_wrap=True)
         self.every = max(1, every)
         self.progress = Progress(
             TextColumn("[bold]train"),

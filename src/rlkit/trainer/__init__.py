@@ -1,0 +1,18 @@
+"""The RL trainer core (one step loop for every RL recipe) and its entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rlkit.config.compose import to_dataclass
+
+
+def run_rl(cfg: DictConfig) -> Path:
+    """Run a composed RL config; returns the run directory."""
+    from rlkit.trainer.core import RLTrainer
+    from rlkit.trainer.hooks import load_hooks
+
+    config = to_dataclass(cfg)
+    return RLTrainer(config, load_hooks(config.hooks)).fit()

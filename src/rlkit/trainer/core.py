@@ -1,0 +1,185 @@
+"""The one RL trainer core: the step loop every RL recipe runs (design.md §3).
+
+    prompts -> rollout (n samples each) -> rewards -> old log-probs -> ref log-probs (KL terms)
+    -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
+    -> weight sync to the rollout engine -> metrics, validation, checkpoint
+
+Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch filter, reward
+shaping, extra generations); the core never branches on a recipe's name. The math lives in
+``rlkit.algos``; the heavy work runs in Ray workers (``rlkit.trainer.workers``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlkit.algos import advantage_estimators, apply_kl_penalty
+from rlkit.config.schema import RlkitConfig
+from rlkit.data.batch import Batch
+from rlkit.logging import MetricsLogger
+from rlkit.profiling.timers import StageTimer
+from rlkit.trainer import stats
+from rlkit.trainer.hooks import Hooks
+from rlkit.trainer.setup import RunContext, build_run
+
+
+class RLTrainer:
+    """Runs ``cfg.trainer.total_steps`` RL steps of a composed config."""
+
+    def __init__(self, cfg: RlkitConfig, hooks: Hooks | None = None) -> None:
+        self.cfg = cfg
+        self.hooks = hooks or Hooks()
+        self.timer = StageTimer()
+
+    def fit(self) -> Path:
+        """Train; returns the run directory."""
+        run = build_run(self.cfg)
+        try:
+            self._loop(run)
+        finally:
+            run.close()
+        return run.run_dir
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, run: RunContext) -> None:
+        cfg = self.cfg
+        start = run.start_step
+        logger = MetricsLogger(
+            run.run_dir,
+            list(cfg.trainer.loggers),
+            total_steps=cfg.trainer.total_steps,
+            start_step=start,
+            project=cfg.trainer.project,
+            experiment=cfg.trainer.experiment,
+            config=run.config_dict,
+        )
+        try:
+            run.rollout.sync_weights()
+            if (
+                cfg.trainer.val_before_train
+                and cfg.trainer.val_every > 0
+                and start == 0
+                and run.val_data is not None
+            ):
+                logger.log(0, self._validate(run))
+            for step in range(start + 1, cfg.trainer.total_steps + 1):
+                metrics = self._step(run, step)
+                if cfg.trainer.val_every > 0 and run.val_data is not None:
+                    if step % cfg.trainer.val_every == 0 or step == cfg.trainer.total_steps:
+                        metrics.update(self._validate(run))
+                save_every = cfg.trainer.save_every
+                if step == cfg.trainer.total_steps or (save_every > 0 and step % save_every == 0):
+                    with self.timer("save"):
+                        run.save_checkpoint(step)
+                metrics.update(self.timer.metrics())
+                logger.log(step, metrics)
+        finally:
+            logger.close()
+
+    def _step(self, run: RunContext, step: int) -> dict[str, Any]:
+        cfg, timer = self.cfg, self.timer
+        started = time.perf_counter()
+        with timer("gen"):
+            batch, gen_metrics = self._generate_training_batch(run, step)
+        temperature = cfg.rollout.temperature
+        with timer("old_log_prob"):
+            batch = batch.union(run.actor.compute_log_prob(batch, temperature))
+        if run.ref is not None:
+            with timer("ref"):
+                batch = batch.union(run.ref.compute_ref_log_prob(batch, temperature))
+        if run.critic is not None:
+            with timer("values"):
+                batch = batch.union(run.critic.compute_values(batch))
+        with timer("adv"):
+            metrics = self._advantages(run, batch)
+        if run.critic is not None:
+            with timer("update_critic"):
+                metrics.update(run.critic.update(batch, run.critic_update_settings))
+        if step > cfg.trainer.critic_warmup:
+            run.rollout.sleep()
+            with timer("update_actor"):
+                metrics.update(run.actor.update(batch, run.actor_update_settings))
+            with timer("sync"):
+                run.rollout.sync_weights()
+        step_s = time.perf_counter() - started
+        metrics.update(gen_metrics)
+        metrics.update(stats.batch_metrics(batch))
+        metrics["timing/step_s"] = step_s
+        metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / step_s
+        metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
+        return metrics
+
+    # ------------------------------------------------------------------ stages
+    def _generate_training_batch(self, run: RunContext, step: int) -> tuple[Batch, dict[str, float]]:
+        """Generate and score batches until the hooks' filter keeps ``data.batch_size`` prompts."""
+        cfg = self.cfg
+        kept: list[Batch] = []
+        kept_prompts, rounds, drawn = 0, 0, 0
+        metrics: dict[str, float] = {}
+        while kept_prompts < cfg.data.batch_size:
+            rounds += 1
+            prompts = run.next_prompts()
+            prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
+            # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
+            seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + rounds) % 2**31
+            batch = run.generate(prompts, {**run.train_sampling, "seed": seed})
+            batch = self.hooks.after_generate(run, prompts, batch)
+            batch, reward_metrics = run.score(batch)
+            metrics.update(reward_metrics)
+            drawn += len(prompts)
+            batch = self.hooks.filter_batch(batch)
+            kept.append(batch)
+            kept_prompts += len(np.unique(batch["uid"]))
+            limit = self.hooks.max_generation_rounds(cfg)
+            if kept_prompts < cfg.data.batch_size and limit and rounds >= limit:
+                self.hooks.on_exhausted(rounds, kept_prompts, cfg.data.batch_size)
+                break
+        batch = Batch.concat(kept)
+        batch = batch.index(slice(0, cfg.data.batch_size * cfg.rollout.n))
+        metrics.update({"gen/rounds": float(rounds), "gen/prompts_drawn": float(drawn)})
+        return batch, metrics
+
+    def _advantages(self, run: RunContext, batch: Batch) -> dict[str, float]:
+        algo = self.cfg.algo
+        metrics: dict[str, float] = {}
+        scores, mask = batch["token_level_scores"], batch["response_mask"]
+        if algo.use_kl_in_reward:
+            rewards, current_kl = apply_kl_penalty(
+                scores,
+                batch["old_log_probs"],
+                batch["ref_log_prob"],
+                mask,
+                run.kl_ctrl.value,
+                algo.kl_penalty,
+            )
+            metrics["actor/reward_kl_penalty"] = float(current_kl)
+            metrics["actor/reward_kl_penalty_coeff"] = float(run.kl_ctrl.value)
+            run.kl_ctrl.update(float(current_kl), n_steps=self.cfg.data.batch_size)
+        else:
+            rewards = scores
+        batch.set("token_level_rewards", rewards)
+        estimator = advantage_estimators[algo.advantage]
+        advantages, returns = estimator(
+            token_level_rewards=rewards,
+            response_mask=mask,
+            index=batch["uid"],
+            values=batch["values"] if "values" in batch else None,
+            reward_baselines=batch["reward_baselines"] if "reward_baselines" in batch else None,
+            gamma=algo.gamma,
+            lam=algo.lam,
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+        )
+        batch.set("advantages", advantages)
+        batch.set("returns", returns)
+        return metrics
+
+    def _validate(self, run: RunContext) -> dict[str, float]:
+        with self.timer("val"):
+            batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
+            scored = [run.score(b)[0] for b in batches]
+        return stats.validation_metrics(Batch.concat(scored))

@@ -1,0 +1,136 @@
+"""Config keys -> the keyword settings each role and engine takes (the one place they are mapped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlkit.config.schema import RlkitConfig
+from rlkit.errors import UserError
+from rlkit.hardware import device as hw
+
+
+def resolve_device(cfg: RlkitConfig) -> str:
+    """``hardware.device`` with ``auto`` resolved; a missing accelerator is a UserError."""
+    found = hw.device_type()
+    found_name = "cpu" if found == "cpu" else ("npu" if found == "npu" else "cuda")
+    wanted = cfg.hardware.device
+    if wanted == "auto":
+        return found_name
+    if wanted != "cpu" and wanted != found_name:
+        raise UserError(
+            f"hardware.device={wanted} but no {wanted.upper()} device was found (found: {found})",
+            hint="use --profile cpu, or run on a machine with the hardware the profile expects",
+        )
+    if wanted != "cpu" and hw.device_count() < cfg.hardware.devices_per_node:
+        raise UserError(
+            f"the profile asks for {cfg.hardware.devices_per_node} {wanted} devices per node, found {hw.device_count()}",
+            hint="pick a profile that matches this machine (rlkit profiles)",
+        )
+    return wanted
+
+
+def compute_dtype(cfg: RlkitConfig, device: str) -> str:
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def _engine(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    return {
+        "model_path": cfg.model.path,
+        "dtype": compute_dtype(cfg, device),
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "seed": cfg.trainer.seed,
+    }
+
+
+def actor_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    a = cfg.actor
+    return {
+        **_engine(cfg, device),
+        "param_offload": a.param_offload,
+        "optimizer_offload": a.optimizer_offload,
+        "lr": a.lr,
+        "weight_decay": a.weight_decay,
+        "betas": tuple(a.betas),
+        "warmup_steps": a.warmup_steps,
+        "total_steps": _optimizer_steps(cfg),
+        "lr_schedule": a.lr_schedule,
+        "min_lr_ratio": a.min_lr_ratio,
+        "grad_clip": a.grad_clip,
+        "micro_batch_tokens": a.micro_batch_tokens,
+    }
+
+
+def _optimizer_steps(cfg: RlkitConfig) -> int:
+    return cfg.trainer.total_steps * num_mini_batches(cfg) * cfg.actor.epochs
+
+
+def num_mini_batches(cfg: RlkitConfig) -> int:
+    batch, mini = cfg.data.batch_size, cfg.actor.mini_batch_size
+    if mini <= 0 or batch % mini:
+        raise UserError(
+            f"actor.mini_batch_size={mini} must divide data.batch_size={batch}",
+            hint=f"e.g. actor.mini_batch_size={batch}",
+        )
+    return batch // mini
+
+
+def actor_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
+    a = cfg.actor
+    return {
+        "temperature": cfg.rollout.temperature,
+        "num_mini_batches": num_mini_batches(cfg),
+        "epochs": a.epochs,
+        "loss_mode": a.loss_mode,
+        "loss_agg_mode": a.loss_agg_mode,
+        "clip_ratio_low": a.clip_ratio_low,
+        "clip_ratio_high": a.clip_ratio_high,
+        "clip_ratio_c": a.clip_ratio_c,
+        "entropy_coeff": a.entropy_coeff,
+        "use_kl_loss": a.use_kl_loss,
+        "kl_loss_coef": a.kl_loss_coef,
+        "kl_loss_type": a.kl_loss_type,
+    }
+
+
+def ref_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    return {
+        **_engine(cfg, device),
+        "param_offload": cfg.ref.param_offload,
+        "micro_batch_tokens": cfg.actor.micro_batch_tokens,
+    }
+
+
+def critic_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    c = cfg.critic
+    return {
+        **_engine(cfg, device),
+        "model_path": c.model_path or cfg.model.path,
+        "param_offload": c.param_offload,
+        "lr": c.lr,
+        "warmup_steps": c.warmup_steps,
+        "total_steps": _optimizer_steps(cfg),
+        "grad_clip": c.grad_clip,
+        "micro_batch_tokens": c.micro_batch_tokens,
+    }
+
+
+def critic_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
+    return {
+        "num_mini_batches": num_mini_batches(cfg),
+        "epochs": cfg.actor.epochs,
+        "cliprange_value": cfg.critic.cliprange_value,
+        "loss_agg_mode": cfg.actor.loss_agg_mode,
+    }
+
+
+def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    return {
+        "model_path": cfg.model.path,
+        "dtype": compute_dtype(cfg, device),
+        "max_num_seqs": cfg.rollout.max_num_seqs,
+        "cuda_graphs": cfg.rollout.cuda_graphs,
+        "max_model_len": cfg.data.max_prompt_length + cfg.data.max_response_length,
+        "seed": cfg.trainer.seed,
+    }

@@ -1,0 +1,119 @@
+"""The roles a worker group hosts for RL, and how the controller calls them.
+
+Each class wraps one engine (training or rollout) and declares, per method, how the controller
+spreads its arguments over ranks (:func:`rlkit.controller.dispatch`). In colocated placement all
+of them live in one process per device: the rollout engine takes the actor's weights in-process
+(:meth:`RolloutWorker.sync_weights`) and frees its KV cache while the trainer updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlkit.controller.dispatch import dispatch
+from rlkit.controller.worker import worker_context
+from rlkit.data.batch import Batch
+from rlkit.models import load_causal_lm, load_tokenizer, write_hf_folder
+from rlkit.rollout.base import SamplingParams
+from rlkit.rollout.native import NativeEngine
+from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
+from rlkit.training import ActorRole, CriticRole, RefRole
+
+
+class ActorWorker:
+    """The policy being trained (FSDP2)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.role = ActorRole(**settings)
+
+    @dispatch("shard")
+    def compute_log_prob(self, batch: Batch, temperature: float) -> Batch:
+        return self.role.compute_log_prob(batch, temperature=temperature)
+
+    @dispatch("shard")
+    def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
+        return self.role.update(batch, **settings)
+
+    @dispatch("rank0")
+    def export_hf(self, out_dir: str, tokenizer_path: str) -> None:
+        """Write the current weights as a Hugging Face folder (all ranks gather, rank 0 writes)."""
+        tensors = dict(self.role.named_full_tensors(dtype=None))
+        if worker_context().rank == 0:
+            tokenizer = load_tokenizer(tokenizer_path)
+            write_hf_folder(out_dir, self.role.config.to_hf(), tensors, tokenizer=tokenizer)
+
+
+class RefWorker:
+    """The frozen reference policy (KL terms)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.role = RefRole(**settings)
+
+    @dispatch("shard")
+    def compute_ref_log_prob(self, batch: Batch, temperature: float) -> Batch:
+        return self.role.compute_ref_log_prob(batch, temperature=temperature)
+
+
+class CriticWorker:
+    """The value model (PPO)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.role = CriticRole(**settings)
+
+    @dispatch("shard")
+    def compute_values(self, batch: Batch) -> Batch:
+        return self.role.compute_values(batch)
+
+    @dispatch("shard")
+    def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
+        return self.role.update(batch, **settings)
+
+
+class RolloutWorker:
+    """The native rollout engine on this worker's device."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        dtype: str,
+        max_num_seqs: int,
+        cuda_graphs: bool,
+        max_model_len: int,
+        seed: int,
+    ) -> None:
+        device = worker_context().device
+        self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+        model = load_causal_lm(model_path, dtype=self.dtype, device=device, seed=seed)
+        self.engine = NativeEngine(
+            model,
+            device=device,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            cuda_graphs=cuda_graphs and device.type == "cuda",
+        )
+
+    @dispatch("shard")
+    def generate(
+        self, prompts: Batch, params: dict[str, Any], pad_id: int, max_response_length: int
+    ) -> Batch:
+        """Samples for a shard of prompts (``prompts``/``prompt_attention_mask`` columns); rows are prompts x n."""
+        sampling = SamplingParams(**params)
+        token_lists = prompt_token_lists(prompts["prompts"], prompts["prompt_attention_mask"])
+        completions = self.engine.generate(token_lists, sampling)
+        return completions_to_batch(
+            prompts, completions, pad_id=pad_id, max_response_length=max_response_length
+        )
+
+    @dispatch("broadcast")
+    def sync_weights(self, source_role: str = "actor") -> None:
+        """Copy the colocated actor's current weights into the engine (every rank takes part)."""
+        actor = worker_context().roles[source_role]
+        self.engine.wake()
+        self.engine.update_weights(actor.role.named_full_tensors(dtype=self.dtype))
+
+    @dispatch("broadcast")
+    def sleep(self) -> None:
+        self.engine.sleep()
