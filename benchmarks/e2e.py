@@ -1,0 +1,183 @@
+"""End-to-end GRPO step time: rlkit's trainer core vs TRL's GRPOTrainer on the same model and batch.
+
+A Qwen2.5-0.5B-shaped model with random weights (so no download), 32 prompts of about 128 tokens x
+8 samples x 256 new tokens per step, one GPU. Random weights almost never emit EOS, so responses run
+to the full 256 tokens on both sides. Prints seconds per steady step, tokens/s per GPU and the time
+per stage (rlkit), with TRL measured in the same process when ``--vs trl`` is given.
+
+    python benchmarks/e2e.py --vs trl          # on a GPU machine
+    python benchmarks/e2e.py --tiny            # CPU smoke test (tiny model, 2 steps)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+QWEN_05B = dict(
+    architecture="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
+    num_heads=14, num_kv_heads=2, head_dim=64, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, attention_bias=True, max_position_embeddings=32768,
+)  # fmt: skip
+TINY = dict(QWEN_05B, vocab_size=320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=16)  # fmt: skip
+
+
+def commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def make_model(folder: Path, shape: dict) -> None:
+    """A random-weight model folder with rlkit's byte-level tokenizer."""
+    from rlkit.models import build_tokenizer, save_hf
+    from rlkit.models.decoder import CausalLM, DecoderConfig
+    from rlkit.models.loader import init_weights
+
+    tokenizer = build_tokenizer()
+    cfg = DecoderConfig(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = CausalLM(cfg)
+    init_weights(model, seed=0)
+    save_hf(model.to(torch.bfloat16), folder, tokenizer=tokenizer)
+
+
+def make_prompts(path: Path, n: int, prompt_chars: int) -> list[str]:
+    """Verl-schema parquet of n prompts, each about ``prompt_chars`` bytes (= tokens, byte tokenizer)."""
+    texts = [(f"Question {i}: " + "compute the sum of these numbers " * 20)[:prompt_chars] for i in range(n)]
+    rows = {
+        "data_source": ["arith"] * n,
+        "prompt": [[{"role": "user", "content": t}] for t in texts],
+        "ability": ["arith"] * n,
+        "reward_model": [{"style": "rule", "ground_truth": "0"} for _ in range(n)],
+        "extra_info": [{"split": "train", "index": i} for i in range(n)],
+    }
+    pq.write_table(pa.table(rows), path)
+    return texts
+
+
+def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+    from rlkit.config.load import load_config
+    from rlkit.trainer import run_rl
+
+    overrides = [
+        f"model.path={model}",
+        f"data.train_files=[{data}]",
+        f"data.batch_size={args.prompts}",
+        f"actor.mini_batch_size={args.prompts}",
+        f"rollout.n={args.n}",
+        f"data.max_prompt_length={args.prompt_tokens + 64}",
+        f"data.max_response_length={args.response_tokens}",
+        f"trainer.total_steps={args.steps}",
+        "trainer.val_every=0",
+        "trainer.loggers=[jsonl]",
+        f"trainer.out_dir={out}",
+        "trainer.resume=never",
+        "actor.lr=1e-6",
+    ]
+    if args.tiny:
+        overrides.append("hardware.device=cpu")
+    run_rl(load_config("grpo", overrides=overrides))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = [r for r in rows if r["step"] > 1] or rows
+    keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/"))}
+    return {k: sum(r[k] for r in steady) / len(steady) for k in sorted(keys)}
+
+
+def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
+    """Mean seconds per steady step of TRL's GRPOTrainer with transformers generation."""
+    import dataclasses
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_step_end(self, *a: object, **k: object) -> None:
+            torch.cuda.synchronize()
+            self.stamps.append(time.perf_counter())
+
+    wanted = dict(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
+        max_completion_length=args.response_tokens, max_prompt_length=args.prompt_tokens + 64, learning_rate=1e-6,
+        bf16=True, logging_steps=1, max_steps=args.steps, report_to=[], use_vllm=False, save_strategy="no",
+        gradient_checkpointing=True, beta=0.0,
+    )  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    config = GRPOConfig(**{k: v for k, v in wanted.items() if k in fields})
+    timer = StepTimer()
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(
+            model, torch_dtype=torch.bfloat16, attn_implementation="sdpa"
+        ),
+        reward_funcs=lambda completions, **_: [0.0] * len(completions),
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": t}]} for t in texts]),
+        processing_class=AutoTokenizer.from_pretrained(model),
+        callbacks=[timer],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    stamps = [start, *timer.stamps]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:]
+    return sum(gaps) / max(len(gaps), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--vs", choices=["trl"], default=None, help="also run TRL's GRPOTrainer in this process"
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke test)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--response-tokens", type=int, default=256)
+    parser.add_argument("--commit", default=None, help="commit to print (the GPU machine has no .git)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.prompts, args.n, args.prompt_tokens, args.response_tokens = 2, 4, 2, 32, 8
+    work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
+    make_model(work / "model", TINY if args.tiny else QWEN_05B)
+    texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)
+    rlkit = run_rlkit(work / "model", work / "train.parquet", work / "run", args)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"\n## e2e GRPO step: {device}, torch {torch.__version__}, commit {args.commit or commit()}")
+    print(
+        f"{args.prompts} prompts x {args.n} samples, ~{args.prompt_tokens} prompt + {args.response_tokens} new tokens"
+    )
+    print("\n| system | s/step | tokens/s per GPU |\n|---|---|---|")
+    tokens = args.prompts * args.n * (args.prompt_tokens + args.response_tokens)
+    step = rlkit["timing/step_s"]
+    print(f"| rlkit | {step:.2f} | {rlkit['throughput/tokens_per_s_per_device']:,.0f} |")
+    if args.vs == "trl":
+        trl_step = run_trl(work / "model", texts, args)
+        print(f"| TRL GRPOTrainer | {trl_step:.2f} | {tokens / trl_step:,.0f} |")
+        print(f"\nrlkit speed-up over TRL: {trl_step / step:.2f}x")
+    print("\n| rlkit stage | s |\n|---|---|")
+    for key, value in rlkit.items():
+        if key.startswith("timing/") and key != "timing/step_s":
+            print(f"| {key[7:-2]} | {value:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
