@@ -93,8 +93,10 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     run_rl(load_config("grpo", overrides=overrides))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if r["step"] > 1] or rows
-    keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/"))}
-    return {k: sum(r[k] for r in steady) / len(steady) for k in sorted(keys)}
+    keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/")) and k != "timing/save_s"}
+    for r in rows:
+        print(f"rlkit step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}")
+    return {k: sum(r[k] for r in steady if k in r) / sum(k in r for r in steady) for k in sorted(keys)}
 
 
 def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
