@@ -56,6 +56,33 @@ RECIPES: tuple[Recipe, ...] = (
     ),
     Recipe("opo", "OPO", "Length-weighted optimal baseline within each group", "opo.yaml"),
     Recipe("gpg", "GPG", "Group policy gradient (no ratio, no clipping)", "gpg.yaml"),
+    Recipe(
+        "dapo",
+        "DAPO",
+        "Clip-higher, dynamic sampling, token-mean loss, overlong reward shaping",
+        "dapo.yaml",
+        hooks="dapo",
+    ),
+    Recipe(
+        "spin",
+        "SPIN",
+        "Self-play fine-tuning: DPO of reference responses over the model's own samples",
+        "spin.yaml",
+        hooks="spin",
+    ),
+    Recipe(
+        "sppo",
+        "SPPO",
+        "Self-play preference optimisation: log-ratios regressed on centred rewards",
+        "sppo.yaml",
+    ),
+    Recipe(
+        "sft",
+        "SFT",
+        "Supervised fine-tuning on conversations; the default warm-starts the tiny model on arith",
+        "sft.yaml",
+        command="sft",
+    ),
 )
 
 

@@ -46,13 +46,16 @@ from rlkit.algos.policy_losses import (
     compute_policy_loss_kl_cov,
     compute_policy_loss_reinforce,
     compute_policy_loss_sapo,
+    compute_policy_loss_sppo,
     compute_policy_loss_vanilla,
     policy_losses,
 )
 from rlkit.algos.preference import (
     compute_online_dpo_loss,
+    compute_online_dpo_weights,
     compute_onlinedpo_pref,
     compute_sppo_loss,
+    compute_sppo_outcome_advantage,
     sppo_advantages,
 )
 from rlkit.algos.rollout_correction import (
@@ -87,6 +90,7 @@ __all__ = [
     "compute_grpo_passk_outcome_advantage",
     "compute_offpolicy_metrics",
     "compute_online_dpo_loss",
+    "compute_online_dpo_weights",
     "compute_onlinedpo_pref",
     "compute_opo_outcome_advantage",
     "compute_policy_loss_cispo",
@@ -97,6 +101,7 @@ __all__ = [
     "compute_policy_loss_kl_cov",
     "compute_policy_loss_reinforce",
     "compute_policy_loss_sapo",
+    "compute_policy_loss_sppo",
     "compute_policy_loss_vanilla",
     "compute_reinforce_plus_plus_baseline_outcome_advantage",
     "compute_reinforce_plus_plus_outcome_advantage",
@@ -106,6 +111,7 @@ __all__ = [
     "compute_rollout_correction_weights",
     "compute_rollout_rejection_mask",
     "compute_sppo_loss",
+    "compute_sppo_outcome_advantage",
     "compute_value_loss",
     "entropy_from_logits",
     "group_ids",

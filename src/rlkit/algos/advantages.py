@@ -22,6 +22,7 @@ from torch import Tensor
 
 from rlkit.algos._groups import GroupIndex, group_count, group_ids, group_mean, group_std, group_sum
 from rlkit.algos._masked import masked_whiten
+from rlkit.algos.preference import compute_sppo_outcome_advantage
 from rlkit.errors import UserError
 
 __all__ = [
@@ -395,5 +396,6 @@ advantage_estimators: dict[str, AdvantageFn] = {
     "opo": compute_opo_outcome_advantage,
     "gpg": compute_gpg_outcome_advantage,
     "grpo_passk": compute_grpo_passk_outcome_advantage,
+    "sppo": compute_sppo_outcome_advantage,
 }
 """Advantage estimators by verl name (``algo.advantage``)."""

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from rlkit.algos._masked import masked_mean, masked_sum, safe_denominator
 from rlkit.algos.aggregation import agg_loss, pick_agg_kwargs
+from rlkit.algos.preference import compute_sppo_loss
 from rlkit.algos.rollout_correction import compute_rollout_correction_and_rejection_mask
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "compute_policy_loss_kl_cov",
     "compute_policy_loss_reinforce",
     "compute_policy_loss_sapo",
+    "compute_policy_loss_sppo",
     "compute_policy_loss_vanilla",
     "policy_losses",
 ]
@@ -449,6 +451,55 @@ def compute_policy_loss_reinforce(
     return loss, metrics
 
 
+def compute_policy_loss_sppo(
+    old_log_prob: Tensor,
+    log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    loss_agg_mode: str = "token-mean",
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    rollout_is_weights: Tensor | None = None,
+    **mode_specific: Any,
+) -> tuple[Tensor, Metrics]:
+    """SPPO: squared error between each response's log-ratio and its scaled target.
+
+    Paper: https://arxiv.org/abs/2405.00675 (verl ``recipe/sppo``). ``advantages`` hold each response's
+    target ``r_i`` on its valid tokens (``algo.advantage=sppo``: the soft-mean-centred score); the loss
+    is ``(sum_t logp - sum_t old - eta r_i)^2`` averaged over non-empty responses
+    (:func:`rlkit.algos.compute_sppo_loss`), with ``eta`` the ``sppo_eta`` keyword (default 1).
+    ``loss_agg_mode`` and the clip ranges are ignored (the loss is per sequence, without a ratio).
+    Metrics as verl: ``actor/log_ratio_mean``, ``actor/preference_mean`` (mean ``eta r``).
+
+    Raises:
+        ValueError: ``rollout_is_weights`` given (a per-token weight has no meaning for this loss).
+
+    Shape:
+        old_log_prob, log_prob, advantages, response_mask: (B, L).
+    """
+    if rollout_is_weights is not None:
+        raise ValueError("the sppo loss does not take rollout_is_weights")
+    old, new, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask)
+    lengths = mask.sum(dim=-1)
+    targets = masked_sum(adv, mask, dim=-1) / safe_denominator(lengths)
+    agg = pick_agg_kwargs(mode_specific)
+    loss, log_ratios, scaled = compute_sppo_loss(
+        old,
+        new,
+        targets,
+        mask,
+        eta=float(mode_specific.get("sppo_eta", 1.0)),
+        dp_size=int(agg.get("dp_size", 1)),
+        global_batch_size=agg.get("global_batch_size"),
+    )
+    valid = (lengths > 0).float()
+    return loss, {
+        "actor/log_ratio_mean": masked_mean(log_ratios.detach(), valid),
+        "actor/preference_mean": masked_mean(scaled.detach(), valid),
+    }
+
+
 policy_losses: dict[str, PolicyLossFn] = {
     "vanilla": compute_policy_loss_vanilla,
     "gspo": compute_policy_loss_gspo,
@@ -459,5 +510,6 @@ policy_losses: dict[str, PolicyLossFn] = {
     "geo_mean": compute_policy_loss_geo_mean,
     "cispo": compute_policy_loss_cispo,
     "reinforce": compute_policy_loss_reinforce,
+    "sppo": compute_policy_loss_sppo,
 }
 """Policy losses by verl name (``actor.policy_loss.loss_mode``)."""

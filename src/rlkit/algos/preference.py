@@ -19,7 +19,14 @@ from rlkit.algos._groups import GroupIndex, group_count, group_ids
 from rlkit.algos._masked import masked_sum
 from rlkit.algos.aggregation import Count, agg_loss
 
-__all__ = ["compute_online_dpo_loss", "compute_onlinedpo_pref", "compute_sppo_loss", "sppo_advantages"]
+__all__ = [
+    "compute_online_dpo_loss",
+    "compute_online_dpo_weights",
+    "compute_onlinedpo_pref",
+    "compute_sppo_loss",
+    "compute_sppo_outcome_advantage",
+    "sppo_advantages",
+]
 
 
 @torch.no_grad()
@@ -107,6 +114,80 @@ def compute_online_dpo_loss(
     return losses.mean()
 
 
+def compute_online_dpo_weights(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    reference_chosen_logps: Tensor,
+    reference_rejected_logps: Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+    reference_free: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sequence weights that give the DPO/IPO pair loss's gradient one sequence at a time.
+
+    With ``s`` a response's summed log-probs and ``l_p`` the loss of pair ``p``
+    (:func:`compute_online_dpo_loss` of that pair alone), the weights are ``w_c = -dl_p/ds_c`` and
+    ``w_r = -dl_p/ds_r`` at the given log-probs. The surrogate ``-mean_p(w_c s_c + w_r s_r)`` has the
+    gradient of the pair loss at these log-probs, and each of its terms involves one sequence only, so
+    a trainer may cut pairs across micro-batches and ranks (a plain policy-gradient loss
+    ``-w * sum_t logp`` does it). For ``sigmoid``: ``w_c = -w_r = beta (sigmoid(-beta x) (1 - eps) -
+    sigmoid(beta x) eps)``; for ``ipo``: ``w_c = -w_r = -2 (x - 1 / (2 beta))``. The weights come from
+    autograd through :func:`compute_online_dpo_loss`, so they follow it exactly.
+
+    Args:
+        policy_chosen_logps: Summed log-probs of the chosen responses under the policy.
+        policy_rejected_logps: Same for the rejected responses.
+        reference_chosen_logps: Chosen responses under the reference.
+        reference_rejected_logps: Rejected responses under the reference.
+        beta: Inverse temperature.
+        label_smoothing: Probability that a label is flipped (sigmoid only).
+        loss_type: ``sigmoid`` (DPO) or ``ipo``.
+        reference_free: Drop the reference log-ratio.
+
+    Returns:
+        ``(chosen_weights, rejected_weights, loss)``: float32 weights without gradient and the pair
+        loss (mean over pairs, detached).
+
+    Raises:
+        ValueError: No pairs, mismatched shapes, or an unknown ``loss_type``.
+
+    Shape:
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps: (P,).
+        chosen_weights, rejected_weights: (P,).
+    """
+    shapes = {
+        tuple(t.shape)
+        for t in (
+            policy_chosen_logps,
+            policy_rejected_logps,
+            reference_chosen_logps,
+            reference_rejected_logps,
+        )
+    }
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"DPO weights need four (P,) tensors of one shape, got shapes {sorted(shapes)}")
+    num_pairs = policy_chosen_logps.shape[0]
+    if num_pairs == 0:
+        raise ValueError("DPO weights need at least one pair")
+    chosen = policy_chosen_logps.detach().float().requires_grad_(True)
+    rejected = policy_rejected_logps.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        loss = compute_online_dpo_loss(
+            chosen,
+            rejected,
+            reference_chosen_logps.detach(),
+            reference_rejected_logps.detach(),
+            beta,
+            label_smoothing=label_smoothing,
+            loss_type=loss_type,
+            reference_free=reference_free,
+        )
+        grad_chosen, grad_rejected = torch.autograd.grad(loss, (chosen, rejected))
+    # the loss is a mean over pairs: scale by P to get each pair's own derivative
+    return -grad_chosen * num_pairs, -grad_rejected * num_pairs, loss.detach()
+
+
 def compute_sppo_loss(
     old_log_prob: Tensor,
     log_prob: Tensor,
@@ -192,3 +273,38 @@ def sppo_advantages(scores: Tensor, index: GroupIndex | None, beta: float) -> Te
     sums = torch.zeros(num_groups, device=values.device).index_add_(0, ids, torch.exp(scaled - peak[ids]))
     log_mean_exp = torch.log(sums) + peak - torch.log(counts)
     return values - (log_mean_exp / beta)[ids]
+
+
+@torch.no_grad()
+def compute_sppo_outcome_advantage(
+    *,
+    token_level_rewards: Tensor,
+    response_mask: Tensor,
+    index: GroupIndex | None = None,
+    sppo_beta: float = 1.0,
+    **_: object,
+) -> tuple[Tensor, Tensor]:
+    """SPPO's regression targets as an advantage estimator (``algo.advantage=sppo``).
+
+    Paper: Wu et al. 2024, https://arxiv.org/abs/2405.00675. The per-response score
+    ``s_i = sum_t r_it`` minus the soft mean of its group (:func:`sppo_advantages` with
+    ``beta = sppo_beta``), on every valid token: verl's ``seq_level_rewards``, broadcast so that the
+    ``sppo`` policy loss reads it like any advantage. ``returns = advantages``.
+
+    Args:
+        token_level_rewards: Per-token rewards.
+        response_mask: 0/1 response mask.
+        index: Group (prompt) id per response; None centres over the whole batch (verl).
+        sppo_beta: Soft-mean temperature (0 = arithmetic mean).
+
+    Returns:
+        ``(advantages, returns)``, float32.
+
+    Shape:
+        token_level_rewards, response_mask: (B, L).
+        index: (B,).
+        advantages, returns: (B, L).
+    """
+    centred = sppo_advantages(token_level_rewards.float().sum(dim=-1), index, sppo_beta)
+    advantages = centred.unsqueeze(-1) * response_mask.float()
+    return advantages, advantages

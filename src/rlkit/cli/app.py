@@ -72,17 +72,36 @@ def _root(
 
 
 def _register() -> None:
-    from rlkit.cli import config, cp, data, download, generate, plot, profiles, recipes, train
+    from rlkit.cli import (
+        config,
+        cp,
+        data,
+        doctor,
+        download,
+        generate,
+        plot,
+        profile,
+        profiles,
+        recipes,
+        sft,
+        train,
+    )
 
     app.command("train", epilog=train.EPILOG)(train.train)
+    app.command("sft", epilog=sft.EPILOG)(sft.sft)
     app.command("config", epilog=config.EPILOG)(config.config)
     app.command("recipes", epilog=recipes.EPILOG)(recipes.recipes)
     app.command("profiles", epilog=profiles.EPILOG)(profiles.profiles)
+    app.command("profile", epilog=profile.EPILOG)(profile.profile)
+    app.command("doctor", epilog=doctor.EPILOG)(doctor.doctor)
     app.command("cp", epilog=cp.EPILOG)(cp.cp)
     app.command("data", epilog=data.EPILOG)(data.data)
     app.command("download", epilog=download.EPILOG)(download.download)
     app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
+    from rlkit.cli import ckpt
+
+    app.add_typer(ckpt.app, name="ckpt")
 
 
 _register()

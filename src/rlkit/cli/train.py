@@ -20,7 +20,9 @@ def train(
     config_file: str = CONFIG,
 ) -> None:
     """Run an RL recipe (PPO, GRPO, ...) on the Ray trainer core; the run folder is trainer.out_dir."""
-    cfg = load_config(recipe, profile=profile, config_file=config_file, overrides=overrides or [], command="train")
+    cfg = load_config(
+        recipe, profile=profile, config_file=config_file, overrides=overrides or [], command="train"
+    )
     from rlkit.trainer import run_rl
 
     run_dir = run_rl(cfg)

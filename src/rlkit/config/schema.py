@@ -70,6 +70,8 @@ class DataConfig:
     """Shuffle the training prompts each epoch (seeded by ``trainer.seed``)."""
     chat_template: bool = True
     """Render prompts with the tokenizer's chat template."""
+    reference_key: str | None = None
+    """Key of ``extra_info`` holding each prompt's reference response (SPIN); null = ``reward_model.ground_truth``."""
 
 
 @dataclass
@@ -119,9 +121,9 @@ class ActorConfig:
     micro_batch_tokens: int = profile_key(8192)
     """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
     loss_mode: str = choice(
-        "vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo", "sapo", "reinforce"
+        "vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo", "sapo", "reinforce", "sppo"
     )
-    """Policy loss: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, sapo, reinforce."""
+    """Policy loss: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, sapo, reinforce, sppo."""
     loss_agg_mode: str = choice(
         "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
     )
@@ -140,6 +142,12 @@ class ActorConfig:
     """Weight of the KL loss."""
     kl_loss_type: str = "low_var_kl"
     """KL estimator of the loss: kl, abs, mse, low_var_kl (k1, k2, k3, with optional ``+``)."""
+    sppo_eta: float = 1.0
+    """SPPO's eta: the ``sppo`` loss regresses each log-ratio onto eta times the centred reward."""
+    dpo_beta: float = 0.1
+    """Inverse temperature beta of SPIN's DPO pair loss."""
+    dpo_loss_type: str = choice("sigmoid", "ipo")
+    """SPIN's pair loss: ``sigmoid`` (DPO) or ``ipo``."""
     param_offload: bool = profile_key(False)
     """Keep parameters on the CPU between uses (FSDP2 CPU offload)."""
     optimizer_offload: bool = profile_key(False)
@@ -168,6 +176,8 @@ class CriticConfig:
 
 @dataclass
 class RefConfig:
+    enable: bool | None = None
+    """Load a reference model; null = only when a KL term needs one (actor.use_kl_loss, algo.use_kl_in_reward)."""
     param_offload: bool = profile_key(False)
     """Keep reference-model parameters on the CPU between uses."""
     update_every: int = 0
@@ -191,7 +201,8 @@ class FilterGroupsConfig:
     enable: bool = False
     """Dynamic sampling: drop groups whose samples all scored the same and generate more."""
     metric: str = "score"
-    """Per-sample value whose spread within a group decides if the group is kept."""
+    """Per-sample value whose spread within a group decides if the group is kept: ``score`` (the scorer's,
+    before overlong shaping), ``seq_reward`` (after it), or the name of another batch column."""
     max_num_gen_batches: int = 10
     """Most generation rounds per step (0 = unlimited)."""
 
@@ -208,15 +219,18 @@ class AlgoConfig:
         "opo",
         "gpg",
         "grpo_passk",
+        "sppo",
     )
     """Advantage estimator: gae, grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo,
-    gpg, grpo_passk."""
+    gpg, grpo_passk, sppo."""
     gamma: float = 1.0
     """Discount factor."""
     lam: float = 1.0
     """GAE lambda."""
     norm_adv_by_std_in_grpo: bool = True
     """Divide GRPO advantages by the group's std (false = Dr.GRPO)."""
+    sppo_beta: float = 1.0
+    """Soft-mean temperature of SPPO's reward centring within a group (0 = plain mean)."""
     use_kl_in_reward: bool = False
     """Subtract a KL penalty against the reference model from the token rewards."""
     kl_penalty: str = "kl"
@@ -289,6 +303,10 @@ class TrainerConfig:
     """Experiment name (wandb, tensorboard)."""
     critic_warmup: int = 0
     """Steps that update only the critic."""
+    profile: str = choice("none", "torch", "npu", "memory", "nsight")
+    """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
+    profile_steps: list[int] = field(default_factory=lambda: [2, 3])
+    """First and last RL step (inclusive) that ``trainer.profile`` records (clamped to the run)."""
 
 
 @dataclass
@@ -309,8 +327,8 @@ class SFTConfig:
 
 @dataclass
 class HardwareConfig:
-    device: str = choice("auto", "cpu", "cuda", "npu", profile=True)
-    """``auto`` (a GPU when present, else CPU), ``cpu``, ``cuda`` or ``npu``."""
+    device: str = choice("auto", "cpu", "cuda", "rocm", "npu", profile=True)
+    """``auto`` (a GPU when present, else CPU), ``cpu``, ``cuda``, ``rocm`` (AMD) or ``npu`` (Ascend)."""
     nodes: int = profile_key(1)
     """Nodes of the Ray cluster to use."""
     devices_per_node: int = profile_key(1)

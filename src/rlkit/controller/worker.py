@@ -27,6 +27,7 @@ import torch.distributed as dist
 from rlkit.controller.dispatch import DISPATCH_ATTR
 from rlkit.data.batch import Batch
 from rlkit.hardware import device as hw
+from rlkit.profiling.nvtx import trace_range
 
 
 class WorkerError(RuntimeError):
@@ -153,7 +154,10 @@ class WorkerHost:
             if hw.device_type() != "cpu":
                 # Ray runs calls on pool threads; the current device is per thread.
                 hw.set_device(worker_context().device)
-            return _to_cpu(fn(*args, **kwargs))
+            # a named range per call, so Nsight and torch-profiler traces show which call ran what
+            with trace_range(f"{role}.{method}"):
+                result = fn(*args, **kwargs)
+            return _to_cpu(result)
         except Exception as exc:
             return self._failure(exc)
 

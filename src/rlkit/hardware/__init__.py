@@ -1,4 +1,7 @@
-"""Hardware layer: the device abstraction (cuda, rocm, npu, cpu)."""
+"""Hardware layer: the device abstraction (cuda, rocm, npu, cpu), device graphs and profiler hooks
+(:mod:`~rlkit.hardware.graphs`, :mod:`~rlkit.hardware.capture`), the hardware check of profiles
+(:mod:`~rlkit.hardware.check`, :mod:`~rlkit.hardware.profiles`) and ``rlkit doctor``
+(:mod:`~rlkit.hardware.doctor`)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from rlkit.hardware.device import (
     DeviceType,
     current_device,
     device_count,
+    device_name,
+    device_total_memory,
     device_type,
     dist_backend,
     empty_cache,
@@ -27,6 +32,8 @@ __all__ = [
     "DeviceType",
     "current_device",
     "device_count",
+    "device_name",
+    "device_total_memory",
     "device_type",
     "dist_backend",
     "empty_cache",

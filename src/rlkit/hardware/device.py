@@ -79,6 +79,22 @@ def current_device(local_rank: int = 0) -> torch.device:
     return torch.device(torch_device_name(), local_rank)
 
 
+def device_name(index: int = 0) -> str:
+    """Marketing name of visible device ``index`` (e.g. ``"NVIDIA H100 80GB HBM3"``); ``"cpu"`` on CPU."""
+    accel = _accel()
+    return str(accel.get_device_name(index)) if accel is not None else "cpu"
+
+
+def device_total_memory(index: int = 0) -> int:
+    """Total bytes of memory of visible device ``index`` (0 on CPU).
+
+    Read from the device properties, which needs no context on the device (unlike
+    :func:`mem_get_info`), so the Ray driver can check a profile without holding device memory.
+    """
+    accel = _accel()
+    return int(accel.get_device_properties(index).total_memory) if accel is not None else 0
+
+
 def set_device(device: torch.device) -> None:
     """Make ``device`` the default device of the calling thread (no-op on CPU)."""
     accel = _accel()
@@ -115,11 +131,11 @@ def ray_resource_name(kind: str | None = None) -> str | None:
     return {"cuda": "GPU", "rocm": "GPU", "npu": "NPU"}.get(kind)
 
 
-def synchronize() -> None:
-    """Wait for all queued device work of this process (no-op on CPU)."""
+def synchronize(device: torch.device | None = None) -> None:
+    """Wait for all queued work of ``device`` (default: the current device) of this process (no-op on CPU)."""
     accel = _accel()
-    if accel is not None:
-        accel.synchronize()
+    if accel is not None and (device is None or device.type != "cpu"):
+        accel.synchronize(device)
 
 
 def empty_cache() -> None:

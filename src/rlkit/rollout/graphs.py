@@ -1,7 +1,8 @@
 """CUDA-graph capture of the decode step, and asynchronous device-to-host result transfer.
 
-These are the only CUDA-specific pieces of the native engine (CUDA graphs have no device-neutral
-API in torch); everything else runs on any device.
+Graph capture is the only CUDA-specific piece of the native engine (CUDA graphs have no
+device-neutral API in torch); it goes through :mod:`rlkit.hardware.graphs`, and everything else
+runs on any device.
 
 A decode step at small batch is bound by kernel-launch overhead (hundreds of small kernels per
 token), so it is captured once per batch-size bucket and replayed. All inputs and outputs of a
@@ -11,10 +12,14 @@ replay reads and writes the same memory, and weights updated in place stay visib
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from rlkit.hardware.device import synchronize
+from rlkit.hardware.graphs import DeviceGraph, capture_graph, graph_pool, side_stream
 
 
 def batch_buckets(num_slots: int) -> list[int]:
@@ -42,21 +47,15 @@ class DecodeGraphs:
         Warm-up runs write keys/values of idle rows into their own slots, so capture before any
         sequence holds a slot (the engine captures right after allocating the cache).
         """
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, DeviceGraph] = {}
         self.buckets = buckets
-        stream = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
+        with side_stream(device):
             for b in buckets:  # warm-up: lazy initialisation (cuBLAS handles, autotuning) outside capture
                 step(b)
-        torch.cuda.current_stream(device).wait_stream(stream)
-        pool = torch.cuda.graph_pool_handle()
+        pool = graph_pool(device)
         for b in sorted(buckets, reverse=True):  # largest first, so smaller ones reuse its pool blocks
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                step(b)
-            self.graphs[b] = graph
-        torch.cuda.synchronize(device)
+            self.graphs[b] = capture_graph(functools.partial(step, b), device, pool)
+        synchronize(device)
 
     def replay(self, b: int) -> None:
         self.graphs[b].replay()

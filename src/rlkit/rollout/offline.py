@@ -183,32 +183,48 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_model(path: str) -> str:
-    """The model folder to load for MODEL_OR_CKPT.
-
-    rlkit checkpoint folders (``RUN/checkpoints/step_N``) are resolved here once the checkpoint
-    format exists (the checkpoint issue); until then they need ``rlkit ckpt merge`` first.
+    """The folder to load for MODEL_OR_CKPT: a Hugging Face model folder, ``builtin:*``, or an rlkit
+    checkpoint folder (``RUN/checkpoints/step_N``, read in memory as ``rlkit ckpt merge`` reads it).
     """
     if path.startswith("builtin:"):
         return path
+    from rlkit.ckpt import checkpoints_dir, is_checkpoint_dir, newest_complete
+
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise UserError(
-            f"no such model folder {path!r}", hint="pass a Hugging Face model folder or builtin:tiny"
+            f"no such model folder {path!r}",
+            hint="pass a Hugging Face model folder, a checkpoint (RUN/checkpoints/step_N) or builtin:tiny",
         )
+    if is_checkpoint_dir(folder):
+        return str(folder)
     if not (folder / "config.json").is_file():
-        raise UserError(
-            f"{path!r} is not a Hugging Face model folder (no config.json)",
-            hint="for an rlkit checkpoint, run `rlkit ckpt merge CKPT_DIR --out HF_DIR` and pass HF_DIR",
-        )
+        newest = newest_complete(checkpoints_dir(folder)) or newest_complete(folder)
+        hint = "pass a Hugging Face model folder or an rlkit checkpoint folder (RUN/checkpoints/step_N)"
+        if newest is not None:
+            hint = f"this looks like a run folder; pass one of its checkpoints, e.g. {newest.path}"
+        raise UserError(f"{path!r} is not a Hugging Face model folder (no config.json)", hint=hint)
     return str(folder)
 
 
+def load_model_tokenizer(path: str) -> Any:
+    """The tokenizer of a resolved model folder or checkpoint folder."""
+    from rlkit.ckpt import is_checkpoint_dir, load_checkpoint_tokenizer
+    from rlkit.models import load_tokenizer
+
+    return load_checkpoint_tokenizer(path) if is_checkpoint_dir(path) else load_tokenizer(path)
+
+
 def load_engine(path: str, tokenizer: Any, device: torch.device, max_num_seqs: int) -> NativeEngine:
-    """The native engine over a resolved model folder (bf16 on GPU, fp32 on CPU)."""
+    """The native engine over a resolved model or checkpoint folder (bf16 on GPU, fp32 on CPU)."""
+    from rlkit.ckpt import is_checkpoint_dir, load_checkpoint_model
     from rlkit.models import CausalLM, load_causal_lm
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    model = load_causal_lm(path, dtype=dtype, device=device)
+    if is_checkpoint_dir(path):
+        model = load_checkpoint_model(path, dtype=dtype, device=device)
+    else:
+        model = load_causal_lm(path, dtype=dtype, device=device)
     if not isinstance(model, CausalLM):
         raise UserError(
             f"{path!r} is not a llama / qwen2 / qwen3 model, which the native engine needs",
@@ -244,12 +260,10 @@ def run_generate(
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     console = console or Console(stderr=True)
-    from rlkit.models import load_tokenizer
-
     prompts = read_prompts(prompts_file)
     dev = resolve_device(device)
     path = resolve_model(model)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_model_tokenizer(path)
     token_ids = encode_prompts(prompts, tokenizer, chat_template=chat_template)  # fail before loading weights
     engine = load_engine(path, tokenizer, dev, max_num_seqs=min(256, batch_size * params.n))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
     -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
     -> weight sync to the rollout engine -> metrics, validation, checkpoint
 
-Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch filter, reward
-shaping, extra generations); the core never branches on a recipe's name. The math lives in
+Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch filter, extra
+generations and rows, batch rewrites before the update) and config (``ref.update_every`` refreshes the
+reference model from the actor); the core never branches on a recipe's name. The math lives in
 ``rlkit.algos``; the heavy work runs in Ray workers (``rlkit.trainer.workers``).
 """
 
@@ -22,9 +23,10 @@ from rlkit.algos import advantage_estimators, apply_kl_penalty
 from rlkit.config.schema import RlkitConfig
 from rlkit.data.batch import Batch
 from rlkit.logging import MetricsLogger
+from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
-from rlkit.trainer.hooks import Hooks
+from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.setup import RunContext, build_run
 
 
@@ -35,6 +37,10 @@ class RLTrainer:
         self.cfg = cfg
         self.hooks = hooks or Hooks()
         self.timer = StageTimer()
+        # validated here, before Ray or any worker starts
+        self.profile_window = ProfileWindow.from_settings(
+            cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
+        )
 
     def fit(self) -> Path:
         """Train; returns the run directory."""
@@ -68,7 +74,11 @@ class RLTrainer:
             ):
                 logger.log(0, self._validate(run))
             for step in range(start + 1, cfg.trainer.total_steps + 1):
+                if self.profile_window.starts_at(step):
+                    run.start_profiler(self.profile_window)
                 metrics = self._step(run, step)
+                if self.profile_window.stops_at(step):
+                    run.stop_profiler()
                 if cfg.trainer.val_every > 0 and run.val_data is not None:
                     if step % cfg.trainer.val_every == 0 or step == cfg.trainer.total_steps:
                         metrics.update(self._validate(run))
@@ -97,6 +107,7 @@ class RLTrainer:
                 batch = batch.union(run.critic.compute_values(batch))
         with timer("adv"):
             metrics = self._advantages(run, batch)
+            metrics.update(self.hooks.before_update(run, batch))
         if run.critic is not None:
             with timer("update_critic"):
                 metrics.update(run.critic.update(batch, run.critic_update_settings))
@@ -106,6 +117,10 @@ class RLTrainer:
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
             with timer("sync"):
                 run.rollout.sync_weights()
+            every = cfg.ref.update_every
+            if run.ref is not None and every > 0 and step % every == 0:
+                with timer("ref_sync"):
+                    run.ref.sync_from_actor()
         step_s = time.perf_counter() - started
         metrics.update(gen_metrics)
         metrics.update(stats.batch_metrics(batch))
@@ -137,11 +152,19 @@ class RLTrainer:
             kept_prompts += len(np.unique(batch["uid"]))
             limit = self.hooks.max_generation_rounds(cfg)
             if kept_prompts < cfg.data.batch_size and limit and rounds >= limit:
-                self.hooks.on_exhausted(rounds, kept_prompts, cfg.data.batch_size)
+                extra = self.hooks.on_exhausted(rounds, kept_prompts, cfg.data.batch_size)
+                if extra is not None:
+                    kept.append(extra)
                 break
-        batch = Batch.concat(kept)
-        batch = batch.index(slice(0, cfg.data.batch_size * cfg.rollout.n))
-        metrics.update({"gen/rounds": float(rounds), "gen/prompts_drawn": float(drawn)})
+        # by prompts, not rows: a hook may change the rows per prompt (SPIN pairs each sample)
+        batch = first_prompts(Batch.concat(kept), cfg.data.batch_size)
+        metrics.update(
+            {
+                "gen/rounds": float(rounds),
+                "gen/prompts_drawn": float(drawn),
+                "gen/prompts_kept": float(kept_prompts),
+            }
+        )
         return batch, metrics
 
     def _advantages(self, run: RunContext, batch: Batch) -> dict[str, float]:
@@ -173,6 +196,7 @@ class RLTrainer:
             gamma=algo.gamma,
             lam=algo.lam,
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+            sppo_beta=algo.sppo_beta,
         )
         batch.set("advantages", advantages)
         batch.set("returns", returns)

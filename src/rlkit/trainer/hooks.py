@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 
@@ -32,13 +34,34 @@ class Hooks:
         """Most generation rounds per step before :meth:`on_exhausted` (0 = unlimited)."""
         return 1
 
-    def on_exhausted(self, rounds: int, kept: int, wanted: int) -> None:
-        """The filter kept fewer prompts than a step needs within the allowed rounds."""
+    def on_exhausted(self, rounds: int, kept: int, wanted: int) -> Batch | None:
+        """The filter kept fewer prompts than a step needs within the allowed rounds.
+
+        Returns rows to add to the step's batch (e.g. groups the filter dropped), or None to train on
+        what was kept.
+        """
         if rounds > 1:
             raise UserError(
                 f"after {rounds} generation rounds only {kept} of {wanted} prompts survived the batch filter",
                 hint="raise algo.filter_groups.max_num_gen_batches or check that rewards vary within groups",
             )
+        return None
+
+    def before_update(self, run: Any, batch: Batch) -> dict[str, float]:
+        """Called once per step after the advantages, before the critic and actor updates.
+
+        May rewrite columns of ``batch`` in place (e.g. SPIN replaces ``advantages`` with its pair
+        weights); returns metrics for the step (e.g. DAPO's filter counts).
+        """
+        return {}
+
+
+def first_prompts(batch: Batch, num_prompts: int) -> Batch:
+    """The rows of the batch's first ``num_prompts`` prompts (a prompt's rows are adjacent, one ``uid``)."""
+    uids = batch.non_tensors["uid"]
+    starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if len(uids) else np.zeros(0, dtype=int)
+    end = int(starts[num_prompts]) if len(starts) > num_prompts else len(uids)
+    return batch.index(slice(0, end))
 
 
 def load_hooks(module_name: str | None) -> Hooks:

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rlkit.config.schema import RlkitConfig
 from rlkit.errors import UserError
-from rlkit.hardware import device as hw
+from rlkit.hardware.check import resolve_hardware
 
 
 def resolve_device(cfg: RlkitConfig) -> str:
-    """``hardware.device`` with ``auto`` resolved; a missing accelerator is a UserError."""
-    found = hw.device_type()
-    found_name = "cpu" if found == "cpu" else ("npu" if found == "npu" else "cuda")
-    wanted = cfg.hardware.device
-    if wanted == "auto":
-        return found_name
-    if wanted != "cpu" and wanted != found_name:
-        raise UserError(
-            f"hardware.device={wanted} but no {wanted.upper()} device was found (found: {found})",
-            hint="use --profile cpu, or run on a machine with the hardware the profile expects",
-        )
-    if wanted != "cpu" and hw.device_count() < cfg.hardware.devices_per_node:
-        raise UserError(
-            f"the profile asks for {cfg.hardware.devices_per_node} {wanted} devices per node, found {hw.device_count()}",
-            hint="pick a profile that matches this machine (rlkit profiles)",
-        )
-    return wanted
+    """``hardware.device`` with ``auto`` resolved and checked against this machine's devices.
+
+    Raises:
+        UserError: The machine lacks the device family, count or memory the profile expects.
+    """
+    hw_cfg = cfg.hardware
+    return resolve_hardware(
+        hw_cfg.device,
+        devices_per_node=hw_cfg.devices_per_node,
+        memory_per_device_gb=hw_cfg.memory_per_device_gb,
+        joining_cluster=bool(hw_cfg.ray_address or os.environ.get("RAY_ADDRESS")),
+    )
 
 
 def compute_dtype(cfg: RlkitConfig, device: str) -> str:
@@ -91,12 +87,16 @@ def actor_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
         "use_kl_loss": a.use_kl_loss,
         "kl_loss_coef": a.kl_loss_coef,
         "kl_loss_type": a.kl_loss_type,
+        # loss modes read the keywords they use and ignore the rest
+        "loss_kwargs": {"sppo_eta": a.sppo_eta},
     }
 
 
 def ref_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    engine = _engine(cfg, device)
+    del engine["gradient_checkpointing"]  # the reference never runs a backward pass
     return {
-        **_engine(cfg, device),
+        **engine,
         "param_offload": cfg.ref.param_offload,
         "micro_batch_tokens": cfg.actor.micro_batch_tokens,
     }

@@ -2,7 +2,9 @@
 
 Builds the run directory, tokenizer, datasets and sampler, the reward manager, and the Ray worker
 groups (colocated: actor, rollout and, when needed, ref and critic share each device), and maps
-config keys onto the settings each role takes.
+config keys onto the settings each role takes. Saving and resuming go through :mod:`rlkit.ckpt`:
+``trainer.resume`` is resolved and checked against the config before any worker starts, and the
+workers restore their shards right after they are built.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from rlkit import ckpt
 from rlkit.algos import AdaptiveKLController, FixedKLController
 from rlkit.config.schema import RlkitConfig
 from rlkit.controller import ResourcePool, WorkerGroup, start_ray
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
-from rlkit.models import load_tokenizer, stop_token_ids
+from rlkit.models import load_hf_config, load_tokenizer, stop_token_ids
+from rlkit.profiling.profiler import ProfilerRole, ProfileWindow
 from rlkit.rewards import build_reward_manager, token_level_scores
 from rlkit.trainer.data import TrainData, build_train_data
 from rlkit.trainer.settings import (
@@ -57,6 +61,7 @@ class RunContext:
         self.rollout = self.group.role("rollout")
         self.ref = self.group.role("ref") if "ref" in self.group.roles else None
         self.critic = self.group.role("critic") if "critic" in self.group.roles else None
+        self.profiler = self.group.role("profiler") if "profiler" in self.group.roles else None
         self.actor_update_settings = actor_update_settings(cfg)
         self.critic_update_settings = critic_update_settings(cfg)
         stops = stop_token_ids(self.tokenizer)
@@ -102,10 +107,58 @@ class RunContext:
         batch.set("seq_score", out.scores)
         return batch, dict(out.metrics)
 
-    def save_checkpoint(self, step: int) -> None:
-        """Export the actor's weights as a Hugging Face folder under ``checkpoints/step_N/hf``."""
-        out = self.run_dir / "checkpoints" / f"step_{step}" / "hf"
-        self.actor.export_hf(str(out), self.cfg.model.tokenizer or self.cfg.model.path)
+    @property
+    def trained_roles(self) -> dict[str, Any]:
+        """The roles whose state a checkpoint holds (the ref is frozen, the rollout engine a copy)."""
+        roles = {"actor": self.actor}
+        if self.critic is not None:
+            roles["critic"] = self.critic
+        return roles
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write ``checkpoints/step_N`` atomically: every trained role's shards, RNG and driver state."""
+
+        def write_roles(folder: Path) -> None:
+            for handle in self.trained_roles.values():
+                handle.save_checkpoint(str(folder))
+
+        return ckpt.save_checkpoint(
+            self.run_dir,
+            step,
+            trainer_state={
+                "sampler": self.data.sampler.state_dict(),
+                "kl_ctrl": self.kl_ctrl.state_dict(),
+                "rng": ckpt.capture_rng(),
+            },
+            config=self.config_dict,
+            tokenizer=self.tokenizer,
+            roles=list(self.trained_roles),
+            world_size=self.world_size,
+            write_roles=write_roles,
+            keep_last=self.cfg.trainer.keep_last,
+        )
+
+    def restore(self, point: ckpt.ResumePoint) -> None:
+        """Continue from ``point``: every trained role (resharded to this world size), data order, KL, RNG."""
+        ckpt.world_size_note(point, self.world_size)
+        for handle in self.trained_roles.values():
+            problems = [p for p in handle.load_checkpoint(str(point.path)) if p]
+            if problems:
+                raise UserError(f"cannot resume from {point.path}: {problems[0]}")
+        self.data.sampler.load_state_dict(point.state["sampler"])
+        self.kl_ctrl.load_state_dict(point.state["kl_ctrl"])
+        ckpt.restore_rng(point.state["rng"])
+        self.start_step = point.step
+
+    def start_profiler(self, window: ProfileWindow) -> None:
+        """Start ``window.kind`` in every worker; files go to ``RUN/profile/``."""
+        assert self.profiler is not None, "trainer.profile is set but the group has no profiler role"
+        self.profiler.start(str(self.run_dir / "profile"), window.kind, window.tag)
+
+    def stop_profiler(self) -> list[str]:
+        """Stop the profilers; returns the files and folders they wrote (every rank's)."""
+        assert self.profiler is not None, "trainer.profile is set but the group has no profiler role"
+        return sorted({path for paths in self.profiler.stop() for path in paths})
 
     def close(self) -> None:
         self.group.shutdown()
@@ -118,10 +171,10 @@ def build_run(cfg: RlkitConfig) -> RunContext:
     """Set up a run of ``cfg``: run dir, data, rewards and workers."""
     device = resolve_device(cfg)
     run_dir = Path(cfg.trainer.out_dir)
-    _refuse_unsupported_resume(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(config_dict, dict)
+    point = _resume_point(cfg, run_dir, config_dict)
+    ckpt.prepare_run_dir(run_dir, point)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config_dict)))
     torch.manual_seed(cfg.trainer.seed)
     np.random.seed(cfg.trainer.seed)
@@ -146,10 +199,12 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         "actor": actor_settings(cfg, device),
         "rollout": rollout_settings(cfg, device),
     }
-    if cfg.actor.use_kl_loss or cfg.algo.use_kl_in_reward:
+    if _ref_enabled(cfg):
         roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
     if _critic_enabled(cfg):
         roles["critic"], init["critic"] = CriticWorker, critic_settings(cfg, device)
+    if cfg.trainer.profile != "none":
+        roles["profiler"] = ProfilerRole
     group = WorkerGroup(pool, roles, init, call_timeout_s=cfg.hardware.stage_timeout_s)
     kl = cfg.algo.kl_ctrl
     kl_ctrl = (
@@ -157,7 +212,26 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         if kl.type == "adaptive"
         else FixedKLController(kl.kl_coef)
     )
-    return RunContext(cfg, run_dir, tokenizer, data, reward, group, kl_ctrl, world, config_dict=config_dict)
+    run = RunContext(cfg, run_dir, tokenizer, data, reward, group, kl_ctrl, world, config_dict=config_dict)
+    if point is not None:
+        try:
+            run.restore(point)
+        except BaseException:
+            run.close()
+            raise
+    return run
+
+
+def _ref_enabled(cfg: RlkitConfig) -> bool:
+    needed = cfg.actor.use_kl_loss or cfg.algo.use_kl_in_reward
+    if cfg.ref.enable is None:
+        return needed
+    if needed and not cfg.ref.enable:
+        raise UserError(
+            "actor.use_kl_loss / algo.use_kl_in_reward need a reference model",
+            hint="set ref.enable=true (or null), or turn the KL terms off",
+        )
+    return cfg.ref.enable
 
 
 def _critic_enabled(cfg: RlkitConfig) -> bool:
@@ -170,17 +244,18 @@ def _critic_enabled(cfg: RlkitConfig) -> bool:
     return cfg.critic.enable
 
 
-def _refuse_unsupported_resume(cfg: RlkitConfig, run_dir: Path) -> None:
-    """Never silently restart over an existing run: resuming is not built yet."""
-    if cfg.trainer.resume == "never":
-        return
-    ckpts = run_dir / "checkpoints"
-    if ckpts.is_dir() and any(ckpts.iterdir()):
-        raise UserError(
-            f"{run_dir} already holds a run and resuming is not supported yet",
-            hint="pass trainer.resume=never to start over in it, or choose another trainer.out_dir",
+def _resume_point(cfg: RlkitConfig, run_dir: Path, config_dict: dict[str, Any]) -> ckpt.ResumePoint | None:
+    """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
+    point = ckpt.resolve_resume(cfg.trainer.resume, run_dir)
+    if point is None:
+        return None
+    hf = {"actor": load_hf_config(cfg.model.path)}
+    if _critic_enabled(cfg):
+        hf["critic"] = load_hf_config(cfg.critic.model_path or cfg.model.path)
+    ckpt.check_compatible(point, roles=list(hf), hf_configs=hf, config=config_dict)
+    if point.step >= cfg.trainer.total_steps:
+        ckpt.note(
+            f"the checkpoint is at step {point.step} >= trainer.total_steps={cfg.trainer.total_steps}: "
+            "nothing left to train (raise trainer.total_steps to continue)"
         )
-    if cfg.trainer.resume not in ("auto", "never"):
-        raise UserError(
-            f"trainer.resume={cfg.trainer.resume}: resuming from a checkpoint is not supported yet"
-        )
+    return point

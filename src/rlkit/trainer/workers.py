@@ -8,10 +8,12 @@ of them live in one process per device: the rollout engine takes the actor's wei
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlkit.ckpt import load_role_state, load_worker_rng, save_role_state, save_worker_rng
 from rlkit.controller.dispatch import dispatch
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
@@ -44,6 +46,20 @@ class ActorWorker:
             tokenizer = load_tokenizer(tokenizer_path)
             write_hf_folder(out_dir, self.role.config.to_hf(), tensors, tokenizer=tokenizer)
 
+    @dispatch("broadcast")
+    def save_checkpoint(self, step_dir: str) -> None:
+        """Write the actor's shards (DCP) and this worker process's RNG states into ``step_dir``."""
+        save_role_state(self.role, Path(step_dir) / "actor")
+        save_worker_rng(Path(step_dir), worker_context().rank)
+
+    @dispatch("broadcast")
+    def load_checkpoint(self, step_dir: str) -> str | None:
+        """Restore the actor and this process's RNG states; returns what is wrong instead, if anything."""
+        problem = load_role_state(self.role, Path(step_dir) / "actor")
+        if problem is None:
+            load_worker_rng(Path(step_dir), worker_context().rank)
+        return problem
+
 
 class RefWorker:
     """The frozen reference policy (KL terms)."""
@@ -54,6 +70,12 @@ class RefWorker:
     @dispatch("shard")
     def compute_ref_log_prob(self, batch: Batch, temperature: float) -> Batch:
         return self.role.compute_ref_log_prob(batch, temperature=temperature)
+
+    @dispatch("broadcast")
+    def sync_from_actor(self, source_role: str = "actor") -> None:
+        """Load the colocated actor's current weights (``ref.update_every``; every rank takes part)."""
+        actor = worker_context().roles[source_role]
+        self.role.load_weights(actor.role.named_full_tensors(dtype=self.role.dtype))
 
 
 class CriticWorker:
@@ -69,6 +91,14 @@ class CriticWorker:
     @dispatch("shard")
     def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
         return self.role.update(batch, **settings)
+
+    @dispatch("broadcast")
+    def save_checkpoint(self, step_dir: str) -> None:
+        save_role_state(self.role, Path(step_dir) / "critic")
+
+    @dispatch("broadcast")
+    def load_checkpoint(self, step_dir: str) -> str | None:
+        return load_role_state(self.role, Path(step_dir) / "critic")
 
 
 class RolloutWorker:

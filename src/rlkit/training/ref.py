@@ -8,6 +8,11 @@ Shape legend: B = rows of the rank's batch, R = response length.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
@@ -19,7 +24,7 @@ from rlkit.training.passes import require_columns, response_logprobs, temperatur
 
 
 class RefRole:
-    """A frozen copy of the initial policy.
+    """A frozen copy of the initial policy (or of the actor at its last :meth:`load_weights`).
 
     Args:
         model_path: a Hugging Face model folder or ``builtin:tiny``.
@@ -58,6 +63,7 @@ class RefRole:
             torch_compile=torch_compile,
         )
         self.module.eval()
+        self.dtype = compute_dtype
         self.device = training_device()
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
@@ -79,3 +85,29 @@ class RefRole:
             device=self.device,
         )
         return Batch(tensors={"ref_log_prob": logp})
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace every parameter with full tensors by name (e.g. the actor's, for SPIN's refresh).
+
+        Each rank keeps its own shard of each full tensor (no communication here).
+
+        Raises:
+            ValueError: A name the module does not have, or a parameter left without a tensor.
+        """
+        params = dict(self.module.named_parameters())
+        buffers = dict(self.module.named_buffers())
+        loaded: set[str] = set()
+        for name, full in named_tensors:
+            target = params.get(name, buffers.get(name))
+            if target is None:
+                raise ValueError(f"reference model has no parameter or buffer {name!r}")
+            if isinstance(target, DTensor):
+                shard = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
+                target.to_local().copy_(shard.to_local())
+            else:
+                target.copy_(full)
+            loaded.add(name)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"no weights given for reference parameters {missing[:5]}")

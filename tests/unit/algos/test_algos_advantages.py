@@ -33,6 +33,7 @@ def test_registry_names() -> None:
         "opo",
         "gpg",
         "grpo_passk",
+        "sppo",
     }
 
 

@@ -27,6 +27,7 @@ def test_registry_names() -> None:
         "geo_mean",
         "cispo",
         "reinforce",
+        "sppo",
     }
 
 

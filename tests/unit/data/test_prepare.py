@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from rlkit.data_prep import gsm8k
 from typer.testing import CliRunner
 
 from rlkit.cli.app import app
 from rlkit.data.prepare import prepare_dataset
+from rlkit.data_prep import gsm8k
 from rlkit.errors import UserError
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from rlkit.data_prep import arith, countdown
 
 from rlkit.data.rl_dataset import RLDataset, collate_prompts
 from rlkit.data.rl_parquet import rows_to_table
+from rlkit.data_prep import arith, countdown
 from rlkit.errors import UserError
 from rlkit.models.tokenizer import build_tokenizer
 

@@ -9,9 +9,9 @@ from collections import Counter
 from fractions import Fraction
 
 import pytest
+
 import rlkit.data_prep as data_prep
 from rlkit.data_prep import arith, countdown, gsm8k, hh_rlhf, math
-
 from rlkit.errors import UserError
 
 

@@ -1,0 +1,223 @@
+"""torch.distributed.checkpoint (DCP) without unpickling untrusted objects, and checked before loading.
+
+DCP writes each rank's shards with ``torch.save`` (read back with ``torch.load(weights_only=True)``)
+and a ``.metadata`` index with plain ``pickle``; it also pickles any non-tensor value it is given.
+rlkit gives DCP tensors only (the rest of a checkpoint is JSON) and reads ``.metadata`` with an
+unpickler that constructs nothing but DCP's own metadata records, so loading a checkpoint can
+never run code. Before any tensor is read, the metadata is compared with the state the caller
+allocated: every key present, same global shape and dtype, shard files inside the folder. A
+mismatch is reported as text naming the file (the caller turns it into a UserError).
+
+DCP reshards on load: a state saved by N ranks loads into M ranks (each rank reads the pieces of
+its own DTensor shards), or into plain full tensors with no process group at all (merge).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from rlkit.errors import UserError
+
+METADATA_FILE = ".metadata"
+
+# The only globals a DCP ``.metadata`` pickle may name (torch dtypes are allowed separately).
+_ALLOWED_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "ChunkStorageMetadata",
+            "BytesStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Resolves only DCP metadata classes, ``torch.Size`` and dtypes; anything else is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_metadata(dcp_dir: Path) -> Metadata:
+    """The DCP index of ``dcp_dir``, unpickled safely.
+
+    Raises:
+        UserError: The file is missing, truncated, or names anything but DCP metadata classes.
+    """
+    path = dcp_dir / METADATA_FILE
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} is missing", hint="the checkpoint is damaged or incomplete")
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
+    except Exception as exc:  # unpickling a damaged file raises many types
+        raise UserError(f"checkpoint file {path} is damaged or not DCP metadata ({exc})") from exc
+    if not isinstance(metadata, Metadata):
+        raise UserError(f"checkpoint file {path} does not hold DCP metadata")
+    return metadata
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """DCP's file reader with the restricted metadata unpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        metadata = read_metadata(Path(self.path))
+        storage_meta = getattr(metadata, "storage_meta", None) or StorageMeta()
+        storage_meta.load_id = self.load_id
+        metadata.storage_meta = storage_meta
+        return metadata
+
+
+class _TensorOnlyLoadPlanner(DefaultLoadPlanner):
+    """Refuses pickled (non-tensor) entries, which DCP would ``torch.load`` with ``weights_only=False``."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        raise UserError(
+            f"checkpoint entry {read_item.dest_index.fqn!r} is a pickled object; rlkit loads only tensors"
+        )
+
+
+def flatten(state: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested dicts of tensors -> ``{"a.b.c": tensor}``, the keys DCP stores them under."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, torch.Tensor):
+            out[name] = value
+        else:
+            raise ValueError(f"DCP state must hold only tensors; {name!r} is a {type(value).__name__}")
+    return out
+
+
+def metadata_mismatch(metadata: Metadata, targets: dict[str, torch.Tensor], dcp_dir: Path) -> str | None:
+    """Why ``targets`` (flat, global shapes) cannot be loaded from ``metadata`` (None when they can)."""
+    where = dcp_dir / METADATA_FILE
+    stored = metadata.state_dict_metadata
+    for key, md in stored.items():
+        if not isinstance(md, TensorStorageMetadata):
+            return f"{where}: entry {key!r} is not a tensor (rlkit writes only tensors)"
+    for info in (metadata.storage_data or {}).values():
+        rel = Path(str(getattr(info, "relative_path", "")))
+        if rel.is_absolute() or len(rel.parts) != 1 or rel.name in ("", ".", ".."):
+            return f"{where}: names a shard file outside its folder ({str(rel)!r})"
+        if getattr(info, "transform_descriptors", None):
+            return f"{where}: shards were written with storage transforms rlkit does not read"
+    missing = [k for k in targets if k not in stored]
+    extra = [k for k in stored if k not in targets]
+    if missing or extra:
+        return (
+            f"{where}: the checkpoint's tensors do not match this model "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}); "
+            "another architecture or LoRA setting?"
+        )
+    for key, tensor in targets.items():
+        md = stored[key]
+        assert isinstance(md, TensorStorageMetadata)
+        if tuple(md.size) != tuple(tensor.shape):
+            return (
+                f"{where}: {key} has shape {tuple(md.size)} in the checkpoint but {tuple(tensor.shape)} in "
+                "this run's model (another model size?)"
+            )
+        if md.properties.dtype != tensor.dtype:
+            return f"{where}: {key} is {md.properties.dtype} in the checkpoint but {tensor.dtype} in this run"
+    return None
+
+
+def save_state(state: dict[str, Any], dcp_dir: Path) -> None:
+    """Write nested dicts of (D)tensors with DCP; collective: every rank calls it with the same folder."""
+    flatten(state)  # fail before writing anything if a value is not a tensor
+    dcp_dir.mkdir(parents=True, exist_ok=True)
+    dcp_save(state, checkpoint_id=str(dcp_dir))
+
+
+def load_state(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool = False) -> str | None:
+    """Fill ``state`` (nested dicts of allocated (D)tensors) in place from ``dcp_dir``.
+
+    Collective unless ``no_dist``. Every rank checks the metadata first and returns the same
+    problem text without reading any tensor when it does not match, so no rank is left waiting
+    in a collective.
+
+    Returns:
+        None on success, else what is wrong (naming the file).
+    """
+    try:
+        metadata = read_metadata(dcp_dir)
+    except UserError as exc:
+        return exc.message
+    problem = metadata_mismatch(metadata, flatten(state), dcp_dir)
+    if problem is not None:
+        return problem
+    dcp_load(
+        state,
+        storage_reader=SafeFileSystemReader(str(dcp_dir)),
+        planner=_TensorOnlyLoadPlanner(),
+        no_dist=no_dist,
+    )
+    return None
+
+
+def load_full_tensors(dcp_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor stored under ``prefix`` as one full CPU tensor, without a process group.
+
+    The tensors are allocated from the checkpoint's own metadata (global shape and dtype) and
+    the shards of every rank are read into them; names come back without ``prefix``.
+
+    Raises:
+        UserError: The metadata is damaged or holds no tensor under ``prefix``.
+    """
+    metadata = read_metadata(dcp_dir)
+    targets: dict[str, torch.Tensor] = {}
+    for key, md in metadata.state_dict_metadata.items():
+        if key.startswith(prefix) and isinstance(md, TensorStorageMetadata):
+            targets[key] = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+    if not targets:
+        raise UserError(f"checkpoint file {dcp_dir / METADATA_FILE} holds no tensors under {prefix!r}")
+    subset = {k: md for k, md in metadata.state_dict_metadata.items() if k in targets}
+    problem = metadata_mismatch(
+        Metadata(state_dict_metadata=subset, storage_data=metadata.storage_data), targets, dcp_dir
+    )
+    if problem is not None:
+        raise UserError(f"checkpoint is damaged: {problem}")
+    with warnings.catch_warnings():
+        # DCP warns that it loads in one process, which is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp_load(
+            targets,
+            storage_reader=SafeFileSystemReader(str(dcp_dir)),
+            planner=_TensorOnlyLoadPlanner(),
+            no_dist=True,
+        )
+    return {k[len(prefix) :]: v for k, v in targets.items()}
