@@ -274,7 +274,8 @@ class RewardConfig:
     timeout_s: float = 10.0
     """Per-sample scoring timeout; a timeout scores 0 and is counted."""
     model_path: str | None = None
-    """A sequence-classification reward model to score responses with instead of rules."""
+    """A sequence-classification reward model (Hugging Face folder, num_labels=1) that scores responses
+    instead of rules; it runs as a worker role on each device."""
 
 
 @dataclass

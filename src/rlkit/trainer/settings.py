@@ -134,3 +134,11 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "max_model_len": cfg.data.max_prompt_length + cfg.data.max_response_length,
         "seed": cfg.trainer.seed,
     }
+
+
+def reward_model_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    return {
+        "model_path": cfg.reward.model_path,
+        "dtype": compute_dtype(cfg, device),
+        "max_length": cfg.data.max_prompt_length + cfg.data.max_response_length + 64,
+    }

@@ -35,9 +35,10 @@ from rlkit.trainer.settings import (
     critic_update_settings,
     ref_settings,
     resolve_device,
+    reward_model_settings,
     rollout_settings,
 )
-from rlkit.trainer.workers import ActorWorker, CriticWorker, RefWorker, RolloutWorker
+from rlkit.trainer.workers import ActorWorker, CriticWorker, RefWorker, RewardModelWorker, RolloutWorker
 
 
 @dataclass
@@ -95,6 +96,8 @@ class RunContext:
             [row[m].tolist() for row, m in zip(batch["responses"], mask, strict=True)],
             skip_special_tokens=True,
         )
+        if "reward_model" in self.group.roles:
+            return self._score_with_model(batch, texts)
         out = self.reward(
             responses=texts,
             ground_truths=list(batch["ground_truth"]),
@@ -106,6 +109,15 @@ class RunContext:
         batch.set("token_level_scores", token_level_scores(out.scores, batch["response_mask"]))
         batch.set("seq_score", out.scores)
         return batch, dict(out.metrics)
+
+    def _score_with_model(self, batch: Batch, texts: list[str]) -> tuple[Batch, dict[str, float]]:
+        """Scores from the reward-model role instead of rules (the prompt is its last user message)."""
+        prompts = [_last_user_message(messages) for messages in batch["raw_prompt"]]
+        columns = Batch(non_tensors={"prompt_text": prompts, "response_text": texts})
+        scores = self.group.role("reward_model").score(columns)["rm_scores"]
+        batch.set("token_level_scores", token_level_scores(scores, batch["response_mask"]))
+        batch.set("seq_score", scores)
+        return batch, {}
 
     @property
     def trained_roles(self) -> dict[str, Any]:
@@ -203,6 +215,8 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
     if _critic_enabled(cfg):
         roles["critic"], init["critic"] = CriticWorker, critic_settings(cfg, device)
+    if cfg.reward.model_path:
+        roles["reward_model"], init["reward_model"] = RewardModelWorker, reward_model_settings(cfg, device)
     if cfg.trainer.profile != "none":
         roles["profiler"] = ProfilerRole
     group = WorkerGroup(pool, roles, init, call_timeout_s=cfg.hardware.stage_timeout_s)
@@ -259,3 +273,11 @@ def _resume_point(cfg: RlkitConfig, run_dir: Path, config_dict: dict[str, Any]) 
             "nothing left to train (raise trainer.total_steps to continue)"
         )
     return point
+
+
+def _last_user_message(messages: Any) -> str:
+    """Text of a prompt's last user turn (a raw string prompt is returned as is)."""
+    if isinstance(messages, str):
+        return messages
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return str(users[-1]) if users else ""

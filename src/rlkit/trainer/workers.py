@@ -147,3 +147,23 @@ class RolloutWorker:
     @dispatch("broadcast")
     def sleep(self) -> None:
         self.engine.sleep()
+
+
+class RewardModelWorker:
+    """A sequence-classification reward model scoring (prompt, response) texts on this worker's device."""
+
+    def __init__(self, *, model_path: str, dtype: str, max_length: int) -> None:
+        from rlkit.rewards import RewardModelScorer
+
+        torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+        self.scorer = RewardModelScorer(
+            model_path, device=worker_context().device, dtype=torch_dtype, max_length=max_length
+        )
+
+    @dispatch("shard")
+    def score(self, texts: Batch) -> Batch:
+        """``prompt_text`` and ``response_text`` columns -> ``rm_scores`` (B,) float32."""
+        scores = self.scorer.score(
+            [str(t) for t in texts["prompt_text"]], [str(t) for t in texts["response_text"]]
+        )
+        return Batch(tensors={"rm_scores": scores.detach().float().cpu()})
