@@ -99,6 +99,7 @@ def _merge(cfg: DictConfig, other: Any, where: str) -> None:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise UserError(f"{where}: bad value for {key}: {_first_line(exc)}") from exc
+    assert isinstance(merged, DictConfig)
     for k in list(cfg.keys()):
         cfg[k] = merged[k]
 
