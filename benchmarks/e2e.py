@@ -90,7 +90,7 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     ]
     if args.tiny:
         overrides.append("hardware.device=cpu")
-    run_rl(load_config("grpo", overrides=overrides))
+    run_rl(load_config("grpo", profile=args.profile, overrides=overrides))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if r["step"] > 1] or rows
     keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/")) and k != "timing/save_s"}
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--response-tokens", type=int, default=256)
+    parser.add_argument("--profile", default=None, help="rlkit hardware profile, e.g. h100x2")
     parser.add_argument("--commit", default=None, help="commit to print (the GPU machine has no .git)")
     args = parser.parse_args()
     if args.tiny:
@@ -170,6 +171,8 @@ def main() -> None:
     print("\n| system | s/step | tokens/s per GPU |\n|---|---|---|")
     tokens = args.prompts * args.n * (args.prompt_tokens + args.response_tokens)
     step = rlkit["timing/step_s"]
+    if args.profile:
+        print(f"rlkit profile: {args.profile}")
     print(f"| rlkit | {step:.2f} | {rlkit['throughput/tokens_per_s_per_device']:,.0f} |")
     if args.vs == "trl":
         trl_step = run_trl(work / "model", texts, args)
