@@ -12,6 +12,7 @@ per stage (rlkit), with TRL measured in the same process when ``--vs trl`` is gi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import tempfile
@@ -22,13 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-QWEN_05B = dict(
-    architecture="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
-    num_heads=14, num_kv_heads=2, head_dim=64, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-    tie_word_embeddings=True, attention_bias=True, max_position_embeddings=32768,
-)  # fmt: skip
-TINY = dict(QWEN_05B, vocab_size=320, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-            num_kv_heads=2, head_dim=16)  # fmt: skip
+from rlkit.models import DecoderConfig
+from rlkit.models.shapes import QWEN25_05B, TINY
 
 
 def commit() -> str:
@@ -42,14 +38,14 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def make_model(folder: Path, shape: dict) -> None:
+def make_model(folder: Path, shape: DecoderConfig) -> None:
     """A random-weight model folder with rlkit's byte-level tokenizer."""
     from rlkit.models import build_tokenizer, save_hf
-    from rlkit.models.decoder import CausalLM, DecoderConfig
+    from rlkit.models.decoder import CausalLM
     from rlkit.models.loader import init_weights
 
     tokenizer = build_tokenizer()
-    cfg = DecoderConfig(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = dataclasses.replace(shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = CausalLM(cfg)
     init_weights(model, seed=0)
     save_hf(model.to(torch.bfloat16), folder, tokenizer=tokenizer)
@@ -101,8 +97,6 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> d
 
 def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
     """Mean seconds per steady step of TRL's GRPOTrainer with transformers generation."""
-    import dataclasses
-
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -160,7 +154,7 @@ def main() -> None:
     if args.tiny:
         args.steps, args.prompts, args.n, args.prompt_tokens, args.response_tokens = 2, 4, 2, 32, 8
     work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
-    make_model(work / "model", TINY if args.tiny else QWEN_05B)
+    make_model(work / "model", TINY if args.tiny else QWEN25_05B)
     texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)
     rlkit = run_rlkit(work / "model", work / "train.parquet", work / "run", args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
