@@ -9,7 +9,7 @@ from rlkit.config.load import load_config
 
 EPILOG = (
     "Examples: [bold]rlkit sft[/] (the embedded default: tiny model, synthetic arith chats), "
-    "[bold]rlkit sft data.train_files=[chat.parquet] model.path=./Qwen2.5-0.5B-Instruct model.lora_rank=16[/]"
+    "[bold]rlkit sft data.train_files=\\[chat.parquet] model.path=./Qwen2.5-0.5B-Instruct model.lora_rank=16[/]"
 )
 
 

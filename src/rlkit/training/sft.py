@@ -75,16 +75,21 @@ def sft_batch(
 
 
 def pad_for_ranks(batch: Batch, world: int) -> Batch:
-    """Pad to a multiple of ``world`` rows with rows that carry no loss tokens.
+    """Pad to a multiple of ``world`` rows with one-token rows that carry no loss.
 
     The controller's ``shard`` dispatch pads by repeating rows, which would count those rows twice
-    in the loss; padding here with a zeroed ``response_mask`` keeps the loss exact.
+    in the loss; padding here with rows cut to their first token and a zeroed ``response_mask``
+    keeps the loss exact and costs one token of compute per padding row.
     """
     padded, pad = batch.pad_to_divisor(world)
     if pad:
         mask = padded.tensors["response_mask"].clone()
         mask[-pad:] = 0
+        attention = padded.tensors["attention_mask"].clone()
+        attention[-pad:, 1:] = 0
         padded.set("response_mask", mask)
+        padded.set("attention_mask", attention)
+        padded.set("position_ids", (attention.cumsum(-1) - 1).clamp(min=0))
     return padded
 
 

@@ -40,6 +40,7 @@ def test_sft_batch_is_the_rl_layout_with_a_one_token_prompt() -> None:
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4]
     padded = pad_for_ranks(batch, 4)
     assert len(padded) == 4 and padded["response_mask"][2:].sum() == 0
+    assert padded["attention_mask"][2:].tolist() == [[1, 0, 0, 0, 0]] * 2
     assert batch["response_mask"].sum() > 0  # the caller's batch is untouched
     with pytest.raises(ValueError, match="right-padded"):
         sft_batch(c["input_ids"].flip(1), c["attention_mask"].flip(1), c["loss_mask"].flip(1))
