@@ -5,13 +5,15 @@ A run's checkpoints live in ``RUN/checkpoints/``::
     latest                      "step_N": the newest complete checkpoint (written last, atomically)
     step_N/
       manifest.json             format, version, step, roles, every other file with its size (written last)
-      trainer_state.json        step, sampler, KL controller, driver RNG, world size, roles
+      trainer_state.json        step, sampler, KL controller, driver RNG, world size, roles (SFT: ``trainer``)
       config.yaml               the resolved config of the run
       tokenizer/                the tokenizer (save_pretrained), so merge needs nothing else
       <role>/config.json        the Hugging Face config.json of the role's model
       <role>/state.json         optimizer param groups, LR schedule, counters, LoRA settings
       <role>/dcp/               model + optimizer tensors, sharded, written by every rank with DCP
       rng/rank_<r>.json         torch CPU / device / numpy / python RNG states of worker ``r``
+      ...                       anything else the trainer's ``write_roles`` writes (SFT: ``hf/``, ``adapter/``),
+                                listed in the manifest and checked like the rest
     step_N.tmp/                 a save in progress (or killed): never a checkpoint
 
 A save writes everything into ``step_N.tmp/``, the manifest last, then renames the folder to

@@ -55,6 +55,8 @@ ARCH_KEYS = (
     "head_dim",
     "tie_word_embeddings",
 )
+# The command that writes each trainer kind's checkpoints (``trainer_state.json``'s ``trainer``).
+_COMMANDS = {"rl": "rlkit train", "sft": "rlkit sft"}
 # Config keys that may change between a checkpoint and its resumed run without a note.
 _QUIET_KEYS = (
     "trainer.total_steps",
@@ -65,6 +67,7 @@ _QUIET_KEYS = (
     "trainer.loggers",
     "trainer.val_every",
     "trainer.val_before_train",
+    "sft.val_every",
     "trainer.project",
     "trainer.experiment",
     "hardware.",
@@ -211,7 +214,12 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
 
 
 def check_compatible(
-    point: ResumePoint, *, roles: list[str], hf_configs: dict[str, dict[str, Any]], config: dict[str, Any]
+    point: ResumePoint,
+    *,
+    roles: list[str],
+    hf_configs: dict[str, dict[str, Any]],
+    config: dict[str, Any],
+    trainer: str = "rl",
 ) -> None:
     """Refuse a checkpoint this run cannot continue; note settings that changed.
 
@@ -220,10 +228,14 @@ def check_compatible(
         roles: The roles this run trains (``actor``, and ``critic`` when it has one).
         hf_configs: Per role, the ``config.json`` of the model this run would build.
         config: This run's resolved config (compared with the checkpoint's, for the note).
+        trainer: Which trainer resumes (``rl`` or ``sft``); it must be the one that wrote the
+            checkpoint (``trainer_state.json``'s ``trainer``; RL checkpoints have none).
 
     Raises:
-        UserError: Other trained roles, or another model shape (naming the checkpoint file).
+        UserError: Another trainer's checkpoint, other trained roles, or another model shape
+            (naming the checkpoint file).
     """
+    _check_trainer(point, trainer)
     if sorted(point.roles) != sorted(roles):
         raise UserError(
             f"checkpoint {point.path} trained {'+'.join(point.roles)} but this run trains {'+'.join(roles)}",
@@ -242,6 +254,24 @@ def check_compatible(
     changed = config_changes(point.config, config)
     if changed:
         console.print(f"[yellow]resuming with changed settings: {'; '.join(changed[:8])}[/]")
+
+
+def _check_trainer(point: ResumePoint, trainer: str) -> None:
+    """Refuse an SFT checkpoint in an RL run and the reverse: their driver states differ."""
+    saved = str(point.state.get("trainer", "rl"))
+    if saved == trainer:
+        return
+    weights = point.path / "hf"
+    source = (
+        f"model.path={weights}"
+        if weights.is_dir()
+        else f"`rlkit ckpt merge {point.path} --out DIR` and model.path=DIR"
+    )
+    raise UserError(
+        f"checkpoint {point.path} was written by `{_COMMANDS.get(saved, saved)}`, which "
+        f"`{_COMMANDS.get(trainer, trainer)}` cannot continue",
+        hint=f"to start from its weights, use {source} (with another trainer.out_dir or trainer.resume=never)",
+    )
 
 
 def _arch(hf: dict[str, Any]) -> dict[str, Any]:

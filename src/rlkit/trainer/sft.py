@@ -4,16 +4,17 @@
     -> train step on the worker group (FSDP2, packed micro-batches, assistant-token loss)
     -> metrics: train/loss, actor/lr, actor/grad_norm, throughput/tokens_per_s
     -> val/loss every sft.val_every steps
-    -> Hugging Face export at checkpoints/step_N/hf every trainer.save_every steps and at the end
+    -> checkpoint every trainer.save_every steps and at the end
 
-The exported folder is a complete model (LoRA adapters merged; with LoRA a PEFT adapter folder is
-written next to it as ``adapter/``), so ``rlkit train grpo model.path=RUN/checkpoints/step_N/hf``
-starts RL from it.
+Checkpoints are those of RL (:mod:`rlkit.ckpt`: atomic ``checkpoints/step_N``, ``latest``,
+``trainer.keep_last``), the model stored as the role ``actor``, so ``trainer.resume`` continues a run
+exactly and ``rlkit ckpt merge`` / ``rlkit generate`` read them. Each step folder also holds ``hf/``, a
+complete Hugging Face model (LoRA adapters merged; with LoRA a PEFT adapter folder ``adapter/`` too),
+so ``rlkit train grpo model.path=RUN/checkpoints/step_N/hf`` starts RL from it.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from rlkit import ckpt
+from rlkit.ckpt.layout import ROLE_STATE, read_json
 from rlkit.config.compose import to_dataclass
 from rlkit.config.schema import RlkitConfig
 from rlkit.controller import ResourcePool, RoleHandle, WorkerGroup, start_ray
 from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
-from rlkit.models import load_tokenizer
+from rlkit.models import load_hf_config, load_tokenizer
 from rlkit.trainer.settings import compute_dtype, resolve_device
 from rlkit.trainer.sft_data import SFTData, build_sft_data
-from rlkit.trainer.sft_workers import SFTWorker
+from rlkit.trainer.sft_workers import ADAPTER_EXPORT_DIR, CHECKPOINT_ROLE, HF_EXPORT_DIR, SFTWorker
 
 
 @dataclass
@@ -41,7 +44,7 @@ class SFTResult:
 
     run_dir: Path
     hf_dir: Path
-    """The last Hugging Face export (``checkpoints/step_N/hf``)."""
+    """The Hugging Face export of the last checkpoint (``checkpoints/step_N/hf``)."""
     adapter_dir: Path | None
     """The last PEFT adapter folder (LoRA runs only)."""
     num_truncated: int
@@ -79,33 +82,44 @@ def sft_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
 
 
 class SFTTrainer:
-    """Runs ``cfg.trainer.total_steps`` SFT steps of a composed config."""
+    """Runs ``cfg.trainer.total_steps`` SFT steps of a composed config, resuming per ``trainer.resume``."""
 
     def __init__(self, cfg: RlkitConfig, console: Console | None = None) -> None:
         self.cfg = cfg
         self.console = console or Console(soft_wrap=True)
         self.world = cfg.hardware.nodes * cfg.hardware.devices_per_node
         self.run_dir = Path(cfg.trainer.out_dir)
-        self._saved: list[Path] = []
-        self.config_dict: dict[str, Any] = {}
+        resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+        assert isinstance(resolved, dict)
+        self.config_dict: dict[str, Any] = {str(k): v for k, v in resolved.items()}
+        self.start_step = 0
+        self.tokenizer: Any = None
+        self._last_saved: Path | None = None
 
     def fit(self) -> SFTResult:
-        """Train, export, and return where the outputs are."""
+        """Train (from the checkpoint ``trainer.resume`` selects, if any) and return where the outputs are."""
         cfg = self.cfg
         if cfg.trainer.total_steps < 1:
             raise UserError(f"trainer.total_steps must be at least 1, got {cfg.trainer.total_steps}")
         device = resolve_device(cfg)
-        self._prepare_run_dir()
+        point = self._resume_point()
         torch.manual_seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
-        tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-        data = build_sft_data(cfg, tokenizer, self.run_dir)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+        data = build_sft_data(cfg, self.tokenizer, self.run_dir)
+        if point is not None:
+            # before anything in the run folder moves: other data or batch settings are refused here
+            data.sampler.load_state_dict(point.state["sampler"])
+        ckpt.prepare_run_dir(self.run_dir, point)
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config_dict)))
         val_size = len(data.val) if data.val is not None else 0
         self.console.print(
             f"SFT data: {len(data.train)} training and {val_size} validation conversations; "
             f"{data.num_truncated} truncated to sft.max_length={cfg.sft.max_length}",
             highlight=False,
         )
+        if point is not None and point.step >= cfg.trainer.total_steps:
+            return self._result(point.path, data)  # nothing left to train: no worker needed
         start_ray(cfg.hardware.ray_address)
         pool = ResourcePool(cfg.hardware.nodes, cfg.hardware.devices_per_node, device)
         group = WorkerGroup(
@@ -115,45 +129,64 @@ class SFTTrainer:
             call_timeout_s=cfg.hardware.stage_timeout_s,
         )
         try:
+            if point is not None:
+                self._restore(group.role("sft"), point)
             self._loop(group.role("sft"), data)
         finally:
             group.shutdown()
-        final = self._saved[-1]
-        adapter = final.parent / "adapter"
-        return SFTResult(self.run_dir, final, adapter if adapter.is_dir() else None, data.num_truncated)
+        assert self._last_saved is not None  # the loop saves at its last step
+        return self._result(self._last_saved, data)
 
-    def _prepare_run_dir(self) -> None:
-        """Refuse to write over a run's checkpoints (resuming SFT is not supported yet); write config.yaml."""
-        cfg, ckpts = self.cfg, self.run_dir / "checkpoints"
-        if cfg.trainer.resume != "never" and ckpts.is_dir() and any(ckpts.iterdir()):
-            raise UserError(
-                f"{self.run_dir} already holds a run and resuming SFT is not supported yet",
-                hint="pass trainer.resume=never to start over in it, or choose another trainer.out_dir",
+    def _result(self, step_dir: Path, data: SFTData) -> SFTResult:
+        adapter = step_dir / ADAPTER_EXPORT_DIR
+        return SFTResult(
+            self.run_dir, step_dir / HF_EXPORT_DIR, adapter if adapter.is_dir() else None, data.num_truncated
+        )
+
+    # ------------------------------------------------------------------ resume
+    def _resume_point(self) -> ckpt.ResumePoint | None:
+        """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
+        cfg = self.cfg
+        point = ckpt.resolve_resume(cfg.trainer.resume, self.run_dir)
+        if point is None:
+            return None
+        hf = {CHECKPOINT_ROLE: load_hf_config(cfg.model.path)}
+        ckpt.check_compatible(point, roles=list(hf), hf_configs=hf, config=self.config_dict, trainer="sft")
+        _check_lora_rank(point, cfg.model.lora_rank)
+        if point.step >= cfg.trainer.total_steps:
+            ckpt.note(
+                f"the checkpoint is at step {point.step} >= trainer.total_steps={cfg.trainer.total_steps}: "
+                "nothing left to train (raise trainer.total_steps to continue)"
             )
-        if cfg.trainer.resume not in ("auto", "never"):
-            raise UserError(f"trainer.resume={cfg.trainer.resume}: resuming SFT is not supported yet")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-        assert isinstance(resolved, dict)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        self.config_dict = resolved
+        return point
+
+    def _restore(self, sft: RoleHandle, point: ckpt.ResumePoint) -> None:
+        """Model, optimizer and schedule (resharded to this world size), worker and driver RNG."""
+        ckpt.world_size_note(point, self.world)
+        problems = [p for p in sft.load_checkpoint(str(point.path)) if p]
+        if problems:
+            raise UserError(f"cannot resume from {point.path}: {problems[0]}")
+        ckpt.restore_rng(point.state["rng"])
+        self.start_step = point.step
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, sft: RoleHandle, data: SFTData) -> None:
         cfg = self.cfg
-        total, val_every, save_every = cfg.trainer.total_steps, cfg.sft.val_every, cfg.trainer.save_every
+        start, total = self.start_step, cfg.trainer.total_steps
+        val_every, save_every = cfg.sft.val_every, cfg.trainer.save_every
         logger = MetricsLogger(
             self.run_dir,
             list(cfg.trainer.loggers),
             total_steps=total,
+            start_step=start,
             project=cfg.trainer.project,
             experiment=cfg.trainer.experiment,
             config=self.config_dict,
         )
         try:
-            if cfg.trainer.val_before_train and val_every > 0 and data.val is not None:
+            if cfg.trainer.val_before_train and val_every > 0 and start == 0 and data.val is not None:
                 logger.log(0, self._validate(sft, data))
-            for step in range(1, total + 1):
+            for step in range(start + 1, total + 1):
                 metrics = self._step(sft, data)
                 if step == 1:
                     metrics["data/truncated"] = float(data.num_truncated)
@@ -161,7 +194,7 @@ class SFTTrainer:
                     metrics.update(self._validate(sft, data))
                 if step == total or (save_every > 0 and step % save_every == 0):
                     started = time.perf_counter()
-                    self._save(sft, step)
+                    self._save(sft, data, step)
                     metrics["timing/save_s"] = time.perf_counter() - started
                 logger.log(step, metrics)
         finally:
@@ -196,15 +229,36 @@ class SFTTrainer:
             tokens += out["val/loss_tokens"]
         return {"val/loss": loss_sum / max(tokens, 1.0), "timing/val_s": time.perf_counter() - started}
 
-    def _save(self, sft: RoleHandle, step: int) -> None:
-        """Export ``checkpoints/step_N/hf`` (and ``adapter/`` with LoRA); keep the last ``trainer.keep_last``."""
+    def _save(self, sft: RoleHandle, data: SFTData, step: int) -> None:
+        """Write ``checkpoints/step_N`` atomically: shards, RNG, sampler, and the ``hf/`` (``adapter/``) export."""
         cfg = self.cfg
-        folder = self.run_dir / "checkpoints" / f"step_{step}"
-        sft.export_hf(str(folder / "hf"), cfg.model.tokenizer or cfg.model.path)
-        if cfg.model.lora_rank > 0:
-            sft.export_adapter(str(folder / "adapter"), cfg.model.path)
-        self._saved.append(folder / "hf")
-        keep = cfg.trainer.keep_last
-        # Only checkpoints this run wrote are pruned: an older run's folders are never deleted.
-        while keep > 0 and len(self._saved) > keep:
-            shutil.rmtree(self._saved.pop(0).parent, ignore_errors=True)
+        tokenizer_path = cfg.model.tokenizer or cfg.model.path
+
+        def write_roles(folder: Path) -> None:
+            sft.save_checkpoint(str(folder), tokenizer_path, cfg.model.path)
+
+        final = ckpt.save_checkpoint(
+            self.run_dir,
+            step,
+            trainer_state={"trainer": "sft", "sampler": data.sampler.state_dict(), "rng": ckpt.capture_rng()},
+            config=self.config_dict,
+            tokenizer=self.tokenizer,
+            roles=[CHECKPOINT_ROLE],
+            world_size=self.world,
+            write_roles=write_roles,
+            keep_last=cfg.trainer.keep_last,
+        )
+        # as the user named the run folder (save_checkpoint returns it resolved)
+        self._last_saved = ckpt.checkpoints_dir(self.run_dir) / final.name
+
+
+def _check_lora_rank(point: ckpt.ResumePoint, lora_rank: int) -> None:
+    """Refuse a checkpoint trained with another ``model.lora_rank`` before any worker starts."""
+    lora = read_json(point.path / CHECKPOINT_ROLE / ROLE_STATE).get("lora") or {}
+    saved = int(lora.get("rank", 0))
+    if saved != lora_rank:
+        trained = f"LoRA adapters of rank {saved}" if saved else "every weight (no LoRA)"
+        raise UserError(
+            f"checkpoint {point.path} trained {trained}, but this run has model.lora_rank={lora_rank}",
+            hint=f"resume with model.lora_rank={saved}, or start over with trainer.resume=never",
+        )

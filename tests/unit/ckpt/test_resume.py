@@ -181,3 +181,19 @@ def test_compatibility(run: Path) -> None:
 def test_config_changes_skip_run_length_keys() -> None:
     after = {**CONFIG, "actor": {"lr": 2e-3}, "trainer": {"seed": 1, "total_steps": 99}}
     assert config_changes(CONFIG, after) == ["actor.lr: 0.001 -> 0.002"]
+
+
+def test_a_checkpoint_resumes_only_with_the_trainer_that_wrote_it(run: Path) -> None:
+    from dataclasses import replace
+
+    point = read_resume_point(ck(run, 3))  # an RL checkpoint: trainer_state.json names no trainer
+    tiny = {"actor": load_hf_config("builtin:tiny")}
+    with pytest.raises(UserError, match="written by `rlkit train`, which `rlkit sft` cannot continue") as err:
+        check_compatible(point, roles=["actor"], hf_configs=tiny, config=CONFIG, trainer="sft")
+    assert f"rlkit ckpt merge {point.path} --out DIR" in str(err.value.hint)
+    sft_point = replace(point, state={**point.state, "trainer": "sft"})
+    (point.path / "hf").mkdir()
+    with pytest.raises(UserError, match="written by `rlkit sft`, which `rlkit train` cannot continue") as err:
+        check_compatible(sft_point, roles=["actor"], hf_configs=tiny, config=CONFIG)
+    assert f"model.path={point.path / 'hf'}" in str(err.value.hint)
+    check_compatible(sft_point, roles=["actor"], hf_configs=tiny, config=CONFIG, trainer="sft")
