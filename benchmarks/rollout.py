@@ -27,6 +27,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,6 +91,25 @@ def decode_forward_seconds(engine: NativeEngine, repeats: int = 20) -> float:
         for _ in range(repeats):
             step()
         return (_now() - start) / repeats
+
+
+def trace_decode(engine: NativeEngine, out: Path, steps: int = 5, rows: int = 30) -> None:
+    """Eager decode forwards at the largest batch under the torch profiler (kernels, not one graph launch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if engine.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    b = engine.num_slots
+    with torch.no_grad(), profile(activities=activities) as prof:
+        for _ in range(steps):
+            engine._graph_step(b)  # noqa: SLF001 - a benchmark may look inside
+        hw.synchronize()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out) + ".json")
+    sort = "self_cuda_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- {out.name}: {steps} eager decode forwards at batch {b}, top {rows} by {sort}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
 def bench_transformers(
@@ -197,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--no-graphs", action="store_true", help="run the native decode step eagerly")
+    parser.add_argument(
+        "--trace", type=Path, default=None, help="profile 5 eager decode forwards: chrome trace + kernel table"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.device = args.device or "cpu"
@@ -225,6 +248,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     grouped, _ = bench_native(engine, prompts[: args.group_prompts], args.n, args.new_tokens)
     results += [single, grouped]
     forward = decode_forward_seconds(engine)
+    if args.trace is not None:
+        trace_decode(engine, args.trace / "decode_forward")
     bandwidth = copy_bandwidth(device, gib=0.25 if args.tiny else 2.0)
     floor = decode_floor_seconds(
         model, cfg, engine.num_slots, args.prompt_len + args.new_tokens / 2, bandwidth

@@ -133,7 +133,26 @@ def bench_rlkit(model_dir: str, batch: Batch, args: argparse.Namespace) -> tuple
     hw.reset_peak_memory_stats()
     step_s = _timed(lambda: actor.update(batch), args.warmup, args.steps)
     peak = hw.max_memory_allocated() / 2**30
+    if args.trace is not None:
+        trace_step(lambda: actor.update(batch), args.trace / "rlkit_update")
     return step_s, peak
+
+
+def trace_step(step: Any, out: Path, rows: int = 30) -> None:
+    """One more ``step()`` under the torch profiler: a chrome trace at ``out``.json and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if hw.device_type() == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+        hw.synchronize()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out) + ".json")
+    sort = "self_cuda_time_total" if hw.device_type() == "cuda" else "self_cpu_time_total"
+    print(f"--- {out.name}: top {rows} by {sort}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
 def bench_transformers(cfg: DecoderConfig, batch: Batch, args: argparse.Namespace) -> tuple[float, float]:
@@ -246,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--trace", type=Path, default=None, help="profile one more rlkit step: chrome trace + kernel table here"
+    )
     args = parser.parse_args(argv)
     if args.tiny:
         args.batch_size, args.prompt_len, args.response_len = 4, 16, 48

@@ -1,8 +1,10 @@
 """Causal attention over packed sequences (no padding; attention never crosses a sequence boundary).
 
 On CUDA it uses PyTorch's flash-attention varlen kernel (``torch.nn.attention.varlen``) when this
-torch has it; otherwise, and on CPU, scaled-dot-product attention with a block-diagonal causal mask
-(short batches) or one call per sequence (long ones, to keep the mask's T x T memory bounded).
+torch has it; otherwise, and on CPU, scaled-dot-product attention in whichever of three layouts costs
+least for these lengths: the sequences padded to one (N, Lmax) batch with a plain causal mask (many
+sequences of similar length, the RL case), one block-diagonal causal mask over all T tokens (short
+batches of uneven lengths), or one call per sequence (long ones, to keep the T x T mask bounded).
 
 Shape legend: T = packed tokens, H = query heads, K = key/value heads, Dh = head dim.
 """
@@ -57,7 +59,15 @@ def packed_causal_attention(
         cu = cu_seqlens.to(device=q_THD.device, dtype=torch.int32)
         return fn(q_THD, k_TKD, v_TKD, cu, cu, max_len, max_len, **causal)  # type: ignore[operator]
     k_TKD, v_TKD = _expand_kv(k_TKD, v_TKD, q_THD.shape[1])
-    if q_THD.shape[0] <= _DENSE_MASK_MAX_TOKENS:
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    total, longest = q_THD.shape[0], max(lengths)
+    # attention scores each layout computes; a call costs about as much as a 64 x 64 block
+    padded = len(lengths) * longest * longest
+    per_sequence = sum(n * n for n in lengths) + 64 * 64 * len(lengths)
+    dense = total * total if total <= _DENSE_MASK_MAX_TOKENS else None
+    if padded <= per_sequence and (dense is None or padded <= dense):
+        return _sdpa_padded(q_THD, k_TKD, v_TKD, cu_seqlens, longest)
+    if dense is not None and dense <= per_sequence:
         return _sdpa_dense(q_THD, k_TKD, v_TKD, cu_seqlens)
     return _sdpa_per_sequence(q_THD, k_TKD, v_TKD, cu_seqlens)
 
@@ -89,6 +99,28 @@ def _sdpa_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: t
         attn_mask=mask,
     )
     return out.squeeze(0).transpose(0, 1)
+
+
+def _sdpa_padded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int
+) -> torch.Tensor:
+    """Scatter the sequences into an (N, H, Lmax, Dh) batch, attend causally, gather the real tokens.
+
+    Padding sits after each sequence's last token, so a causal query never sees it.
+    """
+    total, num_seqs = q.shape[0], cu_seqlens.numel() - 1
+    starts = cu_seqlens[:-1].to(device=q.device, dtype=torch.long)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(device=q.device, dtype=torch.long)
+    doc = torch.repeat_interleave(torch.arange(num_seqs, device=q.device), lengths, output_size=total)
+    pos = torch.arange(total, device=q.device) - starts[doc]
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros(num_seqs, longest, *t.shape[1:])
+        out[doc, pos] = t
+        return out.transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), is_causal=True)
+    return out.transpose(1, 2)[doc, pos]
 
 
 def _sdpa_per_sequence(
