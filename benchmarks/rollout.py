@@ -218,7 +218,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     parser.add_argument("--no-graphs", action="store_true", help="run the native decode step eagerly")
     parser.add_argument(
-        "--trace", type=Path, default=None, help="profile 5 eager decode forwards: chrome trace + kernel table"
+        "--trace",
+        type=Path,
+        default=None,
+        help="profile 5 eager decode forwards: chrome trace + kernel table",
     )
     args = parser.parse_args(argv)
     if args.tiny:

@@ -266,7 +266,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
-        "--trace", type=Path, default=None, help="profile one more rlkit step: chrome trace + kernel table here"
+        "--trace",
+        type=Path,
+        default=None,
+        help="profile one more rlkit step: chrome trace + kernel table here",
     )
     args = parser.parse_args(argv)
     if args.tiny:

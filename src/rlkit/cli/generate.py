@@ -26,7 +26,9 @@ def generate(
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens per completion."),
     seed: int | None = typer.Option(None, "--seed", help="Seed: the same seed gives the same completions."),
     no_chat_template: bool = typer.Option(
-        False, "--no-chat-template", help="Use the raw text instead of the tokenizer's chat template."
+        False,
+        "--no-chat-template",
+        help="Use the raw text even when the tokenizer has a chat template (without one, raw is the default).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
@@ -43,7 +45,7 @@ def generate(
         prompts,
         out,
         params=params,
-        chat_template=not no_chat_template,
+        chat_template=False if no_chat_template else None,
         device=device,
         batch_size=batch_size,
         console=console,

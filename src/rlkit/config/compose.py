@@ -27,6 +27,21 @@ from rlkit.config.schema import RlkitConfig
 from rlkit.errors import UserError
 
 SCHEMA_NAME = "rlkit_schema"
+BUILTIN_MODEL_PREFIX = "builtin:"
+
+
+def _builtin_or(builtin: Any, other: Any, *, _root_: DictConfig) -> Any:
+    """``${builtin_or:A,B}`` in a recipe: A when ``model.path`` is a built-in tiny model, else B.
+
+    Recipes use it for the few values (the learning rate) that the embedded default's tiny model
+    needs and a real model must not get; an explicit value set by the user replaces the whole
+    expression.
+    """
+    return builtin if str(_root_.model.path).startswith(BUILTIN_MODEL_PREFIX) else other
+
+
+if not OmegaConf.has_resolver("builtin_or"):
+    OmegaConf.register_new_resolver("builtin_or", _builtin_or)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ def choice(default: str, *others: str, profile: bool = False) -> Any:
 
 @dataclass
 class ModelConfig:
-    path: str = "builtin:tiny"
-    """Hugging Face folder or hub id of the policy, or ``builtin:tiny`` (the embedded tiny model)."""
+    path: str = "builtin:tiny-arith"
+    """Hugging Face folder or hub id of the policy, or a built-in model: ``builtin:tiny-arith`` (the
+    embedded default's warm start, shipped with rlkit) or ``builtin:tiny`` (random init)."""
     tokenizer: str | None = None
     """Tokenizer folder or hub id; defaults to ``model.path``."""
     dtype: str = choice("auto", "bfloat16", "float32", profile=True)
@@ -68,8 +69,9 @@ class DataConfig:
     """Column that selects the scorer of a row."""
     shuffle: bool = True
     """Shuffle the training prompts each epoch (seeded by ``trainer.seed``)."""
-    chat_template: bool = True
-    """Render prompts with the tokenizer's chat template."""
+    chat_template: bool | None = None
+    """Render prompts (and SFT conversations) with the tokenizer's chat template: true, false (plain
+    text), or null (the default: when the tokenizer has one)."""
     reference_key: str | None = None
     """Key of ``extra_info`` holding each prompt's reference response (SPIN); null = ``reward_model.ground_truth``."""
 

@@ -37,6 +37,19 @@ def as_messages(prompt: Any, where: str) -> Messages:
     )
 
 
+def use_chat_template(tokenizer: PreTrainedTokenizerBase, setting: bool | None) -> bool:
+    """``data.chat_template`` resolved: None (auto) means "when the tokenizer has a template".
+
+    Raises:
+        UserError: ``setting`` is True and the tokenizer has no chat template.
+    """
+    if setting is None:
+        return bool(getattr(tokenizer, "chat_template", None))
+    if setting:
+        require_chat_template(tokenizer)
+    return setting
+
+
 def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     """Raise a UserError when the tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rlkit.data.chat import Messages, as_messages, prompt_token_ids
+from rlkit.data.chat import Messages, as_messages, prompt_token_ids, use_chat_template
 from rlkit.data.rl_parquet import read_parquet_rows
 from rlkit.errors import UserError
 
@@ -52,7 +52,8 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         max_prompt_length: Longest prompt kept, in tokens (after the chat template).
         prompt_key: Column of the prompt (a list of chat messages, or a string).
         reward_fn_key: Column whose value selects the scorer (``data_source`` in verl).
-        chat_template: Render prompts with the tokenizer's chat template (with the generation prompt).
+        chat_template: Render prompts with the tokenizer's chat template (with the generation prompt);
+            None uses it when the tokenizer has one, else the raw text.
 
     Raises:
         UserError: A missing file or column (the file and the columns present are named), no
@@ -67,7 +68,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         max_prompt_length: int,
         prompt_key: str = "prompt",
         reward_fn_key: str = "data_source",
-        chat_template: bool = True,
+        chat_template: bool | None = None,
     ) -> None:
         if isinstance(files, str):
             files = [files]
@@ -89,7 +90,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         max_prompt_length: int,
         prompt_key: str = "prompt",
         reward_fn_key: str = "data_source",
-        chat_template: bool = True,
+        chat_template: bool | None = None,
     ) -> RLDataset:
         """A dataset over in-memory schema rows (e.g. ``rlkit.data_prep.arith.generate(...)``)."""
         self = cls.__new__(cls)
@@ -109,7 +110,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         max_prompt_length: int,
         prompt_key: str,
         reward_fn_key: str,
-        chat_template: bool,
+        chat_template: bool | None,
     ) -> None:
         if max_prompt_length < 1:
             raise UserError(f"data.max_prompt_length must be at least 1, got {max_prompt_length}")
@@ -117,7 +118,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         self.max_prompt_length = max_prompt_length
         self.prompt_key = prompt_key
         self.reward_fn_key = reward_fn_key
-        self.chat_template = chat_template
+        self.chat_template = use_chat_template(tokenizer, chat_template)
 
     def _build(self, rows: list[dict[str, Any]], origin: str) -> None:
         if not rows:

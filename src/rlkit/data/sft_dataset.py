@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlkit.data.chat import Messages, as_messages, render, require_chat_template
+from rlkit.data.chat import Messages, as_messages, prompt_token_ids, render, use_chat_template
 from rlkit.data.rl_parquet import read_parquet_rows
 from rlkit.data.sources import read_file
 from rlkit.errors import UserError
@@ -79,6 +79,30 @@ def assistant_token_mask(
     return ids, mask
 
 
+def plain_token_mask(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask of a single-turn conversation written as plain text (no chat template).
+
+    The prompt is what RL generation sees with ``data.chat_template=false`` (the messages' contents
+    joined by newlines, with the tokenizer's special tokens such as BOS); the reply follows directly
+    and ends with the eos token, and only the reply and its eos are trained on.
+
+    Raises:
+        UserError: Not exactly one assistant message, at the end; or a tokenizer without eos.
+    """
+    roles = [m.get("role") for m in messages]
+    if len(messages) < 2 or roles[-1] != "assistant" or "assistant" in roles[:-1]:
+        raise UserError(
+            "without a chat template a conversation must be a prompt followed by one assistant reply",
+            hint="use a tokenizer with a chat template (data.chat_template) for multi-turn conversations",
+        )
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no eos token to end a plain-text reply with")
+    (prompt,) = prompt_token_ids(tokenizer, [messages[:-1]], chat_template=False)
+    reply = list(tokenizer(str(messages[-1].get("content", "")), add_special_tokens=False)["input_ids"])
+    reply.append(int(tokenizer.eos_token_id))
+    return prompt + reply, [0] * len(prompt) + [1] * len(reply)
+
+
 def _read_rows(file: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
     path = Path(file).expanduser()
     if path.suffix == ".parquet":
@@ -102,7 +126,9 @@ class SFTDataset(torch.utils.data.Dataset[SFTItem]):
 
     Rows hold either a ``messages`` column (multi-turn chat: a list of ``{role, content}``) or,
     when ``prompt_key`` and ``response_key`` are set, a prompt (string or messages) and the
-    assistant's response. Examples longer than ``max_length`` are truncated (``right``: keep the
+    assistant's response. With ``chat_template`` (None: when the tokenizer has one) conversations
+    are rendered by the template; without, single-turn rows are written as plain text
+    (:func:`plain_token_mask`). Examples longer than ``max_length`` are truncated (``right``: keep the
     start; ``left``: keep the end) or rejected (``error``); ``num_truncated`` counts them and a log
     line reports it.
 
@@ -120,6 +146,7 @@ class SFTDataset(torch.utils.data.Dataset[SFTItem]):
         prompt_key: str | None = None,
         response_key: str | None = None,
         truncation: str = "right",
+        chat_template: bool | None = None,
     ) -> None:
         if isinstance(files, str):
             files = [files]
@@ -129,7 +156,7 @@ class SFTDataset(torch.utils.data.Dataset[SFTItem]):
             raise UserError("set both prompt_key and response_key, or neither (to read messages)")
         if max_length < 2:
             raise UserError(f"max_length must be at least 2, got {max_length}")
-        require_chat_template(tokenizer)
+        self.chat_template = use_chat_template(tokenizer, chat_template)
         required = (prompt_key, response_key) if prompt_key and response_key else (messages_key,)
         self.items: list[SFTItem] = []
         self.num_truncated = 0
@@ -159,7 +186,8 @@ class SFTDataset(torch.utils.data.Dataset[SFTItem]):
         where: str,
     ) -> SFTItem:
         try:
-            ids, mask = assistant_token_mask(tokenizer, messages)
+            encode = assistant_token_mask if self.chat_template else plain_token_mask
+            ids, mask = encode(tokenizer, messages)
         except UserError as exc:
             raise UserError(f"{where}: {exc.message}", hint=exc.hint) from exc
         if len(ids) > max_length:

@@ -1,10 +1,12 @@
-"""Built-in tiny models: ``builtin:tiny`` is a Qwen2-architecture decoder over the byte tokenizer.
+"""Built-in tiny models: Qwen2-architecture decoders over the byte tokenizer, named ``builtin:NAME``.
 
-It is the model of the embedded default run (``rlkit train grpo`` with no argument) and of the
-tests. ``load_causal_lm("builtin:tiny", init="pretrained")`` loads the packaged checkpoint in
-``rlkit/models/assets/tiny/`` when the package ships one (a ``config.json`` plus safetensors
-weights written by ``save_hf``); otherwise there is nothing pretrained to load and the model is
-randomly initialised with the given seed, exactly as ``init="random"`` would.
+- ``builtin:tiny``: the architecture only, randomly initialised with the run's seed. The tests use
+  it, and the embedded ``rlkit sft`` trains it from scratch.
+- ``builtin:tiny-arith``: the same architecture with weights shipped in the package
+  (``rlkit/models/assets/tiny-arith/``: ``config.json`` plus safetensors, written by ``rlkit sft``).
+  It is ``builtin:tiny`` fine-tuned on the synthetic arith task, the warm start of the embedded RL
+  default (``rlkit train grpo`` with no argument). docs/train.md says how it was made and how to
+  rebuild it (``python scripts/build_tiny_arith.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 # name -> (hidden, layers, heads, kv heads, head dim, intermediate)
 _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 32, 384),
+    "tiny-arith": (128, 4, 4, 2, 32, 384),
 }
+# built-in models whose weights ship with the package (the others are random-init architectures)
+PACKAGED = ("tiny-arith",)
 
 
 def builtin_name(path: str) -> str:
@@ -62,6 +67,18 @@ def tiny_config(name: str = "tiny") -> DecoderConfig:
 
 
 def packaged_checkpoint(name: str = "tiny") -> Path | None:
-    """The folder of the packaged pretrained checkpoint of a built-in model, if the package has one."""
-    folder = ASSETS_DIR / builtin_name(name)
-    return folder if (folder / "config.json").is_file() else None
+    """The folder of a built-in model's packaged weights; None for a random-init built-in.
+
+    Raises:
+        UserError: the model should ship with weights but the installed package lacks them.
+    """
+    name = builtin_name(name)
+    if name not in PACKAGED:
+        return None
+    folder = ASSETS_DIR / name
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"model.path: the weights of {BUILTIN_PREFIX}{name} are missing from this install ({folder})",
+            hint="reinstall rlkit, or rebuild them with `python scripts/build_tiny_arith.py`",
+        )
+    return folder

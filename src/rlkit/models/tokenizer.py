@@ -52,8 +52,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     """The built-in byte-level tokenizer (ids 0-255 are bytes, then the special tokens).
+
+    It carries the ChatML template unless ``chat_template`` is False (a plain base-model tokenizer).
 
     Special tokens: ``<|endoftext|>`` (eos and pad, id 256), ``<|im_start|>`` (257) and
     ``<|im_end|>`` (258). No bos token. ``decode(encode(s)) == s`` for every string ``s``
@@ -74,7 +76,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
         model_max_length=1 << 20,
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    if chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 

@@ -145,12 +145,16 @@ def _check_chat(value: Any, where: str) -> list[dict[str, Any]]:
     return cast(list[dict[str, Any]], value)
 
 
-def encode_prompts(prompts: list[Prompt], tokenizer: Any, *, chat_template: bool) -> list[list[int]]:
+def encode_prompts(prompts: list[Prompt], tokenizer: Any, *, chat_template: bool | None) -> list[list[int]]:
     """Token ids of each prompt, through the chat template (with the generation prompt) or raw.
+
+    ``chat_template=None`` uses the template when the tokenizer has one.
 
     Raises:
         UserError: the tokenizer has no chat template, or a prompt encodes to no tokens.
     """
+    if chat_template is None:
+        chat_template = bool(getattr(tokenizer, "chat_template", None))
     if chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             "the model's tokenizer has no chat template", hint="pass --no-chat-template to use the raw text"
@@ -247,7 +251,7 @@ def run_generate(
     out: Path,
     *,
     params: SamplingParams,
-    chat_template: bool = True,
+    chat_template: bool | None = None,
     device: str = "auto",
     batch_size: int = 256,
     console: Console | None = None,

@@ -103,7 +103,11 @@ def build_sft_data(cfg: RlkitConfig, tokenizer: Any, run_dir: Path) -> SFTData:
     if synthetic:
         train_path, val_path = write_synthetic_files(cfg, run_dir / "data")
         train_files, val_files = [str(train_path)], val_files or [str(val_path)]
-    opts: dict[str, Any] = {"max_length": s.max_length, "truncation": s.truncation}
+    opts: dict[str, Any] = {
+        "max_length": s.max_length,
+        "truncation": s.truncation,
+        "chat_template": d.chat_template,
+    }
     plain: dict[str, Any] = {"messages_key": "messages", "prompt_key": None, "response_key": None}
     train = SFTDataset(train_files, tokenizer, **opts, **(plain if synthetic else columns))
     val_columns = plain if synthetic and not d.val_files else columns

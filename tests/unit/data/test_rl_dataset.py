@@ -95,11 +95,14 @@ def test_missing_column_names_file_and_columns(tmp_path: Path) -> None:
         RLDataset([path], TOKENIZER, max_prompt_length=64, prompt_key="question")
 
 
-def test_tokenizer_without_chat_template_is_a_user_error() -> None:
-    plain = build_tokenizer()
-    plain.chat_template = None
+def test_tokenizer_without_chat_template() -> None:
+    """Asked for a template it lacks: a user error; left to auto (None): the plain text."""
+    plain = build_tokenizer(chat_template=False)
+    rows = arith.generate(2, seed=0)
     with pytest.raises(UserError, match="chat template"):
-        RLDataset.from_rows(arith.generate(2, seed=0), plain, max_prompt_length=64)
+        RLDataset.from_rows(rows, plain, max_prompt_length=64, chat_template=True)
+    dataset = RLDataset.from_rows(rows, plain, max_prompt_length=64)
+    assert plain.decode(dataset[0].prompt_ids) == rows[0]["prompt"][0]["content"]
 
 
 def test_from_rows_keeps_structured_ground_truth() -> None:

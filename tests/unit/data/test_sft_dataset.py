@@ -114,3 +114,23 @@ def test_collate_right_pads(tmp_path: Path) -> None:
     )
     assert batch["position_ids"][1, :short_len].tolist() == list(range(short_len))
     assert batch["position_ids"][1, short_len:].eq(0).all()
+
+
+def test_plain_text_rows_without_a_chat_template(tmp_path: Path) -> None:
+    """No template (false, or null with a template-less tokenizer): prompt text, then reply + eos."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"q": "23+45=", "a": "68"}) + "\n")
+    base = build_tokenizer(chat_template=False)
+    for tokenizer, setting in ((TOKENIZER, False), (base, None)):
+        dataset = SFTDataset(
+            [str(path)], tokenizer, max_length=64, prompt_key="q", response_key="a", chat_template=setting
+        )
+        item = dataset[0]
+        assert TOKENIZER.decode(item.input_ids) == "23+45=68<|endoftext|>"
+        assert _masked_runs(item.input_ids, item.loss_mask) == ["68<|endoftext|>"]
+    multi = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist([{"messages": CONVERSATION}]), multi)
+    with pytest.raises(UserError, match="one assistant reply"):
+        SFTDataset([str(multi)], base, max_length=512)
+    with pytest.raises(UserError, match="no chat template"):
+        SFTDataset([str(path)], base, max_length=64, prompt_key="q", response_key="a", chat_template=True)

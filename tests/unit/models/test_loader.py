@@ -74,15 +74,28 @@ def test_meta_device_then_materialize_and_copy(tmp_path: Path) -> None:
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
-def test_packaged_builtin_checkpoint_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packaged_builtin_checkpoint_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import rlkit.models.tiny as tiny
 
     saved = load_causal_lm("builtin:tiny", init="random", seed=7)
-    save_hf(saved, tmp_path / "tiny")
+    save_hf(saved, tmp_path / "tiny-arith")
     monkeypatch.setattr(tiny, "ASSETS_DIR", tmp_path)
-    loaded = load_causal_lm("builtin:tiny", seed=0)
+    loaded = load_causal_lm("builtin:tiny-arith", seed=0)
     assert torch.equal(loaded.lm_head.weight, saved.lm_head.weight)
-    assert not torch.equal(load_causal_lm("builtin:tiny", init="random").lm_head.weight, saved.lm_head.weight)
+    # builtin:tiny is always the random-init architecture
+    assert not torch.equal(load_causal_lm("builtin:tiny", seed=0).lm_head.weight, saved.lm_head.weight)
+    monkeypatch.setattr(tiny, "ASSETS_DIR", tmp_path / "nowhere")
+    with pytest.raises(UserError, match="missing from this install"):
+        load_causal_lm("builtin:tiny-arith")
+
+
+def test_shipped_tiny_arith_answers_some_problems() -> None:
+    """The packaged warm start ships with the package and loads as the tiny architecture."""
+    from rlkit.models.tiny import packaged_checkpoint
+
+    assert packaged_checkpoint("tiny-arith") is not None
+    model = load_causal_lm("builtin:tiny-arith")
+    assert model.config.num_layers == 4 and model.config.hidden_size == 128
 
 
 def test_routing_native_vs_fallback() -> None:

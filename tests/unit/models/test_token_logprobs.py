@@ -78,6 +78,9 @@ def test_no_grad_and_empty_and_bf16() -> None:
     hb, wb = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
     token_logprobs(hb, wb, labels, chunk_tokens=4)[0].sum().backward()
     assert hb.grad is not None and hb.grad.dtype == torch.bfloat16 and wb.grad is not None
+    # the weight gradient's per-chunk products run in bf16 (tensor cores), summed in fp32
+    (ref_w,) = torch.autograd.grad(_naive(hidden, weight, labels, 1.0)[0].sum(), weight)
+    torch.testing.assert_close(wb.grad.float(), ref_w, rtol=0, atol=0.05 * float(ref_w.abs().max()))
     assert wb.grad.dtype == torch.bfloat16
     with pytest.raises(ValueError):
         token_logprobs(hidden, weight, labels, temperature=0.0)
