@@ -86,6 +86,7 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> d
     ]
     if args.tiny:
         overrides.append("hardware.device=cpu")
+    overrides += args.set
     run_rl(load_config("grpo", profile=args.profile, overrides=overrides))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if r["step"] > 1] or rows
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=256)
     parser.add_argument("--profile", default=None, help="rlkit hardware profile, e.g. h100x2")
     parser.add_argument("--commit", default=None, help="commit to print (the GPU machine has no .git)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra rlkit override (repeatable)"
+    )
     args = parser.parse_args()
     if args.tiny:
         args.steps, args.prompts, args.n, args.prompt_tokens, args.response_tokens = 2, 4, 2, 32, 8
@@ -167,6 +171,8 @@ def main() -> None:
     step = rlkit["timing/step_s"]
     if args.profile:
         print(f"rlkit profile: {args.profile}")
+    if args.set:
+        print(f"rlkit overrides: {' '.join(args.set)}")
     print(f"| rlkit | {step:.2f} | {rlkit['throughput/tokens_per_s_per_device']:,.0f} |")
     if args.vs == "trl":
         trl_step = run_trl(work / "model", texts, args)

@@ -107,7 +107,11 @@ def model_flops(cfg: DecoderConfig, batch: Batch) -> float:
 
 
 def _timed(step: Any, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
+    start = time.perf_counter()
+    step()
+    hw.synchronize()
+    print(f"first step (compilation included): {time.perf_counter() - start:.1f} s")
+    for _ in range(warmup - 1):
         step()
     hw.synchronize()
     start = time.perf_counter()
@@ -260,8 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="rlkit: torch.compile each decoder layer")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--no-gc", action="store_true", help="disable gradient checkpointing on both sides")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -35,6 +35,10 @@ class ModelConfig:
     """Compute dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``bfloat16`` or ``float32``."""
     gradient_checkpointing: bool = profile_key(False)
     """Recompute activations in the backward pass to save memory."""
+    torch_compile: bool = profile_key(False)
+    """Compile each decoder layer of the trained and reference models with ``torch.compile``: fewer,
+    fused kernels, worth it where a step is bound by kernel launches (small models, one GPU); costs
+    a compilation at the first steps."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the model folder (non-native architectures only)."""
     lora_rank: int = 0

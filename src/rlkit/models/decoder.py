@@ -132,7 +132,9 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # The weight in the activations' dtype: under autocast (fp32 weights, bf16 activations)
+        # the product stays bf16, as it is when the weights themselves are bf16.
+        return self.weight.to(dtype) * x32.to(dtype)
 
 
 def _rope_inv_freq(cfg: DecoderConfig) -> torch.Tensor:
@@ -258,6 +260,8 @@ class DecoderModel(nn.Module):
             Returns the final hidden states (T, D).
         """
         x = self.embed_tokens(input_ids_T)
+        if torch.is_autocast_enabled(x.device.type):  # embedding lookups are not autocast ops
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         cos, sin = self.rotary(position_ids_T, x.dtype)
         max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max().item()) if cu_seqlens.numel() > 1 else 0
         for layer in self.layers:

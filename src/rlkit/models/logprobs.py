@@ -6,14 +6,22 @@ computes ``chunk_tokens`` rows at a time (logits in the weight's dtype, upcast o
 under autograd, recomputes each chunk's logits in backward, so peak memory holds a few chunks of
 logits, never T x V. Values and gradients equal the naive computation (fp32, to ~1e-6).
 
+Where Triton runs (CUDA; see :func:`rlkit.hardware.kernels.use_triton`) each chunk goes through the
+kernels of :mod:`rlkit.models.logprob_kernels` instead: one pass over the logits in the GEMM's
+dtype for the forward and one for the backward, instead of about a dozen fp32 passes, and a chunk
+holds one (C x V) buffer in that dtype rather than several fp32 ones.
+
 Shape legend: T = tokens, D = hidden size, V = vocabulary, C = tokens in a chunk.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
+
+from rlkit.hardware.kernels import use_triton
 
 
 def _chunk_logits(h_CD: torch.Tensor, w_VD: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,18 +47,18 @@ class _TokenLogprobs(torch.autograd.Function):
         logprobs = torch.empty(num_tokens, dtype=torch.float32, device=hidden_TD.device)
         lse = torch.empty_like(logprobs)
         entropy = torch.empty(num_tokens if with_entropy else 0, dtype=torch.float32, device=hidden_TD.device)
+        fused = use_triton(hidden_TD.device)
+        chunk_stats = _chunk_stats_fused if fused else _chunk_stats_torch
         for start in range(0, num_tokens, chunk_tokens):
-            end = min(start + chunk_tokens, num_tokens)
-            logits = _chunk_logits(hidden_TD[start:end], weight_VD, temperature)
-            lse_c = torch.logsumexp(logits, dim=-1)
-            lse[start:end] = lse_c
-            logp = logits.sub_(lse_c[:, None])
-            logprobs[start:end] = logp.gather(-1, labels_T[start:end, None]).squeeze(-1)
-            if with_entropy:
-                # -sum p log p is more accurate in fp32 than lse - sum p z (no cancellation)
-                entropy[start:end] = -(logp.exp() * logp).sum(-1)
+            rows = slice(start, min(start + chunk_tokens, num_tokens))
+            lse[rows], logprobs[rows], ent = chunk_stats(
+                hidden_TD[rows], weight_VD, labels_T[rows], temperature, with_entropy
+            )
+            if ent is not None:
+                entropy[rows] = ent
         ctx.save_for_backward(hidden_TD, weight_VD, labels_T, lse, entropy)
         ctx.temperature, ctx.chunk_tokens, ctx.with_entropy = temperature, chunk_tokens, with_entropy
+        ctx.fused = fused
         return logprobs, entropy
 
     @staticmethod
@@ -66,35 +74,134 @@ class _TokenLogprobs(torch.autograd.Function):
             torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device) if need_w else None
         )
         num_tokens = hidden_TD.shape[0]
+        chunk_grad = _chunk_grad_fused if ctx.fused else _chunk_grad_torch
         for start in range(0, num_tokens, ctx.chunk_tokens):
-            end = min(start + ctx.chunk_tokens, num_tokens)
-            h_CD = hidden_TD[start:end]
-            logp = _chunk_logits(h_CD, weight_VD, ctx.temperature).sub_(lse[start:end, None])
-            grad = logp.exp()  # probabilities, turned into the logits' gradient in place below
-            g_lp = grad_logprobs[start:end] if grad_logprobs is not None else torch.zeros_like(lse[start:end])
-            if grad_entropy is not None and use_entropy:
-                # dH/dz_j = -p_j (log p_j + H)
-                logp.add_(entropy[start:end, None]).mul_(grad_entropy[start:end, None])
-                grad.mul_(logp.add_(g_lp[:, None])).neg_()
-            else:
-                grad.mul_(-g_lp[:, None])
-            grad.scatter_add_(-1, labels_T[start:end, None], g_lp[:, None])  # d logp_y / dz = onehot - p
-            if ctx.temperature != 1.0:
-                grad.div_(ctx.temperature)
+            rows = slice(start, min(start + ctx.chunk_tokens, num_tokens))
+            h_CD = hidden_TD[rows].to(weight_VD.dtype)
+            g_lp = grad_logprobs[rows] if grad_logprobs is not None else torch.zeros_like(lse[rows])
+            grad = chunk_grad(
+                h_CD,
+                weight_VD,
+                labels_T[rows],
+                lse[rows],
+                g_lp.float(),
+                ctx.temperature,
+                grad_entropy[rows].float() if use_entropy else None,
+                entropy[rows] if use_entropy else None,
+            )
             if grad_h is not None:
-                grad_h[start:end] = (grad.to(weight_VD.dtype) @ weight_VD).to(hidden_TD.dtype)
+                grad_h[rows] = (grad @ weight_VD).to(hidden_TD.dtype)
             if grad_w is not None:
-                if weight_VD.dtype == torch.float32:
-                    grad_w.addmm_(grad.T, h_CD.float())
-                else:
-                    # A (V x C) @ (C x D) product in fp32 runs on CUDA cores (~20% of a 0.5B
-                    # model's update); in the weight's dtype it uses tensor cores, which accumulate
-                    # in fp32 and round each chunk's product once, as a bf16 nn.Linear's weight
-                    # gradient does. The sum over chunks stays fp32.
-                    grad_w.add_(grad.to(weight_VD.dtype).T @ h_CD.to(weight_VD.dtype))
-            del logp, grad
+                grad_w = _add_weight_grad(grad_w, grad, h_CD)
+            del grad
         grad_w_out = grad_w.to(weight_VD.dtype) if grad_w is not None else None
         return grad_h, grad_w_out, None, None, None, None
+
+
+def _chunk_stats_torch(
+    h_CD: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_C: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-sum-exp, label log-prob and entropy (or None) of one chunk, through fp32 logits."""
+    logits = _chunk_logits(h_CD, weight_VD, temperature)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.sub_(lse[:, None])
+    label_logp = logp.gather(-1, labels_C[:, None]).squeeze(-1)
+    # -sum p log p is more accurate in fp32 than lse - sum p z (no cancellation)
+    entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None
+    return lse, label_logp, entropy
+
+
+def _chunk_stats_fused(
+    h_CD: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_C: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`_chunk_stats_torch` in one Triton pass over logits in the weight's dtype."""
+    from rlkit.models import logprob_kernels
+
+    raw = h_CD.to(weight_VD.dtype) @ weight_VD.T
+    return logprob_kernels.chunk_forward(raw, labels_C, temperature, with_entropy)
+
+
+def _chunk_grad_torch(
+    h_CD: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_C: torch.Tensor,
+    lse_C: torch.Tensor,
+    g_lp: torch.Tensor,
+    temperature: float,
+    g_ent: torch.Tensor | None,
+    entropy_C: torch.Tensor | None,
+) -> torch.Tensor:
+    """Gradient (C, V) of one chunk's raw logits, in fp32, cast to the weight's dtype at the end."""
+    logp = _chunk_logits(h_CD, weight_VD, temperature).sub_(lse_C[:, None])
+    grad = logp.exp()  # probabilities, turned into the logits' gradient in place below
+    if g_ent is not None and entropy_C is not None:
+        # dH/dz_j = -p_j (log p_j + H)
+        logp.add_(entropy_C[:, None]).mul_(g_ent[:, None])
+        grad.mul_(logp.add_(g_lp[:, None])).neg_()
+    else:
+        grad.mul_(-g_lp[:, None])
+    grad.scatter_add_(-1, labels_C[:, None], g_lp[:, None])  # d logp_y / dz = onehot - p
+    if temperature != 1.0:
+        grad.div_(temperature)
+    return grad.to(weight_VD.dtype)
+
+
+def _chunk_grad_fused(
+    h_CD: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_C: torch.Tensor,
+    lse_C: torch.Tensor,
+    g_lp: torch.Tensor,
+    temperature: float,
+    g_ent: torch.Tensor | None,
+    entropy_C: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`_chunk_grad_torch` in one Triton pass over the logits, in the weight's dtype."""
+    from rlkit.models import logprob_kernels
+
+    return logprob_kernels.chunk_backward_(
+        h_CD @ weight_VD.T,
+        labels_C,
+        lse_C,
+        g_lp.contiguous(),
+        temperature,
+        g_ent.contiguous() if g_ent is not None else None,
+        entropy_C,
+    )
+
+
+@cache
+def _has_fp32_out_addmm(device_type: str) -> bool:
+    """Whether ``torch.addmm(..., out_dtype=torch.float32)`` takes bf16 inputs on this device."""
+    try:
+        a = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
+        torch.addmm(torch.zeros(2, 2, device=device_type), a, a, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
+def _add_weight_grad(grad_w: torch.Tensor, grad_CV: torch.Tensor, h_CD: torch.Tensor) -> torch.Tensor:
+    """``grad_w + grad_CV.T @ h_CD`` with an fp32 accumulator and low-precision operands.
+
+    The product runs in the operands' dtype: in fp32 a (V x C) @ (C x D) product runs on CUDA cores
+    (about 20% of a 0.5B model's update), in bf16 on tensor cores, which accumulate in fp32. Where the BLAS takes an fp32 output for bf16 inputs the product accumulates straight into it (no
+    rounding of the chunk's product, no (V x D) temporary); elsewhere the chunk's product is rounded
+    once to the operands' dtype, as a bf16 ``nn.Linear``'s weight gradient is.
+    """
+    if grad_CV.dtype == torch.float32:
+        return grad_w.addmm_(grad_CV.T, h_CD)
+    if _has_fp32_out_addmm(grad_CV.device.type):
+        return torch.addmm(grad_w, grad_CV.T, h_CD, out_dtype=torch.float32)
+    return grad_w.add_(grad_CV.T @ h_CD)
 
 
 def token_logprobs(

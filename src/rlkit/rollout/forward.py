@@ -20,10 +20,11 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from rlkit.hardware.kernels import use_triton
 from rlkit.models.attention import packed_causal_attention
 from rlkit.models.decoder import CausalLM, DecoderLayer, RMSNorm
 from rlkit.rollout.fused import FusedLayer
-from rlkit.rollout.kv_cache import KVCache
+from rlkit.rollout.kv_cache import DecodeMeta, KVCache
 
 
 def layers_of(model: CausalLM) -> list[DecoderLayer]:
@@ -104,7 +105,9 @@ def decode_forward(
 
     Positions are clamped to the slot size so that rows of idle slots (which ride along in a
     fixed-size batch) can never write outside their own slot. The projections run on the fused
-    buffers of ``fuse_layers`` (one GEMM for q/k/v, one for gate/up).
+    buffers of ``fuse_layers`` (one GEMM for q/k/v, one for gate/up). Where Triton runs
+    (``rlkit.hardware.kernels.use_triton``) and the model has no q/k norms, the elementwise work
+    between the GEMMs runs in the fused kernels of ``rlkit.rollout.kernels`` instead.
 
     Shape:
         tokens_B, positions_B: (B,) long (slot i holds row i). Returns logits (B, V) in the model's
@@ -119,6 +122,8 @@ def decode_forward(
     cos, sin = backbone.rotary(positions_B, x.dtype)
     half = head_dim // 2
     cos, sin_signed = cos[:, None, :], torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)[:, None, :]
+    if not cfg.qk_norm and use_triton(tokens_B.device):
+        return _decode_layers_triton(model, fused, cache, x, cos[:, 0], sin_signed[:, 0], flat_B, meta)
     for i, (layer, fl) in enumerate(zip(layers_of(model), fused, strict=True)):
         attn, mlp = layer.self_attn, layer.mlp
         qkv = F.linear(rms_norm(layer.input_layernorm, x), fl.qkv_weight, fl.qkv_bias)
@@ -135,4 +140,53 @@ def decode_forward(
         gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), fl.gate_up_weight).chunk(2, dim=-1)
         x = x + mlp.down_proj(F.silu(gate) * up)
     logits: torch.Tensor = model.lm_head(rms_norm(backbone.norm, x))
+    return logits
+
+
+def _decode_layers_triton(
+    model: CausalLM,
+    fused: list[FusedLayer],
+    cache: KVCache,
+    x_BD: torch.Tensor,
+    cos_BD: torch.Tensor,
+    sin_signed_BD: torch.Tensor,
+    flat_B: torch.Tensor,
+    meta: DecodeMeta,
+) -> torch.Tensor:
+    """The layers and head of ``decode_forward`` with the elementwise work in Triton kernels.
+
+    Per layer: residual add + norm, q/k/v GEMM, rotary + cache write + query packing, attention,
+    out projection, residual add + norm, gate/up GEMM, silu * mul, down projection. Each sublayer's
+    residual add is deferred into the next norm (the final norm takes the last one). The roundings
+    are the eager loop's, so both give the same logits up to last-place differences.
+
+    Shape:
+        x_BD: (B, D) embeddings; cos_BD, sin_signed_BD: (B, Dh); flat_B: (B,). Returns logits (B, V).
+    """
+    from rlkit.rollout import kernels
+
+    backbone, cfg = model.model, model.config
+    heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    b, flat_kv = x_BD.shape[0], (-1, kv_heads, head_dim)
+    delta: torch.Tensor | None = None
+    for i, (layer, fl) in enumerate(zip(layers_of(model), fused, strict=True)):
+        norm = layer.input_layernorm
+        x_BD, h = kernels.add_rms_norm(x_BD, delta, norm.weight, norm.eps)
+        qkv = F.linear(h, fl.qkv_weight, fl.qkv_bias).view(b, heads + 2 * kv_heads, head_dim)
+        q_packed = kernels.rope_kv_write(
+            qkv,
+            cos_BD,
+            sin_signed_BD,
+            cache.k[i].view(flat_kv),
+            cache.v[i].view(flat_kv),
+            flat_B,
+            heads,
+            kv_heads,
+        )
+        attn_out = layer.self_attn.o_proj(cache.attend_packed(i, q_packed, meta).flatten(1))
+        norm = layer.post_attention_layernorm
+        x_BD, h = kernels.add_rms_norm(x_BD, attn_out, norm.weight, norm.eps)
+        delta = layer.mlp.down_proj(kernels.silu_mul(F.linear(h, fl.gate_up_weight)))
+    _, h = kernels.add_rms_norm(x_BD, delta, backbone.norm.weight, backbone.norm.eps)
+    logits: torch.Tensor = model.lm_head(h)
     return logits

@@ -130,26 +130,61 @@ class KVCache:
         mask = (torch.arange(attn_len, device=dev)[None, :] < lengths_B[:, None])[:, None, None, :]
         return DecodeMeta(attn_len, mask=mask)
 
+    def pack_queries(self, q_BHD: torch.Tensor) -> torch.Tensor:
+        """Grouped-query packing of one query per slot, the layout the flash decode path takes.
+
+        The G = H / K query heads sharing a kv head become G query rows of that kv head, so the
+        flash kernel reads each slot's keys once per kv head, not once per query head:
+        ``q_packed[b * G + g, j] = q_BHD[b, j * G + g]``. ``rlkit.rollout.kernels.rope_kv_write``
+        writes this layout directly.
+
+        Shape:
+            q_BHD: (B, H, Dh). Returns (B * G, K, Dh).
+        """
+        b, heads = q_BHD.shape[:2]
+        group = heads // self.num_kv_heads
+        q = q_BHD.view(b, self.num_kv_heads, group, self.head_dim).transpose(1, 2)
+        return q.reshape(b * group, self.num_kv_heads, self.head_dim)
+
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`pack_queries`: (B * G, K, Dh) -> (B, H, Dh)."""
+        group = self.num_heads // self.num_kv_heads
+        b = packed.shape[0] // group
+        o = packed.view(b, group, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return o.reshape(b, self.num_heads, self.head_dim)
+
     def attend(self, layer: int, q_BHD: torch.Tensor, meta: DecodeMeta) -> torch.Tensor:
         """Attention of one query per slot 0..B-1 over that slot's cached keys.
 
         Shape:
             q_BHD: (B, H, Dh). Returns (B, H, Dh).
         """
-        b = q_BHD.shape[0]
-        k_BLKD, v_BLKD = self.k[layer, :b], self.v[layer, :b]
         if self._flash is not None:
-            # Grouped-query packing: the G = H / K query heads sharing a kv head become G query rows
-            # of one kv head, so the kernel reads each slot's keys once per kv head, not per q head.
-            group = q_BHD.shape[1] // self.num_kv_heads
-            q = q_BHD.view(b, self.num_kv_heads, group, self.head_dim).transpose(1, 2)
-            q = q.reshape(b * group, self.num_kv_heads, self.head_dim)
-            flat = (-1, self.num_kv_heads, self.head_dim)
-            o = self._flash(
-                q, k_BLKD.view(flat), v_BLKD.view(flat), meta.cu_q, meta.cu_k, group, meta.attn_len, meta.used
-            )
-            return o.view(b, group, self.num_kv_heads, self.head_dim).transpose(1, 2).reshape(q_BHD.shape)
-        k = k_BLKD[:, : meta.attn_len].transpose(1, 2)
-        v = v_BLKD[:, : meta.attn_len].transpose(1, 2)
+            return self.attend_packed(layer, self.pack_queries(q_BHD), meta)
+        return self._attend_sdpa(layer, q_BHD, meta)
+
+    def attend_packed(self, layer: int, q_packed: torch.Tensor, meta: DecodeMeta) -> torch.Tensor:
+        """:meth:`attend` for queries already in the layout of :meth:`pack_queries`.
+
+        On a cache without the flash path the queries are unpacked for SDPA (one copy), so callers
+        that produce packed queries work on every device.
+
+        Shape:
+            q_packed: (B * G, K, Dh). Returns (B, H, Dh).
+        """
+        if self._flash is None:
+            return self._attend_sdpa(layer, self._unpack(q_packed), meta)
+        group = self.num_heads // self.num_kv_heads
+        b = q_packed.shape[0] // group
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        k, v = self.k[layer, :b].view(flat), self.v[layer, :b].view(flat)
+        o = self._flash(q_packed, k, v, meta.cu_q, meta.cu_k, group, meta.attn_len, meta.used)
+        return self._unpack(o)
+
+    def _attend_sdpa(self, layer: int, q_BHD: torch.Tensor, meta: DecodeMeta) -> torch.Tensor:
+        """Scaled-dot-product attention over the first ``attn_len`` positions, length-masked."""
+        b = q_BHD.shape[0]
+        k = self.k[layer, :b, : meta.attn_len].transpose(1, 2)
+        v = self.v[layer, :b, : meta.attn_len].transpose(1, 2)
         out = F.scaled_dot_product_attention(q_BHD[:, :, None, :], k, v, attn_mask=meta.mask, enable_gqa=True)
         return out[:, :, 0, :]

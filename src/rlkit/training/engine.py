@@ -7,7 +7,12 @@ once per RL step.
 
 Sharding: ``fully_shard`` on every decoder layer, then on the root (embeddings, final norm, heads).
 Master weights and optimizer states stay fp32; with a low-precision ``dtype`` the layers compute in
-it and gradients are reduced in fp32. ``param_offload`` keeps parameters, gradients and optimizer
+it and gradients are reduced in fp32. On a single rank there is nothing to shard, and FSDP2's
+per-layer hooks (gather, cast, reduce; about a millisecond of host time per layer and pass) would
+make a small model's step host-bound: there the module stays a plain one on the device, its
+forward runs under ``torch.autocast`` in the compute dtype (linear layers cast their fp32 weights
+once per pass, as FSDP's gather does) and gradients accumulate in fp32 on the fp32 parameters,
+which is what FSDP computes on one rank. ``param_offload`` keeps parameters, gradients and optimizer
 states on the CPU (``CPUOffloadPolicy``: the optimizer step runs on the CPU); ``optimizer_offload``
 alone moves only the optimizer states to the CPU between steps.
 
@@ -83,11 +88,15 @@ def shard_module(
     them on the CPU with ``param_offload``). ``reshard_after_forward=None`` frees each layer's
     gathered parameters after its forward only when there is more than one rank: on one rank
     the gathered copy is the whole layer in the compute dtype anyway, and keeping it through
-    backward saves two gathers (recompute and backward) per layer and micro-batch.
+    backward saves two gathers (recompute and backward) per layer and micro-batch. On one rank
+    (unless parameters are offloaded to the CPU) the module is not sharded at all; see the module
+    docstring.
     ``torch_compile`` compiles each layer's ``forward`` (not the module, so the FSDP hooks stay
     outside the graph and parameter names keep no ``_orig_mod`` prefix).
     """
     device = training_device()
+    if dist.get_world_size() == 1 and not (param_offload and device.type != "cpu"):
+        return _single_device(module, device, compute_dtype, torch_compile)
     mesh = dp_mesh()
     if reshard_after_forward is None:
         reshard_after_forward = mesh.size() > 1
@@ -110,6 +119,26 @@ def shard_module(
             reshard_after_forward=reshard_after_forward,
         )
     fully_shard(module, mesh=mesh, mp_policy=mp, offload_policy=offload)
+    return module
+
+
+def _single_device(
+    module: nn.Module, device: torch.device, compute_dtype: torch.dtype, torch_compile: bool
+) -> nn.Module:
+    """The one-rank counterpart of :func:`shard_module`: same parameters and names, no FSDP hooks."""
+    module.to(device)
+    if torch_compile:
+        for layer in decoder_layers(module):
+            layer.forward = torch.compile(layer.forward)
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if dtypes - {compute_dtype}:
+        forward = module.forward
+
+        def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(device.type, dtype=compute_dtype):
+                return forward(*args, **kwargs)
+
+        module.forward = autocast_forward  # an instance attribute: names and state dict unchanged
     return module
 
 

@@ -65,7 +65,8 @@ class PackedPolicy(_AdoptChildren):
         hidden_TD = self.inner.forward_packed(input_ids_T, position_ids_T, cu_seqlens)
         return token_logprobs(
             hidden_TD.index_select(0, gather_idx_N),
-            self.inner.lm_head.weight,
+            # in the activations' dtype: a no-op under FSDP's mixed precision, the cast under autocast
+            self.inner.lm_head.weight.to(hidden_TD.dtype),
             labels_N,
             temperature=temperature,
             chunk_tokens=chunk_tokens,

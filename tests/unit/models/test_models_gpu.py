@@ -57,6 +57,35 @@ def test_token_logprobs_cuda_fp32_matches_naive() -> None:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_token_logprobs_triton_kernels_match_torch_path_in_bf16(
+    with_entropy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Triton chunk kernels (the CUDA default) against the PyTorch chunk path, bf16 weights."""
+    pytest.importorskip("triton")
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(2)
+    hidden = torch.randn(1500, 256, device=dev, generator=gen).bfloat16().requires_grad_()
+    weight = (torch.randn(32003, 256, device=dev, generator=gen) * 0.05).bfloat16().requires_grad_()
+    labels = torch.randint(0, 32003, (1500,), device=dev, generator=gen)
+    coef = torch.randn(1500, device=dev, generator=gen)
+
+    def run(triton: str) -> list[torch.Tensor]:
+        monkeypatch.setenv("RLKIT_TRITON", triton)
+        lp, ent = token_logprobs(
+            hidden, weight, labels, temperature=0.9, chunk_tokens=512, with_entropy=with_entropy
+        )
+        loss = (lp * coef).sum() + (0.1 * ent.sum() if ent is not None else 0.0)
+        grads = torch.autograd.grad(loss, (hidden, weight))
+        return [lp, *([ent] if ent is not None else []), *grads]
+
+    fused, plain = run("1"), run("0")
+    for got, want in zip(fused[:-2], plain[:-2], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    for got, want in zip(fused[-2:], plain[-2:], strict=True):  # bf16 gradients
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-4)
+
+
 @torch.no_grad()
 def test_bf16_native_matches_transformers_on_cuda(
     tmp_path: Path, family: str, make_hf_model: Callable[..., Any]

@@ -1,4 +1,4 @@
-"""FSDPEngine on one process: global grad norm and clipping, skipped steps, full tensors, state."""
+"""FSDPEngine on one process (a plain module, no FSDP hooks): grad norm and clipping, skipped steps, full tensors, state."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_non_finite_grad_norm_skips_the_step() -> None:
     engine = _engine(_model())
     before = {k: v.clone() for k, v in engine.named_full_tensors(torch.float32)}
     _packed_loss(engine.module).backward()
-    next(iter(engine.params)).grad.to_local().fill_(float("nan"))  # type: ignore[union-attr]
+    next(iter(engine.params)).grad.fill_(float("nan"))  # type: ignore[union-attr]
     norm, stepped = engine.optimizer_step()
     assert math.isnan(norm) and not stepped
     assert engine.skipped_steps == 1 and engine.optimizer_steps == 0
