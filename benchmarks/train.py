@@ -137,9 +137,41 @@ def bench_rlkit(model_dir: str, batch: Batch, args: argparse.Namespace) -> tuple
     hw.reset_peak_memory_stats()
     step_s = _timed(lambda: actor.update(batch), args.warmup, args.steps)
     peak = hw.max_memory_allocated() / 2**30
+    if args.sync_debug:
+        report_syncs(lambda: actor.update(batch))
     if args.trace is not None:
         trace_step(lambda: actor.update(batch), args.trace / "rlkit_update")
     return step_s, peak
+
+
+def report_syncs(step: Any) -> None:
+    """One more ``step()`` with CUDA's sync debug mode: where the host waits for the GPU, by call site."""
+    import traceback
+    import warnings
+
+    sites: dict[str, int] = {}
+
+    def record(message: Any, *args: Any, **kwargs: Any) -> None:
+        frames = [
+            f for f in traceback.extract_stack()[:-2] if "/rlkit/" in f.filename or "benchmarks" in f.filename
+        ]
+        site = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(frames[-3:]))
+        sites[site] = sites.get(site, 0) + 1
+
+    torch.cuda.set_sync_debug_mode("warn")
+    old = warnings.showwarning
+    warnings.showwarning = record
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            step()
+    finally:
+        warnings.showwarning = old
+        torch.cuda.set_sync_debug_mode("default")
+    print(f"--- host waits for the GPU in one step: {sum(sites.values())}")
+    for site, count in sorted(sites.items(), key=lambda kv: -kv[1]):
+        print(f"{count:4d}  {site}")
 
 
 def trace_step(step: Any, out: Path, rows: int = 30) -> None:
@@ -269,6 +301,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--sync-debug", action="store_true", help="report where one more rlkit step waits for the GPU"
+    )
     parser.add_argument(
         "--trace",
         type=Path,

@@ -42,7 +42,10 @@ def pick_agg_kwargs(kwargs: Mapping[str, object]) -> dict[str, Any]:
 
 
 def _as_tensor(value: Count, like: Tensor) -> Tensor:
-    return torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=torch.float32)
+    # a fill kernel: a host-to-device copy of a Python number would wait for the queued GPU work
+    return torch.full((), float(value), dtype=torch.float32, device=like.device)
 
 
 def _seq_mean(seq_losses: Tensor, seq_valid: Tensor, dp_size: int, global_batch_size: Count | None) -> Tensor:

@@ -195,8 +195,8 @@ def compute_policy_loss_sapo(
     """
     old, new, adv, mask = _prepare(old_log_prob, log_prob, advantages, response_mask)
     log_ratio = _log_ratio(old, new)
-    tau_pos = torch.tensor(float(mode_specific.get("tau_pos", 1.0)), device=adv.device)
-    tau_neg = torch.tensor(float(mode_specific.get("tau_neg", 1.05)), device=adv.device)
+    tau_pos = torch.full((), float(mode_specific.get("tau_pos", 1.0)), device=adv.device)
+    tau_neg = torch.full((), float(mode_specific.get("tau_neg", 1.05)), device=adv.device)
     tau = torch.where(adv > 0, tau_pos, tau_neg)
     gate = torch.sigmoid(tau * (torch.exp(log_ratio) - 1.0)) * (4.0 / tau)
     losses = _weighted(-gate * adv, rollout_is_weights)

@@ -35,10 +35,10 @@ class ModelConfig:
     """Compute dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``bfloat16`` or ``float32``."""
     gradient_checkpointing: bool = profile_key(False)
     """Recompute activations in the backward pass to save memory."""
-    torch_compile: bool = profile_key(False)
-    """Compile each decoder layer of the trained and reference models with ``torch.compile``: fewer,
-    fused kernels, worth it where a step is bound by kernel launches (small models, one GPU); costs
-    a compilation at the first steps."""
+    torch_compile: bool = profile_key(True)
+    """On accelerators, compile each decoder layer of the trained and reference models with
+    ``torch.compile``: fewer, fused kernels (1.5x the update throughput of a 0.5B model on one
+    H200), for about 10 s of compilation at the first step. Ignored on the CPU."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the model folder (non-native architectures only)."""
     lora_rank: int = 0

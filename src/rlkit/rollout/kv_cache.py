@@ -6,9 +6,19 @@ once per batch-size bucket; the price is that a slot reserves ``max_len`` tokens
 sequence's length, so ``max_len`` should be the longest prompt plus response of the workload (the
 trainer knows it: ``data.max_prompt_length + data.max_response_length``).
 
-Decode attention reads only the used part of each slot where the device has a flash kernel with
-``seqused_k`` (CUDA, fp16/bf16; feature-detected); elsewhere it is scaled-dot-product attention
-with a length mask over the first ``attn_len`` positions.
+Decode attention reads only the used part of each slot where it can, picked once when the cache is
+built (``KVCache.decode_path``):
+
+- ``triton``: the decode kernel of :mod:`rlkit.rollout.attention_kernel`, where Triton runs
+  (:func:`rlkit.hardware.kernels.use_triton`), the cache is fp16/bf16 and the head dim a power of
+  two;
+- ``flash``: torch's flash varlen kernel with ``seqused_k`` (CUDA, fp16/bf16; feature-detected);
+- ``sdpa``: scaled-dot-product attention with a length mask over the first ``attn_len`` positions
+  (everything else: CPU, fp32).
+
+``RLKIT_DECODE_ATTN`` (read when the cache is built) overrides the choice for A/B comparisons:
+``flash`` skips the Triton kernel (SDPA where flash is missing), ``sdpa`` forces SDPA, ``auto``
+(the default) picks the first that applies.
 
 Shape legend: S = slots, L = max_len, K = kv heads, H = query heads, Dh = head dim, B = decode rows
 (slots 0..B-1), N = rows written.
@@ -17,6 +27,7 @@ Shape legend: S = slots, L = max_len, K = kv heads, H = query heads, Dh = head d
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -24,12 +35,19 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from rlkit.errors import UserError
+from rlkit.hardware.kernels import use_triton
+
 DecodeAttnFn = Callable[..., torch.Tensor]
 
 
 @dataclass
 class DecodeMeta:
-    """Per-step inputs of decode attention: flash offsets and lengths, or an SDPA length mask."""
+    """Per-step inputs of decode attention, built by :meth:`KVCache.decode_meta` for its path.
+
+    ``used`` (int32 keys per slot) serves the Triton and flash paths, ``cu_q``/``cu_k`` (int32
+    offsets of the packed queries and of the slots) only flash, ``mask`` only SDPA.
+    """
 
     attn_len: int
     cu_q: torch.Tensor | None = None
@@ -68,6 +86,33 @@ def flash_decode_fn() -> DecodeAttnFn | None:
     return via_aten
 
 
+def decode_path_for(device: torch.device, dtype: torch.dtype, head_dim: int) -> str:
+    """The decode attention a cache on ``device`` of ``dtype`` runs: "triton", "flash" or "sdpa".
+
+    Args:
+        device: The cache's device.
+        dtype: The cache's dtype.
+        head_dim: Dh; the Triton kernel takes powers of two from 16 to 256.
+
+    Raises:
+        UserError: ``RLKIT_DECODE_ATTN`` is set to something other than auto, flash or sdpa.
+    """
+    choice = os.environ.get("RLKIT_DECODE_ATTN", "auto").strip().lower() or "auto"
+    if choice not in ("auto", "flash", "sdpa"):
+        raise UserError(
+            f"RLKIT_DECODE_ATTN={choice!r} is not a decode attention path", hint="use auto, flash or sdpa"
+        )
+    half = dtype in (torch.float16, torch.bfloat16)
+    if choice == "auto" and half and use_triton(device):
+        from rlkit.rollout.attention_kernel import supported
+
+        if supported(head_dim, dtype):
+            return "triton"
+    if choice != "sdpa" and half and device.type == "cuda" and flash_decode_fn() is not None:
+        return "flash"
+    return "sdpa"
+
+
 class KVCache:
     """Per-layer K and V buffers of ``num_slots`` slots of ``max_len`` positions each."""
 
@@ -88,10 +133,13 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_slots, self.max_len, self.num_heads = num_slots, max_len, num_heads
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
-        flash = (
-            flash_decode_fn() if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else None
-        )
-        self._flash = flash
+        self.decode_path = decode_path_for(device, dtype, head_dim)
+        self._flash = flash_decode_fn() if self.decode_path == "flash" else None
+        self._kernel: DecodeAttnFn | None = None
+        if self.decode_path == "triton":
+            from rlkit.rollout.attention_kernel import decode_attention
+
+            self._kernel = decode_attention
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -100,7 +148,8 @@ class KVCache:
 
     @property
     def uses_flash(self) -> bool:
-        return self._flash is not None
+        """True when decode attention reads only each slot's used keys (Triton kernel or flash)."""
+        return self.decode_path != "sdpa"
 
     def write(self, layer: int, flat_idx_N: torch.Tensor, k_NKD: torch.Tensor, v_NKD: torch.Tensor) -> None:
         """Store keys/values at flat positions ``slot * max_len + position``.
@@ -118,9 +167,14 @@ class KVCache:
         Args:
             lengths_B: Keys per slot (the current token included), at least 1.
             attn_len: A bound on ``lengths_B`` (static under CUDA graphs): the SDPA path reads this
-                many positions; the flash path reads only ``lengths_B``.
+                many positions; the Triton and flash paths read only ``lengths_B``.
+
+        Shape:
+            lengths_B: (B,) integer.
         """
         b, dev = lengths_B.shape[0], lengths_B.device
+        if self.decode_path == "triton":
+            return DecodeMeta(attn_len, used=lengths_B.to(torch.int32))
         if self._flash is not None:
             group = self.num_heads // self.num_kv_heads
             slots = torch.arange(b + 1, device=dev, dtype=torch.int32)
@@ -131,10 +185,10 @@ class KVCache:
         return DecodeMeta(attn_len, mask=mask)
 
     def pack_queries(self, q_BHD: torch.Tensor) -> torch.Tensor:
-        """Grouped-query packing of one query per slot, the layout the flash decode path takes.
+        """Grouped-query packing of one query per slot, the layout the Triton and flash paths take.
 
         The G = H / K query heads sharing a kv head become G query rows of that kv head, so the
-        flash kernel reads each slot's keys once per kv head, not once per query head:
+        kernel reads each slot's keys once per kv head, not once per query head:
         ``q_packed[b * G + g, j] = q_BHD[b, j * G + g]``. ``rlkit.rollout.kernels.rope_kv_write``
         writes this layout directly.
 
@@ -159,19 +213,23 @@ class KVCache:
         Shape:
             q_BHD: (B, H, Dh). Returns (B, H, Dh).
         """
-        if self._flash is not None:
+        if self.decode_path != "sdpa":
             return self.attend_packed(layer, self.pack_queries(q_BHD), meta)
         return self._attend_sdpa(layer, q_BHD, meta)
 
     def attend_packed(self, layer: int, q_packed: torch.Tensor, meta: DecodeMeta) -> torch.Tensor:
         """:meth:`attend` for queries already in the layout of :meth:`pack_queries`.
 
-        On a cache without the flash path the queries are unpacked for SDPA (one copy), so callers
-        that produce packed queries work on every device.
+        On the SDPA path the queries are unpacked (one copy), so callers that produce packed
+        queries work on every device.
 
         Shape:
             q_packed: (B * G, K, Dh). Returns (B, H, Dh).
         """
+        if self._kernel is not None:
+            # the cache's max_len, not attn_len: the kernel's split count must not change between
+            # eager steps and the captured ones (which pass max_len), so both round alike
+            return self._unpack(self._kernel(q_packed, self.k[layer], self.v[layer], meta.used, self.max_len))
         if self._flash is None:
             return self._attend_sdpa(layer, self._unpack(q_packed), meta)
         group = self.num_heads // self.num_kv_heads

@@ -36,7 +36,7 @@ def _engine(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "model_path": cfg.model.path,
         "dtype": compute_dtype(cfg, device),
         "gradient_checkpointing": cfg.model.gradient_checkpointing,
-        "torch_compile": cfg.model.torch_compile,
+        "torch_compile": cfg.model.torch_compile and device != "cpu",
         "seed": cfg.trainer.seed,
     }
 

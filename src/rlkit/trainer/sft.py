@@ -63,7 +63,7 @@ def sft_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "model_path": m.path,
         "dtype": compute_dtype(cfg, device),
         "gradient_checkpointing": m.gradient_checkpointing,
-        "torch_compile": m.torch_compile,
+        "torch_compile": m.torch_compile and device != "cpu",
         "param_offload": a.param_offload,
         "optimizer_offload": a.optimizer_offload,
         "lr": a.lr,

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlkit.hardware import device as hw
+
 
 @dataclass
 class PackedMicroBatch:
@@ -50,7 +52,7 @@ class PackedMicroBatch:
 
     def to(self, device: torch.device) -> PackedMicroBatch:
         move = {
-            k: getattr(self, k).to(device, non_blocking=True)
+            k: hw.to_device(getattr(self, k), device)
             for k in (
                 "input_ids_T",
                 "position_ids_T",

@@ -28,7 +28,10 @@ class MiniBatchStats:
         self._means: dict[str, tuple[torch.Tensor, float]] = {}
 
     def _scalar(self, value: float | torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(value).detach().to(self.device, torch.float64)
+        if isinstance(value, torch.Tensor):
+            return value.detach().to(self.device, torch.float64)
+        # a fill kernel, not a host-to-device copy (which would wait for the queued work)
+        return torch.full((), float(value), dtype=torch.float64, device=self.device)
 
     def add_share(self, name: str, value: float | torch.Tensor) -> None:
         total = self._shares.get(name)

@@ -1,0 +1,26 @@
+"""Config keys -> role settings: the compile switch applies on accelerators only."""
+
+from __future__ import annotations
+
+from rlkit.config.compose import to_dataclass
+from rlkit.config.load import load_config
+from rlkit.config.schema import RlkitConfig
+from rlkit.trainer.settings import actor_settings, critic_settings, ref_settings
+from rlkit.trainer.sft import sft_settings
+
+
+def _cfg(*overrides: str) -> RlkitConfig:
+    return to_dataclass(load_config("grpo", overrides=list(overrides)))
+
+
+def test_torch_compile_is_on_for_accelerators_and_off_on_cpu() -> None:
+    cfg = _cfg()
+    for settings in (actor_settings, ref_settings, critic_settings, sft_settings):
+        assert settings(cfg, "cuda")["torch_compile"] is True
+        assert settings(cfg, "cpu")["torch_compile"] is False
+
+
+def test_torch_compile_can_be_switched_off() -> None:
+    cfg = _cfg("model.torch_compile=false")
+    assert actor_settings(cfg, "cuda")["torch_compile"] is False
+    assert sft_settings(cfg, "cuda")["torch_compile"] is False
