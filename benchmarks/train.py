@@ -1,13 +1,14 @@
-"""Actor-update throughput and MFU: rlkit's FSDP2 engine vs. a plain transformers training step.
+"""Actor-update throughput and MFU: rlkit's training engine vs. a plain transformers training step.
 
 Both sides train the same architecture (by default Qwen2.5-0.5B-shaped, random weights) on the same
 batch of 16 sequences x 1024 positions (left-padded prompts, right-padded responses of varied
-length, as rollouts come back), with fp32 master weights, bf16 compute, gradient checkpointing and
-fused AdamW, one optimizer step per iteration:
+length, as rollouts come back), with fp32 master weights, bf16 compute, gradient checkpointing
+(``--no-gc``: none) and fused AdamW, one optimizer step per iteration:
 
-- ``rlkit``: ``ActorRole.update`` (one process, FSDP2 over a world of 1): padding removed (packed
-  varlen attention), micro-batches by token budget, log-probs through the chunked LM head on response
-  tokens only.
+- ``rlkit``: ``ActorRole.update`` (one process: the engine's single-rank path, a plain module under
+  autocast): padding removed (packed varlen attention), micro-batches by token budget, log-probs
+  through the chunked LM head (Triton kernels on GPU) on response tokens only, decoder layers
+  compiled on accelerators as ``model.torch_compile`` does (``--no-compile``: eager).
 - ``transformers``: ``AutoModelForCausalLM`` with SDPA attention on the padded batch under
   ``torch.autocast``, full logits and cross entropy on the response positions (the usual
   Hugging Face recipe), micro-batches of ``--baseline-micro-batch`` sequences.
@@ -293,7 +294,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline-micro-batch", type=int, default=16, help="transformers sequences per micro-batch"
     )
-    parser.add_argument("--compile", action="store_true", help="rlkit: torch.compile each decoder layer")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rlkit: torch.compile each decoder layer (default: on accelerators, as model.torch_compile)",
+    )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--no-gc", action="store_true", help="disable gradient checkpointing on both sides")
     parser.add_argument("--warmup", type=int, default=3)
@@ -311,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile one more rlkit step: chrome trace + kernel table here",
     )
     args = parser.parse_args(argv)
+    if args.compile is None:
+        args.compile = hw.device_type() != "cpu"
     if args.tiny:
         args.batch_size, args.prompt_len, args.response_len = 4, 16, 48
         args.micro_batch_tokens, args.baseline_micro_batch = 128, 2
