@@ -131,18 +131,6 @@ def ray_resource_name(kind: str | None = None) -> str | None:
     return {"cuda": "GPU", "rocm": "GPU", "npu": "NPU"}.get(kind)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Copy a host tensor to ``device`` without stalling the device's queue.
-
-    A copy from pageable host memory waits for all work already queued on the stream (CUDA
-    synchronises before it), which leaves the GPU idle until the host catches up; staged through
-    pinned memory the copy is asynchronous. Other tensors go through ``Tensor.to`` unchanged.
-    """
-    if tensor.device.type == "cpu" and device.type != "cpu":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, dtype=dtype, non_blocking=True)
-
-
 def synchronize(device: torch.device | None = None) -> None:
     """Wait for all queued work of ``device`` (default: the current device) of this process (no-op on CPU)."""
     accel = _accel()

@@ -213,7 +213,7 @@ class ActorRole:
         mode_kwargs = {k: v for k, v in s["loss_kwargs"].items() if k not in agg}
         # The per-token columns go to the device once, before the loop (no copies between passes).
         names = [n for n in _LOSS_COLUMNS if n in mini.tensors]
-        columns = {n: hw.to_device(mini.tensors[n], device, torch.float32) for n in names}
+        columns = {n: mini.tensors[n].to(device, torch.float32, non_blocking=True) for n in names}
         stats = MiniBatchStats(device)
         for mb in packed_micro_batches(mini, self.micro_batch_tokens, device):
             col = {n: t[rows_on(mb, device)] for n, t in columns.items()}

@@ -149,7 +149,7 @@ class CriticRole:
             "loss_scale_factor": width,
         }
         columns = {
-            n: hw.to_device(mini.tensors[n], device, torch.float32)
+            n: mini.tensors[n].to(device, torch.float32, non_blocking=True)
             for n in ("response_mask", "returns", "values")
         }
         stats = MiniBatchStats(device)

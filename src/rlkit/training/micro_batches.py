@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlkit.hardware import device as hw
-
 
 @dataclass
 class PackedMicroBatch:
@@ -52,7 +50,7 @@ class PackedMicroBatch:
 
     def to(self, device: torch.device) -> PackedMicroBatch:
         move = {
-            k: hw.to_device(getattr(self, k), device)
+            k: getattr(self, k).to(device, non_blocking=True)
             for k in (
                 "input_ids_T",
                 "position_ids_T",

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from rlkit.data.batch import Batch
-from rlkit.hardware import device as hw
 from rlkit.training.distributed import all_reduce_max
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
 
@@ -67,7 +66,7 @@ def packed_micro_batches(batch: Batch, budget: int, device: torch.device) -> lis
 
 def rows_on(mb: PackedMicroBatch, device: torch.device) -> torch.Tensor:
     """The micro-batch's row indices as a long tensor on ``device``."""
-    return hw.to_device(torch.tensor(mb.rows, dtype=torch.long), device)
+    return torch.tensor(mb.rows, dtype=torch.long).to(device, non_blocking=True)
 
 
 @torch.no_grad()

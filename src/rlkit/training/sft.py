@@ -245,7 +245,7 @@ class SFTRole:
             [mask.sum().item(), batch.tensors["attention_mask"].sum().item()], device
         )
         agg = {"dp_size": world_size(), "batch_num_tokens": loss_tokens}
-        mask_dev = hw.to_device(mask, device)
+        mask_dev = mask.to(device, non_blocking=True)
         stats = MiniBatchStats(device)
         for mb in sft_micro_batches(batch, self.micro_batch_tokens, device):
             lp_N, _ = self.engine.module(
