@@ -101,7 +101,8 @@ class RolloutConfig:
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""
     gpu_memory_utilization: float = profile_key(0.5)
-    """Fraction of device memory the rollout engine may use for its KV cache."""
+    """Fraction of the device memory free when the native engine allocates its KV cache (at the
+    first generation and after each wake) that the cache may take, in (0, 1]; ignored on the CPU."""
 
 
 @dataclass

@@ -132,9 +132,19 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "dtype": compute_dtype(cfg, device),
         "max_num_seqs": cfg.rollout.max_num_seqs,
         "cuda_graphs": cfg.rollout.cuda_graphs,
+        "gpu_memory_utilization": _memory_fraction(cfg.rollout.gpu_memory_utilization),
         "max_model_len": cfg.data.max_prompt_length + cfg.data.max_response_length,
         "seed": cfg.trainer.seed,
     }
+
+
+def _memory_fraction(value: float) -> float:
+    if not 0 < value <= 1:
+        raise UserError(
+            f"rollout.gpu_memory_utilization must be in (0, 1], got {value}",
+            hint="e.g. rollout.gpu_memory_utilization=0.5",
+        )
+    return float(value)
 
 
 def reward_model_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class RolloutWorker:
         dtype: str,
         max_num_seqs: int,
         cuda_graphs: bool,
+        gpu_memory_utilization: float,
         max_model_len: int,
         seed: int,
     ) -> None:
@@ -122,6 +123,7 @@ class RolloutWorker:
             device=device,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
+            kv_cache_tokens=gpu_memory_utilization,  # a fraction of the free device memory
             cuda_graphs=cuda_graphs and device.type == "cuda",
         )
 

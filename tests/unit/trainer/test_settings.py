@@ -1,11 +1,14 @@
-"""Config keys -> role settings: the compile switch applies on accelerators only."""
+"""Config keys -> role settings: the compile switch (accelerators only), the rollout memory fraction."""
 
 from __future__ import annotations
+
+import pytest
 
 from rlkit.config.compose import to_dataclass
 from rlkit.config.load import load_config
 from rlkit.config.schema import RlkitConfig
-from rlkit.trainer.settings import actor_settings, critic_settings, ref_settings
+from rlkit.errors import UserError
+from rlkit.trainer.settings import actor_settings, critic_settings, ref_settings, rollout_settings
 from rlkit.trainer.sft import sft_settings
 
 
@@ -24,3 +27,15 @@ def test_torch_compile_can_be_switched_off() -> None:
     cfg = _cfg("model.torch_compile=false")
     assert actor_settings(cfg, "cuda")["torch_compile"] is False
     assert sft_settings(cfg, "cuda")["torch_compile"] is False
+
+
+def test_gpu_memory_utilization_reaches_the_rollout_engine_as_a_fraction() -> None:
+    assert rollout_settings(_cfg("rollout.gpu_memory_utilization=1"), "cuda")["gpu_memory_utilization"] == 1.0
+    assert isinstance(
+        rollout_settings(_cfg("rollout.gpu_memory_utilization=1"), "cuda")["gpu_memory_utilization"], float
+    )
+
+
+def test_gpu_memory_utilization_out_of_range_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="gpu_memory_utilization"):
+        rollout_settings(_cfg("rollout.gpu_memory_utilization=1.5"), "cuda")
