@@ -141,3 +141,37 @@ def test_resume_and_merge_on_gpu(ray_session: None, tmp_path: Path) -> None:
     step4 = resumed / "checkpoints" / "step_4"
     result = CliRunner().invoke(app, ["ckpt", "merge", str(step4), "--out", str(tmp_path / "hf"), "--verify"])
     assert result.exit_code == 0, result.output
+
+
+def test_spin_resume_restores_the_refreshed_reference(ray_session: None, tmp_path: Path) -> None:
+    """SPIN's reference is refreshed from the actor during training: it is part of the checkpoint."""
+    spin = [
+        "data.batch_size=4",
+        "actor.mini_batch_size=4",
+        "data.max_response_length=8",
+        "data.synthetic_size=64",
+        "trainer.loggers=[jsonl]",
+        "hardware.device=cpu",
+        "ref.update_every=2",
+        "actor.lr=1e-3",
+        NO_VAL,
+    ]
+    runner = CliRunner()
+
+    def spin_train(out: Path, *overrides: str) -> None:
+        args = ["train", "spin", *spin, f"trainer.out_dir={out}", *overrides]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    spin_train(straight, "trainer.total_steps=4")
+    spin_train(resumed, "trainer.total_steps=2")
+    step2 = resumed / "checkpoints" / "step_2"
+    assert (step2 / "ref" / "dcp" / ".metadata").is_file()
+    assert json.loads((step2 / "manifest.json").read_text())["roles"] == ["actor", "ref"]
+    spin_train(resumed, "trainer.total_steps=4")
+    expected, got = metrics(straight), metrics(resumed)
+    for step in (1, 2, 3, 4):
+        assert_same_metrics(expected[step], got[step], 1e-6)
+    # step 3 starts from the reference refreshed after step 2: the DPO loss of equal policies
+    assert math.isclose(got[3]["spin/dpo_loss"], math.log(2.0), abs_tol=1e-4)

@@ -6,7 +6,8 @@ Layout and format: :mod:`rlkit.ckpt.layout` (and docs/checkpoints.md). The piece
   (``trainer.resume`` -> :class:`ResumePoint` or a fresh start), :func:`prepare_run_dir`,
   :func:`check_compatible`, :func:`capture_rng` / :func:`restore_rng` for the driver's RNG;
 - workers (every rank, collective): :func:`save_role_state` / :func:`load_role_state` for a trained
-  role (DCP, reshards to another world size), :func:`save_worker_rng` / :func:`load_worker_rng`;
+  role (DCP, reshards to another world size), :func:`save_frozen_role` / :func:`load_frozen_role`
+  for a reference model that changes during training, :func:`save_worker_rng` / :func:`load_worker_rng`;
 - tools: :func:`merge_checkpoint` (``rlkit ckpt merge``), :func:`load_checkpoint_model`
   (``rlkit generate CKPT``), :func:`list_checkpoints` (``rlkit ckpt ls``).
 """
@@ -41,9 +42,11 @@ from rlkit.ckpt.resume import (
 from rlkit.ckpt.save import save_checkpoint
 from rlkit.ckpt.state import (
     capture_rng,
+    load_frozen_role,
     load_role_state,
     load_worker_rng,
     restore_rng,
+    save_frozen_role,
     save_role_state,
     save_worker_rng,
 )
@@ -60,6 +63,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint_model",
     "load_checkpoint_tokenizer",
+    "load_frozen_role",
     "load_role_state",
     "load_role_weights",
     "load_worker_rng",
@@ -71,6 +75,7 @@ __all__ = [
     "resolve_resume",
     "restore_rng",
     "save_checkpoint",
+    "save_frozen_role",
     "save_role_state",
     "save_worker_rng",
     "verify_checkpoint",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from rlkit.ckpt.dcp_io import load_state, save_state
 from rlkit.ckpt.layout import DCP_DIR, RNG_DIR, ROLE_HF_CONFIG, ROLE_STATE, read_json, write_json
@@ -40,7 +41,11 @@ def role_hf_config(role: Any) -> dict[str, Any]:
     explicit = getattr(role, "hf_config", None)
     if isinstance(explicit, dict):
         return dict(explicit)
-    inner = role.engine.module.inner  # the model the FSDP root wraps (rlkit.training.heads)
+    return _module_hf_config(role.engine.module)
+
+
+def _module_hf_config(module: Any) -> dict[str, Any]:
+    inner = module.inner  # the model a root module of rlkit.training.heads wraps
     to_hf = getattr(inner, "hf_config_dict", None)
     return dict(to_hf() if callable(to_hf) else inner.config.to_hf())
 
@@ -117,6 +122,32 @@ def load_role_state(role: Any, role_dir: Path) -> str | None:
     live["scheduler"] = rest["scheduler"]
     live["counters"] = rest.get("counters", {})
     role.load_checkpoint_state(live)
+    return None
+
+
+def save_frozen_role(module: torch.nn.Module, role_dir: Path) -> None:
+    """Write the weights of a role without an optimizer (a reference model that ``ref.update_every``
+    refreshes during training): DCP model tensors plus a ``state.json`` that says it is frozen.
+
+    Collective: every rank of the role's group calls it with the same folder.
+    """
+    save_state({"model": get_model_state_dict(module)}, role_dir / DCP_DIR)
+    if _rank() == 0:
+        write_json(role_dir / ROLE_STATE, {"frozen": True})
+        write_json(role_dir / ROLE_HF_CONFIG, _module_hf_config(module))
+
+
+def load_frozen_role(module: torch.nn.Module, role_dir: Path) -> str | None:
+    """Restore what :func:`save_frozen_role` wrote (collective; reshards to this world size).
+
+    Returns:
+        None on success, else what is wrong (naming the file); no rank has changed its module then.
+    """
+    state = {"model": get_model_state_dict(module)}
+    problem = load_state(state, role_dir / DCP_DIR)
+    if problem is not None:
+        return problem
+    set_model_state_dict(module, state["model"])
     return None
 
 

@@ -121,10 +121,14 @@ class RunContext:
 
     @property
     def trained_roles(self) -> dict[str, Any]:
-        """The roles whose state a checkpoint holds (the ref is frozen, the rollout engine a copy)."""
+        """The roles whose state a checkpoint holds: the trained ones, and the reference when
+        ``ref.update_every`` refreshes it from the actor (otherwise it is the fixed initial model;
+        the rollout engine is always a copy of the actor)."""
         roles = {"actor": self.actor}
         if self.critic is not None:
             roles["critic"] = self.critic
+        if self.ref is not None and self.cfg.ref.update_every > 0:
+            roles["ref"] = self.ref
         return roles
 
     def save_checkpoint(self, step: int) -> Path:
@@ -266,6 +270,8 @@ def _resume_point(cfg: RlkitConfig, run_dir: Path, config_dict: dict[str, Any]) 
     hf = {"actor": load_hf_config(cfg.model.path)}
     if _critic_enabled(cfg):
         hf["critic"] = load_hf_config(cfg.critic.model_path or cfg.model.path)
+    if _ref_enabled(cfg) and cfg.ref.update_every > 0:
+        hf["ref"] = hf["actor"]
     ckpt.check_compatible(point, roles=list(hf), hf_configs=hf, config=config_dict)
     if point.step >= cfg.trainer.total_steps:
         ckpt.note(

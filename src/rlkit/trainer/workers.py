@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from rlkit.ckpt import load_role_state, load_worker_rng, save_role_state, save_worker_rng
+from rlkit.ckpt import (
+    load_frozen_role,
+    load_role_state,
+    load_worker_rng,
+    save_frozen_role,
+    save_role_state,
+    save_worker_rng,
+)
 from rlkit.controller.dispatch import dispatch
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
@@ -76,6 +83,15 @@ class RefWorker:
         """Load the colocated actor's current weights (``ref.update_every``; every rank takes part)."""
         actor = worker_context().roles[source_role]
         self.role.load_weights(actor.role.named_full_tensors(dtype=self.role.dtype))
+
+    @dispatch("broadcast")
+    def save_checkpoint(self, step_dir: str) -> None:
+        """Write the reference weights (a refreshed reference is part of the run's state)."""
+        save_frozen_role(self.role.module, Path(step_dir) / "ref")
+
+    @dispatch("broadcast")
+    def load_checkpoint(self, step_dir: str) -> str | None:
+        return load_frozen_role(self.role.module, Path(step_dir) / "ref")
 
 
 class CriticWorker:
