@@ -229,7 +229,9 @@ class KVCache:
         if self._kernel is not None:
             # the cache's max_len, not attn_len: the kernel's split count must not change between
             # eager steps and the captured ones (which pass max_len), so both round alike
-            return self._unpack(self._kernel(q_packed, self.k[layer], self.v[layer], meta.used, self.max_len))
+            return self._kernel(
+                q_packed, self.k[layer], self.v[layer], meta.used, self.max_len, unpacked_out=True
+            )
         if self._flash is None:
             return self._attend_sdpa(layer, self._unpack(q_packed), meta)
         group = self.num_heads // self.num_kv_heads

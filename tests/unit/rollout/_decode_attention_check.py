@@ -99,6 +99,9 @@ def check_kernel(dtype: torch.dtype, group: int, seed: int = 0) -> None:
     for config in CONFIGS:
         out = decode_attention(q_packed, k, v, lengths, L, **config)
         assert_close(out, ref, dtype, f"G={group} {config}")
+        # the model's (B, H, Dh) layout written directly: the reference before packing
+        unpacked = decode_attention(q_packed, k, v, lengths, L, unpacked_out=True, **config)
+        assert torch.equal(pack(unpacked, K), out), f"G={group} {config}: unpacked output differs"
 
 
 def check_scale_and_max_len() -> None:
