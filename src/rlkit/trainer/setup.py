@@ -264,21 +264,14 @@ def _critic_enabled(cfg: RlkitConfig) -> bool:
 
 def _resume_point(cfg: RlkitConfig, run_dir: Path, config_dict: dict[str, Any]) -> ckpt.ResumePoint | None:
     """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
-    point = ckpt.resolve_resume(cfg.trainer.resume, run_dir)
-    if point is None:
-        return None
     hf = {"actor": load_hf_config(cfg.model.path)}
     if _critic_enabled(cfg):
         hf["critic"] = load_hf_config(cfg.critic.model_path or cfg.model.path)
     if _ref_enabled(cfg) and cfg.ref.update_every > 0:
         hf["ref"] = hf["actor"]
-    ckpt.check_compatible(point, roles=list(hf), hf_configs=hf, config=config_dict)
-    if point.step >= cfg.trainer.total_steps:
-        ckpt.note(
-            f"the checkpoint is at step {point.step} >= trainer.total_steps={cfg.trainer.total_steps}: "
-            "nothing left to train (raise trainer.total_steps to continue)"
-        )
-    return point
+    return ckpt.select_resume(
+        cfg.trainer.resume, run_dir, hf_configs=hf, config=config_dict, total_steps=cfg.trainer.total_steps
+    )
 
 
 def _last_user_message(messages: Any) -> str:

@@ -148,17 +148,16 @@ class SFTTrainer:
     def _resume_point(self) -> ckpt.ResumePoint | None:
         """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
         cfg = self.cfg
-        point = ckpt.resolve_resume(cfg.trainer.resume, self.run_dir)
-        if point is None:
-            return None
-        hf = {CHECKPOINT_ROLE: load_hf_config(cfg.model.path)}
-        ckpt.check_compatible(point, roles=list(hf), hf_configs=hf, config=self.config_dict, trainer="sft")
-        _check_lora_rank(point, cfg.model.lora_rank)
-        if point.step >= cfg.trainer.total_steps:
-            ckpt.note(
-                f"the checkpoint is at step {point.step} >= trainer.total_steps={cfg.trainer.total_steps}: "
-                "nothing left to train (raise trainer.total_steps to continue)"
-            )
+        point = ckpt.select_resume(
+            cfg.trainer.resume,
+            self.run_dir,
+            hf_configs={CHECKPOINT_ROLE: load_hf_config(cfg.model.path)},
+            config=self.config_dict,
+            total_steps=cfg.trainer.total_steps,
+            trainer="sft",
+        )
+        if point is not None:
+            _check_lora_rank(point, cfg.model.lora_rank)
         return point
 
     def _restore(self, sft: RoleHandle, point: ckpt.ResumePoint) -> None:
