@@ -85,6 +85,14 @@ def device_name(index: int = 0) -> str:
     return str(accel.get_device_name(index)) if accel is not None else "cpu"
 
 
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors (compute units) of an accelerator device; 0 on the CPU."""
+    accel = _accel()
+    if accel is None or device.type == "cpu":
+        return 0
+    return int(accel.get_device_properties(device).multi_processor_count)
+
+
 def device_total_memory(index: int = 0) -> int:
     """Total bytes of memory of visible device ``index`` (0 on CPU).
 

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rlkit.hardware import device as hardware
 from rlkit.rollout.kernels import _round
 
 # Keys one program should at least cover before splitting the keys pays for the merge kernel.
@@ -197,7 +198,7 @@ def _merge_splits_kernel(
 
 @cache
 def _multiprocessors(device: torch.device) -> int:
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return hardware.multiprocessor_count(device)
 
 
 def num_key_splits(programs: int, max_len: int, device: torch.device) -> int:
