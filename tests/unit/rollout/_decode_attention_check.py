@@ -15,14 +15,14 @@ read past the length shows.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from ._interpreter import run_checks
 
 B, SLOTS, L, K, DH = 5, 7, 40, 2, 16
 LENGTHS = [1, 23, 40, 17, 33]
@@ -221,22 +221,5 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-def main(names: list[str]) -> int:
-    """Run the named checks (all when none), print ``{name: "ok" | error}`` as JSON, return 1 on a failure."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "run with TRITON_INTERPRET=1 in the environment (the kernel needs the interpreter)"
-        )
-    results = {}
-    for name in names or list(CHECKS):
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:  # reported per check to the parent test, which shows the traceback
-            results[name] = traceback.format_exc(limit=4)
-    print(json.dumps(results))
-    return 0 if all(v == "ok" for v in results.values()) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_checks(CHECKS, sys.argv[1:]))

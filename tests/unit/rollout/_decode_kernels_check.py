@@ -11,14 +11,14 @@ Sizes are deliberately odd (B=3, D=72, Dh=16, H=4, K=2, I=40) so masking and pac
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from ._interpreter import run_checks
 
 B, D, DH, H, K, INTER = 3, 72, 16, 4, 2, 40
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -184,22 +184,5 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-def main(names: list[str]) -> int:
-    """Run the named checks (all when none), print ``{name: "ok" | error}`` as JSON, return 1 on a failure."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "run with TRITON_INTERPRET=1 in the environment (the kernels need the interpreter)"
-        )
-    results = {}
-    for name in names or list(CHECKS):
-        try:
-            CHECKS[name]()
-            results[name] = "ok"
-        except Exception:  # reported per check to the parent test, which shows the traceback
-            results[name] = traceback.format_exc(limit=4)
-    print(json.dumps(results))
-    return 0 if all(v == "ok" for v in results.values()) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_checks(CHECKS, sys.argv[1:]))

@@ -7,12 +7,6 @@ The choice of decode path outside the interpreter is tested in-process.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -20,28 +14,14 @@ from rlkit.errors import UserError
 from rlkit.rollout.kv_cache import KVCache, decode_path_for
 
 from ._decode_attention_check import CHECKS
+from ._interpreter import interpreter_results
 
-UNIT_DIR = Path(__file__).resolve().parents[1]  # the checks run as module ``rollout._decode_attention_check``
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, str]:
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    for name in ("RLKIT_TRITON", "RLKIT_DECODE_ATTN"):
-        env.pop(name, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "rollout._decode_attention_check"],
-        cwd=UNIT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"the checks printed nothing (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return dict(json.loads(lines[-1]))
+def results(triton_interpreter: None) -> dict[str, str]:
+    return interpreter_results("_decode_attention_check")
 
 
 @pytest.mark.parametrize("name", list(CHECKS))

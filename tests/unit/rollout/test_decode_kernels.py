@@ -6,39 +6,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from rlkit.rollout.kv_cache import KVCache
 
 from ._decode_kernels_check import CHECKS, DH, H, K
-
-pytest.importorskip("triton")
-
-UNIT_DIR = Path(__file__).resolve().parents[1]  # the checks run as module ``rollout._decode_kernels_check``
+from ._interpreter import interpreter_results
 
 
 @pytest.fixture(scope="module")
 def results(triton_interpreter: None) -> dict[str, str]:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("RLKIT_TRITON", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "rollout._decode_kernels_check"],
-        cwd=UNIT_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"the checks printed nothing (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return dict(json.loads(lines[-1]))
+    return interpreter_results("_decode_kernels_check")
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
