@@ -37,8 +37,9 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory."""
     torch_compile: bool = profile_key(True)
     """On accelerators, compile each decoder layer of the trained and reference models with
-    ``torch.compile``: fewer, fused kernels (1.5x the update throughput of a 0.5B model on one
-    H200), for about 10 s of compilation at the first step. Ignored on the CPU."""
+    ``torch.compile``: fewer, fused kernels (1.1x to 1.7x the update throughput of a 0.5B model on
+    one H200, see docs/performance.md), for 10-15 s of compilation at the first step. Ignored on
+    the CPU."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the model folder (non-native architectures only)."""
     lora_rank: int = 0
