@@ -175,7 +175,8 @@ def named_full_tensors(
 
 
 class FSDPEngine:
-    """One FSDP2-sharded module with AdamW, a warmup + constant/cosine schedule and clipping.
+    """One FSDP2-sharded module (a plain one on a single rank) with AdamW, a warmup +
+    constant/cosine schedule and clipping.
 
     Args:
         module: the root module (fp32 parameters); sharded in place.
