@@ -10,7 +10,7 @@ Shape legend: B = rows of the rank's batch, R = response length.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,7 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
-from rlkit.training.engine import FSDPEngine
+from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
 from rlkit.training.passes import (
     mini_batches,
@@ -33,6 +33,9 @@ from rlkit.training.passes import (
 )
 from rlkit.training.stats import MiniBatchStats, RunningMeans
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 _LOG_PROB_INPUTS = ("input_ids", "attention_mask", "responses")
 _LOSS_COLUMNS = ("response_mask", "advantages", "old_log_probs", "ref_log_prob", "rollout_is_weights")
 
@@ -42,9 +45,9 @@ class ActorRole:
 
     Args:
         model_path: a Hugging Face model folder or ``builtin:tiny``.
-        dtype, param_offload, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas,
-            warmup_steps, total_steps, lr_schedule, min_lr_ratio, grad_clip, torch_compile: see
-            :class:`FSDPEngine`.
+        **engine: the engine's keywords (:class:`~rlkit.training.engine.EngineOptions`: dtype,
+            offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` is
+            required, ``lr`` defaults to 1e-6.
         micro_batch_tokens: most real tokens per micro-batch (per forward/backward pass).
         logprob_chunk_tokens: rows of LM-head logits computed at once (memory vs. speed).
         init: ``"pretrained"`` or ``"random"`` (benchmarks).
@@ -55,45 +58,19 @@ class ActorRole:
         self,
         model_path: str,
         *,
-        dtype: str = "auto",
-        param_offload: bool = False,
-        optimizer_offload: bool = False,
-        gradient_checkpointing: bool = False,
-        lr: float = 1e-6,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] | list[float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        total_steps: int,
-        lr_schedule: str = "constant",
-        min_lr_ratio: float = 0.0,
-        grad_clip: float = 1.0,
-        torch_compile: bool = False,
         micro_batch_tokens: int = 8192,
         logprob_chunk_tokens: int = 1024,
         init: str = "pretrained",
         seed: int = 0,
+        **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
         hw.manual_seed_all(seed)
         if micro_batch_tokens <= 0:
             raise UserError(f"actor.micro_batch_tokens must be positive, got {micro_batch_tokens}")
         model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
-        self.engine = FSDPEngine(
-            PackedPolicy(model),
-            dtype=dtype,
-            param_offload=param_offload,
-            optimizer_offload=optimizer_offload,
-            gradient_checkpointing=gradient_checkpointing,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=(float(betas[0]), float(betas[1])),
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            grad_clip=grad_clip,
-            torch_compile=torch_compile,
-        )
+        engine.setdefault("lr", 1e-6)
+        self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens

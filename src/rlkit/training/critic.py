@@ -9,7 +9,7 @@ Shape legend: B = rows of the rank's batch, R = response length.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,7 +19,7 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models.value import ValueModel
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
-from rlkit.training.engine import FSDPEngine
+from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedValue
 from rlkit.training.passes import (
     mini_batches,
@@ -31,6 +31,9 @@ from rlkit.training.passes import (
 )
 from rlkit.training.stats import MiniBatchStats, RunningMeans
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 _INPUTS = ("input_ids", "attention_mask", "responses")
 
 
@@ -40,9 +43,9 @@ class CriticRole:
     Args:
         model_path: a causal-LM or value-model folder, or ``builtin:tiny``; the backbone is loaded
             from it and the ``score`` head initialised when the folder has none.
-        dtype, param_offload, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas,
-            warmup_steps, total_steps, lr_schedule, min_lr_ratio, grad_clip, torch_compile: see
-            :class:`FSDPEngine`.
+        **engine: the engine's keywords (:class:`~rlkit.training.engine.EngineOptions`: dtype,
+            offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` is
+            required, ``lr`` defaults to 1e-5.
         micro_batch_tokens: most real tokens per forward/backward pass.
         init, seed: as for :class:`rlkit.training.actor.ActorRole`.
     """
@@ -51,44 +54,18 @@ class CriticRole:
         self,
         model_path: str,
         *,
-        dtype: str = "auto",
-        param_offload: bool = False,
-        optimizer_offload: bool = False,
-        gradient_checkpointing: bool = False,
-        lr: float = 1e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] | list[float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        total_steps: int,
-        lr_schedule: str = "constant",
-        min_lr_ratio: float = 0.0,
-        grad_clip: float = 1.0,
-        torch_compile: bool = False,
         micro_batch_tokens: int = 8192,
         init: str = "pretrained",
         seed: int = 0,
+        **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
         hw.manual_seed_all(seed)
         if micro_batch_tokens <= 0:
             raise UserError(f"critic.micro_batch_tokens must be positive, got {micro_batch_tokens}")
         model = ValueModel.from_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
-        self.engine = FSDPEngine(
-            PackedValue(model),
-            dtype=dtype,
-            param_offload=param_offload,
-            optimizer_offload=optimizer_offload,
-            gradient_checkpointing=gradient_checkpointing,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=(float(betas[0]), float(betas[1])),
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            grad_clip=grad_clip,
-            torch_compile=torch_compile,
-        )
+        engine.setdefault("lr", 1e-5)
+        self.engine = FSDPEngine(PackedValue(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
         self.seed = seed

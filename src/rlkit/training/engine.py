@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,26 @@ from torch.optim.lr_scheduler import LambdaLR
 from rlkit.hardware import device as hw
 from rlkit.training.distributed import dp_mesh, ensure_process_group, training_device
 from rlkit.training.schedule import lr_lambda
+
+
+class EngineOptions(TypedDict, total=False):
+    """The :class:`FSDPEngine` keywords the trained roles pass through (``**engine`` of
+    ``ActorRole``, ``CriticRole`` and ``SFTRole``); see :class:`FSDPEngine` for each."""
+
+    dtype: str
+    param_offload: bool
+    optimizer_offload: bool
+    gradient_checkpointing: bool
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float] | list[float]
+    warmup_steps: int
+    total_steps: int
+    lr_schedule: str
+    min_lr_ratio: float
+    grad_clip: float
+    torch_compile: bool
+
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -202,7 +222,7 @@ class FSDPEngine:
         gradient_checkpointing: bool = False,
         lr: float,
         weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
         warmup_steps: int = 0,
         total_steps: int,
         lr_schedule: str = "constant",
@@ -227,7 +247,8 @@ class FSDPEngine:
         self.param_offload = param_offload and self.device.type != "cpu"
         self.optimizer_offload = optimizer_offload and not self.param_offload and self.device.type != "cpu"
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = _adamw(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        betas = (float(betas[0]), float(betas[1]))  # a list from the config
+        self.optimizer = _adamw(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.scheduler = LambdaLR(self.optimizer, schedule_fn)
         self.grad_clip = grad_clip
         self.step_count = 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,12 +31,15 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_max, all_reduce_sum, ensure_process_group, world_size
-from rlkit.training.engine import FSDPEngine
+from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
 from rlkit.training.lora import ALL_LINEAR, inject_lora, is_lora_name, merge_lora_tensors
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
 from rlkit.training.passes import require_columns, response_len, rows_on
 from rlkit.training.stats import MiniBatchStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 SFT_COLUMNS = ("input_ids", "attention_mask", "responses", "response_mask")
 
@@ -133,9 +136,9 @@ class SFTRole:
 
     Args:
         model_path: a Hugging Face model folder or ``builtin:tiny``.
-        dtype, param_offload, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas,
-            warmup_steps, total_steps, lr_schedule, min_lr_ratio, grad_clip, torch_compile: see
-            :class:`~rlkit.training.engine.FSDPEngine` (``total_steps`` counts SFT steps).
+        **engine: the engine's keywords (:class:`~rlkit.training.engine.EngineOptions`: dtype,
+            offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` (SFT
+            steps) is required, ``lr`` defaults to 1e-5.
         micro_batch_tokens: most tokens per micro-batch (per forward/backward pass).
         logprob_chunk_tokens: rows of LM-head logits computed at once.
         init: ``"pretrained"`` or ``"random"``.
@@ -149,19 +152,6 @@ class SFTRole:
         self,
         model_path: str,
         *,
-        dtype: str = "auto",
-        param_offload: bool = False,
-        optimizer_offload: bool = False,
-        gradient_checkpointing: bool = False,
-        lr: float = 1e-5,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] | list[float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        total_steps: int,
-        lr_schedule: str = "constant",
-        min_lr_ratio: float = 0.0,
-        grad_clip: float = 1.0,
-        torch_compile: bool = False,
         micro_batch_tokens: int = 8192,
         logprob_chunk_tokens: int = 1024,
         init: str = "pretrained",
@@ -169,6 +159,7 @@ class SFTRole:
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_target_modules: Sequence[str] = (ALL_LINEAR,),
+        **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
         hw.manual_seed_all(seed)
@@ -181,22 +172,8 @@ class SFTRole:
         self.lora_targets = (
             inject_lora(model, lora_rank, lora_alpha, list(lora_target_modules)) if lora_rank > 0 else []
         )
-        self.engine = FSDPEngine(
-            PackedPolicy(model),
-            dtype=dtype,
-            param_offload=param_offload,
-            optimizer_offload=optimizer_offload,
-            gradient_checkpointing=gradient_checkpointing,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=(float(betas[0]), float(betas[1])),
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            grad_clip=grad_clip,
-            torch_compile=torch_compile,
-        )
+        engine.setdefault("lr", 1e-5)
+        self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
