@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -127,23 +128,11 @@ def _run(tmp: Path, model_dir: Path, timeout_s: float = 240.0) -> dict[str, obje
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    from rlkit.models import CausalLM, DecoderConfig, init_weights, save_hf
+    from rlkit.models import CausalLM, init_weights, save_hf
+    from rlkit.models.shapes import TINY
 
     tmp = tmp_path_factory.mktemp("fsdp")
-    cfg = DecoderConfig(
-        architecture="qwen2",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        tie_word_embeddings=True,
-        attention_bias=True,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    cfg = replace(TINY, vocab_size=VOCAB)
     model = CausalLM(cfg)
     init_weights(model, seed=0)
     save_hf(model, tmp / "model")

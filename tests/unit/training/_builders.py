@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from rlkit.data.batch import Batch
 from rlkit.models import DecoderConfig
+from rlkit.models.shapes import TINY
 
 VOCAB = 300
 
 
 def tiny_decoder_config(tied: bool = True) -> DecoderConfig:
-    return DecoderConfig(
-        architecture="qwen2",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        tie_word_embeddings=tied,
-        attention_bias=True,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    return replace(TINY, vocab_size=VOCAB, tie_word_embeddings=tied)
 
 
 def rl_batch(
