@@ -5,22 +5,22 @@ Run on the GPU machine with ``pytest -m gpu tests/gpu/training``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from rlkit.data.batch import Batch
 from rlkit.hardware import device as hw
+
+from .conftest import VOCAB
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(hw.device_type() == "cpu", reason="needs a GPU"),
 ]
 
-P, R, VOCAB = 8, 8, 320
+P, R = 8, 8
 PROMPTS = [8, 3, 5, 1, 4, 8, 2, 6]
 RESPONSES = [8, 2, 7, 5, 1, 3, 8, 4]
 
@@ -46,27 +46,6 @@ def _batch() -> Batch:
         },
         meta={"temperature": 1.0},
     )
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from rlkit.models import CausalLM, DecoderConfig, init_weights, save_hf
-    from rlkit.training.distributed import ensure_process_group
-
-    cfg = DecoderConfig(
-        architecture="qwen2", vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True, attention_bias=True,
-        eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    model = CausalLM(cfg)
-    init_weights(model, seed=0)
-    out = tmp_path_factory.mktemp("gpu_tiny")
-    save_hf(model, out)
-    created = not dist.is_initialized()
-    ensure_process_group()
-    yield out
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _reference_logprobs(path: Path, batch: Batch) -> torch.Tensor:

@@ -5,22 +5,21 @@ Run on the GPU machine with ``pytest -m gpu tests/gpu/training``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from rlkit.hardware import device as hw
+
+from .conftest import VOCAB
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(hw.device_type() == "cpu", reason="needs a GPU"),
 ]
 
-VOCAB = 320
 LENGTHS = [30, 7, 19, 12, 3, 25, 16, 9]
 
 
@@ -34,27 +33,6 @@ def _conversations() -> dict[str, torch.Tensor]:
         attention[i, :n] = 1
         loss[i, max(1, n // 2) : n] = 1
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from rlkit.models import CausalLM, DecoderConfig, init_weights, save_hf
-    from rlkit.training.distributed import ensure_process_group
-
-    cfg = DecoderConfig(
-        architecture="qwen2", vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True, attention_bias=True,
-        eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    model = CausalLM(cfg)
-    init_weights(model, seed=0)
-    out = tmp_path_factory.mktemp("gpu_sft_tiny")
-    save_hf(model, out)
-    created = not dist.is_initialized()
-    ensure_process_group()
-    yield out
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _reference_nll(path: Path, c: dict[str, torch.Tensor]) -> float:
