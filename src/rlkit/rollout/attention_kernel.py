@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import Any
 
 import torch
 import triton
@@ -215,6 +216,25 @@ def num_key_splits(programs: int, max_len: int, device: torch.device) -> int:
     return max(1, min(-(-target // programs), max_len // _MIN_KEYS_PER_SPLIT, _MAX_SPLITS))
 
 
+def _check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, max_len: int, block_n: int
+) -> None:
+    """The layout :func:`decode_attention` assumes (see its ``Shape``); a mismatch is a caller bug."""
+    rows, kv_heads, head_dim = q.shape
+    assert supported(head_dim, q.dtype), f"head dim {head_dim} / {q.dtype} not supported"
+    assert k.shape[2:] == (kv_heads, head_dim) and v.shape == k.shape
+    assert k.dtype == v.dtype == q.dtype
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    assert b <= k.shape[0] and rows % max(b, 1) == 0 and 0 < max_len <= k.shape[1]
+    assert block_n >= 16 and block_n & (block_n - 1) == 0
+
+
+def _key_chunks(max_len: int, num_splits: int, block_n: int) -> tuple[int, int]:
+    """Keys per chunk and the chunk count: chunks are whole key blocks, so no block straddles two."""
+    chunk = triton.cdiv(triton.cdiv(max_len, max(num_splits, 1)), block_n) * block_n
+    return chunk, triton.cdiv(max_len, chunk)
+
+
 def decode_attention(
     q_packed: torch.Tensor,
     k_cache_layer: torch.Tensor,
@@ -263,23 +283,16 @@ def decode_attention(
         (B * G, K, Dh), or (B, H, Dh) with ``unpacked_out``.
     """
     rows, kv_heads, head_dim = q_packed.shape
-    slots, slot_len = k_cache_layer.shape[:2]
+    b = lengths_B.shape[0]
     if block_n is None:
         block_n = 128 if head_dim <= 64 else 64
-    b = lengths_B.shape[0]
-    assert supported(head_dim, q_packed.dtype), f"head dim {head_dim} / {q_packed.dtype} not supported"
-    assert k_cache_layer.shape[2:] == (kv_heads, head_dim) and v_cache_layer.shape == k_cache_layer.shape
-    assert k_cache_layer.dtype == v_cache_layer.dtype == q_packed.dtype
-    assert q_packed.is_contiguous() and k_cache_layer.is_contiguous() and v_cache_layer.is_contiguous()
-    assert b <= slots and rows % max(b, 1) == 0 and 0 < max_len <= slot_len
-    assert block_n >= 16 and block_n & (block_n - 1) == 0
+    _check_inputs(q_packed, k_cache_layer, v_cache_layer, b, max_len, block_n)
     group = rows // b if b else 1
     block_g = max(16, triton.next_power_of_2(group))  # tl.dot needs 16 rows at least
     qk_scale = (head_dim**-0.5 if scale is None else scale) * 1.4426950408889634  # log2(e)
-    splits = num_key_splits(b * kv_heads, max_len, q_packed.device) if num_splits is None else num_splits
-    # chunks are whole key blocks, so no block straddles two chunks
-    chunk = triton.cdiv(triton.cdiv(max_len, max(splits, 1)), block_n) * block_n
-    splits = triton.cdiv(max_len, chunk)
+    if num_splits is None:
+        num_splits = num_key_splits(b * kv_heads, max_len, q_packed.device)
+    chunk, splits = _key_chunks(max_len, num_splits, block_n)
     out = torch.empty_like(q_packed)
     if unpacked_out:
         out = out.view(b, group * kv_heads, head_dim) if b else out.view(0, kv_heads, head_dim)
@@ -288,35 +301,68 @@ def decode_attention(
     consts = dict(
         GROUP=group, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_G=block_g, UNPACKED_OUT=unpacked_out
     )
-    if splits > 1:
-        dev = q_packed.device
-        part_m = torch.empty((b, kv_heads, splits, group), dtype=torch.float32, device=dev)
-        part_l = torch.empty((b, kv_heads, splits, group), dtype=torch.float32, device=dev)
-        part_acc = torch.empty((b, kv_heads, splits, group, head_dim), dtype=torch.float32, device=dev)
-    else:
-        part_m = part_l = part_acc = out  # unused: the kernel stores the output itself
-    _decode_attention_kernel[(b, kv_heads, splits)](
+    launch = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    _launch(
         q_packed,
         k_cache_layer,
         v_cache_layer,
         lengths_B,
         out,
+        max_len,
+        chunk,
+        splits,
+        qk_scale,
+        consts,
+        launch,
+    )
+    return out
+
+
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lengths_B: torch.Tensor,
+    out: torch.Tensor,
+    max_len: int,
+    chunk: int,
+    splits: int,
+    qk_scale: float,
+    consts: dict[str, Any],
+    launch: dict[str, Any],
+) -> None:
+    """The attention kernel over (slot, kv head, key chunk), then the merge of the chunks if several."""
+    b, kv_heads, group, head_dim = (
+        lengths_B.shape[0],
+        consts["NUM_KV_HEADS"],
+        consts["GROUP"],
+        consts["HEAD_DIM"],
+    )
+    if splits > 1:
+        part_m = torch.empty((b, kv_heads, splits, group), dtype=torch.float32, device=q.device)
+        part_l = torch.empty_like(part_m)
+        part_acc = torch.empty((b, kv_heads, splits, group, head_dim), dtype=torch.float32, device=q.device)
+    else:
+        part_m = part_l = part_acc = out  # unused: the kernel stores the output itself
+    _decode_attention_kernel[(b, kv_heads, splits)](
+        q,
+        k,
+        v,
+        lengths_B,
+        out,
         part_m,
         part_l,
         part_acc,
-        slot_len,
+        k.shape[1],
         max_len,
         chunk,
         splits,
         qk_scale,
         **consts,
-        BLOCK_N=block_n,
+        **launch,
         SPLIT=splits > 1,
-        PRECISION="ieee" if q_packed.dtype == torch.float32 else "tf32",
-        EMULATE_BF16=q_packed.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1",
-        num_warps=num_warps,
-        num_stages=num_stages,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        EMULATE_BF16=q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1",
     )
     if splits > 1:
         _merge_splits_kernel[(b, kv_heads)](part_m, part_l, part_acc, out, splits, **consts, num_warps=4)
-    return out

@@ -147,7 +147,7 @@ class KVCache:
         return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
     @property
-    def uses_flash(self) -> bool:
+    def reads_used_keys_only(self) -> bool:
         """True when decode attention reads only each slot's used keys (Triton kernel or flash)."""
         return self.decode_path != "sdpa"
 

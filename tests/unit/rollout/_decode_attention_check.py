@@ -148,10 +148,10 @@ def check_cache_paths() -> None:
     with env("RLKIT_TRITON", "0"):
         assert make(torch.bfloat16).decode_path == "sdpa"
     kernel = make(torch.bfloat16)
-    assert kernel.decode_path == "triton" and kernel.uses_flash
+    assert kernel.decode_path == "triton" and kernel.reads_used_keys_only
     with env("RLKIT_DECODE_ATTN", "sdpa"):
         sdpa = make(torch.bfloat16)
-    assert sdpa.decode_path == "sdpa" and not sdpa.uses_flash
+    assert sdpa.decode_path == "sdpa" and not sdpa.reads_used_keys_only
     q, k, v, lengths = random_case(torch.bfloat16, 6, seed=3)
     for cache in (kernel, sdpa):
         cache.k[0].copy_(k)

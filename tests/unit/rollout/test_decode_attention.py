@@ -33,7 +33,7 @@ def test_cpu_without_the_interpreter_uses_sdpa(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("RLKIT_DECODE_ATTN", raising=False)
     cache = KVCache(1, 3, 8, 2, 16, num_heads=4, dtype=torch.bfloat16, device=CPU)
-    assert cache.decode_path == "sdpa" and not cache.uses_flash
+    assert cache.decode_path == "sdpa" and not cache.reads_used_keys_only
     meta = cache.decode_meta(torch.tensor([1, 8, 5]), 8)
     assert meta.mask is not None and meta.used is None
 

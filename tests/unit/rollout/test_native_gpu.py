@@ -56,7 +56,7 @@ def test_graphs_equal_eager(pair: tuple[Any, Any], dtype: torch.dtype) -> None:
     a, b = graphed.generate(prompts, params), eager.generate(prompts, params)
     assert _ids(a) == _ids(b)
     if dtype == torch.bfloat16:
-        assert graphed._cache is not None and graphed._cache.uses_flash  # noqa: SLF001
+        assert graphed._cache is not None and graphed._cache.reads_used_keys_only  # noqa: SLF001
     for ga, gb in zip(a, b, strict=True):
         for ca, cb in zip(ga, gb, strict=True):
             torch.testing.assert_close(
@@ -120,7 +120,7 @@ def test_flash_decode_attention_matches_sdpa() -> None:
     cache = KVCache(
         1, 6, 64, kv_heads, dh, num_heads=heads, dtype=torch.bfloat16, device=torch.device("cuda")
     )
-    assert cache.uses_flash
+    assert cache.reads_used_keys_only
     cache.k.normal_()
     cache.v.normal_()
     lengths = torch.tensor([1, 5, 64, 33, 2, 17], device="cuda")
