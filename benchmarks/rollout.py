@@ -8,11 +8,13 @@ the same work with ``generate(do_sample=True)`` (SDPA attention, dynamic cache) 
 
 Besides end-to-end tokens/s the table reports, for the native engine at its largest batch:
 
-- ``decode step``: time of one decode forward (a CUDA-graph replay) and of one whole loop step
-  (forward + on-device sampling + host bookkeeping), averaged over the n=1 run;
+- ``decode forward`` and ``forward + sampling``: one decode forward (a CUDA-graph replay), alone
+  and followed by the sampling the engine runs here, with every row at the run's mean context
+  length (prompt + half the new tokens); and the whole loop step (forward, sampling and host
+  bookkeeping) averaged over the n=1 run;
 - ``HBM floor``: bytes a decode step must read (all weights once, plus the KV cache of every
-  sequence at the run's mean context length) divided by the device's copy bandwidth, measured with
-  a large tensor copy. The forward's distance to this floor is what kernel work could still win.
+  sequence at that mean context) divided by the device's copy bandwidth, measured with a large
+  tensor copy. The distance to this floor is what kernel work could still win.
 
 Usage:
     python benchmarks/rollout.py            # on a GPU: the 0.5B table (about two minutes)
@@ -33,10 +35,12 @@ from typing import Any
 import torch
 
 from rlkit.hardware import device as hw
+from rlkit.hardware.kernels import use_triton
 from rlkit.models import DecoderConfig
 from rlkit.models.loader import build_native
 from rlkit.models.shapes import QWEN25_05B, TINY
 from rlkit.rollout import NativeEngine, SamplingParams
+from rlkit.rollout.sampling import RowParams, sample_tokens
 
 
 @dataclass
@@ -78,19 +82,42 @@ def bench_native(
     return Result("rlkit native", f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
 
 
-def decode_forward_seconds(engine: NativeEngine, repeats: int = 20) -> float:
-    """Mean time of one decode forward at the engine's largest batch (graph replay on GPU)."""
+def decode_step_seconds(engine: NativeEngine, context: int, repeats: int = 20) -> tuple[float, float]:
+    """Mean time of one decode forward, and of a forward plus sampling, at the engine's largest batch
+    with every row at ``context`` tokens (the context the HBM floor is computed at).
+
+    The forward is a graph replay on GPU; sampling is what the engine runs for temperature 1 without
+    truncation (the one-pass kernel where Triton runs, else the PyTorch sampler).
+    """
     b = engine.num_slots
-    if engine._graphs is not None:  # noqa: SLF001 - a benchmark may look inside
-        step = lambda: engine._graphs.replay(b)  # noqa: E731, SLF001
+    buf = engine._buf  # noqa: SLF001 - a benchmark may look inside
+    assert buf is not None
+    buf.positions[:b] = context - 1  # rows attend over `context` cached positions
+    buf.temperature[:b] = 1.0
+    if engine._graphs is not None:  # noqa: SLF001
+        forward = lambda: engine._graphs.replay(b)  # noqa: E731, SLF001
     else:
-        step = lambda: engine._graph_step(b)  # noqa: E731, SLF001
+        forward = lambda: engine._graph_step(b)  # noqa: E731, SLF001
+
+    def sample() -> None:
+        if use_triton(engine.device):
+            from rlkit.rollout.sampling_kernel import gumbel_sample
+
+            gumbel_sample(buf.logits[:b], buf.temperature[:b], buf.keys[:b], buf.positions[:b])
+        else:
+            noise = torch.empty(b, buf.logits.shape[1], device=engine.device).exponential_()
+            params = RowParams(temperature=buf.temperature[:b], divide=False, any_greedy=False)
+            sample_tokens(buf.logits[:b].float(), params, noise)
+
+    times = []
     with torch.no_grad():
-        step()
-        start = _now()
-        for _ in range(repeats):
+        for step in (forward, lambda: (forward(), sample())):
             step()
-        return (_now() - start) / repeats
+            start = _now()
+            for _ in range(repeats):
+                step()
+            times.append((_now() - start) / repeats)
+    return times[0], times[1]
 
 
 def trace_decode(engine: NativeEngine, out: Path, steps: int = 5, rows: int = 30) -> None:
@@ -110,6 +137,25 @@ def trace_decode(engine: NativeEngine, out: Path, steps: int = 5, rows: int = 30
     sort = "self_cuda_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
     print(f"--- {out.name}: {steps} eager decode forwards at batch {b}, top {rows} by {sort}")
     print(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+
+
+def trace_loop(engine: NativeEngine, prompts: list[list[int]], out: Path, new_tokens: int = 32) -> None:
+    """A short ``generate`` at the largest batch under the torch profiler: what a loop step does
+    besides the forward (sampling kernels, copies, host bookkeeping), as a chrome trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if engine.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    params = SamplingParams(n=1, temperature=1.0, max_tokens=new_tokens, ignore_eos=True)
+    with torch.no_grad(), profile(activities=activities) as prof:
+        engine.generate(prompts[: engine.num_slots], params)
+        hw.synchronize()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out) + ".json")
+    sort = "self_cuda_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- {out.name}: generate of {new_tokens} tokens at batch {engine.num_slots}, by {sort}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
 def bench_transformers(
@@ -250,13 +296,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
     single, loop_step = bench_native(engine, prompts, 1, args.new_tokens)
     grouped, _ = bench_native(engine, prompts[: args.group_prompts], args.n, args.new_tokens)
     results += [single, grouped]
-    forward = decode_forward_seconds(engine)
+    context = args.prompt_len + args.new_tokens // 2
+    forward, step = decode_step_seconds(engine, context)
     if args.trace is not None:
         trace_decode(engine, args.trace / "decode_forward")
+        trace_loop(engine, prompts, args.trace / "decode_loop")
     bandwidth = copy_bandwidth(device, gib=0.25 if args.tiny else 2.0)
-    floor = decode_floor_seconds(
-        model, cfg, engine.num_slots, args.prompt_len + args.new_tokens / 2, bandwidth
-    )
+    floor = decode_floor_seconds(model, cfg, engine.num_slots, context, bandwidth)
     if not args.no_hf:
         results.insert(1, bench_transformers(cfg, model, prompts, 1, args.new_tokens))
         results.append(bench_transformers(cfg, model, prompts[: args.group_prompts], args.n, args.new_tokens))
@@ -267,10 +313,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "model": f"{'tiny' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({dtype}, random weights)",
         "work": f"prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored, T=1",
         "cuda graphs": str(engine._graphs is not None),  # noqa: SLF001
-        "decode forward": f"{forward * 1e3:.2f} ms at batch {engine.num_slots}",
-        "decode loop step": f"{loop_step * 1e3:.2f} ms (forward + sampling + host), n=1 run",
+        "decode forward": f"{forward * 1e3:.2f} ms at batch {engine.num_slots}, context {context}"
+        f" ({forward / floor:.1f}x the floor)",
+        "forward + sampling": f"{step * 1e3:.2f} ms ({step / floor:.1f}x the floor)",
+        "decode loop step": f"{loop_step * 1e3:.2f} ms (forward + sampling + host, n=1 run average)",
         "copy bandwidth": f"{bandwidth / 1e9:.0f} GB/s",
-        "HBM floor": f"{floor * 1e3:.2f} ms per decode step (weights + KV at mean context)",
+        "HBM floor": f"{floor * 1e3:.2f} ms per decode step (weights + KV at context {context})",
     }
     print_table(results, header)
     return results

@@ -100,6 +100,7 @@ def decode_forward(
     tokens_B: torch.Tensor,
     positions_B: torch.Tensor,
     attn_len: int,
+    logits_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step for slots 0..B-1: write each token's keys/values, attend, return logits.
 
@@ -109,9 +110,12 @@ def decode_forward(
     (``rlkit.hardware.kernels.use_triton``) and the model has no q/k norms, the elementwise work
     between the GEMMs runs in the fused kernels of ``rlkit.rollout.kernels`` instead.
 
+    ``logits_out``, a contiguous (B, V) buffer in the model's dtype, receives the logits (the LM
+    head's GEMM writes it directly: at a large vocabulary a separate copy costs a pass over B x V).
+
     Shape:
         tokens_B, positions_B: (B,) long (slot i holds row i). Returns logits (B, V) in the model's
-        dtype (the caller upcasts into its fp32 buffer, as the trainer's log-prob path upcasts).
+        dtype (``logits_out`` when given).
     """
     backbone, cfg = model.model, model.config
     b, heads, kv_heads, head_dim = tokens_B.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -123,7 +127,8 @@ def decode_forward(
     half = head_dim // 2
     cos, sin_signed = cos[:, None, :], torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)[:, None, :]
     if not cfg.qk_norm and use_triton(tokens_B.device):
-        return _decode_layers_triton(model, fused, cache, x, cos[:, 0], sin_signed[:, 0], flat_B, meta)
+        h = _decode_layers_triton(model, fused, cache, x, cos[:, 0], sin_signed[:, 0], flat_B, meta)
+        return lm_head(model, h, logits_out)
     for i, (layer, fl) in enumerate(zip(layers_of(model), fused, strict=True)):
         attn, mlp = layer.self_attn, layer.mlp
         qkv = F.linear(rms_norm(layer.input_layernorm, x), fl.qkv_weight, fl.qkv_bias)
@@ -139,8 +144,15 @@ def decode_forward(
         x = x + attn.o_proj(cache.attend(i, q, meta).flatten(1))
         gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), fl.gate_up_weight).chunk(2, dim=-1)
         x = x + mlp.down_proj(F.silu(gate) * up)
-    logits: torch.Tensor = model.lm_head(rms_norm(backbone.norm, x))
-    return logits
+    return lm_head(model, rms_norm(backbone.norm, x), logits_out)
+
+
+def lm_head(model: CausalLM, h_BD: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``model.lm_head(h_BD)``, written into ``out`` when given (the head has no bias)."""
+    if out is None:
+        logits: torch.Tensor = model.lm_head(h_BD)
+        return logits
+    return torch.mm(h_BD, model.lm_head.weight.t(), out=out)
 
 
 def _decode_layers_triton(
@@ -153,7 +165,7 @@ def _decode_layers_triton(
     flat_B: torch.Tensor,
     meta: DecodeMeta,
 ) -> torch.Tensor:
-    """The layers and head of ``decode_forward`` with the elementwise work in Triton kernels.
+    """The layers and final norm of ``decode_forward`` with the elementwise work in Triton kernels.
 
     Per layer: residual add + norm, q/k/v GEMM, rotary + cache write + query packing, attention,
     out projection, residual add + norm, gate/up GEMM, silu * mul, down projection. Each sublayer's
@@ -161,7 +173,8 @@ def _decode_layers_triton(
     are the eager loop's, so both give the same logits up to last-place differences.
 
     Shape:
-        x_BD: (B, D) embeddings; cos_BD, sin_signed_BD: (B, Dh); flat_B: (B,). Returns logits (B, V).
+        x_BD: (B, D) embeddings; cos_BD, sin_signed_BD: (B, Dh); flat_B: (B,). Returns the normed
+        final hidden states (B, D).
     """
     from rlkit.rollout import kernels
 
@@ -188,5 +201,4 @@ def _decode_layers_triton(
         x_BD, h = kernels.add_rms_norm(x_BD, attn_out, norm.weight, norm.eps)
         delta = layer.mlp.down_proj(kernels.silu_mul(F.linear(h, fl.gate_up_weight)))
     _, h = kernels.add_rms_norm(x_BD, delta, backbone.norm.weight, backbone.norm.eps)
-    logits: torch.Tensor = model.lm_head(h)
-    return logits
+    return h

@@ -14,14 +14,19 @@ How one ``generate`` call runs:
    runs; a sequence that stopped at step t therefore computes one discarded extra token. Sequences
    that reach ``max_tokens`` are taken out before that step is launched.
 
-Determinism: with ``SamplingParams.seed`` each sample draws its noise from its own generator
-(seeded from the request seed and the sample index), so its tokens depend only on its prompt,
-parameters and the weights, not on what else is in the batch, as long as the logits themselves are
-batch-invariant: on CPU they are; on GPU, matmul kernels may change with the batch size and flip a
-near-tie. Without a seed, noise comes from torch's default generator of the device.
+Sampling: where Triton runs and no row of a step needs truncation (top-k/p, min-p) or a repetition
+penalty, one kernel (:mod:`rlkit.rollout.sampling_kernel`) samples every row in a single pass over
+the logits, with counter-based noise keyed by the sequence and the position; otherwise
+:func:`~rlkit.rollout.sampling.sample_tokens` runs in fp32 with noise from generators.
+
+Determinism: with ``SamplingParams.seed`` each sample has its own noise stream (fixed by the request
+seed and the sample index), so its tokens depend only on its prompt, parameters and the weights,
+not on what else is in the batch, as long as the logits themselves are batch-invariant: on CPU
+they are; on GPU, matmul kernels may change with the batch size and flip a near-tie. Without a
+seed, each sequence's stream is drawn from torch's default generators.
 
 Memory: the KV cache (``max_num_seqs`` slots of ``max_model_len`` tokens, or fewer slots if the
-budget ``kv_cache_tokens`` says so) plus one fp32 logits row per slot. ``sleep`` frees both (and the
+budget ``kv_cache_tokens`` says so) plus one logits row per slot in the model's dtype. ``sleep`` frees both (and the
 captured graphs, which point into them); weights stay where they are.
 """
 
@@ -37,6 +42,7 @@ import torch
 
 from rlkit import hardware
 from rlkit.errors import UserError
+from rlkit.hardware.kernels import use_triton
 from rlkit.models.decoder import CausalLM
 from rlkit.rollout.base import Completion, ProgressFn, SamplingParams
 from rlkit.rollout.forward import decode_forward, prefill_forward
@@ -68,7 +74,8 @@ class EngineStats:
 
 @dataclass
 class _Buffers:
-    """Per-slot device state: the next input token and its position, sampling parameters, logits."""
+    """Per-slot device state: the next input token and its position, sampling parameters (``keys``:
+    each sequence's noise stream for the one-pass sampler), and the last logits in the model's dtype."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
@@ -77,6 +84,7 @@ class _Buffers:
     top_p: torch.Tensor
     min_p: torch.Tensor
     repetition_penalty: torch.Tensor
+    keys: torch.Tensor
     logits: torch.Tensor
     seen: torch.Tensor | None = None
 
@@ -293,8 +301,8 @@ class NativeEngine:
             self._buf.seen.index_fill_(0, slots, False)
             flat = slots.index_select(0, row_of) * self.config.vocab_size + ids_T.index_select(0, src)
             self._buf.seen.view(-1).index_fill_(0, flat, True)
-        logits_R = logits.index_select(0, to_device(row_group, torch.long, dev)).float()
-        tokens, logprobs, sampling = sample_tokens(logits_R, self._row_params(rows, slots), self._noise(rows))
+        logits_R = logits.index_select(0, to_device(row_group, torch.long, dev))
+        tokens, logprobs, sampling = self._sample(logits_R, rows, slots, row_len - 1)
         self._buf.tokens.index_copy_(0, slots, tokens)
         self._buf.positions.index_copy_(0, slots, row_len)
         if self._buf.seen is not None:
@@ -317,15 +325,18 @@ class NativeEngine:
             b = len(rows)
             longest = max(seq.position + 1 for seq in rows if seq is not None)
             attn_len = min(self._cache.max_len, -(-longest // _LEN_ROUNDING) * _LEN_ROUNDING)
-            logits = decode_forward(
-                self.model, self._fused, self._cache, buf.tokens[:b], buf.positions[:b], attn_len
+            decode_forward(
+                self.model,
+                self._fused,
+                self._cache,
+                buf.tokens[:b],
+                buf.positions[:b],
+                attn_len,
+                logits_out=buf.logits[:b],
             )
-            buf.logits[:b].copy_(logits)
         rows = rows + [None] * (b - len(rows))
         active = [seq for seq in rows if seq is not None]
-        tokens, logprobs, sampling = sample_tokens(
-            buf.logits[:b], self._row_params(active, slice(0, b)), self._noise(rows)
-        )
+        tokens, logprobs, sampling = self._sample(buf.logits[:b], rows, slice(0, b), buf.positions[:b])
         buf.tokens[:b].copy_(tokens)
         buf.positions[:b] += 1
         if buf.seen is not None:
@@ -335,6 +346,33 @@ class NativeEngine:
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
         return _Record(rows, HostCopy([tokens, logprobs, sampling]))
+
+    def _sample(
+        self,
+        logits_RV: torch.Tensor,
+        rows: Sequence_[Sequence | None],
+        slots: torch.Tensor | slice,
+        positions_R: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample the next token of each row (idle rows included) from its logits.
+
+        Rows that need neither truncation nor a repetition penalty (the RL case) go through the
+        one-pass Triton sampler where it runs, its noise keyed by each sequence's key and the
+        position fed; otherwise through :func:`sample_tokens` in fp32 with generator noise.
+        """
+        assert self._buf is not None
+        buf = self._buf
+        active = [seq for seq in rows if seq is not None]
+        params = self._row_params(active, slots)
+        plain = all(t is None for t in (params.top_k, params.top_p, params.min_p, params.repetition_penalty))
+        if plain and use_triton(self.device):
+            from rlkit.rollout.sampling_kernel import gumbel_sample
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t[slots] if isinstance(slots, slice) else t.index_select(0, slots)
+
+            return gumbel_sample(logits_RV, pick(buf.temperature), pick(buf.keys), positions_R)
+        return sample_tokens(logits_RV.float(), params, self._noise(rows))
 
     def _consume(
         self, record: _Record, sched: Scheduler, results: list[list[Completion | None]], tally: list[int]
@@ -366,6 +404,7 @@ class NativeEngine:
         buf.top_k.index_copy_(0, slots, to_device([s.params.top_k for s in rows], torch.long, dev))
         buf.top_p.index_copy_(0, slots, to_device([s.params.top_p for s in rows], torch.float32, dev))
         buf.min_p.index_copy_(0, slots, to_device([s.params.min_p for s in rows], torch.float32, dev))
+        buf.keys.index_copy_(0, slots, to_device([s.key for s in rows], torch.long, dev))
         penalties = [s.params.repetition_penalty for s in rows]
         buf.repetition_penalty.index_copy_(0, slots, to_device(penalties, torch.float32, dev))
         if buf.seen is None and any(p != 1.0 for p in penalties):
@@ -449,7 +488,8 @@ class NativeEngine:
             top_p=torch.ones(slots, device=dev),
             min_p=torch.zeros(slots, device=dev),
             repetition_penalty=torch.ones(slots, device=dev),
-            logits=torch.zeros((slots, cfg.vocab_size), dtype=torch.float32, device=dev),
+            keys=torch.zeros(slots, dtype=torch.long, device=dev),
+            logits=torch.zeros((slots, cfg.vocab_size), dtype=self.dtype, device=dev),
         )
         if self.use_graphs:
             self._graphs = DecodeGraphs(self._graph_step, batch_buckets(slots), dev)
@@ -457,10 +497,15 @@ class NativeEngine:
     def _graph_step(self, b: int) -> None:
         assert self._cache is not None and self._buf is not None
         buf = self._buf
-        logits = decode_forward(
-            self.model, self._fused, self._cache, buf.tokens[:b], buf.positions[:b], self._cache.max_len
+        decode_forward(
+            self.model,
+            self._fused,
+            self._cache,
+            buf.tokens[:b],
+            buf.positions[:b],
+            self._cache.max_len,
+            logits_out=buf.logits[:b],
         )
-        buf.logits[:b].copy_(logits)
 
     def _plan_slots(self, max_len: int) -> int:
         cfg = self.config

@@ -37,6 +37,7 @@ class Sequence:
     max_new: int
     stop_ids: frozenset[int]
     generator: torch.Generator | None = None
+    key: int = 0
     slot: int = -1
     launched: int = 0
     tokens: list[int] = field(default_factory=list)
@@ -150,12 +151,17 @@ class Scheduler:
     def _start(self, group: _Group, sample: int) -> Sequence:
         seed = group.params.seed
         generator = None
-        if seed is not None and not group.params.greedy:
-            generator = torch.Generator(device=self.device)
-            # Each sample of a seeded request has its own stream, fixed by (seed, sample index).
-            generator.manual_seed((seed * 1_000_003 + sample) % (1 << 63))
+        if seed is not None:
+            # Each sample of a seeded request has its own stream, fixed by (seed, sample index): a
+            # generator for the PyTorch sampler, a key for the one-pass sampler.
+            key = (seed * 1_000_003 + sample) % (1 << 63)
+            if not group.params.greedy:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(key)
+        else:
+            key = int(torch.randint(0, 1 << 62, ()))  # torch's default generator: manual_seed holds
         seq = Sequence(
-            group.request, sample, group.prompt, group.params, group.max_new, group.stop_ids, generator
+            group.request, sample, group.prompt, group.params, group.max_new, group.stop_ids, generator, key
         )
         seq.slot = heapq.heappop(self._free)
         self.slots[seq.slot] = seq
