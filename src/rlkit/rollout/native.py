@@ -335,14 +335,14 @@ class NativeEngine:
                 logits_out=buf.logits[:b],
             )
         rows = rows + [None] * (b - len(rows))
-        active = [seq for seq in rows if seq is not None]
         tokens, logprobs, sampling = self._sample(buf.logits[:b], rows, slice(0, b), buf.positions[:b])
         buf.tokens[:b].copy_(tokens)
         buf.positions[:b] += 1
         if buf.seen is not None:
             buf.seen[:b].scatter_(1, tokens[:, None], True)
-        for seq in active:
-            seq.launched += 1
+        for seq in rows:
+            if seq is not None:
+                seq.launched += 1
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
         return _Record(rows, HostCopy([tokens, logprobs, sampling]))
@@ -363,15 +363,16 @@ class NativeEngine:
         assert self._buf is not None
         buf = self._buf
         active = [seq for seq in rows if seq is not None]
-        params = self._row_params(active, slots)
-        plain = all(t is None for t in (params.top_k, params.top_p, params.min_p, params.repetition_penalty))
-        if plain and use_triton(self.device):
+        distinct = _distinct_params(active)
+        if use_triton(self.device) and not any(_truncates(p, self.config.vocab_size) for p in distinct):
             from rlkit.rollout.sampling_kernel import gumbel_sample
 
-            def pick(t: torch.Tensor) -> torch.Tensor:
-                return t[slots] if isinstance(slots, slice) else t.index_select(0, slots)
-
-            return gumbel_sample(logits_RV, pick(buf.temperature), pick(buf.keys), positions_R)
+            temperature, keys = (
+                (t[slots] if isinstance(slots, slice) else t.index_select(0, slots))
+                for t in (buf.temperature, buf.keys)
+            )
+            return gumbel_sample(logits_RV, temperature, keys, positions_R)
+        params = self._row_params(distinct, slots)
         return sample_tokens(logits_RV.float(), params, self._noise(rows))
 
     def _consume(
@@ -379,16 +380,20 @@ class NativeEngine:
     ) -> None:
         tokens, logprobs, sampling = record.results.get()
         decode = self._decode_text if self.tokenizer is not None else None
-        for row, seq in enumerate(record.rows):
-            if seq is None or seq.finished:
+        appended = 0
+        for seq, token, logprob, sampling_logprob in zip(
+            record.rows, tokens, logprobs, sampling, strict=True
+        ):
+            if seq is None or seq.finish_reason is not None:
                 continue  # an idle slot, or the extra step of a sequence that already stopped
-            seq.append(tokens[row], logprobs[row], sampling[row], decode)
-            tally[1] += 1
-            self.stats.generated_tokens += 1
-            if seq.finished:
+            seq.append(token, logprob, sampling_logprob, decode)
+            appended += 1
+            if seq.finish_reason is not None:
                 sched.release(seq)
                 results[seq.request][seq.sample] = seq.completion()
                 tally[0] += 1
+        tally[1] += appended
+        self.stats.generated_tokens += appended
 
     def _decode_text(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
@@ -411,8 +416,9 @@ class NativeEngine:
             shape = (buf.tokens.shape[0], self.config.vocab_size)
             buf.seen = torch.zeros(shape, dtype=torch.bool, device=dev)
 
-    def _row_params(self, seqs: list[Sequence], rows: torch.Tensor | slice) -> RowParams:
-        """Parameters of the given rows; stages no sequence uses are switched off (None)."""
+    def _row_params(self, distinct: list[SamplingParams], rows: torch.Tensor | slice) -> RowParams:
+        """Parameters of the given rows, whose distinct ``SamplingParams`` are ``distinct``;
+        stages no sequence uses are switched off (None)."""
         assert self._buf is not None
         buf = self._buf
 
@@ -420,8 +426,6 @@ class NativeEngine:
             return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
 
         vocab = self.config.vocab_size
-        # Requests usually share one SamplingParams object: decide the stages over distinct ones.
-        distinct = list({id(s.params): s.params for s in seqs}.values())
         use_rep = any(p.repetition_penalty != 1.0 for p in distinct)
         return RowParams(
             temperature=pick(buf.temperature),
@@ -568,6 +572,22 @@ class NativeEngine:
         if sp.stop_token_ids is None and not sp.ignore_eos:
             explicit |= set(self.default_stop_ids)
         return frozenset(explicit)
+
+
+def _distinct_params(seqs: list[Sequence]) -> list[SamplingParams]:
+    """The distinct parameter objects of ``seqs`` (requests usually share one): per-step decisions
+    (which sampling stages run) are made over these, not over every row."""
+    return list({id(s.params): s.params for s in seqs}.values())
+
+
+def _truncates(params: SamplingParams, vocab: int) -> bool:
+    """Whether sampling with ``params`` needs more than temperature: truncation or a penalty."""
+    return (
+        0 < params.top_k < vocab
+        or params.top_p < 1.0
+        or params.min_p > 0.0
+        or params.repetition_penalty != 1.0
+    )
 
 
 def _weights_key(model: CausalLM) -> tuple[int, ...]:

@@ -60,11 +60,16 @@ class Sequence:
         return len(self.prompt) + self.launched - 1
 
     def append(self, token: int, logprob: float, sampling_logprob: float, decode: DecodeFn | None) -> None:
-        """Record a generated token and decide whether the sequence has finished."""
+        """Record a generated token and decide whether the sequence has finished.
+
+        Called once per sequence and decode step: at a few hundred rows per step this loop is part
+        of what the host must finish while the GPU runs the next step, hence no helper calls on
+        the common path (no stop strings).
+        """
         self.tokens.append(token)
         self.logprobs.append(logprob)
         self.sampling_logprobs.append(sampling_logprob)
-        if token in self.stop_ids or self._hit_stop_string(decode):
+        if token in self.stop_ids or (self.params.stop and self._hit_stop_string(decode)):
             self.finish_reason = "stop"
         elif len(self.tokens) >= self.max_new:
             self.finish_reason = "length"
@@ -175,8 +180,11 @@ class Scheduler:
 
     def decode_rows(self) -> list[Sequence | None]:
         """Sequences of slots 0..k-1 for the next decode step (None: idle slot), k = last active + 1."""
-        last = -1
-        for slot, seq in enumerate(self.slots):
-            if seq is not None and seq.decoding:
-                last = slot
-        return [seq if seq is not None and seq.decoding else None for seq in self.slots[: last + 1]]
+        # Inlined ``Sequence.decoding``: this runs over every slot at every step.
+        rows = [
+            seq if seq is not None and seq.finish_reason is None and seq.launched < seq.max_new else None
+            for seq in self.slots
+        ]
+        while rows and rows[-1] is None:
+            rows.pop()
+        return rows
