@@ -324,16 +324,7 @@ class NativeEngine:
         else:
             b = len(rows)
             longest = max(seq.position + 1 for seq in rows if seq is not None)
-            attn_len = min(self._cache.max_len, -(-longest // _LEN_ROUNDING) * _LEN_ROUNDING)
-            decode_forward(
-                self.model,
-                self._fused,
-                self._cache,
-                buf.tokens[:b],
-                buf.positions[:b],
-                attn_len,
-                logits_out=buf.logits[:b],
-            )
+            self._graph_step(b, min(self._cache.max_len, -(-longest // _LEN_ROUNDING) * _LEN_ROUNDING))
         rows = rows + [None] * (b - len(rows))
         tokens, logprobs, sampling = self._sample(buf.logits[:b], rows, slice(0, b), buf.positions[:b])
         buf.tokens[:b].copy_(tokens)
@@ -498,7 +489,13 @@ class NativeEngine:
         if self.use_graphs:
             self._graphs = DecodeGraphs(self._graph_step, batch_buckets(slots), dev)
 
-    def _graph_step(self, b: int) -> None:
+    def _graph_step(self, b: int, attn_len: int | None = None) -> None:
+        """The decode forward of slots 0..b-1 into the logits buffer (what a graph captures).
+
+        ``attn_len`` bounds the cache positions attention reads: eager steps pass the longest
+        context rounded up; a captured step reads the whole slot (its kernels stop at each row's
+        length on the device).
+        """
         assert self._cache is not None and self._buf is not None
         buf = self._buf
         decode_forward(
@@ -507,7 +504,7 @@ class NativeEngine:
             self._cache,
             buf.tokens[:b],
             buf.positions[:b],
-            self._cache.max_len,
+            self._cache.max_len if attn_len is None else attn_len,
             logits_out=buf.logits[:b],
         )
 
