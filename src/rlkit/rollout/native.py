@@ -26,8 +26,8 @@ they are; on GPU, matmul kernels may change with the batch size and flip a near-
 seed, each sequence's stream is drawn from torch's default generators.
 
 Memory: the KV cache (``max_num_seqs`` slots of ``max_model_len`` tokens, or fewer slots if the
-budget ``kv_cache_tokens`` says so) plus one logits row per slot in the model's dtype. ``sleep`` frees both (and the
-captured graphs, which point into them); weights stay where they are.
+budget ``kv_cache_tokens`` says so) plus one logits row per slot in the model's dtype. ``sleep``
+frees both (and the captured graphs, which point into them); weights stay where they are.
 """
 
 from __future__ import annotations
