@@ -302,19 +302,8 @@ def decode_attention(
         GROUP=group, NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_G=block_g, UNPACKED_OUT=unpacked_out
     )
     launch = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
-    _launch(
-        q_packed,
-        k_cache_layer,
-        v_cache_layer,
-        lengths_B,
-        out,
-        max_len,
-        chunk,
-        splits,
-        qk_scale,
-        consts,
-        launch,
-    )
+    args = (q_packed, k_cache_layer, v_cache_layer, lengths_B, out, max_len, chunk, splits, qk_scale)
+    _launch(*args, consts, launch)
     return out
 
 

@@ -353,17 +353,12 @@ class NativeEngine:
         """
         assert self._buf is not None
         buf = self._buf
-        active = [seq for seq in rows if seq is not None]
-        distinct = _distinct_params(active)
-        if use_triton(self.device) and not any(_truncates(p, self.config.vocab_size) for p in distinct):
+        params = self._row_params([seq for seq in rows if seq is not None], slots)
+        if params.temperature_only and use_triton(self.device):
             from rlkit.rollout.sampling_kernel import gumbel_sample
 
-            temperature, keys = (
-                (t[slots] if isinstance(slots, slice) else t.index_select(0, slots))
-                for t in (buf.temperature, buf.keys)
-            )
-            return gumbel_sample(logits_RV, temperature, keys, positions_R)
-        params = self._row_params(distinct, slots)
+            keys = buf.keys[slots] if isinstance(slots, slice) else buf.keys.index_select(0, slots)
+            return gumbel_sample(logits_RV, params.temperature, keys, positions_R)
         return sample_tokens(logits_RV.float(), params, self._noise(rows))
 
     def _consume(
@@ -407,9 +402,8 @@ class NativeEngine:
             shape = (buf.tokens.shape[0], self.config.vocab_size)
             buf.seen = torch.zeros(shape, dtype=torch.bool, device=dev)
 
-    def _row_params(self, distinct: list[SamplingParams], rows: torch.Tensor | slice) -> RowParams:
-        """Parameters of the given rows, whose distinct ``SamplingParams`` are ``distinct``;
-        stages no sequence uses are switched off (None)."""
+    def _row_params(self, seqs: list[Sequence], rows: torch.Tensor | slice) -> RowParams:
+        """Parameters of the given rows; stages no sequence uses are switched off (None)."""
         assert self._buf is not None
         buf = self._buf
 
@@ -417,6 +411,8 @@ class NativeEngine:
             return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
 
         vocab = self.config.vocab_size
+        # Requests usually share one SamplingParams object: decide the stages over distinct ones.
+        distinct = list({id(s.params): s.params for s in seqs}.values())
         use_rep = any(p.repetition_penalty != 1.0 for p in distinct)
         return RowParams(
             temperature=pick(buf.temperature),
@@ -569,22 +565,6 @@ class NativeEngine:
         if sp.stop_token_ids is None and not sp.ignore_eos:
             explicit |= set(self.default_stop_ids)
         return frozenset(explicit)
-
-
-def _distinct_params(seqs: list[Sequence]) -> list[SamplingParams]:
-    """The distinct parameter objects of ``seqs`` (requests usually share one): per-step decisions
-    (which sampling stages run) are made over these, not over every row."""
-    return list({id(s.params): s.params for s in seqs}.values())
-
-
-def _truncates(params: SamplingParams, vocab: int) -> bool:
-    """Whether sampling with ``params`` needs more than temperature: truncation or a penalty."""
-    return (
-        0 < params.top_k < vocab
-        or params.top_p < 1.0
-        or params.min_p > 0.0
-        or params.repetition_penalty != 1.0
-    )
 
 
 def _weights_key(model: CausalLM) -> tuple[int, ...]:

@@ -41,6 +41,12 @@ class RowParams:
     divide: bool = True
     any_greedy: bool = True
 
+    @property
+    def temperature_only(self) -> bool:
+        """No row truncates or penalises: sampling needs nothing but the temperature."""
+        stages = (self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        return all(stage is None for stage in stages)
+
 
 def apply_repetition_penalty(
     logits_BV: torch.Tensor, seen_BV: torch.Tensor, penalty_B: torch.Tensor

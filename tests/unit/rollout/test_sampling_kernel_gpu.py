@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from . import _sampling_kernel_check as checks
+from .conftest import chisquare_pvalue
 
 pytestmark = [
     pytest.mark.gpu,
@@ -26,7 +27,7 @@ def test_frequencies(temperature: float) -> None:
 
 
 def test_frequencies_over_many_tokens() -> None:
-    """16 tokens spread over a 5000-column row (three loop steps), 40k draws, chi-square at 99.9%."""
+    """16 tokens spread over a 5000-column row (three loop steps), 40k draws, chi-square p > 0.001."""
     logits_row = torch.full((5000,), -30.0)
     hot = torch.arange(16) * 311 + 7
     logits_row[hot] = torch.linspace(-1.0, 2.0, 16)
@@ -36,10 +37,8 @@ def test_frequencies_over_many_tokens() -> None:
     )
     probs = torch.softmax(logits_row.double(), -1)
     assert bool(torch.isin(tokens.cpu(), hot).all())
-    counts = torch.bincount(tokens.cpu(), minlength=5000).double()[hot]
-    expected = probs[hot] * rows
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
-    assert chi2 < checks.CHI2_999[15], f"chi-square {chi2:.1f}"
+    counts = torch.bincount(tokens.cpu(), minlength=5000)[hot]
+    assert chisquare_pvalue(counts, probs[hot] * rows) > 1e-3
 
 
 def test_noise_is_keyed_by_key_and_counter() -> None:
