@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from rlkit.errors import UserError
 from rlkit.hardware.kernels import use_triton
+from rlkit.models.decoder import DecoderConfig
 
 DecodeAttnFn = Callable[..., torch.Tensor]
 
@@ -140,6 +141,22 @@ class KVCache:
             from rlkit.rollout.attention_kernel import decode_attention
 
             self._kernel = decode_attention
+
+    @classmethod
+    def for_model(
+        cls, cfg: DecoderConfig, num_slots: int, max_len: int, *, dtype: torch.dtype, device: torch.device
+    ) -> KVCache:
+        """An empty cache with the layers and heads of the model described by ``cfg``."""
+        return cls(
+            cfg.num_layers,
+            num_slots,
+            max_len,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            num_heads=cfg.num_heads,
+            dtype=dtype,
+            device=device,
+        )
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

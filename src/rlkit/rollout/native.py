@@ -459,16 +459,7 @@ class NativeEngine:
         self._fused = fuse_layers(self.model)
         self._weights_key = _weights_key(self.model)
         slots = self._plan_slots(max_len)
-        self._cache = KVCache(
-            cfg.num_layers,
-            slots,
-            max_len,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            num_heads=cfg.num_heads,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        self._cache = KVCache.for_model(cfg, slots, max_len, dtype=self.dtype, device=self.device)
         self._cache_len = max_len
         dev = self.device
         self._buf = _Buffers(

@@ -168,8 +168,9 @@ def check_decode_forward_bf16() -> None:
     """Four decode steps of a tiny bf16 Qwen2 with the kernel's attention vs SDPA's: close logits."""
     from rlkit.rollout.forward import decode_forward
     from rlkit.rollout.fused import fuse_layers
+    from rlkit.rollout.kv_cache import KVCache
 
-    from .conftest import hf_tiny, model_cache, native_copy
+    from .conftest import hf_tiny, native_copy
 
     model = native_copy(hf_tiny("qwen2", seed=5)).to(torch.bfloat16)
     cfg = model.config
@@ -177,7 +178,7 @@ def check_decode_forward_bf16() -> None:
     caches = []
     for path in ("auto", "sdpa"):
         with env("RLKIT_DECODE_ATTN", path):
-            caches.append(model_cache(cfg, 4, 32, torch.bfloat16, "cpu"))
+            caches.append(KVCache.for_model(cfg, 4, 32, dtype=torch.bfloat16, device=torch.device("cpu")))
     assert [c.decode_path for c in caches] == ["triton", "sdpa"]
     g = torch.Generator().manual_seed(3)
     context = [torch.randn(caches[0].k.shape, generator=g) for _ in range(2)]

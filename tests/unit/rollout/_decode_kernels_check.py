@@ -108,13 +108,14 @@ def check_decode_forward(dtype: torch.dtype, device: str = "cpu") -> None:
     """Several decode steps of a tiny Qwen2 with and without the kernels: logits, caches, tokens."""
     from rlkit.rollout.forward import decode_forward
     from rlkit.rollout.fused import fuse_layers
+    from rlkit.rollout.kv_cache import KVCache
 
-    from .conftest import hf_tiny, model_cache, native_copy
+    from .conftest import hf_tiny, native_copy
 
     model = native_copy(hf_tiny("qwen2", seed=5)).to(device, dtype)
     cfg = model.config
     fused = fuse_layers(model)
-    caches = [model_cache(cfg, 4, 32, dtype, device) for _ in range(2)]
+    caches = [KVCache.for_model(cfg, 4, 32, dtype=dtype, device=torch.device(device)) for _ in range(2)]
     g = torch.Generator().manual_seed(3)
     context_k, context_v = (
         torch.randn(caches[0].k.shape, generator=g),

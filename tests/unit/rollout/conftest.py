@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rlkit.models.decoder import CausalLM, DecoderConfig
-from rlkit.rollout.kv_cache import KVCache
 
 VOCAB = 96
 
@@ -59,20 +58,6 @@ def random_prompts(
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(lo, hi + 1, (count,), generator=g).tolist()
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def model_cache(cfg: DecoderConfig, slots: int, max_len: int, dtype: torch.dtype, device: str) -> KVCache:
-    """An empty KV cache with ``cfg``'s layers and heads."""
-    return KVCache(
-        cfg.num_layers,
-        slots,
-        max_len,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        num_heads=cfg.num_heads,
-        dtype=dtype,
-        device=torch.device(device),
-    )
 
 
 def chisquare_pvalue(counts: torch.Tensor, expected: torch.Tensor) -> float:
