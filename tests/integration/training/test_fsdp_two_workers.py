@@ -94,8 +94,13 @@ def _worker(rank: int, tmp: str, model_dir: str) -> None:
     )
     try:
         torch.save(_train(model_dir, rank, 2), f"{tmp}/out_2_{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # The results are on disk: leave without interpreter finalisation. Gloo's C++ threads can still
+    # hold work objects then (pytorch/pytorch#179291); a CI run once lost a worker to SIGABRT
+    # ("terminate called without an active exception", no Python error), which is that symptom.
+    os._exit(0)
 
 
 def _single_worker(model_dir: str) -> dict[str, object]:
