@@ -33,7 +33,7 @@ _DIRECT_FLASH = torch.version.hip is None and bool(torch.backends.cuda.is_flash_
 def _flash_varlen(
     q_THD: torch.Tensor, k_TKD: torch.Tensor, v_TKD: torch.Tensor, cu: torch.Tensor, max_len: int
 ) -> torch.Tensor:
-    out = torch.ops.aten._flash_attention_forward(
+    out: torch.Tensor = torch.ops.aten._flash_attention_forward(
         q_THD, k_TKD, v_TKD, cu, cu, max_len, max_len, 0.0, True, False
     )[0]
     return out

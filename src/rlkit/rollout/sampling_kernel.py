@@ -189,7 +189,7 @@ def gumbel_sample(
     step = 4 * quarter
     span = step * _BLOCKS_PER_PROGRAM
     splits = -(-vocab // span)
-    parts = [torch.empty(rows * splits, dtype=dt, device=device) for dt in (torch.float32,) * 3]
+    parts = [torch.empty(rows * splits, dtype=torch.float32, device=device) for _ in range(3)]  # m, s, best
     part_idx = torch.empty(rows * splits, dtype=torch.int32, device=device)
     temperature_B = temperature_B.float().contiguous()
     _partial_kernel[(rows, splits)](

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,11 @@ VOCAB = 320
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A random tiny Qwen2 (hidden 128, head dim 32: flash-attention shapes) saved as a HF folder."""
-    from rlkit.models import CausalLM, DecoderConfig, init_weights, save_hf
+    from rlkit.models import CausalLM, init_weights, save_hf
+    from rlkit.models.shapes import TINY
     from rlkit.training.distributed import ensure_process_group
 
-    cfg = DecoderConfig(
-        architecture="qwen2", vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True, attention_bias=True,
-        eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
+    cfg = replace(TINY, vocab_size=VOCAB, hidden_size=128, intermediate_size=256, head_dim=32)
     model = CausalLM(cfg)
     init_weights(model, seed=0)
     out = tmp_path_factory.mktemp("gpu_tiny")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlkit.controller import ResourcePool, WorkerGroup
-from rlkit.models import CausalLM, DecoderConfig, init_weights, load_causal_lm, load_tokenizer, save_hf
+from rlkit.models import CausalLM, init_weights, load_causal_lm, load_tokenizer, save_hf
+from rlkit.models.shapes import TINY
 from rlkit.trainer.sft_workers import SFTWorker
 from rlkit.training.sft import pad_for_ranks, sft_batch
 
@@ -31,12 +33,7 @@ def _conversations() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DecoderConfig(
-        architecture="qwen2", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=True, attention_bias=True,
-        eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    model = CausalLM(cfg)
+    model = CausalLM(replace(TINY, vocab_size=VOCAB))
     init_weights(model, seed=0)
     out = tmp_path_factory.mktemp("sft_tiny")
     save_hf(model, out, tokenizer=load_tokenizer("builtin:tiny"))
