@@ -28,6 +28,8 @@ class FieldInfo:
     doc: str
     profile: bool
     choices: tuple[str, ...]
+    bounds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The valid range of a numeric key: any of ``ge``, ``gt``, ``le``, ``lt`` (see ``schema.bounded``)."""
 
     @property
     def example(self) -> str:
@@ -92,6 +94,7 @@ def _walk(cls: type, prefix: str) -> list[FieldInfo]:
                 doc=docs.get(f.name, ""),
                 profile=bool(f.metadata.get("profile")),
                 choices=tuple(f.metadata.get("choices", ())),
+                bounds=dict(f.metadata.get("bounds", {})),
             )
         )
     return out

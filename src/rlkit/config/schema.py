@@ -24,6 +24,24 @@ def choice(default: str, *others: str, profile: bool = False) -> Any:
     return field(default=default, metadata={"choices": (default, *others), "profile": profile})
 
 
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    profile: bool = False,
+) -> Any:
+    """A numeric field with its valid range (``ge``/``gt`` below, ``le``/``lt`` above), declared once.
+
+    A value outside the range fails at compose time with one line naming the key, the value and the
+    range. ``None`` stays allowed where the field's type admits it (``int | None``).
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds, "profile": profile})
+
+
 @dataclass
 class ModelConfig:
     path: str = "builtin:tiny-arith"
