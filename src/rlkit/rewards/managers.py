@@ -4,8 +4,9 @@ Managers take plain Python lists (the trainer decodes its batch) and return a
 :class:`RewardOutput`. ``naive`` scores one response per call of a verl-style
 ``compute_score``; ``batch`` hands a whole list to a user's batched function; ``dapo`` is
 ``naive`` plus DAPO's overlong reward shaping. Scoring runs in a :class:`~rlkit.rewards.pool.ScoringPool`,
-so a failing or hanging scorer costs a 0 and a count in ``reward/errors`` or ``reward/timeouts``,
-never the step.
+so a failing or hanging scorer costs a 0, a count in ``reward/errors`` or ``reward/timeouts``
+(and ``reward/errors_<kind>``) and one console line for the step, never the step itself; with
+``on_error="raise"`` the first failure stops the run instead (:mod:`rlkit.rewards.outcomes`).
 
 Shape legend: ``B`` responses in the batch, ``R`` response tokens (padded).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ import torch
 
 from rlkit.errors import UserError
 from rlkit.rewards.custom import load_custom_reward
+from rlkit.rewards.outcomes import Failure, Tally, assemble, check_on_error, error_metrics, report, warn
 from rlkit.rewards.pool import OK, ScoringPool
 from rlkit.rewards.scorers import check_data_sources, default_compute_score
 
@@ -34,7 +37,9 @@ class RewardOutput:
         scores: One score per response, float32, shape ``(B,)``.
         extra: The other keys of dict results, each a list aligned with the batch (None where a
             response's result lacks the key).
-        metrics: ``reward/errors`` and ``reward/timeouts`` (counts) and manager-specific means.
+        metrics: ``reward/errors``, ``reward/timeouts``, ``reward/errors_<kind>`` per failure kind
+            that occurred (counts; :data:`rlkit.rewards.outcomes.KINDS`), ``reward/worker_restarts``
+            and manager-specific means.
     """
 
     scores: torch.Tensor
@@ -58,42 +63,19 @@ class RewardManager(Protocol):
     def close(self) -> None: ...
 
 
-def _as_score(value: Any) -> tuple[float, dict[str, Any]] | None:
-    """``(score, extra)`` from a float/int/bool or a dict with ``score``; None if invalid or not finite."""
-    extra: dict[str, Any] = {}
-    if isinstance(value, dict):
-        if "score" not in value:
-            return None
-        extra = {k: v for k, v in value.items() if k != "score"}
-        value = value["score"]
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        return None
-    return (score, extra) if math.isfinite(score) else None
+def _output(tally: Tally, restarts: int, data_sources: Sequence[str], on_error: str) -> RewardOutput:
+    """Report the failures (a console line, or a UserError with ``raise``) and package the scores."""
+    report(tally.failures, len(tally.scores), data_sources, on_error)
+    keys = list(dict.fromkeys(key for extra in tally.extras for key in extra))
+    aligned = {key: [extra.get(key) for extra in tally.extras] for key in keys}
+    metrics = {**error_metrics(tally.failures), "reward/worker_restarts": float(restarts)}
+    return RewardOutput(scores=torch.tensor(tally.scores, dtype=torch.float32), extra=aligned, metrics=metrics)
 
 
-def _assemble(values: Sequence[Any], ok: Sequence[bool]) -> tuple[torch.Tensor, dict[str, list[Any]], int]:
-    """Scores, aligned extras and the number of invalid results (counted as errors)."""
-    scores: list[float] = [0.0] * len(values)
-    extras: list[dict[str, Any]] = [{} for _ in values]
-    invalid = 0
-    for i, (value, good) in enumerate(zip(values, ok, strict=True)):
-        parsed = _as_score(value) if good else None
-        if parsed is None:
-            invalid += int(good)
-            continue
-        scores[i], extras[i] = parsed
-    keys = list(dict.fromkeys(key for extra in extras for key in extra))
-    aligned = {key: [extra.get(key) for extra in extras] for key in keys}
-    return torch.tensor(scores, dtype=torch.float32), aligned, invalid
-
-
-def _as_list(value: Any) -> list[Any] | None:
-    """A batched function's result as a list (lists, tuples, arrays, tensors); None if not a sequence."""
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
-        return None
-    return value.tolist() if hasattr(value, "tolist") else list(value)
+def default_custom_workers() -> int:
+    """Scoring processes for a user's function when ``reward.num_workers`` is 0: up to 4, one per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 def _check_lengths(**columns: Sequence[Any] | torch.Tensor) -> int:
@@ -113,6 +95,10 @@ class NaiveRewardManager:
         memory_limit_mb: Extra address space per worker (None: no cap).
         cpu_limit_s: CPU seconds per response (None: ``timeout_s + 1``).
         reward_kwargs: Extra keywords for every call (verl's ``reward_kwargs``).
+        step_timeout_s: Seconds one batch's scoring may take (worker processes only; None: no cap).
+        import_timeout_s: Seconds a worker may take to import a custom function.
+        on_error: ``zero`` (a failed sample scores 0, is counted and reported in one console line)
+            or ``raise`` (the first failure stops the run with a UserError).
 
     Example:
         >>> manager = NaiveRewardManager()
@@ -130,9 +116,14 @@ class NaiveRewardManager:
         memory_limit_mb: int | None = 2048,
         cpu_limit_s: float | None = None,
         reward_kwargs: dict[str, Any] | None = None,
+        step_timeout_s: float | None = None,
+        import_timeout_s: float = 60.0,
+        on_error: str = "zero",
     ) -> None:
+        check_on_error(on_error)
         fn = compute_score or default_compute_score
         self._checks_sources = fn is default_compute_score
+        self.on_error = on_error
         if reward_kwargs:
             fn = functools.partial(fn, **reward_kwargs)
         self.pool = ScoringPool(
@@ -141,6 +132,9 @@ class NaiveRewardManager:
             timeout_s=timeout_s,
             memory_limit_mb=memory_limit_mb,
             cpu_limit_s=cpu_limit_s,
+            step_timeout_s=step_timeout_s,
+            import_timeout_s=import_timeout_s,
+            notify=warn,
         )
 
     def __call__(
@@ -182,13 +176,7 @@ class NaiveRewardManager:
             for s, r, g, e in zip(data_sources, responses, ground_truths, extra_infos, strict=True)
         ]
         result = self.pool.map(calls)
-        scores, extra, invalid = _assemble(result.values, [s == OK for s in result.status])
-        metrics = {
-            "reward/errors": float(result.errors + invalid),
-            "reward/timeouts": float(result.timeouts),
-            "reward/worker_restarts": float(result.restarts),
-        }
-        return RewardOutput(scores=scores, extra=extra, metrics=metrics)
+        return _output(assemble(result.values, result.failures), result.restarts, data_sources, self.on_error)
 
     def close(self) -> None:
         """Stop the scoring workers."""
@@ -215,6 +203,7 @@ class BatchRewardManager:
         memory_limit_mb: Extra address space per worker (None: no cap).
         cpu_limit_s: CPU seconds per part (None: its timeout + 1).
         reward_kwargs: Extra keywords for every call.
+        step_timeout_s, import_timeout_s, on_error: As :class:`NaiveRewardManager`.
     """
 
     def __init__(
@@ -226,11 +215,16 @@ class BatchRewardManager:
         memory_limit_mb: int | None = 2048,
         cpu_limit_s: float | None = None,
         reward_kwargs: dict[str, Any] | None = None,
+        step_timeout_s: float | None = None,
+        import_timeout_s: float = 60.0,
+        on_error: str = "zero",
     ) -> None:
+        check_on_error(on_error)
         fn: Callable[..., Any] = compute_score
         if reward_kwargs:
             fn = functools.partial(fn, **reward_kwargs)
         self.timeout_s = timeout_s
+        self.on_error = on_error
         self.pool = ScoringPool(
             fn,
             num_workers=num_workers,
@@ -238,6 +232,9 @@ class BatchRewardManager:
             memory_limit_mb=memory_limit_mb,
             cpu_limit_s=cpu_limit_s,
             chunk_size=1,
+            step_timeout_s=step_timeout_s,
+            import_timeout_s=import_timeout_s,
+            notify=warn,
         )
 
     def __call__(
@@ -270,23 +267,18 @@ class BatchRewardManager:
         ]
         result = self.pool.map(calls, timeout_s=self.timeout_s * part)
         values: list[Any] = [None] * size
-        ok = [False] * size
-        errors = timeouts = 0
-        for (a, b), status, value in zip(bounds, result.status, result.values, strict=True):
-            part_values = _as_list(value) if status == OK else None
-            if part_values is not None and len(part_values) == b - a:
-                values[a:b], ok[a:b] = part_values, [True] * (b - a)
-            elif status == "timeout":
-                timeouts += b - a
-            else:
-                errors += b - a
-        scores, extra, invalid = _assemble(values, ok)
-        metrics = {
-            "reward/errors": float(errors + invalid),
-            "reward/timeouts": float(timeouts),
-            "reward/worker_restarts": float(result.restarts),
-        }
-        return RewardOutput(scores=scores, extra=extra, metrics=metrics)
+        failures: list[Failure] = []
+        for (a, b), status, kind, detail, value in zip(
+            bounds, result.status, result.kinds, result.details, result.values, strict=True
+        ):
+            if status == OK and isinstance(value, list) and len(value) == b - a:
+                values[a:b] = value
+                continue
+            if status == OK:
+                got = f"a list of {len(value)}" if isinstance(value, list) else f"a {type(value).__name__}"
+                kind, detail = "bad_batch", f"was in a part of {b - a} samples that got {got} back"
+            failures += [Failure(i, kind or "raised", detail) for i in range(a, b)]
+        return _output(assemble(values, failures), result.restarts, data_sources, self.on_error)
 
     def close(self) -> None:
         """Stop the scoring workers."""
@@ -345,7 +337,8 @@ class DAPORewardManager:
         overlong_buffer_len: Length of the penalty ramp before ``max_response_length``.
         overlong_penalty_factor: Penalty at the full length.
         **pool_settings: ``num_workers``, ``timeout_s``, ``memory_limit_mb``, ``cpu_limit_s``,
-            ``reward_kwargs`` as :class:`NaiveRewardManager`.
+            ``reward_kwargs``, ``step_timeout_s``, ``import_timeout_s``, ``on_error`` as
+            :class:`NaiveRewardManager`.
     """
 
     def __init__(
@@ -358,6 +351,7 @@ class DAPORewardManager:
         **pool_settings: Any,
     ) -> None:
         self.naive = NaiveRewardManager(compute_score, **pool_settings)
+        self.pool = self.naive.pool
         self.overlong_enable = overlong_enable
         self.overlong_buffer_len = overlong_buffer_len
         self.overlong_penalty_factor = overlong_penalty_factor
@@ -425,24 +419,31 @@ def build_reward_manager(
     overlong_buffer_len: int = 16,
     overlong_penalty_factor: float = 1.0,
     reward_kwargs: dict[str, Any] | None = None,
+    step_timeout_s: float | None = 600.0,
+    import_timeout_s: float = 60.0,
+    on_error: str = "zero",
 ) -> RewardManager:
-    """Build a manager from plain settings (``reward.*`` of the config).
+    """Build a manager from plain settings (``reward.*`` of the config), its workers ready.
 
-    A custom function (``custom_path``) always runs in worker processes: ``num_workers=0`` is
-    raised to 1 for it, since user code must not run in the trainer.
+    A custom function (``custom_path``) always runs in worker processes: with ``num_workers=0`` it
+    gets :func:`default_custom_workers`, since user code must not run in the trainer. The workers
+    import the file before this returns, so a file that raises, exits or hangs at import is
+    reported here, before the first step.
 
     Raises:
-        UserError: Unknown manager, ``batch`` without a custom function, or a bad custom file.
+        UserError: Unknown manager or ``on_error``, ``batch`` without a custom function, or a bad
+            custom file (found by parsing it, or when the workers import it).
     """
     if manager not in reward_managers:
         raise UserError(
             f"reward.manager: unknown manager {manager!r} (known: {', '.join(reward_managers)})",
             hint="set reward.manager to one of them",
         )
+    check_on_error(on_error)
     fn = None
     if custom_path:
         fn = load_custom_reward(custom_path, custom_name, batched=manager == "batch")
-        num_workers = max(1, num_workers)
+        num_workers = num_workers or default_custom_workers()
     elif manager == "batch":
         raise UserError(
             "reward.manager=batch needs a batched function",
@@ -455,19 +456,26 @@ def build_reward_manager(
         "memory_limit_mb": memory_limit_mb,
         "cpu_limit_s": cpu_limit_s,
         "reward_kwargs": reward_kwargs,
+        "step_timeout_s": step_timeout_s,
+        "import_timeout_s": import_timeout_s,
+        "on_error": on_error,
     }
+    built: NaiveRewardManager | BatchRewardManager | DAPORewardManager
     if manager == "batch":
         assert fn is not None
-        return BatchRewardManager(fn, **settings)
-    if manager == "dapo":
-        return DAPORewardManager(
+        built = BatchRewardManager(fn, **settings)
+    elif manager == "dapo":
+        built = DAPORewardManager(
             fn,
             overlong_enable=overlong_enable,
             overlong_buffer_len=overlong_buffer_len,
             overlong_penalty_factor=overlong_penalty_factor,
             **settings,
         )
-    return NaiveRewardManager(fn, **settings)
+    else:
+        built = NaiveRewardManager(fn, **settings)
+    built.pool.wait_ready()
+    return built
 
 
 def token_level_scores(scores_B: torch.Tensor, response_mask_BR: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""The scoring process's side of :class:`~rlkit.rewards.pool.ScoringPool`.
+
+The process caps its memory and CPU time, imports the scoring function, then serves chunks of
+calls. Everything it sends back is bytes of JSON built from plain data (:mod:`rlkit.rewards.plain`):
+``{"kind": "started"}``, ``{"kind": "ready"}``, ``{"kind": "fatal", "message": str}`` and
+``{"kind": "results", "results": [[status, value], ...]}``, where ``value`` is the plain result
+(``status == "ok"``) or ``{"reason": kind, "message": str}`` (``status == "error"``). On
+``SIGUSR1`` the process writes its Python stack (``faulthandler``) to a second pipe, which is how
+the trainer learns where an import or a sample hangs.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from rlkit.rewards import plain
+from rlkit.rewards.custom import CustomRewardFn
+
+OK, ERROR = "ok", "error"
+# faulthandler keeps the file descriptor, not the object: keep the pipe end alive here.
+_STACK_PIPE: list[Connection] = []
+
+
+def _limit_memory(memory_limit_mb: int | None) -> None:
+    """Cap the address space at what the worker maps now plus ``memory_limit_mb``."""
+    if memory_limit_mb is None:
+        return
+    try:
+        import resource
+    except ImportError:  # Windows: no rlimits
+        return
+    try:
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        mapped = 0
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + memory_limit_mb * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError):  # macOS rejects or ignores RLIMIT_AS
+        pass
+
+
+def _arm_cpu_limit(seconds: float) -> None:
+    """Let the next sample use ``seconds`` more CPU; past that the kernel ends the worker (SIGXCPU).
+
+    RLIMIT_CPU counts the process's whole life, so the soft limit is moved forward per sample.
+    """
+    try:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _arm_stack_dumps(stack_pipe: Connection) -> None:
+    _STACK_PIPE.append(stack_pipe)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=stack_pipe.fileno(), all_threads=False)
+
+
+def _reply(conn: Connection, text: str) -> None:
+    conn.send_bytes(text.encode("utf-8", errors="replace"))
+
+
+def _message(kind: str, **fields: str) -> str:
+    return plain.encode({"kind": kind, **fields})
+
+
+def call_plain(fn: Callable[..., Any], kwargs: dict[str, Any]) -> str:
+    """One call's ``[status, value]`` as JSON text; user code raising or returning junk is an error."""
+    try:
+        value = fn(**kwargs)
+    except BaseException as exc:  # user code: SystemExit and MemoryError are its failures too
+        return plain.encode([ERROR, {"reason": "raised", "message": plain.describe(exc)}])
+    try:
+        return plain.encode([OK, plain.to_plain(value)])
+    except plain.TooLargeError as exc:
+        return plain.encode([ERROR, {"reason": "too_large", "message": f"returned {exc}"}])
+    except plain.NotPlainError as exc:
+        return plain.encode([ERROR, {"reason": "not_plain", "message": f"returned {exc}"}])
+    except BaseException as exc:  # a user object's __float__ / tolist / __iter__ raised
+        message = f"returned a {type(value).__qualname__} object ({plain.describe(exc)})"
+        return plain.encode([ERROR, {"reason": "not_plain", "message": message}])
+
+
+def worker_main(
+    fn: Callable[..., Any],
+    conn: Connection,
+    stack_pipe: Connection,
+    progress: Any,
+    memory_limit_mb: int | None,
+    cpu_limit_s: float | None,
+) -> None:
+    """Serve chunks ``(timeout_s, [kwargs, ...])`` until ``None`` or the parent goes away.
+
+    What the parent sends (``fn`` and the chunks) is made by the trainer, so it is unpickled here
+    as usual; nothing goes the other way but JSON bytes.
+    """
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_memory(memory_limit_mb)
+    _arm_stack_dumps(stack_pipe)
+    _reply(conn, _message("started"))
+    try:
+        target = getattr(fn, "func", fn)
+        if isinstance(target, CustomRewardFn):
+            target.resolve()
+    except BaseException as exc:
+        _reply(conn, _message("fatal", message=plain.describe(exc)))
+        return
+    _reply(conn, _message("ready"))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        timeout_s, calls = message
+        results: list[str] = []
+        for position, kwargs in enumerate(calls):
+            progress[1] = time.monotonic()
+            progress[0] = position
+            _arm_cpu_limit(cpu_limit_s if cpu_limit_s is not None else timeout_s + 1.0)
+            results.append(call_plain(fn, kwargs))
+        _reply(conn, '{"kind":"results","results":[' + ",".join(results) + "]}")
