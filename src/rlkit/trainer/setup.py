@@ -200,9 +200,12 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         cfg.reward.manager,
         custom_path=cfg.reward.custom.path,
         custom_name=cfg.reward.custom.name,
-        # a user's scoring code always runs in sandboxed worker processes, never in the trainer
-        num_workers=max(cfg.reward.num_workers, 1 if cfg.reward.custom.path else 0),
+        # a user's scoring code always runs in sandboxed worker processes (0: the builder picks how many)
+        num_workers=cfg.reward.num_workers,
         timeout_s=cfg.reward.timeout_s,
+        step_timeout_s=cfg.reward.step_timeout_s,
+        import_timeout_s=cfg.reward.import_timeout_s,
+        on_error=cfg.reward.on_error,
         overlong_enable=cfg.reward.overlong.enable,
         overlong_buffer_len=cfg.reward.overlong.buffer_len,
         overlong_penalty_factor=cfg.reward.overlong.penalty_factor,
