@@ -69,7 +69,9 @@ def _output(tally: Tally, restarts: int, data_sources: Sequence[str], on_error: 
     keys = list(dict.fromkeys(key for extra in tally.extras for key in extra))
     aligned = {key: [extra.get(key) for extra in tally.extras] for key in keys}
     metrics = {**error_metrics(tally.failures), "reward/worker_restarts": float(restarts)}
-    return RewardOutput(scores=torch.tensor(tally.scores, dtype=torch.float32), extra=aligned, metrics=metrics)
+    return RewardOutput(
+        scores=torch.tensor(tally.scores, dtype=torch.float32), extra=aligned, metrics=metrics
+    )
 
 
 def default_custom_workers() -> int:

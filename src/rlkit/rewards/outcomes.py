@@ -101,7 +101,7 @@ def assemble(values: Sequence[Any], failures: Sequence[Failure]) -> Tally:
         if isinstance(parsed[0], str):
             tally.failures.append(Failure(i, parsed[0], f"returned {parsed[1]}"))
         else:
-            tally.scores[i], tally.extras[i] = parsed  # type: ignore[assignment]
+            tally.scores[i], tally.extras[i] = parsed
     tally.failures.sort(key=lambda f: f.index)
     return tally
 
@@ -119,9 +119,7 @@ def summary_line(failures: Sequence[Failure], total: int, data_sources: Sequence
     """``reward: 3 of 64 samples failed (2 returned NaN, 1 timed out); first: sample 5 ...``."""
     counts = Counter(f.kind for f in failures)
     kinds = ", ".join(f"{n} {KINDS.get(kind, kind)}" for kind, n in counts.most_common())
-    return (
-        f"reward: {len(failures)} of {total} samples failed ({kinds}); first: {describe_failure(failures[0], data_sources)}"
-    )
+    return f"reward: {len(failures)} of {total} samples failed ({kinds}); first: {describe_failure(failures[0], data_sources)}"
 
 
 def describe_failure(failure: Failure, data_sources: Sequence[str]) -> str:

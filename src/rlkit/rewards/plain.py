@@ -89,7 +89,9 @@ def to_plain(value: Any, depth: int = 0) -> Any:
     convert = getattr(value, "tolist", None) or getattr(value, "item", None)
     if callable(convert) and type(value).__module__.split(".")[0] in ("numpy", "torch"):
         return to_plain(convert(), depth + 1)
-    raise NotPlainError(f"a {type(value).__qualname__} object (not plain data: numbers, strings, lists, dicts)")
+    raise NotPlainError(
+        f"an object of type {type(value).__qualname__} (not plain data: numbers, strings, lists, dicts)"
+    )
 
 
 def encode(value: Any) -> str:

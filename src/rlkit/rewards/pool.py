@@ -52,6 +52,8 @@ from rlkit.rewards.custom import CustomRewardFn
 from rlkit.rewards.outcomes import Failure
 from rlkit.rewards.worker import ERROR, OK, worker_main
 
+__all__ = ["ERROR", "OK", "TIMEOUT", "PoolResult", "ScoringPool"]
+
 _log = logging.getLogger(__name__)
 
 TIMEOUT = "timeout"
@@ -100,9 +102,7 @@ class PoolResult:
     @property
     def failures(self) -> list[Failure]:
         """The failed calls, in input order."""
-        return [
-            Failure(i, kind, self.details[i]) for i, kind in enumerate(self.kinds) if kind is not None
-        ]
+        return [Failure(i, kind, self.details[i]) for i, kind in enumerate(self.kinds) if kind is not None]
 
     def fail(self, index: int, kind: str, detail: str) -> None:
         """Mark call ``index`` failed (a timeout for the timeout kinds, else an error)."""
@@ -374,8 +374,8 @@ class ScoringPool:
                     self._wait_ready(worker)
                     self._dispatch(worker, queue.popleft(), calls, timeout)
             remaining -= self._collect(queue, timeout, step_end, result)
-        if result.errors or result.timeouts:
-            _log.warning(
+        if result.errors or result.timeouts:  # the managers print the step's one line
+            _log.debug(
                 "reward scoring: %d errors, %d timeouts of %d (%s)",
                 result.errors,
                 result.timeouts,
@@ -419,7 +419,9 @@ class ScoringPool:
         """
         assert worker.chunk is not None
         start = worker.progress[1]
-        start = worker.sent_at if not math.isfinite(start) else min(max(start, worker.sent_at), time.monotonic())
+        start = (
+            worker.sent_at if not math.isfinite(start) else min(max(start, worker.sent_at), time.monotonic())
+        )
         return min(start + timeout, worker.sent_at + timeout * len(worker.chunk))
 
     def _position(self, worker: _Worker) -> int:
@@ -473,7 +475,9 @@ class ScoringPool:
         detail = f"ran past {timeout:g} s" + (f" (at {where})" if where else "")
         finished = self._fail(slot, "timeout", detail, queue, result)
         if self.notify is not None and result.timeouts == 1:
-            budget = f"; this step's scoring stops after {self.step_timeout_s:g} s" if self.step_timeout_s else ""
+            budget = (
+                f"; this step's scoring stops after {self.step_timeout_s:g} s" if self.step_timeout_s else ""
+            )
             self.notify(
                 f"reward: a sample {detail}; its scoring process was killed and replaced, scoring goes on{budget}"
             )
@@ -487,7 +491,11 @@ class ScoringPool:
         position = self._position(worker)
         exitcode = worker.process.exitcode
         if kind == "crashed":
-            detail += f" (exit code {exitcode})" if exitcode is not None and exitcode >= 0 else f" (signal {-exitcode})"
+            detail += (
+                f" (exit code {exitcode})"
+                if exitcode is not None and exitcode >= 0
+                else f" (signal {-exitcode})"
+            )
         result.fail(worker.chunk[position], kind, detail)
         rest = worker.chunk[:position] + worker.chunk[position + 1 :]
         if rest:
@@ -554,7 +562,11 @@ class ScoringPool:
         where = _where(_read_stack(worker), self._user_file) if hung else ""
         _stop([worker.process])
         self.close()
-        source = f"reward.custom.path {self._user_file}" if self._user_file else f"the scoring function {self.fn!r}"
+        source = (
+            f"reward.custom.path {self._user_file}"
+            if self._user_file
+            else f"the scoring function {self.fn!r}"
+        )
         if hung:
             raise UserError(
                 f"{source} did not finish importing within {self.import_timeout_s:g} s "

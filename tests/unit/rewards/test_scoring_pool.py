@@ -117,7 +117,7 @@ def test_crashing_worker_is_an_error_not_a_crash(pool: ScoringPool) -> None:
 def test_unpicklable_result_is_an_error(pool: ScoringPool) -> None:
     result = pool.map([call("unpicklable"), call("echo", "a", "a")])
     assert result.status == [ERROR, OK] and result.kinds == ["not_plain", None]
-    assert "lock object (not plain data" in result.messages[0]
+    assert "object of type lock (not plain data" in result.messages[0]
 
 
 def test_empty_map(pool: ScoringPool) -> None:
