@@ -528,13 +528,14 @@ class ScoringPool:
         return self._workers[slot]
 
     def _next_message(self, worker: _Worker, timeout: float) -> dict[str, Any] | None:
-        """The worker's next start-up message; None if none came in ``timeout`` s or it exited."""
+        """The worker's next start-up message: None if none came in ``timeout`` s, ``exited`` if it exited."""
         if not worker.conn.poll(timeout):
             return None
         try:
             return plain.parse_message(worker.conn.recv_bytes(plain.ENVELOPE_BYTES + plain.MAX_MESSAGE_CHARS))
         except (EOFError, OSError):
-            return None
+            worker.process.join(timeout=5.0)  # for its exit code
+            return {"kind": "exited"}
         except plain.NotPlainError as exc:
             return {"kind": "fatal", "message": f"a malformed start-up message ({exc})"}
 
@@ -558,7 +559,7 @@ class ScoringPool:
         if message is not None and message["kind"] == "ready":
             worker.ready = True
             return
-        hung = message is None and worker.process.is_alive()
+        hung = message is None
         where = _where(_read_stack(worker), self._user_file) if hung else ""
         _stop([worker.process])
         self.close()
