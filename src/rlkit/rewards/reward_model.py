@@ -1,6 +1,7 @@
 """Score responses with a Hugging Face sequence-classification reward model (``reward.model_path``).
 
-Any ``AutoModelForSequenceClassification`` checkpoint with one label works. Decoder reward models
+Any ``AutoModelForSequenceClassification`` checkpoint with one label works, in safetensors: pickled
+``.bin`` weights are refused (loading them would unpickle the file). Decoder reward models
 (Llama, Qwen2, ... with a ``score`` head) are read at the last real token, found from the
 attention mask rather than from ``pad_token_id``, so a tokenizer whose pad token equals its EOS
 (common) cannot shift the read position. Free of Ray: the trainer wraps it in a worker role.
@@ -17,6 +18,22 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlkit.errors import UserError
 
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _refuse_pickled_weights(folder: Path) -> None:
+    """A local checkpoint with pickled weights (``.bin`` ...) but no safetensors is a UserError."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in _PICKLED for p in folder.glob(pattern))
+    if pickled:
+        raise UserError(
+            f"reward.model_path: {folder} has only pickled PyTorch weights ({pickled[0]}); "
+            "rlkit loads reward models from safetensors only",
+            hint="from a copy you trust, load it once and save it again with save_pretrained(), "
+            "which writes model.safetensors",
+        )
+
 
 class RewardModelScorer:
     """A reward model and its tokenizer, scoring (prompt, response) pairs.
@@ -29,7 +46,8 @@ class RewardModelScorer:
             response, which the score is read at, is always kept.
 
     Raises:
-        UserError: The checkpoint cannot be loaded or has more than one label.
+        UserError: The checkpoint cannot be loaded, has only pickled (``.bin``) weights, or has more
+            than one label.
     """
 
     def __init__(
@@ -42,9 +60,13 @@ class RewardModelScorer:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         hint = "set reward.model_path to a sequence-classification checkpoint (num_labels=1)"
+        _refuse_pickled_weights(Path(path))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+            # safetensors only: a .bin file is a pickle, and unpickling runs whatever it says
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), dtype=dtype, use_safetensors=True
+            )
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"reward.model_path: cannot load a reward model from {str(path)!r}: {exc}", hint=hint

@@ -143,3 +143,25 @@ def test_user_errors(tmp_path: Path) -> None:
         RewardModelScorer(save_llama(tmp_path / "two", num_labels=2))
     with pytest.raises(UserError, match="cannot load"):
         RewardModelScorer(tmp_path / "missing")
+
+
+class _Touch:
+    """Unpickling this creates ``marker``: what a hostile pytorch_model.bin can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_weights_are_refused_unread(tmp_path: Path) -> None:
+    folder = save_llama(tmp_path / "bin")
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"weights": _Touch(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(
+        UserError, match=r"only pickled PyTorch weights \(pytorch_model.bin\).*safetensors only"
+    ):
+        RewardModelScorer(folder)
+    assert not marker.exists()
