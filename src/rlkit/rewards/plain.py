@@ -33,6 +33,11 @@ MAX_MESSAGE_CHARS = 400
 ENVELOPE_BYTES = 4096
 
 
+_EXACT = (type(None), bool, int, float, str)
+# One encoder for all calls (json.dumps with arguments builds a new one each time).
+_ENCODER = json.JSONEncoder(allow_nan=True, separators=(",", ":"))
+
+
 class NotPlainError(ValueError):
     """A value that is not plain data (or is too deep or too large)."""
 
@@ -67,7 +72,7 @@ def to_plain(value: Any, depth: int = 0) -> Any:
         NotPlainError: Anything else (an object of a class from the reward file, bytes, a set, a
             dict with a non-string key) or nesting deeper than :data:`MAX_DEPTH`.
     """
-    if value is None or isinstance(value, bool):
+    if type(value) in _EXACT:  # the common case, without the slower ABC checks below
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
@@ -100,7 +105,7 @@ def encode(value: Any) -> str:
     Raises:
         TooLargeError: The text is longer than :data:`MAX_RESULT_BYTES`.
     """
-    text = json.dumps(value, allow_nan=True, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     if len(text) > MAX_RESULT_BYTES:  # characters <= bytes; the parent bounds the bytes again
         raise TooLargeError(f"{len(text)} bytes of JSON (at most {MAX_RESULT_BYTES})")
     return text
