@@ -7,8 +7,10 @@ not per sample), to all workers at once, so hung samples cost one timeout per wo
 
 What crosses back is bytes of JSON only, built from plain data inside the worker
 (:mod:`rlkit.rewards.plain`); this side ``json.loads`` and checks them and never unpickles
-anything a worker sends. What goes *to* a worker (the function reference, the trainer's own
-keyword sets) is trainer-made data and travels pickled as usual.
+anything a worker sends. The only other things a worker writes are two numbers in shared memory
+(which sample of its chunk it is on, since when), clamped here to what this side's own clock
+allows, and its stack on request, read as text. What goes *to* a worker (the function reference,
+the trainer's own keyword sets) is trainer-made data and travels pickled as usual.
 
 Deadlines:
 
@@ -406,7 +408,7 @@ class ScoringPool:
         worker.progress[0] = 0
         worker.progress[1] = worker.sent_at
         worker.chunk = chunk
-        try:
+        try:  # pickled: the trainer's own keyword sets going to the worker, never the other way
             worker.conn.send((timeout, [calls[i] for i in chunk]))
         except (OSError, ValueError):
             pass  # a dead worker: its EOF is picked up by _collect
