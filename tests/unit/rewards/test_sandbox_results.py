@@ -125,3 +125,13 @@ def test_check_plain_refuses_what_json_cannot_be() -> None:
         plain.parse_message(b"[" * 100_000)
     with pytest.raises(plain.NotPlainError):
         plain.to_plain({1: 2})
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from rlkit.rewards import outcomes
+
+    for module in (plain, outcomes):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0
