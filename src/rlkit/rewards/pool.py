@@ -119,10 +119,24 @@ def _is_custom(fn: Callable[..., Any]) -> bool:
     return isinstance(getattr(fn, "func", fn), CustomRewardFn)
 
 
-def _check_results(message: dict[str, Any], size: int) -> list[tuple[str, Any]]:
-    """``[(status, value or (reason, message))]`` from a worker's reply, checked; raises NotPlainError."""
+class _StaleReplyError(Exception):
+    """A reply to an earlier chunk than the one the worker is on."""
+
+
+def _check_results(message: dict[str, Any], size: int, seq: int) -> list[tuple[str, Any]]:
+    """``[(status, value or (reason, message))]`` from a worker's reply, checked; raises NotPlainError.
+
+    ``seq`` numbers the chunks sent to the worker: a reply for another chunk is never given to
+    this chunk's samples. An older one (the real reply to a chunk that code in the worker answered
+    first with a forged one) is dropped; any other is malformed.
+    """
     results = message.get("results")
-    if message["kind"] != "results" or not isinstance(results, list) or len(results) != size:
+    got = message.get("seq")
+    if message["kind"] == "results" and isinstance(got, int) and not isinstance(got, bool) and got < seq:
+        raise _StaleReplyError(got)
+    if message["kind"] != "results" or got != seq:
+        raise plain.NotPlainError(f"a reply that is not the results of chunk {seq}")
+    if not isinstance(results, list) or len(results) != size:
         raise plain.NotPlainError(f"a reply that is not {size} results")
     checked: list[tuple[str, Any]] = []
     for entry in results:
@@ -149,6 +163,7 @@ class _Worker:
     progress: Any
     chunk: list[int] | None = None
     sent_at: float = 0.0
+    seq: int = 0
     ready: bool = False
 
 
@@ -217,12 +232,14 @@ def _where(stack: str, prefer: str | None) -> str:
     if not frames:
         return ""
     path, line = next(((f, n) for f, n in frames if f == prefer), frames[0])
-    try:
-        with open(path, encoding="utf-8", errors="replace") as source:
-            text = next((t for i, t in enumerate(source, 1) if i == line), "").strip()
-    except OSError:
-        text = ""
-    return f"{os.path.basename(path)}:{line}" + (f" `{text[:80]}`" if text else "")
+    text = ""
+    if path == prefer:  # only the file the trainer already read: a path from a worker could be a FIFO
+        try:
+            with open(path, encoding="utf-8", errors="replace") as source:
+                text = next((t for i, t in enumerate(source, 1) if i == line), "").strip()
+        except OSError:
+            pass
+    return f"{os.path.basename(path)[:80]}:{line}" + (f" `{text[:80]}`" if text else "")
 
 
 def _default_start_method() -> str:
@@ -408,8 +425,9 @@ class ScoringPool:
         worker.progress[0] = 0
         worker.progress[1] = worker.sent_at
         worker.chunk = chunk
+        worker.seq += 1
         try:  # pickled: the trainer's own keyword sets going to the worker, never the other way
-            worker.conn.send((timeout, [calls[i] for i in chunk]))
+            worker.conn.send((worker.seq, timeout, [calls[i] for i in chunk]))
         except (OSError, ValueError):
             pass  # a dead worker: its EOF is picked up by _collect
 
@@ -453,9 +471,11 @@ class ScoringPool:
         assert chunk is not None
         try:
             data = worker.conn.recv_bytes(len(chunk) * (plain.MAX_RESULT_BYTES + 512) + plain.ENVELOPE_BYTES)
-            entries = _check_results(plain.parse_message(data), len(chunk))
+            entries = _check_results(plain.parse_message(data), len(chunk), worker.seq)
         except EOFError:
             return self._fail(slot, "crashed", "crashed its scoring process", queue, result)
+        except _StaleReplyError:
+            return 0  # keep waiting for this chunk's reply, within its deadline
         except (OSError, plain.NotPlainError) as exc:  # too long, or not the JSON a worker sends
             for index in chunk:
                 result.fail(index, "malformed", f"came back malformed from its scoring process ({exc})")

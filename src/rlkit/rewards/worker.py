@@ -3,10 +3,10 @@
 The process caps its memory and CPU time, imports the scoring function, then serves chunks of
 calls. Everything it sends back is bytes of JSON built from plain data (:mod:`rlkit.rewards.plain`):
 ``{"kind": "started"}``, ``{"kind": "ready"}``, ``{"kind": "fatal", "message": str}`` and
-``{"kind": "results", "results": [[status, value], ...]}``, where ``value`` is the plain result
-(``status == "ok"``) or ``{"reason": kind, "message": str}`` (``status == "error"``). On
-``SIGUSR1`` the process writes its Python stack (``faulthandler``) to a second pipe, which is how
-the trainer learns where an import or a sample hangs.
+``{"kind": "results", "seq": n, "results": [[status, value], ...]}`` (``n`` numbers the chunk),
+where ``value`` is the plain result (``status == "ok"``) or ``{"reason": kind, "message": str}``
+(``status == "error"``). On ``SIGUSR1`` the process writes its Python stack (``faulthandler``) to
+a second pipe, which is how the trainer learns where an import or a sample hangs.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def worker_main(
     memory_limit_mb: int | None,
     cpu_limit_s: float | None,
 ) -> None:
-    """Serve chunks ``(timeout_s, [kwargs, ...])`` until ``None`` or the parent goes away.
+    """Serve chunks ``(seq, timeout_s, [kwargs, ...])`` until ``None`` or the parent goes away.
 
     What the parent sends (``fn`` and the chunks) is made by the trainer, so it is unpickled here
     as usual; nothing goes the other way but JSON bytes.
@@ -133,11 +133,11 @@ def worker_main(
             return
         if message is None:
             return
-        timeout_s, calls = message
+        seq, timeout_s, calls = message
         results: list[str] = []
         for position, kwargs in enumerate(calls):
             progress[1] = time.monotonic()
             progress[0] = position
             _arm_cpu_limit(cpu_limit_s if cpu_limit_s is not None else timeout_s + 1.0)
             results.append(call_plain(fn, kwargs))
-        _reply(conn, '{"kind":"results","results":[' + ",".join(results) + "]}")
+        _reply(conn, f'{{"kind":"results","seq":{int(seq)},"results":[' + ",".join(results) + "]}")

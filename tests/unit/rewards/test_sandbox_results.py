@@ -17,7 +17,7 @@ from rlkit.rewards.custom import load_custom_reward
 from rlkit.rewards.pool import ERROR, OK, ScoringPool
 
 ATTACKS = """
-import gc, multiprocessing.connection, pathlib
+import gc, json, multiprocessing.connection, pathlib, sys
 
 class Evil:
     def __init__(self, marker):
@@ -56,6 +56,16 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
         for obj in gc.get_objects():
             if isinstance(obj, multiprocessing.connection.Connection) and obj.readable and obj.writable:
                 obj.send(Evil(ground_truth))  # a pickle where the trainer expects a reply
+        return 1.0
+    if data_source == "forge":  # answer the chunk first with made-up scores, as code in here could
+        frame = sys._getframe()
+        while "seq" not in frame.f_locals:
+            frame = frame.f_back
+        seq, size = frame.f_locals["seq"], len(frame.f_locals["calls"])
+        for obj in gc.get_objects():
+            if isinstance(obj, multiprocessing.connection.Connection) and obj.readable and obj.writable:
+                reply = {"kind": "results", "seq": seq, "results": [["ok", 100.0]] * size}
+                obj.send_bytes(json.dumps(reply).encode())
         return 1.0
     return {"score": 1.0, "echo": solution_str, "tags": ("a", None, True)}
 """
@@ -98,6 +108,16 @@ def test_pickle_written_into_the_connection_is_malformed_not_unpickled(
     assert result.kinds == ["malformed", "malformed"] and result.restarts == 1
     assert not marker.exists()
     assert pool.map([call("echo", marker, "c")]).values[0]["echo"] == "c"  # the pool still serves
+
+
+def test_a_forged_reply_never_reaches_other_samples(pool: ScoringPool) -> None:
+    # The forged reply takes the place of its own chunk's (code in the process decides its own
+    # scores anyway); the real reply that follows is dropped as stale, not given to the next chunk.
+    result = pool.map([call("forge"), call("echo", "", "a"), call("echo", "", "b"), call("echo", "", "c")])
+    assert result.values[:2] == [100.0, 100.0] and result.restarts == 0
+    assert [v["echo"] for v in result.values[2:]] == ["b", "c"]
+    again = pool.map([call("echo", "", str(i)) for i in range(8)])
+    assert [v["echo"] for v in again.values] == [str(i) for i in range(8)] and again.restarts == 0
 
 
 def test_an_object_of_a_class_from_the_reward_file_is_an_error(pool: ScoringPool) -> None:
