@@ -6,7 +6,8 @@ OS has it, else ``spawn``), each bound to one scoring function (its side:
 not per sample), to all workers at once, so hung samples cost one timeout per worker in parallel.
 
 What crosses back is bytes of JSON only, built from plain data inside the worker
-(:mod:`rlkit.rewards.plain`); this side ``json.loads`` and checks them and never unpickles
+(:mod:`rlkit.rewards.plain`); this side ``json.loads`` and checks them
+(:mod:`rlkit.rewards.replies`) and never unpickles
 anything a worker sends. The only other things a worker writes are two numbers in shared memory
 (which sample of its chunk it is on, since when), clamped here to what this side's own clock
 allows, and its stack on request, read as text. What goes *to* a worker (the function reference,
@@ -37,9 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
-import os
-import re
-import signal
 import time
 import weakref
 from collections import deque
@@ -52,6 +50,7 @@ from rlkit.errors import UserError
 from rlkit.rewards import plain
 from rlkit.rewards.custom import CustomRewardFn
 from rlkit.rewards.outcomes import Failure
+from rlkit.rewards.replies import StaleReplyError, check_results, read_stack, where
 from rlkit.rewards.worker import ERROR, OK, worker_main
 
 __all__ = ["ERROR", "OK", "TIMEOUT", "PoolResult", "ScoringPool"]
@@ -64,9 +63,6 @@ _MAX_CHUNK = 256
 _CHUNKS_PER_WORKER = 4
 _START_TIMEOUT_S = 120.0  # the process itself (interpreter, rlkit); the user's file has its own
 _KILL_GRACE_S = 0.3
-_STACK_WAIT_S = 1.0
-_CHILD_REASONS = ("raised", "not_plain", "too_large")
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 @dataclass
@@ -119,39 +115,6 @@ def _is_custom(fn: Callable[..., Any]) -> bool:
     return isinstance(getattr(fn, "func", fn), CustomRewardFn)
 
 
-class _StaleReplyError(Exception):
-    """A reply to an earlier chunk than the one the worker is on."""
-
-
-def _check_results(message: dict[str, Any], size: int, seq: int) -> list[tuple[str, Any]]:
-    """``[(status, value or (reason, message))]`` from a worker's reply, checked; raises NotPlainError.
-
-    ``seq`` numbers the chunks sent to the worker: a reply for another chunk is never given to
-    this chunk's samples. An older one (the real reply to a chunk that code in the worker answered
-    first with a forged one) is dropped; any other is malformed.
-    """
-    results = message.get("results")
-    got = message.get("seq")
-    if message["kind"] == "results" and isinstance(got, int) and not isinstance(got, bool) and got < seq:
-        raise _StaleReplyError(got)
-    if message["kind"] != "results" or got != seq:
-        raise plain.NotPlainError(f"a reply that is not the results of chunk {seq}")
-    if not isinstance(results, list) or len(results) != size:
-        raise plain.NotPlainError(f"a reply that is not {size} results")
-    checked: list[tuple[str, Any]] = []
-    for entry in results:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise plain.NotPlainError("a result that is not [status, value]")
-        status, value = entry
-        if status == OK:
-            checked.append((OK, plain.check_plain(value)))
-        elif status == ERROR and isinstance(value, dict) and value.get("reason") in _CHILD_REASONS:
-            checked.append((ERROR, (value["reason"], plain.clip_message(value.get("message")))))
-        else:
-            raise plain.NotPlainError(f"a result with status {str(status)[:20]!r}")
-    return checked
-
-
 # ----------------------------------------------------------------------------- processes
 
 
@@ -199,47 +162,6 @@ def _shutdown(workers: list[_Worker]) -> None:
     for worker in workers:
         _close(worker)
     workers.clear()
-
-
-def _read_stack(worker: _Worker) -> str:
-    """Ask a (hung) worker for its Python stack (``faulthandler`` on SIGUSR1); '' if none comes."""
-    if not hasattr(signal, "SIGUSR1") or not worker.process.is_alive():
-        return ""
-    fd = worker.stacks.fileno()
-    while wait([worker.stacks], timeout=0):  # drop an older dump
-        if not os.read(fd, 65536):
-            return ""
-    try:
-        os.kill(worker.process.pid, signal.SIGUSR1)
-    except OSError:
-        return ""
-    chunks: list[bytes] = []
-    end = time.monotonic() + _STACK_WAIT_S
-    while time.monotonic() < end and sum(map(len, chunks)) < 65536:
-        # after the first bytes, a short silence means the dump is complete
-        if not wait([worker.stacks], timeout=0.1 if chunks else max(0.0, end - time.monotonic())):
-            break
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
-def _where(stack: str, prefer: str | None) -> str:
-    """``file.py:3 `the line``` of the innermost frame (in ``prefer``, the user's file, if it is there)."""
-    frames = [(m["file"], int(m["line"])) for m in _FRAME.finditer(stack)]  # innermost first
-    if not frames:
-        return ""
-    path, line = next(((f, n) for f, n in frames if f == prefer), frames[0])
-    text = ""
-    if path == prefer:  # only the file the trainer already read: a path from a worker could be a FIFO
-        try:
-            with open(path, encoding="utf-8", errors="replace") as source:
-                text = next((t for i, t in enumerate(source, 1) if i == line), "").strip()
-        except OSError:
-            pass
-    return f"{os.path.basename(path)[:80]}:{line}" + (f" `{text[:80]}`" if text else "")
 
 
 def _default_start_method() -> str:
@@ -471,10 +393,10 @@ class ScoringPool:
         assert chunk is not None
         try:
             data = worker.conn.recv_bytes(len(chunk) * (plain.MAX_RESULT_BYTES + 512) + plain.ENVELOPE_BYTES)
-            entries = _check_results(plain.parse_message(data), len(chunk), worker.seq)
+            entries = check_results(plain.parse_message(data), len(chunk), worker.seq)
         except EOFError:
             return self._fail(slot, "crashed", "crashed its scoring process", queue, result)
-        except _StaleReplyError:
+        except StaleReplyError:
             return 0  # keep waiting for this chunk's reply, within its deadline
         except (OSError, plain.NotPlainError) as exc:  # too long, or not the JSON a worker sends
             for index in chunk:
@@ -493,8 +415,9 @@ class ScoringPool:
 
     def _time_out(self, slot: int, timeout: float, queue: deque[list[int]], result: PoolResult) -> int:
         """The worker's sample ran past ``timeout``: find where it hangs, then fail it."""
-        where = _where(_read_stack(self._workers[slot]), self._user_file)
-        detail = f"ran past {timeout:g} s" + (f" (at {where})" if where else "")
+        worker = self._workers[slot]
+        location = where(read_stack(worker.process, worker.stacks), self._user_file)
+        detail = f"ran past {timeout:g} s" + (f" (at {location})" if location else "")
         finished = self._fail(slot, "timeout", detail, queue, result)
         if self.notify is not None and result.timeouts == 1:
             budget = (
@@ -582,7 +505,7 @@ class ScoringPool:
             worker.ready = True
             return
         hung = message is None
-        where = _where(_read_stack(worker), self._user_file) if hung else ""
+        location = where(read_stack(worker.process, worker.stacks), self._user_file) if hung else ""
         _stop([worker.process])
         self.close()
         source = (
@@ -593,7 +516,7 @@ class ScoringPool:
         if hung:
             raise UserError(
                 f"{source} did not finish importing within {self.import_timeout_s:g} s "
-                f"(it hangs at import{': ' + where if where else ''})",
+                f"(it hangs at import{': ' + location if location else ''})",
                 hint="fix what the file runs at import, or raise reward.import_timeout_s if it is only slow",
             )
         if message is not None and message["kind"] == "fatal":
