@@ -123,6 +123,7 @@ class _Worker:
     process: Any
     conn: Connection
     stacks: Connection
+    lifeline: Connection  # never written: its closing (this process ending) ends the worker
     progress: Any
     chunk: list[int] | None = None
     sent_at: float = 0.0
@@ -147,6 +148,7 @@ def _stop(processes: Sequence[Any], grace: float = _KILL_GRACE_S) -> None:
 def _close(worker: _Worker) -> None:
     worker.conn.close()
     worker.stacks.close()
+    worker.lifeline.close()
 
 
 def _shutdown(workers: list[_Worker]) -> None:
@@ -242,10 +244,19 @@ class ScoringPool:
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         stacks, child_stacks = self._ctx.Pipe(duplex=False)
+        child_lifeline, lifeline = self._ctx.Pipe(duplex=False)
         progress = self._ctx.RawArray("d", 2)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self.fn, child_conn, child_stacks, progress, self.memory_limit_mb, self.cpu_limit_s),
+            args=(
+                self.fn,
+                child_conn,
+                child_stacks,
+                child_lifeline,
+                progress,
+                self.memory_limit_mb,
+                self.cpu_limit_s,
+            ),
             name="rlkit-reward-worker",
             daemon=True,
         )
@@ -257,7 +268,8 @@ class ScoringPool:
             # only the child holds its ends now, so its exit reads as EOF here
             child_conn.close()
             child_stacks.close()
-        return _Worker(process, parent_conn, stacks, progress)
+            child_lifeline.close()
+        return _Worker(process, parent_conn, stacks, lifeline, progress)
 
     def __enter__(self) -> ScoringPool:
         return self

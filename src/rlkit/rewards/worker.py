@@ -15,6 +15,7 @@ import faulthandler
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -75,6 +76,24 @@ def _arm_stack_dumps(stack_pipe: Connection) -> None:
         faulthandler.register(signal.SIGUSR1, file=stack_pipe.fileno(), all_threads=False)
 
 
+def _exit_with_parent(lifeline: Connection) -> None:
+    """End this process as soon as the trainer is gone, even while user code hangs.
+
+    The trainer holds the other end of ``lifeline`` and never writes to it, so a read returns
+    only when that end closes: the trainer exited or was killed. A process hung in user code never
+    reads the EOF of its main pipe; this daemon thread does.
+    """
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rlkit-reward-lifeline", daemon=True).start()
+
+
 def _reply(conn: Connection, text: str) -> None:
     conn.send_bytes(text.encode("utf-8", errors="replace"))
 
@@ -104,6 +123,7 @@ def worker_main(
     fn: Callable[..., Any],
     conn: Connection,
     stack_pipe: Connection,
+    lifeline: Connection,
     progress: Any,
     memory_limit_mb: int | None,
     cpu_limit_s: float | None,
@@ -115,6 +135,7 @@ def worker_main(
     """
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(lifeline)
     _limit_memory(memory_limit_mb)
     _arm_stack_dumps(stack_pipe)
     _reply(conn, _message("started"))

@@ -7,6 +7,8 @@ are killed); the import tests each build their own manager, since they are about
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,22 @@ import os, time
 def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     if data_source == "hang":
         time.sleep(3600)
+    if data_source == "hang_pid":
+        with open(ground_truth, "w") as out:
+            out.write(str(os.getpid()))
+        time.sleep(3600)
     return os.getpid()
+"""
+
+TRAINER = """
+import sys
+from rlkit.rewards.custom import load_custom_reward
+from rlkit.rewards.pool import ScoringPool
+
+if __name__ == "__main__":
+    pool = ScoringPool(load_custom_reward(sys.argv[1]), num_workers=1, timeout_s=3600.0)
+    call = {"data_source": "hang_pid", "solution_str": "", "ground_truth": sys.argv[2], "extra_info": None}
+    pool.map([call])
 """
 
 
@@ -146,3 +163,21 @@ def test_a_file_that_fails_at_import_is_one_line(tmp_path: Path, source: str, ma
     with pytest.raises(UserError, match=match) as info:
         build_reward_manager(custom_path=str(path), num_workers=1)
     assert "\n" not in str(info.value) and str(info.value).startswith(f"reward.custom.path {path}")
+
+
+def test_workers_do_not_outlive_a_killed_trainer(slow_file: Path, tmp_path: Path) -> None:
+    script, pid_file = tmp_path / "trainer.py", tmp_path / "worker.pid"
+    script.write_text(TRAINER)
+    trainer = subprocess.Popen([sys.executable, str(script), str(slow_file), str(pid_file)])
+    try:
+        end = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < end:
+            assert trainer.poll() is None, "the trainer script exited"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())  # it is hung in time.sleep(3600) now
+        trainer.kill()  # SIGKILL: no finalizers, no atexit
+        trainer.wait()
+        assert gone(worker, within_s=10)
+    finally:
+        trainer.kill()
+        trainer.wait()
