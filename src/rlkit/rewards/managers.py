@@ -424,13 +424,16 @@ def build_reward_manager(
     step_timeout_s: float | None = 600.0,
     import_timeout_s: float = 60.0,
     on_error: str = "zero",
+    reward_model_path: str | None = None,
 ) -> RewardManager:
     """Build a manager from plain settings (``reward.*`` of the config), its workers ready.
 
     A custom function (``custom_path``) always runs in worker processes: with ``num_workers=0`` it
     gets :func:`default_custom_workers`, since user code must not run in the trainer. The workers
     import the file before this returns, so a file that raises, exits or hangs at import is
-    reported here, before the first step.
+    reported here, before the first step. ``reward_model_path`` (``reward.model_path``, scored by a
+    worker role, not by this manager) is checked here too, so that a checkpoint with only pickled
+    weights is refused before any worker starts.
 
     Raises:
         UserError: Unknown manager or ``on_error``, ``batch`` without a custom function, or a bad
@@ -442,6 +445,12 @@ def build_reward_manager(
             hint="set reward.manager to one of them",
         )
     check_on_error(on_error)
+    if reward_model_path:
+        from pathlib import Path
+
+        from rlkit.rewards.reward_model import refuse_pickled_weights  # transformers: only when needed
+
+        refuse_pickled_weights(Path(reward_model_path))
     fn = None
     if custom_path:
         fn = load_custom_reward(custom_path, custom_name, batched=manager == "batch")

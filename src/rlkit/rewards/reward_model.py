@@ -21,7 +21,7 @@ from rlkit.errors import UserError
 _PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
-def _refuse_pickled_weights(folder: Path) -> None:
+def refuse_pickled_weights(folder: Path) -> None:
     """A local checkpoint with pickled weights (``.bin`` ...) but no safetensors is a UserError."""
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
@@ -60,7 +60,7 @@ class RewardModelScorer:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         hint = "set reward.model_path to a sequence-classification checkpoint (num_labels=1)"
-        _refuse_pickled_weights(Path(path))
+        refuse_pickled_weights(Path(path))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             # safetensors only: a .bin file is a pickle, and unpickling runs whatever it says

@@ -206,6 +206,7 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         step_timeout_s=cfg.reward.step_timeout_s,
         import_timeout_s=cfg.reward.import_timeout_s,
         on_error=cfg.reward.on_error,
+        reward_model_path=cfg.reward.model_path,
         overlong_enable=cfg.reward.overlong.enable,
         overlong_buffer_len=cfg.reward.overlong.buffer_len,
         overlong_penalty_factor=cfg.reward.overlong.penalty_factor,

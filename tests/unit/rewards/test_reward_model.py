@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from rlkit.errors import UserError
+from rlkit.rewards.managers import build_reward_manager
 from rlkit.rewards.reward_model import RewardModelScorer
 
 WORDS = "the a cat dog sat on mat is good bad answer question what why 1 2 3 4 5 user assistant : ok".split()
@@ -164,4 +165,6 @@ def test_pickled_weights_are_refused_unread(tmp_path: Path) -> None:
         UserError, match=r"only pickled PyTorch weights \(pytorch_model.bin\).*safetensors only"
     ):
         RewardModelScorer(folder)
+    with pytest.raises(UserError, match="only pickled PyTorch weights"):  # before any worker starts
+        build_reward_manager(reward_model_path=str(folder))
     assert not marker.exists()
