@@ -84,13 +84,13 @@ def pool(slow_file: Path) -> Iterator[ScoringPool]:
 def test_hung_samples_time_out_in_parallel_and_say_where(pool: ScoringPool) -> None:
     calls = [call("hang"), call("hang"), call("pid"), call("hang"), call("hang"), call("pid")]
     start = time.monotonic()
-    result = pool.map(calls)
+    result = pool.map(calls, timeout_s=1.5)
     elapsed = time.monotonic() - start
     assert result.status == [TIMEOUT, TIMEOUT, OK, TIMEOUT, TIMEOUT, OK] and result.restarts == 4
-    # Four 1 s timeouts on two workers: two rounds (plus a stack dump and a restart each), where
-    # one after another would take at least 4 s.
-    assert elapsed < 3.8, elapsed
-    assert "ran past 1 s (at slow.py:6 `time.sleep(3600)`)" in result.details[0]
+    # Four 1.5 s timeouts on two workers: two rounds, 3 s plus a stack dump (~0.1 s) and a restart
+    # each, where one after another they would take at least 6 s.
+    assert elapsed < 5.5, elapsed
+    assert "ran past 1.5 s (at slow.py:6 `time.sleep(3600)`)" in result.details[0]
 
 
 def test_step_budget_caps_a_call_and_kills_the_hung_workers(pool: ScoringPool) -> None:
@@ -102,7 +102,7 @@ def test_step_budget_caps_a_call_and_kills_the_hung_workers(pool: ScoringPool) -
         elapsed = time.monotonic() - start
     finally:
         pool.step_timeout_s, pool.timeout_s = None, 1.0
-    assert elapsed < 3.0, elapsed  # the budget (1 s) plus the SIGTERM grace, not 6 x 30 s
+    assert elapsed < 8.0, elapsed  # the budget (1 s) plus the SIGTERM grace, not 6 x 30 s
     assert result.kinds == ["step_timeout"] * 7 and result.timeouts == 7
     assert "was not scored within 1 s" in result.details[0]
     assert all(gone(pid) for pid in pids)
@@ -137,7 +137,7 @@ def test_a_file_that_hangs_at_import_is_one_line_and_its_workers_are_killed(tmp_
     start = time.monotonic()
     with pytest.raises(UserError) as info:
         build_reward_manager(custom_path=str(path), num_workers=2, import_timeout_s=1.0)
-    assert time.monotonic() - start < 6
+    assert time.monotonic() - start < 20  # 1 s and the stack dump, not the file's 3600 s
     message = str(info.value)
     assert message.startswith(f"reward.custom.path {path} did not finish importing within 1 s ")
     assert "(it hangs at import: hangs.py:4 `time.sleep(3600)`)" in message and "\n" not in message
