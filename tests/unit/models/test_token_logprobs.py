@@ -84,9 +84,8 @@ def _fp32_bounds(
     err_ent = err_logp * (1 + ent) + (V + K) * U * ent
     onehot = torch.nn.functional.one_hot(labels, V).double()
     mag = (c_lp * (onehot + p) + c_ent * p * (logp.abs() + ent[:, None])) / temperature
-    e = K * U * mag + p * (
-        err_logp[:, None] * (c_lp + c_ent * (logp.abs() + ent[:, None] + 1)) + c_ent * err_ent[:, None]
-    ) / temperature
+    carried = err_logp[:, None] * (c_lp + c_ent * (logp.abs() + ent[:, None] + 1)) + c_ent * err_ent[:, None]
+    e = K * U * mag + p * carried / temperature
     err_h = (V + K) * U * mag @ w.abs() + e @ w.abs()
     err_w = (T + K) * U * mag.T @ h.abs() + e.T @ h.abs()
     return err_logp, err_ent, err_h, err_w
