@@ -102,7 +102,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
 
         builtin_name(path)  # validates the name
         return build_tokenizer()
-    folder = os.path.expanduser(resolve_model_path(path, key="model.tokenizer"))
+    folder = os.path.expanduser(resolve_model_path(path, key="tokenizer"))
     if not os.path.isdir(folder):
         raise UserError(
             f"tokenizer: no such folder {path!r}",

@@ -76,7 +76,7 @@ def test_offline_and_not_cached_is_one_line_naming_the_fix(offline: Path) -> Non
     text = str(err.value)
     assert text.startswith("model.path: HF_HUB_OFFLINE is set and model someone/not-cached")
     assert "rlkit download someone/not-cached" in text and "unset HF_HUB_OFFLINE" in text
-    with pytest.raises(UserError, match="model.tokenizer: HF_HUB_OFFLINE"):
+    with pytest.raises(UserError, match="tokenizer: HF_HUB_OFFLINE"):
         load_tokenizer("someone/not-cached")
 
 
