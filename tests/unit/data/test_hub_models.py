@@ -16,7 +16,14 @@ from typer.testing import CliRunner
 from rlkit.cli.app import app
 from rlkit.data.hub import is_hub_id, resolve_model_path
 from rlkit.errors import UserError
-from rlkit.models import build_tokenizer, load_causal_lm, load_hf_config, load_tokenizer, model_config, save_hf
+from rlkit.models import (
+    build_tokenizer,
+    load_causal_lm,
+    load_hf_config,
+    load_tokenizer,
+    model_config,
+    save_hf,
+)
 
 REPO = "tiny-org/tiny-model"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
