@@ -14,7 +14,10 @@ EPILOG = (
 
 
 def generate(
-    model: str = typer.Argument(..., help="A Hugging Face model folder, or builtin:tiny."),
+    model: str = typer.Argument(
+        ...,
+        help="A Hugging Face model folder, a Hub id ORG/NAME (cached), a checkpoint folder, or builtin:tiny-arith.",
+    ),
     prompts: Path = typer.Option(
         ..., "--prompts", help="jsonl (prompt or messages per line) or verl parquet."
     ),
@@ -34,7 +37,10 @@ def generate(
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
+    from rlkit.data.hub import resolve_model_path
     from rlkit.rollout.offline import run_generate, sampling_params
+
+    model = resolve_model_path(model, key="MODEL")  # a Hub id -> its folder in the Hugging Face cache
 
     params = sampling_params(
         n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed

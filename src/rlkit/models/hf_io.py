@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from rlkit.data.hub import resolve_model_path
 from rlkit.errors import UserError
 from rlkit.models.tokenizer import BUILTIN_PREFIX, stop_token_ids
 
@@ -30,20 +31,25 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 
 def _model_dir(path: str | os.PathLike[str]) -> Path:
-    folder = Path(os.fspath(path)).expanduser()
+    """The local folder of a model path or Hub id (see :func:`rlkit.data.hub.resolve_model_path`)."""
+    folder = Path(resolve_model_path(path)).expanduser()
     if not folder.is_dir():
         raise UserError(
             f"model.path: no such folder {os.fspath(path)!r}",
-            hint="pass a local model folder (fetch one with `rlkit download REPO_ID`) or builtin:tiny",
+            hint="pass a local model folder, a Hub id ORG/NAME or builtin:tiny",
         )
     return folder
 
 
 def load_hf_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of a model folder as a dict (``builtin:*`` gives the built-in config).
+    """The ``config.json`` of a model folder or Hub id as a dict (``builtin:*``: the built-in config).
+
+    A Hub id is downloaded into the Hugging Face cache here when it is not there yet (the driver
+    calls this before Ray starts, so the workers find it cached).
 
     Raises:
-        UserError: the folder or its config.json is missing or not valid JSON.
+        UserError: the folder or its config.json is missing or not valid JSON; a Hub id that is
+            not cached while offline, or cannot be downloaded.
     """
     if os.fspath(path).startswith(BUILTIN_PREFIX):
         from rlkit.models.tiny import packaged_checkpoint, tiny_config

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rlkit.data.hub import resolve_model_path
 from rlkit.errors import UserError
 from rlkit.models.decoder import ARCHITECTURES, CausalLM, DecoderConfig, RMSNorm, _rope_inv_freq
 from rlkit.models.hf_io import iter_checkpoint_tensors, load_hf_config
@@ -51,7 +52,7 @@ def model_config(path: str | os.PathLike[str]) -> DecoderConfig:
     For a non-native architecture the result is a best-effort ``DecoderConfig`` whose
     ``architecture`` is the Hugging Face ``model_type`` (``to_hf`` is not available for it).
     """
-    path = os.fspath(path)
+    path = resolve_model_path(path)
     if path.startswith(BUILTIN_PREFIX) and packaged_checkpoint(path) is None:
         return tiny_config(path)
     hf = load_hf_config(path)
@@ -198,7 +199,8 @@ def load_causal_lm(
     needs to take effect.
 
     Args:
-        path: a local Hugging Face model folder, or ``builtin:tiny``. For ``builtin:tiny``,
+        path: a local Hugging Face model folder, a Hub id ``ORG/NAME`` (read from the Hugging Face
+            cache, downloaded into it once when missing), or ``builtin:tiny``. For ``builtin:tiny``,
             ``init="pretrained"`` loads the packaged checkpoint when the package ships one in
             ``rlkit/models/assets/tiny/`` and is otherwise the same as ``init="random"``.
         dtype: parameter dtype (rope tables stay fp32).
@@ -209,7 +211,7 @@ def load_causal_lm(
 
     Raises:
         UserError: a missing folder, config or weights, pickle-only weights, an unknown
-            ``init``, or weights that do not match the config.
+            ``init``, weights that do not match the config, or a Hub id not cached while offline.
     """
     if init not in ("pretrained", "random"):
         raise UserError(f"model init must be 'pretrained' or 'random', got {init!r}")
@@ -219,6 +221,7 @@ def load_causal_lm(
         if packaged is None or init == "random":
             return build_native(tiny_config(path), weights=None, dtype=dtype, device=device, seed=seed)
         path = str(packaged)
+    path = resolve_model_path(path)  # a Hub id -> its snapshot folder in the Hugging Face cache
     hf = load_hf_config(path)
     if native_unsupported_reason(hf) is None:
         weights = path if init == "pretrained" else None

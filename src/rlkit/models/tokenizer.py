@@ -84,14 +84,17 @@ def build_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     """The tokenizer of a model: the built-in one for ``builtin:*`` paths, else the folder's own.
 
-    A path that is not an existing folder and does not look like a local path is passed on to
-    ``AutoTokenizer.from_pretrained`` as a Hub id (network access is the user's business). The pad
-    token is set to the eos token when the tokenizer has none, as verl does.
+    A Hub id ``ORG/NAME`` is resolved as a model path is (:func:`rlkit.data.hub.resolve_model_path`:
+    the Hugging Face cache, downloaded into it once). The pad token is set to the eos token when the
+    tokenizer has none, as verl does.
 
     Raises:
-        UserError: the folder does not exist or holds no loadable tokenizer.
+        UserError: the folder does not exist or holds no loadable tokenizer; a Hub id that is not
+            cached while offline, or cannot be downloaded.
     """
     from transformers import AutoTokenizer
+
+    from rlkit.data.hub import resolve_model_path
 
     path = os.fspath(path)
     if path.startswith(BUILTIN_PREFIX):
@@ -99,11 +102,14 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
 
         builtin_name(path)  # validates the name
         return build_tokenizer()
-    looks_local = path.startswith(("/", "./", "../", "~")) or os.path.exists(path)
-    if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise UserError(f"tokenizer: no such folder {path!r}", hint="pass a model folder or builtin:tiny")
+    folder = os.path.expanduser(resolve_model_path(path, key="tokenizer"))
+    if not os.path.isdir(folder):
+        raise UserError(
+            f"tokenizer: no such folder {path!r}",
+            hint="pass a model folder, a Hub id ORG/NAME or builtin:tiny",
+        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(path))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, HFValidationError)
         raise UserError(
             f"tokenizer: cannot load a tokenizer from {path!r}: {exc}",

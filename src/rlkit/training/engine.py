@@ -250,6 +250,12 @@ class FSDPEngine:
         betas = (float(betas[0]), float(betas[1]))  # a list from the config
         self.optimizer = _adamw(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
         self.scheduler = LambdaLR(self.optimizer, schedule_fn)
+        # This run's settings: a resumed checkpoint's optimizer state brings its own (see _apply_settings).
+        self._settings: dict[str, Any] = {
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "betas": betas,
+        }
         self.grad_clip = grad_clip
         self.step_count = 0
         self.optimizer_steps = 0
@@ -360,8 +366,30 @@ class FSDPEngine:
         self.step_count = int(counters.get("step_count", self.scheduler.last_epoch))
         self.optimizer_steps = int(counters.get("optimizer_steps", 0))
         self.skipped_steps = int(counters.get("skipped_steps", 0))
+        self._apply_settings()
         if self.optimizer_offload:
             self._move_optimizer_state(torch.device("cpu"))
+
+    def _apply_settings(self) -> None:
+        """Put this run's lr, weight decay and betas back over what a checkpoint restored.
+
+        ``load_state_dict`` restores each param group's hyperparameters and the scheduler's base
+        rates as they were when the checkpoint was written, so a resume with a changed ``lr`` would
+        train at the old one. Adam's moments and step counts stay restored; the schedule (this
+        run's warmup, total steps and shape, which the scheduler does not save) is evaluated again
+        at the restored step, so the next optimizer step uses ``lr * multiplier(step)``.
+        """
+        lr = self._settings["lr"]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["weight_decay"] = self._settings["weight_decay"]
+            group["betas"] = self._settings["betas"]
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        step = self.scheduler.last_epoch
+        lrs = [lr * fn(step) for fn in self.scheduler.lr_lambdas]
+        for group, value in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = value
+        self.scheduler._last_lr = lrs  # what get_last_lr() reports; set by step() otherwise
 
 
 def _adamw(

@@ -103,6 +103,47 @@ def test_checkpoint_state_round_trip_restores_optimizer_and_schedule() -> None:
         torch.testing.assert_close(pa[name], pb[name], atol=0, rtol=0)
 
 
+def _two_steps(engine: FSDPEngine) -> dict[str, object]:
+    for seed in range(2):
+        _packed_loss(engine.module, seed).backward()
+        engine.optimizer_step()
+        engine.scheduler_step()
+    return copy.deepcopy(engine.state_dict_for_checkpoint())
+
+
+def test_resume_applies_this_runs_lr_weight_decay_and_betas() -> None:
+    """A resume with changed settings trains as an uninterrupted run whose settings changed at step 3."""
+    old = {"lr": 1e-2, "weight_decay": 0.01, "betas": (0.9, 0.999)}
+    new = {"lr": 5e-2, "weight_decay": 0.1, "betas": (0.8, 0.95)}
+    resumed = _engine(_model(seed=7), **new)  # type: ignore[arg-type]
+    resumed.load_checkpoint_state(_two_steps(_engine(_model(), **old)))  # type: ignore[arg-type]
+    for group in resumed.optimizer.param_groups:
+        assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (5e-2, 5e-2, 0.1)
+        assert tuple(group["betas"]) == (0.8, 0.95)
+    assert resumed.lr() == 5e-2 and resumed.step_count == 2
+    uninterrupted = _engine(_model(), **old)  # type: ignore[arg-type]
+    _two_steps(uninterrupted)
+    for group in uninterrupted.optimizer.param_groups:  # the settings change after step 2
+        group.update(lr=5e-2, weight_decay=0.1, betas=(0.8, 0.95))
+    for engine in (resumed, uninterrupted):
+        _packed_loss(engine.module, 5).backward()
+        engine.optimizer_step()
+    got, want = dict(resumed.named_full_tensors(torch.float32)), dict(uninterrupted.named_full_tensors(None))
+    for name in want:
+        torch.testing.assert_close(got[name], want[name].float(), atol=0, rtol=0)
+
+
+def test_resume_evaluates_this_runs_schedule_at_the_restored_step() -> None:
+    """A changed total_steps (or warmup) reshapes the schedule from the restored step on."""
+    state = _two_steps(_engine(_model(), lr=1e-2, lr_schedule="cosine", total_steps=4))
+    resumed = _engine(_model(), lr=2e-2, lr_schedule="cosine", total_steps=12, warmup_steps=4)
+    resumed.load_checkpoint_state(state)
+    # step 2 of a 4-step warmup: half of this run's lr
+    assert resumed.lr() == pytest.approx(1e-2) and resumed.optimizer.param_groups[0]["lr"] == resumed.lr()
+    resumed.scheduler_step()
+    assert resumed.lr() == pytest.approx(2e-2 * 3 / 4)
+
+
 def test_settings_and_layout() -> None:
     assert resolve_dtype("auto") == torch.float32  # CPU default
     assert resolve_dtype("bf16") == torch.bfloat16
