@@ -448,9 +448,11 @@ def build_reward_manager(
     if reward_model_path:
         from pathlib import Path
 
+        from rlkit.data.hub import resolve_model_path
         from rlkit.rewards.reward_model import refuse_pickled_weights  # transformers: only when needed
 
-        refuse_pickled_weights(Path(reward_model_path))
+        # a Hub id is fetched into the cache once here, on the driver, before any worker starts
+        refuse_pickled_weights(Path(resolve_model_path(reward_model_path, key="reward.model_path")))
     fn = None
     if custom_path:
         fn = load_custom_reward(custom_path, custom_name, batched=manager == "batch")

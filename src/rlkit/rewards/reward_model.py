@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from rlkit.data.hub import resolve_model_path
 from rlkit.errors import UserError
 
 _PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt")
@@ -60,6 +61,7 @@ class RewardModelScorer:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         hint = "set reward.model_path to a sequence-classification checkpoint (num_labels=1)"
+        path = resolve_model_path(path, key="reward.model_path")
         refuse_pickled_weights(Path(path))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
