@@ -107,8 +107,18 @@ def test_damaged_checkpoint_is_refused_naming_the_file(run: Path, damage: str, m
 def test_corrupt_json_of_right_size_is_refused(run: Path) -> None:
     state = ck(run, 3) / "trainer_state.json"
     state.write_text("x" * len(state.read_bytes()))
+    with pytest.raises(UserError, match=r"trainer_state\.json does not match its checksum"):
+        read_resume_point(ck(run, 3))
+    drop_checksums(ck(run, 3))  # as an older rlkit wrote it: the JSON parser still catches it
     with pytest.raises(UserError, match=r"trainer_state\.json is not valid JSON"):
         read_resume_point(ck(run, 3))
+
+
+def drop_checksums(folder: Path) -> None:
+    """Rewrite a manifest the way rlkit versions without checksums wrote it."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["checksums"], manifest["checksum"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_auto_picks_newest_complete_and_ignores_interrupted_saves(run: Path) -> None:
@@ -156,7 +166,7 @@ def test_resume_into_another_folder_copies_metrics_up_to_the_step(run: Path, tmp
 
 def test_not_a_checkpoint(run: Path) -> None:
     with pytest.raises(UserError, match="not an rlkit checkpoint folder") as err:
-        resolve_resume(str(run), run)
+        resolve_resume(str(run / "checkpoints"), run)
     assert "step_3" in str(err.value.hint)
     with pytest.raises(UserError, match="no such checkpoint folder"):
         resolve_resume(str(run / "nope"), run)
