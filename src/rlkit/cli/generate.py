@@ -32,9 +32,13 @@ def generate(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
+    from rlkit.outputs import check_new_file
     from rlkit.rollout.offline import run_generate, sampling_params
+
+    check_new_file(out, force=force, inputs=[prompts])  # before any model loads
 
     params = sampling_params(
         n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed
