@@ -95,11 +95,7 @@ def test_default_folders_latest_keep_last_and_refusals(ray_session: None, workdi
     assert steps(first) == [1, 2, 3, 4] and checkpoints(first) == ["step_1", "step_2", "step_3", "step_4"]
     assert read_latest_run(runs) == second  # a resume is not a new run
 
-
-def test_zero_steps_left_exits_before_ray(workdir: Path, ray_session: None) -> None:
-    run = workdir / "done"
-    train(f"trainer.out_dir={run}", "trainer.total_steps=1")
-    # a Ray address nothing listens on: starting Ray would fail, so exit 0 proves it never started
+    # nothing left to train: one line, exit 0, before Ray (a Ray address nothing listens on would fail)
     env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
     cmd = [
         sys.executable,
@@ -108,13 +104,13 @@ def test_zero_steps_left_exits_before_ray(workdir: Path, ray_session: None) -> N
         "train",
         "grpo",
         *TINY,
-        f"trainer.out_dir={run}",
+        "trainer.resume=latest",
         "trainer.total_steps=1",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "is at step 1 of trainer.total_steps=1: nothing left to train" in proc.stderr
-    assert "raise trainer.total_steps" in proc.stderr
+    assert "raise trainer.total_steps" in proc.stderr and steps(second) == [1]
 
 
 def test_the_row_of_a_step_is_written_before_its_checkpoint(workdir: Path, ray_session: None) -> None:
@@ -128,11 +124,10 @@ def test_the_row_of_a_step_is_written_before_its_checkpoint(workdir: Path, ray_s
     assert steps(run) == [1]  # the step's row made it to disk before its save was attempted
 
 
-def test_sft_default_folders_and_nothing_left(ray_session: None, workdir: Path) -> None:
-    invoke("sft", *SFT_TINY, "trainer.total_steps=1")
-    first = read_latest_run(workdir / "runs" / "sft")
-    invoke("sft", *SFT_TINY, "trainer.total_steps=1")
-    second = read_latest_run(workdir / "runs" / "sft")
-    assert first is not None and second is not None and first != second
+def test_sft_default_folder_and_nothing_left(ray_session: None, workdir: Path) -> None:
+    log = invoke("sft", *SFT_TINY, "trainer.total_steps=1")
+    run = read_latest_run(workdir / "runs" / "sft")
+    assert run is not None and "run folder: runs/sft/" in log
     log = invoke("sft", *SFT_TINY, "trainer.total_steps=1", "trainer.resume=latest")
-    assert "nothing left to train" in log and steps(second) == [1]
+    assert "nothing left to train" in log and steps(run) == [1]
+    assert f"model: {Path('runs/sft') / run.name / 'checkpoints' / 'step_1' / 'hf'}" in log

@@ -126,7 +126,8 @@ class SFTTrainer:
     def _fit(self, start: RunStart, device: str) -> SFTResult:
         cfg, point = self.cfg, start.point
         if point is not None and start.nothing_left:
-            return self._result(point.path, None)  # nothing left to train: no data, no worker
+            # nothing left to train: no data, no worker (the path as the run folder is named)
+            return self._result(ckpt.checkpoints_dir(self.run_dir) / point.path.name, None)
         torch.manual_seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
