@@ -17,10 +17,10 @@ app = typer.Typer(
 )
 
 MERGE_EPILOG = (
-    "Example: [bold]rlkit ckpt merge runs/grpo/checkpoints/step_60 --out grpo-hf --verify[/] "
+    "Example: [bold]rlkit ckpt merge runs/grpo/latest/checkpoints/step_60 --out grpo-hf --verify[/] "
     "(then: rlkit generate grpo-hf ..., or AutoModelForCausalLM.from_pretrained('grpo-hf'))"
 )
-LS_EPILOG = "Example: [bold]rlkit ckpt ls runs/grpo[/]"
+LS_EPILOG = "Example: [bold]rlkit ckpt ls runs/grpo/latest[/]"
 _STATUS_STYLE = {"complete": "green", "damaged": "bold red", "interrupted": "yellow"}
 
 

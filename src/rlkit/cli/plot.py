@@ -10,7 +10,7 @@ from rlkit.errors import UserError
 from rlkit.logging.plot import plot_run
 from rlkit.outputs import check_new_file
 
-EPILOG = "Example: [bold]rlkit plot runs/grpo[/] (writes runs/grpo/metrics.png)"
+EPILOG = "Example: [bold]rlkit plot runs/grpo/latest[/] (writes runs/grpo/latest/metrics.png)"
 
 
 def plot(
