@@ -35,6 +35,8 @@ class RunFolder:
     """``never``, ``auto``, ``latest`` (a checkpoint of ``path`` is required) or a checkpoint/run PATH."""
     fresh: bool = False
     """A folder created for this run (``trainer.out_dir`` unset)."""
+    previous: Path | None = None
+    """For a fresh folder: the run ``latest`` named before (restored if this run writes nothing)."""
 
 
 def recipe_runs(recipe: str, root: Path = RUNS_ROOT) -> Path:
@@ -150,12 +152,44 @@ def resolve_run_folder(out_dir: str | None, resume: str, recipe: str, root: Path
             )
         return RunFolder(_relative(run), "latest")
     if resume not in ("auto", "never"):
-        owner = _owning_run(Path(resume).expanduser().resolve())
+        source = Path(resume).expanduser()
+        if not source.exists():
+            raise UserError(
+                f"trainer.resume={resume}: no such checkpoint or run folder",
+                hint="pass RUN/checkpoints/step_N, a run folder, latest, or leave it unset for a new run",
+            )
+        owner = _owning_run(source.resolve())
         if owner is not None:
             return RunFolder(_relative(owner), resume)
+    previous = read_latest_run(recipe_dir)
     run = new_run_folder(recipe_dir)
     point_latest(recipe_dir, run)
-    return RunFolder(run, "never" if resume == "auto" else resume, fresh=True)
+    return RunFolder(run, "never" if resume == "auto" else resume, fresh=True, previous=previous)
+
+
+def discard_if_unused(folder: RunFolder, keep: tuple[str, ...] = (".lock",)) -> bool:
+    """Remove a fresh run folder that holds nothing but ``keep`` (a run that failed before writing
+    anything), and point ``latest`` back at the run it named before. Never touches anything else.
+
+    Returns:
+        Whether the folder was removed.
+    """
+    if not folder.fresh or not folder.path.is_dir():
+        return False
+    if any(p.name not in keep for p in folder.path.iterdir()):
+        return False
+    for name in keep:
+        (folder.path / name).unlink(missing_ok=True)
+    try:
+        folder.path.rmdir()
+    except OSError:
+        return False  # something appeared meanwhile: keep it
+    recipe_dir = folder.path.parent
+    if folder.previous is not None and folder.previous.is_dir():
+        point_latest(recipe_dir, folder.previous)
+    elif read_latest_run(recipe_dir) is None:
+        (recipe_dir / LATEST_RUN).unlink(missing_ok=True)
+    return True
 
 
 def _relative(path: Path) -> Path:

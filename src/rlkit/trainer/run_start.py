@@ -21,7 +21,7 @@ from rlkit import ckpt
 from rlkit.ckpt.layout import console
 from rlkit.ckpt.lock import RunLock
 from rlkit.ckpt.resume import keep_last_for
-from rlkit.ckpt.run_folder import resolve_run_folder
+from rlkit.ckpt.run_folder import RunFolder, discard_if_unused, resolve_run_folder
 from rlkit.config.schema import RlkitConfig
 from rlkit.errors import UserError
 
@@ -30,14 +30,20 @@ from rlkit.errors import UserError
 class RunStart:
     """An opened run folder: locked for this process until :meth:`close`."""
 
-    run_dir: Path
+    folder: RunFolder
     lock: RunLock
     point: ckpt.ResumePoint | None
     config_dict: dict[str, Any] = field(default_factory=dict)
     nothing_left: bool = False
 
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.path
+
     def close(self) -> None:
+        """Release the folder; a fresh one the run wrote nothing into (it failed first) goes away."""
         self.lock.release()
+        discard_if_unused(self.folder)
 
 
 def resolved_config(cfg: RlkitConfig) -> dict[str, Any]:
@@ -63,7 +69,11 @@ def open_run(
         UserError: A folder in use or not writable, or a checkpoint this run cannot continue.
     """
     folder = resolve_run_folder(cfg.trainer.out_dir, cfg.trainer.resume, cfg.recipe)
-    lock = RunLock.acquire(folder.path, command=" ".join(sys.argv[:3]))
+    try:
+        lock = RunLock.acquire(folder.path, command=" ".join(sys.argv[:3]))
+    except BaseException:
+        discard_if_unused(folder)
+        raise
     try:
         cfg.trainer.out_dir = str(folder.path)
         point = None
@@ -76,7 +86,7 @@ def open_run(
                 trainer=trainer,
             )
         cfg.trainer.keep_last = keep_last_for(point, cfg.trainer.keep_last)
-        start = RunStart(folder.path, lock, point, resolved_config(cfg))
+        start = RunStart(folder, lock, point, resolved_config(cfg))
         console.print(f"run folder: [bold]{folder.path}[/]" + (" (new)" if folder.fresh else ""))
         if point is not None and point.step >= cfg.trainer.total_steps:
             console.print(
@@ -87,6 +97,7 @@ def open_run(
         return start
     except BaseException:
         lock.release()
+        discard_if_unused(folder)
         raise
 
 

@@ -141,6 +141,8 @@ class RunContext:
             for handle in self.trained_roles.values():
                 handle.save_checkpoint(str(folder))
 
+        keep_last = self.cfg.trainer.keep_last
+        assert keep_last is not None, "open_run settles trainer.keep_last"
         return ckpt.save_checkpoint(
             self.run_dir,
             step,
@@ -154,7 +156,7 @@ class RunContext:
             roles=list(self.trained_roles),
             world_size=self.world_size,
             write_roles=write_roles,
-            keep_last=self.cfg.trainer.keep_last,
+            keep_last=keep_last,
         )
 
     def restore(self, point: ckpt.ResumePoint) -> None:

@@ -249,6 +249,8 @@ class SFTTrainer:
         def write_roles(folder: Path) -> None:
             sft.save_checkpoint(str(folder), tokenizer_path, cfg.model.path)
 
+        keep_last = cfg.trainer.keep_last
+        assert keep_last is not None, "open_run settles trainer.keep_last"
         final = ckpt.save_checkpoint(
             self.run_dir,
             step,
@@ -258,7 +260,7 @@ class SFTTrainer:
             roles=[CHECKPOINT_ROLE],
             world_size=self.world,
             write_roles=write_roles,
-            keep_last=cfg.trainer.keep_last,
+            keep_last=keep_last,
         )
         # as the user named the run folder (save_checkpoint returns it resolved)
         self._last_saved = ckpt.checkpoints_dir(self.run_dir) / final.name

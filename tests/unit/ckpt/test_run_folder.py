@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -49,11 +48,13 @@ def test_explicit_out_dir_keeps_auto(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_resume_path_of_a_checkpoint_continues_in_its_run_folder(tmp_path: Path) -> None:
+def test_resume_path_of_a_checkpoint_continues_in_its_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     step = tmp_path / "old" / "checkpoints" / "step_2"
     step.mkdir(parents=True)
     (step / "manifest.json").write_text("{}")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     folder = resolve_run_folder(None, str(step), "grpo", root=tmp_path / "runs")
     assert folder.path == Path("old") and folder.resume == str(step)
     whole_run = resolve_run_folder(None, str(tmp_path / "old"), "grpo", root=tmp_path / "runs")
@@ -70,3 +71,24 @@ def test_out_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 def test_recipe_file_names_are_path_safe() -> None:
     assert recipe_runs("grpo") == Path("runs/grpo")
     assert recipe_runs("configs/my grpo.yaml") == Path("runs/my_grpo")
+
+
+def test_a_fresh_folder_the_run_wrote_nothing_into_goes_away(tmp_path: Path) -> None:
+    from rlkit.ckpt.lock import RunLock
+    from rlkit.ckpt.run_folder import discard_if_unused
+
+    kept = resolve_run_folder(None, "auto", "grpo", root=tmp_path)
+    (kept.path / "config.yaml").write_text("x")
+    failed = resolve_run_folder(None, "auto", "grpo", root=tmp_path)
+    RunLock.acquire(failed.path).release()  # the lock file is all a run that failed early leaves
+    assert discard_if_unused(failed) and not failed.path.exists()
+    assert read_latest_run(tmp_path / "grpo") == kept.path.resolve()  # latest points back
+    assert not discard_if_unused(kept) and (kept.path / "config.yaml").is_file()  # written: kept
+    explicit = resolve_run_folder(str(tmp_path / "mine"), "auto", "grpo", root=tmp_path)
+    assert not discard_if_unused(explicit) and explicit.path.is_dir()  # the user's folder: never
+
+
+def test_resume_path_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such checkpoint or run folder"):
+        resolve_run_folder(None, str(tmp_path / "nope"), "grpo", root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -65,3 +65,10 @@ def test_download_into_a_users_folder(tmp_path: Path, monkeypatch: pytest.Monkey
     one_line_error(["download", "Qwen/Qwen2.5-0.5B", "--out", str(mine)], "is not empty", "--force")
     one_line_error(["download", "Qwen/Qwen2.5-0.5B", "--out", str(mine / "notes.txt")], "is a file")
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_train_out_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    for out in (tmp_path / "f", tmp_path / "f" / "run"):
+        one_line_error(["train", "grpo", f"trainer.out_dir={out}"], "is a file, not a folder")
+    assert (tmp_path / "f").read_text() == "x"
