@@ -99,6 +99,7 @@ _QUIET_KEYS = (
     "trainer.save_every",
     "trainer.keep_last",
     "trainer.loggers",
+    "trainer.log_every",
     "trainer.val_every",
     "trainer.val_before_train",
     "sft.val_every",
@@ -240,9 +241,10 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
     kept = [c for c in infos if c.status != "interrupted"]
     metrics = run / METRICS_FILE
     if point is None:
-        _archive(
-            run, [*(c.path for c in kept), root / LATEST, metrics], "starting a fresh run in a used folder"
-        )
+        # the old config.yaml too, when there is an old run to go with it
+        old = [*(c.path for c in kept), root / LATEST, metrics]
+        old += [run / CONFIG] if any(p.exists() for p in old) else []
+        _archive(run, old, "starting a fresh run in a used folder")
         return
     if point.path.parent == root:
         newer = [c.path for c in kept if c.step > point.step]
@@ -253,7 +255,8 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
         write_text_atomic(root / LATEST, point.path.name + "\n")
     else:
         why = f"resuming from {point.path} into another run folder"
-        _archive(run, [*(c.path for c in kept), root / LATEST, metrics], why)
+        old = [*(c.path for c in kept), root / LATEST, metrics]
+        _archive(run, old + ([run / CONFIG] if any(p.exists() for p in old) else []), why)
         _copy_metrics_rows(point.path.parent.parent / METRICS_FILE, metrics, point.step)
     console.print(f"[green]resuming from {point.path} (step {point.step})[/]")
 
@@ -314,12 +317,14 @@ def frozen_keys(config: dict[str, Any], trainer: str = "rl") -> tuple[str, ...]:
 
 
 def _same(key: str, old: Any, new: Any) -> bool:
-    """Equal settings; two spellings of one existing local model folder count as the same."""
+    """Equal settings; two spellings of the same existing local paths count as the same."""
     if old == new:
         return True
-    if key.endswith(("model.path", "model_path")) and isinstance(old, str) and isinstance(new, str):
-        a, b = Path(old).expanduser(), Path(new).expanduser()
-        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    if key in ("model.path", "critic.model_path", "data.train_files"):
+        a, b = (old if isinstance(old, list) else [old]), (new if isinstance(new, list) else [new])
+        if len(a) == len(b) and all(isinstance(x, str) for x in a + b):
+            paths = [(Path(x).expanduser(), Path(y).expanduser()) for x, y in zip(a, b, strict=True)]
+            return all(x.exists() and y.exists() and x.resolve() == y.resolve() for x, y in paths)
     return False
 
 

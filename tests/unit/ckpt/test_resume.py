@@ -148,11 +148,12 @@ def test_resume_path_archives_later_checkpoints(run: Path) -> None:
 
 
 def test_fresh_start_archives_everything(run: Path) -> None:
+    (run / "config.yaml").write_text("recipe: grpo\n")  # the old run's config goes with its checkpoints
     prepare_run_dir(run, None)
     assert list_checkpoints(run / "checkpoints") == [] and not (run / "metrics.jsonl").exists()
     (archive,) = (run / "archive").iterdir()
     assert {p.name for p in (archive / "checkpoints").iterdir()} == {"step_1", "step_2", "step_3", "latest"}
-    assert (archive / "metrics.jsonl").is_file()
+    assert (archive / "metrics.jsonl").is_file() and (archive / "config.yaml").is_file()
 
 
 def test_resume_into_another_folder_copies_metrics_up_to_the_step(run: Path, tmp_path: Path) -> None:
