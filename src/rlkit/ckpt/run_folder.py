@@ -37,6 +37,8 @@ class RunFolder:
     """A folder created for this run (``trainer.out_dir`` unset)."""
     previous: Path | None = None
     """For a fresh folder: the run ``latest`` named before (restored if this run writes nothing)."""
+    created: bool = False
+    """This run created the folder (a fresh one, or a ``trainer.out_dir`` that did not exist)."""
 
 
 def recipe_runs(recipe: str, root: Path = RUNS_ROOT) -> Path:
@@ -61,15 +63,17 @@ def check_out_dir(path: Path) -> None:
             return
 
 
-def make_dir(path: Path) -> None:
-    """``mkdir -p`` with a one-line error when the file system refuses."""
+def make_dir(path: Path) -> bool:
+    """``mkdir -p`` with a one-line error when the file system refuses; whether it created ``path``."""
     check_out_dir(path)
+    existed = path.is_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(
             f"cannot create the run folder {path}: {exc.strerror}", hint="choose a writable trainer.out_dir"
         ) from exc
+    return not existed
 
 
 def new_run_folder(recipe_dir: Path) -> Path:
@@ -140,8 +144,7 @@ def resolve_run_folder(out_dir: str | None, resume: str, recipe: str, root: Path
     """
     if out_dir:
         path = Path(out_dir).expanduser()
-        make_dir(path)
-        return RunFolder(path, resume)
+        return RunFolder(path, resume, created=make_dir(path))
     recipe_dir = recipe_runs(recipe, root)
     if resume == "latest":
         run = read_latest_run(recipe_dir)
@@ -164,17 +167,20 @@ def resolve_run_folder(out_dir: str | None, resume: str, recipe: str, root: Path
     previous = read_latest_run(recipe_dir)
     run = new_run_folder(recipe_dir)
     point_latest(recipe_dir, run)
-    return RunFolder(run, "never" if resume == "auto" else resume, fresh=True, previous=previous)
+    return RunFolder(
+        run, "never" if resume == "auto" else resume, fresh=True, previous=previous, created=True
+    )
 
 
 def discard_if_unused(folder: RunFolder, keep: tuple[str, ...] = (".lock",)) -> bool:
-    """Remove a fresh run folder that holds nothing but ``keep`` (a run that failed before writing
-    anything), and point ``latest`` back at the run it named before. Never touches anything else.
+    """Remove a run folder this run created that holds nothing but ``keep`` (the run failed before
+    writing anything); for a fresh one, point ``latest`` back at the run it named before. A folder
+    that existed before the run is never removed, nor is anything else.
 
     Returns:
         Whether the folder was removed.
     """
-    if not folder.fresh or not folder.path.is_dir():
+    if not folder.created or not folder.path.is_dir():
         return False
     if any(p.name not in keep for p in folder.path.iterdir()):
         return False
@@ -184,6 +190,8 @@ def discard_if_unused(folder: RunFolder, keep: tuple[str, ...] = (".lock",)) -> 
         folder.path.rmdir()
     except OSError:
         return False  # something appeared meanwhile: keep it
+    if not folder.fresh:
+        return True
     recipe_dir = folder.path.parent
     if folder.previous is not None and folder.previous.is_dir():
         point_latest(recipe_dir, folder.previous)

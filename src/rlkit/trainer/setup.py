@@ -192,7 +192,13 @@ class RunContext:
 
 
 def open_rl_run(cfg: RlkitConfig) -> RunStart:
-    """Open the run folder of an RL run (lock, resume point, checks), before Ray starts."""
+    """Open the run folder of an RL run (lock, resume point, checks), before Ray starts.
+
+    The checks that need no folder (hardware, roles) come first: a run they refuse writes nothing.
+    """
+    resolve_device(cfg)
+    _ref_enabled(cfg)
+    _critic_enabled(cfg)
     return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))
 
 

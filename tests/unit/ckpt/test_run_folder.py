@@ -84,8 +84,11 @@ def test_a_fresh_folder_the_run_wrote_nothing_into_goes_away(tmp_path: Path) -> 
     assert discard_if_unused(failed) and not failed.path.exists()
     assert read_latest_run(tmp_path / "grpo") == kept.path.resolve()  # latest points back
     assert not discard_if_unused(kept) and (kept.path / "config.yaml").is_file()  # written: kept
+    (tmp_path / "mine").mkdir()
     explicit = resolve_run_folder(str(tmp_path / "mine"), "auto", "grpo", root=tmp_path)
     assert not discard_if_unused(explicit) and explicit.path.is_dir()  # the user's folder: never
+    made = resolve_run_folder(str(tmp_path / "new"), "auto", "grpo", root=tmp_path)
+    assert discard_if_unused(made) and not made.path.exists()  # made by this run, left empty
 
 
 def test_resume_path_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:

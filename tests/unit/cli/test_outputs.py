@@ -72,3 +72,11 @@ def test_train_out_dir_that_is_a_file(tmp_path: Path) -> None:
     for out in (tmp_path / "f", tmp_path / "f" / "run"):
         one_line_error(["train", "grpo", f"trainer.out_dir={out}"], "is a file, not a folder")
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_plot_and_ls_of_a_recipes_runs_folder_name_latest(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "grpo"
+    (runs / "20260101-000000").mkdir(parents=True)
+    (runs / "latest").symlink_to("20260101-000000")
+    one_line_error(["plot", str(runs)], "holds runs", str(runs / "latest"))
+    one_line_error(["ckpt", "ls", str(runs)], "holds runs", str(runs / "latest"))
