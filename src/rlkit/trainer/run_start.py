@@ -76,14 +76,11 @@ def open_run(
         raise
     try:
         cfg.trainer.out_dir = str(folder.path)
-        point = None
-        if folder.resume != "never":
-            point = ckpt.select_resume(
-                folder.resume,
-                folder.path,
-                hf_configs=hf_configs(),
-                config=resolved_config(cfg),
-                trainer=trainer,
+        point = ckpt.resolve_resume(folder.resume, folder.path)
+        if point is not None:
+            hf = hf_configs()
+            ckpt.check_compatible(
+                point, roles=list(hf), hf_configs=hf, config=resolved_config(cfg), trainer=trainer
             )
         cfg.trainer.keep_last = keep_last_for(point, cfg.trainer.keep_last)
         start = RunStart(folder, lock, point, resolved_config(cfg))
