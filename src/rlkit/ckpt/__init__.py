@@ -39,7 +39,6 @@ from rlkit.ckpt.resume import (
     prepare_run_dir,
     read_resume_point,
     resolve_resume,
-    select_resume,
     world_size_note,
 )
 from rlkit.ckpt.save import save_checkpoint
@@ -81,7 +80,6 @@ __all__ = [
     "save_frozen_role",
     "save_role_state",
     "save_worker_rng",
-    "select_resume",
     "verify_checkpoint",
     "world_size_note",
 ]

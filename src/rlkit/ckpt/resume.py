@@ -454,25 +454,3 @@ def world_size_note(point: ResumePoint, world_size: int) -> None:
             + (", the others keep their seeded ones" if world_size > saved else "")
             + "[/]"
         )
-
-
-def select_resume(
-    resume: str,
-    run_dir: Path,
-    *,
-    hf_configs: dict[str, dict[str, Any]],
-    config: dict[str, Any],
-    trainer: str = "rl",
-) -> ResumePoint | None:
-    """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts.
-
-    :func:`resolve_resume`, then :func:`check_compatible` with the roles of ``hf_configs``.
-
-    Raises:
-        UserError: What :func:`resolve_resume` and :func:`check_compatible` refuse.
-    """
-    point = resolve_resume(resume, run_dir)
-    if point is None:
-        return None
-    check_compatible(point, roles=list(hf_configs), hf_configs=hf_configs, config=config, trainer=trainer)
-    return point
