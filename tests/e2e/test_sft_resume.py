@@ -123,7 +123,7 @@ def test_damaged_newest_checkpoint_is_refused_in_one_line(straight: Path, tmp_pa
             ["train", "grpo", "model.path=builtin:tiny"],
             "was written by `rlkit sft`",
         ),  # RL cannot continue an SFT checkpoint
-        (["sft", *TINY, "model.lora_rank=4"], "this run has model.lora_rank=4"),
+        (["sft", *TINY, "model.lora_rank=4"], "model.lora_rank was 0 in that run, this run has 4"),
     ],
     ids=["rl", "lora_rank"],
 )

@@ -2,6 +2,8 @@
 
 Layout and format: :mod:`rlkit.ckpt.layout` (and docs/checkpoints.md). The pieces a trainer uses:
 
+- run folders: :mod:`rlkit.ckpt.run_folder` (a fresh ``runs/<recipe>/<time>`` per run, ``latest``),
+  :class:`rlkit.ckpt.lock.RunLock` (one live run per folder);
 - driver: :func:`save_checkpoint` (atomic folder, ``latest``, ``keep_last``), :func:`resolve_resume`
   (``trainer.resume`` -> :class:`ResumePoint` or a fresh start), :func:`prepare_run_dir`,
   :func:`check_compatible`, :func:`capture_rng` / :func:`restore_rng` for the driver's RNG;
@@ -37,7 +39,6 @@ from rlkit.ckpt.resume import (
     prepare_run_dir,
     read_resume_point,
     resolve_resume,
-    select_resume,
     world_size_note,
 )
 from rlkit.ckpt.save import save_checkpoint
@@ -79,7 +80,6 @@ __all__ = [
     "save_frozen_role",
     "save_role_state",
     "save_worker_rng",
-    "select_resume",
     "verify_checkpoint",
     "world_size_note",
 ]

@@ -4,7 +4,8 @@ A run's checkpoints live in ``RUN/checkpoints/``::
 
     latest                      "step_N": the newest complete checkpoint (written last, atomically)
     step_N/
-      manifest.json             format, version, step, roles, every other file with its size (written last)
+      manifest.json             format, version, step, roles, every other file with its size and CRC-32
+                                (written last)
       trainer_state.json        step, sampler, KL controller, driver RNG, world size, roles (SFT: ``trainer``)
       config.yaml               the resolved config of the run
       tokenizer/                the tokenizer (save_pretrained), so merge needs nothing else
@@ -20,6 +21,12 @@ A save writes everything into ``step_N.tmp/``, the manifest last, then renames t
 ``step_N`` and rewrites ``latest``; a process killed at any point leaves the older checkpoints
 untouched and at most a ``.tmp`` folder behind. A ``step_N`` folder whose manifest is missing or
 does not match the files is *damaged*, never silently skipped.
+
+The manifest's ``checksums`` hold a CRC-32 of every file (1 MiB chunks, ~3 GB/s on one CPU core:
+a few seconds for a 0.5B model with its optimizer, small next to writing it). Listing
+(``rlkit ckpt ls``) checks sizes only; resuming and merging (:func:`verify_checkpoint`) read every
+byte. Checkpoints of older rlkit versions have no ``checksums``: they are read with sizes checked
+only, and the console says so once per checkpoint.
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ import json
 import os
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from rlkit.errors import UserError
+
+# Checkpoint remarks (resume, pruning, archiving) go to stderr, one line each.
+console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 FORMAT = "rlkit-checkpoint"
 FORMAT_VERSION = 1
@@ -48,6 +61,8 @@ LATEST = "latest"
 TMP_SUFFIX = ".tmp"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _TMP_RE = re.compile(r"^step_(\d+)\.tmp$")
+CHECKSUM = "crc32"
+_CHUNK = 1 << 20
 
 
 def checkpoints_dir(run_dir: str | os.PathLike[str]) -> Path:
@@ -125,13 +140,20 @@ def required_files(roles: list[str]) -> list[str]:
     return files
 
 
+def file_checksum(path: Path) -> str:
+    """CRC-32 of a file's bytes (read in 1 MiB chunks), as 8 hex digits."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
 def write_manifest(folder: Path, *, step: int, roles: list[str], world_size: int) -> dict[str, Any]:
-    """List every file under ``folder`` with its size and write ``manifest.json`` (the last file)."""
-    files = {
-        p.relative_to(folder).as_posix(): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    """List every file under ``folder`` with its size and checksum and write ``manifest.json`` (the last file)."""
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in paths}
+    checksums = {p.relative_to(folder).as_posix(): file_checksum(p) for p in paths}
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -140,18 +162,15 @@ def write_manifest(folder: Path, *, step: int, roles: list[str], world_size: int
         "world_size": world_size,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
+        "checksum": CHECKSUM,
+        "checksums": checksums,
     }
     write_json(folder / MANIFEST, manifest)
     return manifest
 
 
-def manifest_problem(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
-    """``(problem, manifest)``: what is wrong with a checkpoint folder (None when it is complete).
-
-    Checks that the manifest exists and parses, that its format version is one this rlkit reads,
-    and that every listed file exists with exactly the listed size (a truncated shard is caught
-    here, before anything is loaded).
-    """
+def _read_manifest(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """``(problem, manifest)`` of a folder's manifest file: it exists, parses and is one this rlkit reads."""
     path = folder / MANIFEST
     if not path.is_file():
         return f"{path} is missing (the save did not finish, or the folder was copied partially)", None
@@ -167,11 +186,25 @@ def manifest_problem(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
             f"{path} has format version {version!r}; this rlkit reads up to {FORMAT_VERSION} (upgrade rlkit)",
             None,
         )
-    files = manifest.get("files")
-    roles = manifest.get("roles")
-    if not isinstance(files, dict) or not isinstance(roles, list):
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("roles"), list):
         return f"{path} lacks its file list or roles", None
-    for name in required_files(roles):
+    return None, manifest
+
+
+def manifest_problem(folder: Path, *, checksums: bool = False) -> tuple[str | None, dict[str, Any] | None]:
+    """``(problem, manifest)``: what is wrong with a checkpoint folder (None when it is complete).
+
+    Checks that the manifest exists and parses, that its format version is one this rlkit reads,
+    and that every listed file exists with exactly the listed size (a truncated shard is caught
+    here, before anything is loaded); with ``checksums``, also every file's CRC-32 (a changed byte
+    is caught; checkpoints without checksums pass on their sizes).
+    """
+    problem, manifest = _read_manifest(folder)
+    if problem is not None or manifest is None:
+        return problem, None
+    path = folder / MANIFEST
+    files: dict[str, Any] = manifest["files"]
+    for name in required_files(manifest["roles"]):
         if name not in files:
             return f"{folder / name} is not in the manifest {path}", None
     for name, size in files.items():
@@ -184,11 +217,22 @@ def manifest_problem(folder: Path) -> tuple[str | None, dict[str, Any] | None]:
         actual = file.stat().st_size
         if actual != size:
             return f"{file} has {actual} bytes but the manifest says {size} (truncated or changed)", None
+    sums = manifest.get("checksums")
+    if checksums and isinstance(sums, dict):
+        for name in files:
+            expected = sums.get(name)
+            if expected is not None and file_checksum(folder / name) != expected:
+                return f"{folder / name} does not match its checksum in {path} (its bytes changed)", None
     return None, manifest
 
 
+def has_checksums(manifest: dict[str, Any]) -> bool:
+    """Whether a manifest carries per-file checksums (checkpoints of older rlkit versions do not)."""
+    return isinstance(manifest.get("checksums"), dict)
+
+
 def verify_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a complete checkpoint folder.
+    """The manifest of a complete checkpoint folder, every file's size and checksum verified.
 
     Raises:
         UserError: The folder is not a checkpoint, or it is damaged (the message names the file).
@@ -202,10 +246,15 @@ def verify_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
         if newest is not None:
             hint = f"pass a step folder, e.g. {newest.path}"
         raise UserError(f"{str(path)!r} is not an rlkit checkpoint folder (no {MANIFEST})", hint=hint)
-    problem, manifest = manifest_problem(path)
+    problem, manifest = manifest_problem(path, checksums=True)
     if problem is not None:
         raise UserError(f"checkpoint {path} is damaged: {problem}", hint=_older_hint(path))
     assert manifest is not None
+    if not has_checksums(manifest):
+        console.print(
+            f"[yellow]checkpoint {path} has no checksums (written by an older rlkit): "
+            "only file sizes were checked[/]"
+        )
     return manifest
 
 

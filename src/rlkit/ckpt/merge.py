@@ -13,6 +13,8 @@ Shape legend: B = probe rows, L = probe length, V = vocabulary.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from rlkit.ckpt.layout import (
     ROLE_HF_CONFIG,
     ROLE_STATE,
     TOKENIZER_DIR,
+    console,
     read_json,
     verify_checkpoint,
 )
@@ -40,6 +43,7 @@ from rlkit.models import (
     native_unsupported_reason,
     write_hf_folder,
 )
+from rlkit.outputs import check_output_dir, install_files
 
 DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -192,46 +196,75 @@ def merge_checkpoint(
     dtype: str = "auto",
     verify: bool = False,
     adapter: bool = False,
+    force: bool = False,
 ) -> MergeResult:
     """Write a checkpoint role as a Hugging Face folder (or, with ``adapter``, a PEFT adapter folder).
 
     Args:
         step_dir: ``RUN/checkpoints/step_N``.
-        out_dir: Destination folder (replaced atomically if it exists).
+        out_dir: Destination folder: new or empty, or (``force``) one whose files of the same names
+            are replaced (and old weight shards removed); nothing else in it is touched. A folder
+            that is, contains or lies inside the checkpoint or its run folder is always refused.
         role: ``actor`` or ``critic`` (default: the only role, else the actor).
         dtype: ``auto`` (as stored: the fp32 master weights), ``bfloat16``, ``float16``, ``float32``.
         verify: Load the result back with transformers and compare its logits with the checkpoint's.
         adapter: Write only the LoRA adapters (PEFT format) instead of merged weights.
+        force: Write into a non-empty ``out_dir``.
 
     Raises:
-        UserError: A damaged checkpoint, a bad option, or (``verify``) a mismatch.
+        UserError: A damaged checkpoint, a bad option or output folder, or (``verify``) a mismatch.
     """
     if dtype not in DTYPES:
         raise UserError(f"--dtype: unknown {dtype!r}", hint=f"choose from {', '.join(DTYPES)}")
     folder = Path(step_dir).expanduser().resolve()
+    out = _check_out(Path(out_dir), folder, force)
     weights = load_role_weights(folder, role)
     tokenizer = load_checkpoint_tokenizer(folder)
+    if adapter and not weights.lora:
+        raise UserError(f"--adapter: checkpoint role {weights.role} has no LoRA adapters")
+    staging = out.parent / f".{out.name}.merge-{uuid.uuid4().hex[:8]}"
+    try:
+        count = _write(staging, weights, tokenizer, dtype, adapter)
+        removed = install_files(staging, out, stale=_STALE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if removed:
+        console.print(f"[dim]{out}: removed the old {', '.join(removed)} (not part of this merge)[/]")
+    result = MergeResult(out, weights.role, count, adapter=adapter)
+    if verify and not adapter:
+        from rlkit.ckpt.verify import verify_merged
+
+        result.max_abs_diff = verify_merged(out, weights, DTYPES[dtype])
+    return result
+
+
+# Files of an earlier merge that a new one replaces even when it does not write them (other shards).
+_STALE = ("*.safetensors", "*.safetensors.index.json")
+
+
+def _check_out(out: Path, folder: Path, force: bool) -> Path:
+    """Refuse an output folder that would overwrite a user's files or the checkpoint's run."""
+    protected = [(folder, "the checkpoint")]
+    if folder.parent.name == "checkpoints":
+        protected.append((folder.parent.parent, "the checkpoint's run folder"))
+    return check_output_dir(out, force=force, protected=protected)
+
+
+def _write(staging: Path, weights: RoleWeights, tokenizer: Any, dtype: str, adapter: bool) -> int:
+    """Write the merged model (or the adapter) and the tokenizer into the new folder ``staging``."""
     if adapter:
-        if not weights.lora:
-            raise UserError(f"--adapter: checkpoint role {weights.role} has no LoRA adapters")
+        assert weights.lora is not None
         from rlkit.training.lora import write_adapter_folder
 
-        out = write_adapter_folder(
-            out_dir,
+        write_adapter_folder(
+            staging,
             weights.adapter,
             rank=int(weights.lora["rank"]),
             alpha=int(weights.lora["alpha"]),
             target_modules=list(weights.lora["target_modules"]),
             base_model=weights.base_model,
         )
-        tokenizer.save_pretrained(str(out))
-        return MergeResult(out, weights.role, len(weights.adapter), adapter=True)
-    out = write_hf_folder(
-        out_dir, weights.hf_config, weights.tensors, tokenizer=tokenizer, dtype=DTYPES[dtype]
-    )
-    result = MergeResult(out, weights.role, len(weights.tensors))
-    if verify:
-        from rlkit.ckpt.verify import verify_merged
-
-        result.max_abs_diff = verify_merged(out, weights, DTYPES[dtype])
-    return result
+        tokenizer.save_pretrained(str(staging))
+        return len(weights.adapter)
+    write_hf_folder(staging, weights.hf_config, weights.tensors, tokenizer=tokenizer, dtype=DTYPES[dtype])
+    return len(weights.tensors)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkit.ckpt.layout import CheckpointInfo, checkpoints_dir, list_checkpoints, read_latest
+from rlkit.ckpt.run_folder import LATEST_RUN
 from rlkit.errors import UserError
 
 # Metrics shown per checkpoint (key, column label), in this order, when the run logged them.
@@ -59,9 +60,10 @@ def checkpoint_rows(
     run_dir = _run_dir(Path(path).expanduser())
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
-        raise UserError(
-            f"{run_dir} has no checkpoints/ folder", hint="pass a run directory (trainer.out_dir)"
-        )
+        hint = "pass a run directory (trainer.out_dir)"
+        if (run_dir / LATEST_RUN).exists():  # runs/<recipe>: a folder of runs
+            hint = f"{run_dir} holds runs: pass one of them, e.g. {run_dir / LATEST_RUN}"
+        raise UserError(f"{run_dir} has no checkpoints/ folder", hint=hint)
     latest = read_latest(root)
     metrics = _metrics_by_step(run_dir / "metrics.jsonl")
     rows = [

@@ -1,13 +1,20 @@
 """Driver-side resume: which checkpoint a run continues from, and what happens to the run folder.
 
-``trainer.resume``:
+``trainer.resume`` (for the run folder :mod:`rlkit.ckpt.run_folder` chose):
 
-- ``auto``: the newest checkpoint of ``trainer.out_dir`` by step. It must be complete: a damaged
+- ``auto``: the newest checkpoint of the run folder by step. It must be complete: a damaged
   newest checkpoint stops the run with an error naming the file and the ``trainer.resume=PATH``
   of the newest intact older one; rlkit never falls back silently. No checkpoint: a fresh start.
   ``step_N.tmp`` folders (saves that did not finish) are not checkpoints and are removed.
+- ``latest``: as ``auto``, but a folder without a checkpoint is an error.
 - ``never``: a fresh start.
-- a ``step_N`` folder: continue from it (it may belong to another run).
+- a ``step_N`` folder: continue from it (it may belong to another run); a run folder: its newest
+  checkpoint, as ``auto``.
+
+A resume continues the same run: the settings the checkpoint's state depends on
+(:data:`FROZEN_KEYS`) must not change, and one that does is refused naming the key, both values
+and the two ways out. Everything else (learning rate, clipping, ``trainer.total_steps``, ...) may
+change; the console lists what did.
 
 Nothing already written is deleted: what the new run would overwrite or mix with (on a fresh
 start every checkpoint and ``metrics.jsonl``; on resume the checkpoints newer than the resumed
@@ -32,12 +39,13 @@ from rlkit.ckpt.layout import (
     ROLE_HF_CONFIG,
     TRAINER_STATE,
     checkpoints_dir,
+    console,
+    is_checkpoint_dir,
     list_checkpoints,
     read_json,
     verify_checkpoint,
     write_text_atomic,
 )
-from rlkit.ckpt.save import console
 from rlkit.errors import UserError
 from rlkit.models import DecoderConfig, native_unsupported_reason
 
@@ -57,6 +65,32 @@ ARCH_KEYS = (
 )
 # The command that writes each trainer kind's checkpoints (``trainer_state.json``'s ``trainer``).
 _COMMANDS = {"rl": "rlkit train", "sft": "rlkit sft"}
+# Config keys a checkpoint's state depends on (weights, optimizer, data order, KL controller, RNG
+# streams): a run resuming with another value would not continue the same run.
+FROZEN_KEYS = (
+    "model.path",
+    "model.lora_rank",
+    "model.lora_alpha",
+    "model.lora_target_modules",
+    "critic.model_path",
+    "data.train_files",
+    "data.batch_size",
+    "data.shuffle",
+    "trainer.seed",
+)
+# Only RL runs: the prompts kept, the samples per prompt, the estimator and KL controller state.
+_RL_FROZEN_KEYS = (
+    "data.max_prompt_length",
+    "data.prompt_key",
+    "rollout.n",
+    "algo.advantage",
+    "algo.kl_ctrl.type",
+)
+# Only SFT runs: which columns make a conversation.
+_SFT_FROZEN_KEYS = ("sft.messages_key", "sft.prompt_key", "sft.response_key")
+# The synthetic task matters only while data.train_files is empty.
+_SYNTHETIC_KEYS = ("data.synthetic", "data.synthetic_size")
+DEFAULT_KEEP_LAST = 3
 # Config keys that may change between a checkpoint and its resumed run without a note.
 _QUIET_KEYS = (
     "trainer.total_steps",
@@ -65,6 +99,7 @@ _QUIET_KEYS = (
     "trainer.save_every",
     "trainer.keep_last",
     "trainer.loggers",
+    "trainer.log_every",
     "trainer.val_every",
     "trainer.val_before_train",
     "sft.val_every",
@@ -116,14 +151,28 @@ def resolve_resume(resume: str, run_dir: str | os.PathLike[str]) -> ResumePoint 
     """The checkpoint ``trainer.resume`` selects for ``run_dir``, or None for a fresh start.
 
     Raises:
-        UserError: ``auto`` found a damaged newest checkpoint, or PATH is not a complete checkpoint.
+        UserError: ``auto`` found a damaged newest checkpoint, ``latest`` found none, or PATH is
+            not a complete checkpoint (nor a run folder with one).
     """
     if resume == "never":
         return None
-    if resume != "auto":
-        return read_resume_point(resume)
+    if resume in ("auto", "latest"):
+        return _newest(Path(run_dir), required=resume == "latest")
+    path = Path(resume).expanduser()
+    if path.is_dir() and not is_checkpoint_dir(path) and list_checkpoints(checkpoints_dir(path)):
+        return _newest(path, required=True)  # a run folder: its newest checkpoint
+    return read_resume_point(path)
+
+
+def _newest(run_dir: Path, *, required: bool) -> ResumePoint | None:
+    """The newest checkpoint of a run folder, which must be intact (None: there is none)."""
     infos = list_checkpoints(checkpoints_dir(run_dir))
     if not infos:
+        if required:
+            raise UserError(
+                f"trainer.resume: {run_dir} has no checkpoint to continue from",
+                hint="start a new run (leave trainer.resume unset), or pass trainer.resume=PATH of a checkpoint",
+            )
         return None
     newest = infos[-1]
     if not newest.complete:
@@ -192,9 +241,10 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
     kept = [c for c in infos if c.status != "interrupted"]
     metrics = run / METRICS_FILE
     if point is None:
-        _archive(
-            run, [*(c.path for c in kept), root / LATEST, metrics], "starting a fresh run in a used folder"
-        )
+        # the old config.yaml too, when there is an old run to go with it
+        old = [*(c.path for c in kept), root / LATEST, metrics]
+        old += [run / CONFIG] if any(p.exists() for p in old) else []
+        _archive(run, old, "starting a fresh run in a used folder")
         return
     if point.path.parent == root:
         newer = [c.path for c in kept if c.step > point.step]
@@ -205,7 +255,8 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
         write_text_atomic(root / LATEST, point.path.name + "\n")
     else:
         why = f"resuming from {point.path} into another run folder"
-        _archive(run, [*(c.path for c in kept), root / LATEST, metrics], why)
+        old = [*(c.path for c in kept), root / LATEST, metrics]
+        _archive(run, old + ([run / CONFIG] if any(p.exists() for p in old) else []), why)
         _copy_metrics_rows(point.path.parent.parent / METRICS_FILE, metrics, point.step)
     console.print(f"[green]resuming from {point.path} (step {point.step})[/]")
 
@@ -232,10 +283,11 @@ def check_compatible(
             checkpoint (``trainer_state.json``'s ``trainer``; RL checkpoints have none).
 
     Raises:
-        UserError: Another trainer's checkpoint, other trained roles, or another model shape
-            (naming the checkpoint file).
+        UserError: Another trainer's checkpoint, other trained roles, another model shape
+            (naming the checkpoint file), or a changed :data:`FROZEN_KEYS` setting.
     """
     _check_trainer(point, trainer)
+    check_frozen(point, config, trainer)
     if sorted(point.roles) != sorted(roles):
         raise UserError(
             f"checkpoint {point.path} trained {'+'.join(point.roles)} but this run trains {'+'.join(roles)}",
@@ -254,6 +306,81 @@ def check_compatible(
     changed = config_changes(point.config, config)
     if changed:
         console.print(f"[yellow]resuming with changed settings: {'; '.join(changed[:8])}[/]")
+
+
+def frozen_keys(config: dict[str, Any], trainer: str = "rl") -> tuple[str, ...]:
+    """The settings a resumed run of this kind must keep (:data:`FROZEN_KEYS` and its kind's own)."""
+    keys = FROZEN_KEYS + (_SFT_FROZEN_KEYS if trainer == "sft" else _RL_FROZEN_KEYS)
+    if not _flat(config).get("data.train_files"):
+        keys += _SYNTHETIC_KEYS
+    return keys
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    """Equal settings; two spellings of the same existing local paths count as the same."""
+    if old == new:
+        return True
+    if key in ("model.path", "critic.model_path", "data.train_files"):
+        a, b = (old if isinstance(old, list) else [old]), (new if isinstance(new, list) else [new])
+        if len(a) == len(b) and all(isinstance(x, str) for x in a + b):
+            paths = [(Path(x).expanduser(), Path(y).expanduser()) for x, y in zip(a, b, strict=True)]
+            return all(x.exists() and y.exists() and x.resolve() == y.resolve() for x, y in paths)
+    return False
+
+
+def check_frozen(point: ResumePoint, config: dict[str, Any], trainer: str = "rl") -> None:
+    """Refuse a resume that changes a setting the checkpoint's state depends on.
+
+    Keys the checkpoint's config lacks (older rlkit versions) are not compared.
+
+    Raises:
+        UserError: Naming the key, its value in the checkpoint and in this run, and the ways out.
+    """
+    before, after = _flat(point.config), _flat(config)
+    for key in frozen_keys(point.config, trainer):
+        if key not in before or _same(key, before[key], after.get(key)):
+            continue
+        old = before[key]
+        raise UserError(
+            f"cannot resume from {point.path}: {key} was {old!r} in that run, this run has {after.get(key)!r}",
+            hint=f"to continue that run, set {key}={_override(old)}; to start a new run instead, pass "
+            "trainer.resume=never or another trainer.out_dir",
+        )
+
+
+def _override(value: Any) -> str:
+    """A value as a KEY=VALUE override spells it."""
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def keep_last_for(point: ResumePoint | None, requested: int | None) -> int:
+    """The ``trainer.keep_last`` a run uses: the one asked for, else the resumed run's, else 3.
+
+    A resume that asks for another value than the run had says which checkpoints that will
+    remove at the next save, so nothing written under the old setting goes without a word.
+    """
+    saved = _saved_keep_last(point) if point is not None else None
+    if requested is None:
+        return saved if saved is not None else DEFAULT_KEEP_LAST
+    if saved is not None and requested != saved and point is not None:
+        complete = [c for c in list_checkpoints(point.path.parent) if c.complete and c.step <= point.step]
+        doomed = complete[: max(len(complete) + 1 - requested, 0)] if requested > 0 else []
+        what = ", ".join(c.path.name for c in doomed) if doomed else "no checkpoint yet"
+        note(
+            f"trainer.keep_last={requested} replaces this run's {saved}: the next save removes "
+            f"{what} (pass trainer.keep_last={saved} to keep them)"
+        )
+    return requested
+
+
+def _saved_keep_last(point: ResumePoint) -> int | None:
+    """The ``keep_last`` a checkpoint's run used (its state; older checkpoints: their config)."""
+    value = point.state.get("keep_last", _flat(point.config).get("trainer.keep_last"))
+    return int(value) if isinstance(value, int) else None
 
 
 def _check_trainer(point: ResumePoint, trainer: str) -> None:
@@ -327,32 +454,3 @@ def world_size_note(point: ResumePoint, world_size: int) -> None:
             + (", the others keep their seeded ones" if world_size > saved else "")
             + "[/]"
         )
-
-
-def select_resume(
-    resume: str,
-    run_dir: Path,
-    *,
-    hf_configs: dict[str, dict[str, Any]],
-    config: dict[str, Any],
-    total_steps: int,
-    trainer: str = "rl",
-) -> ResumePoint | None:
-    """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts.
-
-    :func:`resolve_resume`, then :func:`check_compatible` with the roles of ``hf_configs``, then a
-    note when the checkpoint is already at ``total_steps`` (the run has nothing left to train).
-
-    Raises:
-        UserError: What :func:`resolve_resume` and :func:`check_compatible` refuse.
-    """
-    point = resolve_resume(resume, run_dir)
-    if point is None:
-        return None
-    check_compatible(point, roles=list(hf_configs), hf_configs=hf_configs, config=config, trainer=trainer)
-    if point.step >= total_steps:
-        note(
-            f"the checkpoint is at step {point.step} >= trainer.total_steps={total_steps}: "
-            "nothing left to train (raise trainer.total_steps to continue)"
-        )
-    return point

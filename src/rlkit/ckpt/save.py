@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from rich.console import Console
 
 from rlkit.ckpt.layout import (
     CONFIG,
@@ -25,6 +24,7 @@ from rlkit.ckpt.layout import (
     TOKENIZER_DIR,
     TRAINER_STATE,
     checkpoints_dir,
+    console,
     fsync_dir,
     list_checkpoints,
     step_name,
@@ -32,8 +32,6 @@ from rlkit.ckpt.layout import (
     write_manifest,
     write_text_atomic,
 )
-
-console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def save_checkpoint(
@@ -74,7 +72,13 @@ def save_checkpoint(
     try:
         write_text_atomic(tmp / CONFIG, OmegaConf.to_yaml(OmegaConf.create(config)))
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        state = {**trainer_state, "step": step, "roles": list(roles), "world_size": world_size}
+        state = {
+            **trainer_state,
+            "step": step,
+            "roles": list(roles),
+            "world_size": world_size,
+            "keep_last": keep_last,  # a resume without trainer.keep_last keeps this run's setting
+        }
         write_json(tmp / TRAINER_STATE, state)
         write_roles(tmp)
         write_manifest(tmp, step=step, roles=list(roles), world_size=world_size)

@@ -17,22 +17,25 @@ app = typer.Typer(
 )
 
 MERGE_EPILOG = (
-    "Example: [bold]rlkit ckpt merge runs/grpo/checkpoints/step_60 --out grpo-hf --verify[/] "
+    "Example: [bold]rlkit ckpt merge runs/grpo/latest/checkpoints/step_60 --out grpo-hf --verify[/] "
     "(then: rlkit generate grpo-hf ..., or AutoModelForCausalLM.from_pretrained('grpo-hf'))"
 )
-LS_EPILOG = "Example: [bold]rlkit ckpt ls runs/grpo[/]"
+LS_EPILOG = "Example: [bold]rlkit ckpt ls runs/grpo/latest[/]"
 _STATUS_STYLE = {"complete": "green", "damaged": "bold red", "interrupted": "yellow"}
 
 
 @app.command("merge", epilog=MERGE_EPILOG)
 def merge(
     ckpt_dir: Path = typer.Argument(..., help="A checkpoint folder: RUN/checkpoints/step_N."),
-    out: Path = typer.Option(..., "--out", help="Hugging Face folder to write (replaced if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Hugging Face folder to write: new or empty (see --force)."),
     verify: bool = typer.Option(False, "--verify", help="Reload with transformers and compare logits."),
     role: str = typer.Option(None, "--role", help="actor or critic (default: the actor)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (as stored, fp32), bfloat16, float16, float32."),
     adapter: bool = typer.Option(
         False, "--adapter", help="LoRA runs: write the PEFT adapter, not merged weights."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Write into a non-empty --out, replacing only the files merge writes."
     ),
 ) -> None:
     """Merge a sharded checkpoint into a Hugging Face folder (safetensors, config, tokenizer)."""
@@ -40,7 +43,9 @@ def merge(
 
     console = Console(stderr=True)
     with console.status(f"merging {ckpt_dir}"):
-        result = merge_checkpoint(ckpt_dir, out, role=role, dtype=dtype, verify=verify, adapter=adapter)
+        result = merge_checkpoint(
+            ckpt_dir, out, role=role, dtype=dtype, verify=verify, adapter=adapter, force=force
+        )
     what = "PEFT adapter" if result.adapter else "Hugging Face model"
     line = f"wrote the {result.role}'s {what} ({result.num_tensors} tensors) to [bold]{result.out}[/]"
     if result.max_abs_diff is not None:

@@ -8,7 +8,7 @@ import typer
 from omegaconf import OmegaConf
 
 from rlkit.config.load import load_config
-from rlkit.errors import UserError
+from rlkit.outputs import check_new_file
 
 EPILOG = "Example: [bold]rlkit cp grpo my_grpo.yaml[/], edit it, then [bold]rlkit train my_grpo.yaml[/]"
 
@@ -19,8 +19,7 @@ def cp(
     force: bool = typer.Option(False, "--force", help="Overwrite DEST if it exists."),
 ) -> None:
     """Write a recipe's full config (every key, no profile) as a standalone recipe file."""
-    if dest.exists() and not force:
-        raise UserError(f"{dest} already exists", hint="pass --force to overwrite it")
+    check_new_file(dest, force=force, flag="DEST")
     cfg = load_config(recipe)
     body = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(body, dict)

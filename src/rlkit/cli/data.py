@@ -41,6 +41,7 @@ def data(
     ),
     max_number: int = typer.Option(None, "--max-number", help="countdown: largest number (default 99)."),
     max_target: int = typer.Option(None, "--max-target", help="countdown: largest target (default 100)."),
+    force: bool = typer.Option(False, "--force", help="Replace train.parquet/test.parquet already in DIR."),
 ) -> None:
     """Write DIR/train.parquet and DIR/test.parquet in verl's RL schema (run without NAME to list datasets)."""
     from rlkit.data.prepare import prepare_dataset  # pyarrow and datasets load only when used
@@ -60,6 +61,7 @@ def data(
         test_fraction=test_fraction,
         map_fn=map_fn,
         options=options,
+        force=force,
     )
     _summary(result)
 

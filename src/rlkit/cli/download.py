@@ -8,7 +8,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from rlkit.data.hub import default_download_dir
 from rlkit.data.hub import download as download_repo
+from rlkit.outputs import check_output_dir
 
 EPILOG = (
     "Example: [bold]rlkit download Qwen/Qwen2.5-0.5B-Instruct[/] (to models/Qwen2.5-0.5B-Instruct), "
@@ -21,9 +23,15 @@ def download(
     out: Path = typer.Option(None, "--out", "-o", help="Target folder (default models/NAME or data/NAME)."),
     revision: str = typer.Option(None, "--revision", "-r", help="Branch, tag or commit (default: main)."),
     dataset: bool = typer.Option(False, "--dataset", help="The repository is a dataset, not a model."),
+    force: bool = typer.Option(
+        False, "--force", help="Download into a non-empty folder that is not an earlier download."
+    ),
 ) -> None:
     """Download a Hub repository (resumable; HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured)."""
-    result = download_repo(repo_id, out=out, revision=revision, dataset=dataset)
+    target = out if out is not None else default_download_dir(repo_id, dataset)
+    if not (target / ".cache" / "huggingface").is_dir():  # an earlier download resumes in place
+        check_output_dir(target, force=force)
+    result = download_repo(repo_id, out=target, revision=revision, dataset=dataset)
     size_mb = result.num_bytes / 2**20
     Console().print(
         f"downloaded {escape(repo_id)} to [bold]{escape(str(result.out))}[/] "

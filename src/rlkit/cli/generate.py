@@ -35,11 +35,14 @@ def generate(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
     from rlkit.data.hub import resolve_model_path
+    from rlkit.outputs import check_new_file
     from rlkit.rollout.offline import run_generate, sampling_params
 
+    check_new_file(out, force=force, inputs=[prompts])  # before any model loads
     model = resolve_model_path(model, key="MODEL")  # a Hub id -> its folder in the Hugging Face cache
 
     params = sampling_params(

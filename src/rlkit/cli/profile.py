@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import typer
 
@@ -62,11 +61,16 @@ def profile(
         recipe, profile=hw_profile, config_file=config_file, overrides=all_overrides, command="train"
     )
     preflight(kind, joining_cluster=bool(cfg.hardware.ray_address or os.environ.get("RAY_ADDRESS")))
-    out = Path(cfg.trainer.out_dir) / "profile"
     if kind == "nsight":
+        from rlkit.ckpt.run_folder import resolve_run_folder
+
+        # the child trains in the folder chosen here, so the report can go next to its run
+        folder = resolve_run_folder(cfg.trainer.out_dir, cfg.trainer.resume, cfg.recipe)
+        out = folder.path / "profile"
         out.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "rlkit", *(["--debug"] if (ctx.obj or {}).get("debug") else [])]
         argv += ["train", recipe, *all_overrides]
+        argv += [f"trainer.out_dir={folder.path}", f"trainer.resume={folder.resume}"]
         argv += [
             *(["--profile", hw_profile] if hw_profile else []),
             *(["--config", config_file] if config_file else []),
@@ -77,5 +81,5 @@ def profile(
     else:
         from rlkit.trainer import run_rl
 
-        run_rl(cfg)
+        out = run_rl(cfg) / "profile"
     typer.echo(f"profile of {kind} written under {out}/ (docs/profiling.md says how to open it)")

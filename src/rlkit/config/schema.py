@@ -319,8 +319,10 @@ class RewardConfig:
 class TrainerConfig:
     total_steps: int = 60
     """RL steps to run."""
-    out_dir: str = "runs/${recipe}"
-    """Run directory: config.yaml, metrics.jsonl, checkpoints/."""
+    out_dir: str | None = None
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/. Null (the default): a fresh
+    ``runs/<recipe>/<YYYYmmdd-HHMMSS>`` per run, with ``runs/<recipe>/latest`` pointing at it. A
+    folder another live run holds is refused (``RUN/.lock``)."""
     save_every: int = 0
     """Save a checkpoint every N steps (0 = only at the end)."""
     val_every: int = 10
@@ -330,11 +332,19 @@ class TrainerConfig:
     seed: int = 1
     """Seed of data order, sampling and initialisation."""
     resume: str = "auto"
-    """``auto`` (newest complete checkpoint of out_dir), ``never``, or a checkpoint folder."""
-    keep_last: int = 3
-    """Checkpoints to keep (0 = all)."""
+    """``auto`` (continue the newest checkpoint of ``trainer.out_dir`` when it is set and has one,
+    else start fresh), ``latest`` (continue the newest run of this recipe, ``runs/<recipe>/latest``,
+    in its folder; or with ``trainer.out_dir`` its newest checkpoint, which must exist), ``never``
+    (start fresh), or a PATH: a checkpoint ``RUN/checkpoints/step_N`` or a run folder."""
+    keep_last: int | None = bounded(None, ge=0)
+    """Checkpoints to keep (0 = all). Null: 3 for a new run; on resume, the value the run started
+    with (kept in its checkpoints)."""
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl"])
     """Where metrics go: console, jsonl, tensorboard, wandb."""
+    log_every: int | None = bounded(None, ge=1)
+    """Print a console line every N steps (the first and last step always; ``metrics.jsonl``
+    keeps every step). Null: every step up to 50 steps, else every ``ceil(total_steps / 40)``
+    (about 40 lines per run)."""
     project: str = "rlkit"
     """Project name (wandb, tensorboard)."""
     experiment: str = "${recipe}"

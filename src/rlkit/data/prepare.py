@@ -20,6 +20,7 @@ from rlkit.data.rl_parquet import check_schema_row, rows_to_table, write_splits
 from rlkit.data.sources import RawSplit, load_hub, load_local, train_test
 from rlkit.data_prep import DatasetEntry, MapFn, find_dataset, get_dataset
 from rlkit.errors import UserError
+from rlkit.outputs import check_new_file
 
 PROGRESS_MIN_ROWS = 5000
 """Inputs with fewer rows than this map without a progress bar."""
@@ -239,6 +240,12 @@ def _map_source(
     return origin, rows, skipped, note
 
 
+def check_split_files(out_dir: Path, *, force: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, or that already holds the split files (without ``force``)."""
+    for split in ("train", "test"):
+        check_new_file(out_dir / f"{split}.parquet", force=force)
+
+
 def prepare_dataset(
     name: str,
     *,
@@ -250,6 +257,7 @@ def prepare_dataset(
     map_fn: str | None = None,
     options: dict[str, Any] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> PrepareResult:
     """Prepare ``out/train.parquet`` and ``out/test.parquet`` for dataset ``name``.
 
@@ -264,6 +272,8 @@ def prepare_dataset(
         map_fn: ``FILE.py:FUNC``, a map function replacing the dataset's own.
         options: Generator options of generated datasets (``size``, ``digits``, ``ops``, ...).
         progress: Show a progress bar while mapping large inputs.
+        force: Replace ``train.parquet`` / ``test.parquet`` that ``out`` already holds (nothing
+            else in it is touched).
 
     Raises:
         UserError: Any mistake in the arguments or the data; nothing is written then.
@@ -271,6 +281,7 @@ def prepare_dataset(
     options = {k: v for k, v in (options or {}).items() if v is not None}
     entry = _resolve(name, map_fn, source, options)
     out_dir = Path(out) if out is not None else Path("data") / name.rstrip("/").split("/")[-1]
+    check_split_files(out_dir, force=force)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     skipped: dict[str, int] = {}

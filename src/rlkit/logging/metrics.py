@@ -2,13 +2,15 @@
 
 One :class:`MetricsLogger` fans each step's metrics out to the backends named in
 ``trainer.loggers``. The console shows a live progress bar (ETA, seconds per step) and a compact
-line per step; ``metrics.jsonl`` gets one JSON object per step (``step`` first).
+line every ``trainer.log_every`` steps; ``metrics.jsonl`` gets one JSON object per step (``step``
+first), flushed and fsynced before the trainer writes that step's checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ from rich.progress import (
 
 from rlkit.errors import UserError
 
+_console_err = Console(stderr=True, soft_wrap=True, highlight=False)
 # Metrics shown on the console line, in this order, when present.
 CONSOLE_KEYS = (
     ("reward/mean", "reward"),
@@ -46,17 +49,17 @@ class Backend(Protocol):
 
 
 class JsonlBackend:
-    """Appends one JSON object per step; on resume, lines after the resumed step are dropped first."""
+    """Appends one JSON object per step, flushed and fsynced: a row is on disk when ``log`` returns.
+
+    On resume, rows after the resumed step are dropped first. A torn last line (a run killed while
+    writing it) is dropped with a warning; damage anywhere else is an error naming the line.
+    """
 
     def __init__(self, path: Path, start_step: int = 0) -> None:
         self.path = path
         if start_step > 0 and path.is_file():
-            keep = [
-                line
-                for line in path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= start_step
-            ]
-            path.write_text("".join(line + "\n" for line in keep))
+            keep = [row for row in _rows(path) if row["step"] <= start_step]
+            write_rows(path, keep)
         elif start_step == 0 and path.is_file():
             path.unlink()
         self._file = path.open("a")
@@ -65,9 +68,20 @@ class JsonlBackend:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``path`` with ``rows`` (one JSON object per line) atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class ConsoleBackend:
@@ -88,12 +102,13 @@ class ConsoleBackend:
             console=self.console,
             transient=True,
         )
+        self.first = start_step + 1
         self.task = self.progress.add_task("steps", total=total_steps, completed=start_step)
         self.progress.start()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.progress.update(self.task, completed=step)
-        if step % self.every == 0 or step == self.progress.tasks[0].total:
+        if step % self.every == 0 or step in (self.first, self.progress.tasks[0].total):
             parts = [f"[bold]step {step}[/]"]
             parts += [f"{label} {_fmt(metrics[key])}" for key, label in CONSOLE_KEYS if key in metrics]
             self.console.print("  ".join(parts), highlight=False)
@@ -157,8 +172,14 @@ class MetricsLogger:
         project: str = "rlkit",
         experiment: str = "run",
         config: dict[str, Any] | None = None,
-        console_every: int = 1,
+        console_every: int | None = 1,
     ) -> None:
+        """Open the backends named in ``loggers``.
+
+        Args:
+            console_every: Print a console line every N steps (``trainer.log_every``); None picks
+                :func:`log_interval`'s default for ``total_steps``.
+        """
         unknown = [name for name in loggers if name not in LOGGERS]
         if unknown:
             raise UserError(
@@ -172,7 +193,8 @@ class MetricsLogger:
         if "wandb" in loggers:
             self.backends.append(WandbBackend(run_dir, project, experiment, config or {}))
         if "console" in loggers:
-            self.backends.append(ConsoleBackend(total_steps, start_step, every=console_every))
+            every = log_interval(console_every, total_steps)
+            self.backends.append(ConsoleBackend(total_steps, start_step, every=every))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for backend in self.backends:
@@ -199,16 +221,45 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file; a torn last line is skipped with a warning.
+
+    Raises:
+        UserError: A line other than the last is not a JSON object (naming it).
+    """
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a metrics row")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            if i == len(numbered) - 1:
+                _console_err.print(
+                    f"[yellow]{path}:{number}: dropped a torn last line (the run was killed while writing it)[/]"
+                )
+                break
+            raise UserError(
+                f"{path}:{number}: not a metrics row ({exc})", hint="the file was changed by hand or damaged"
+            ) from exc
+        rows.append(row)
+    return rows
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl`` file; a missing or unreadable file is a UserError naming it."""
+    """Rows of a ``metrics.jsonl`` file; a missing or damaged file is a UserError naming it.
+
+    A torn last line (a run killed while writing it) is skipped with a warning.
+    """
     if not path.is_file():
         raise UserError(f"no metrics file at {path}", hint="pass a run directory written by `rlkit train`")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON") from exc
-    return rows
+    return _rows(path)
+
+
+def log_interval(log_every: int | None, total_steps: int) -> int:
+    """``trainer.log_every``, or its default: every step up to 50 steps, else about 40 lines a run."""
+    if log_every is not None:
+        return log_every
+    return 1 if total_steps <= 50 else math.ceil(total_steps / 40)

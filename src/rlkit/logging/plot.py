@@ -32,6 +32,11 @@ def plot_run(run_dir: Path, out: Path | None = None, metrics: list[str] | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not (run_dir / "metrics.jsonl").is_file() and (run_dir / "latest").exists():
+        raise UserError(
+            f"{run_dir} holds runs, not metrics",
+            hint=f"pass one of them, e.g. rlkit plot {run_dir / 'latest'}",
+        )
     rows = read_metrics(run_dir / "metrics.jsonl")
     wanted = metrics or list(DEFAULT_METRICS)
     present = [m for m in wanted if any(isinstance(r.get(m), (int, float)) for r in rows)]

@@ -27,7 +27,7 @@ from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
-from rlkit.trainer.setup import RunContext, build_run
+from rlkit.trainer.setup import RunContext, build_run, open_rl_run
 
 
 class RLTrainer:
@@ -44,7 +44,11 @@ class RLTrainer:
 
     def fit(self) -> Path:
         """Train; returns the run directory."""
-        run = build_run(self.cfg)
+        start = open_rl_run(self.cfg)  # run folder, lock and resume point, before Ray starts
+        if start.nothing_left:
+            start.close()
+            return start.run_dir
+        run = build_run(self.cfg, start)
         try:
             self._loop(run)
         finally:
@@ -63,6 +67,7 @@ class RLTrainer:
             project=cfg.trainer.project,
             experiment=cfg.trainer.experiment,
             config=run.config_dict,
+            console_every=cfg.trainer.log_every,
         )
         try:
             run.rollout.sync_weights()
@@ -82,12 +87,13 @@ class RLTrainer:
                 if cfg.trainer.val_every > 0 and run.val_data is not None:
                     if step % cfg.trainer.val_every == 0 or step == cfg.trainer.total_steps:
                         metrics.update(self._validate(run))
+                metrics.update(self.timer.metrics())
+                # the row is on disk before the checkpoint of its step (timing/save_s: next row)
+                logger.log(step, metrics)
                 save_every = cfg.trainer.save_every
                 if step == cfg.trainer.total_steps or (save_every > 0 and step % save_every == 0):
                     with self.timer("save"):
                         run.save_checkpoint(step)
-                metrics.update(self.timer.metrics())
-                logger.log(step, metrics)
         finally:
             logger.close()
 

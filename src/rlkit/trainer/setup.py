@@ -3,8 +3,8 @@
 Builds the run directory, tokenizer, datasets and sampler, the reward manager, and the Ray worker
 groups (colocated: actor, rollout and, when needed, ref and critic share each device), and maps
 config keys onto the settings each role takes. Saving and resuming go through :mod:`rlkit.ckpt`:
-``trainer.resume`` is resolved and checked against the config before any worker starts, and the
-workers restore their shards right after they are built.
+:func:`open_rl_run` picks and locks the run folder and resolves ``trainer.resume`` against the
+config before any worker starts; the workers restore their shards right after they are built.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from rlkit import ckpt
 from rlkit.algos import AdaptiveKLController, FixedKLController
+from rlkit.ckpt.lock import RunLock
 from rlkit.config.schema import RlkitConfig
 from rlkit.controller import ResourcePool, WorkerGroup, start_ray
 from rlkit.data.batch import Batch
@@ -28,6 +29,7 @@ from rlkit.models import load_hf_config, load_tokenizer, stop_token_ids
 from rlkit.profiling.profiler import ProfilerRole, ProfileWindow
 from rlkit.rewards import build_reward_manager, token_level_scores
 from rlkit.trainer.data import TrainData, build_train_data
+from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
     actor_settings,
     actor_update_settings,
@@ -55,6 +57,7 @@ class RunContext:
     world_size: int
     start_step: int = 0
     config_dict: dict[str, Any] = field(default_factory=dict)
+    run_lock: RunLock | None = None
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -138,6 +141,8 @@ class RunContext:
             for handle in self.trained_roles.values():
                 handle.save_checkpoint(str(folder))
 
+        keep_last = self.cfg.trainer.keep_last
+        assert keep_last is not None, "open_run settles trainer.keep_last"
         return ckpt.save_checkpoint(
             self.run_dir,
             step,
@@ -151,7 +156,7 @@ class RunContext:
             roles=list(self.trained_roles),
             world_size=self.world_size,
             write_roles=write_roles,
-            keep_last=self.cfg.trainer.keep_last,
+            keep_last=keep_last,
         )
 
     def restore(self, point: ckpt.ResumePoint) -> None:
@@ -161,7 +166,6 @@ class RunContext:
             problems = [p for p in handle.load_checkpoint(str(point.path)) if p]
             if problems:
                 raise UserError(f"cannot resume from {point.path}: {problems[0]}")
-        self.data.sampler.load_state_dict(point.state["sampler"])
         self.kl_ctrl.load_state_dict(point.state["kl_ctrl"])
         ckpt.restore_rng(point.state["rng"])
         self.start_step = point.step
@@ -177,25 +181,48 @@ class RunContext:
         return sorted({path for paths in self.profiler.stop() for path in paths})
 
     def close(self) -> None:
-        self.group.shutdown()
-        close = getattr(self.reward, "close", None)
-        if close is not None:
-            close()
+        try:
+            self.group.shutdown()
+            close = getattr(self.reward, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()  # the folder is free for the next run
 
 
-def build_run(cfg: RlkitConfig) -> RunContext:
-    """Set up a run of ``cfg``: run dir, data, rewards and workers."""
+def open_rl_run(cfg: RlkitConfig) -> RunStart:
+    """Open the run folder of an RL run (lock, resume point, checks), before Ray starts.
+
+    The checks that need no folder (hardware, roles) come first: a run they refuse writes nothing.
+    """
+    resolve_device(cfg)
+    _ref_enabled(cfg)
+    _critic_enabled(cfg)
+    return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))
+
+
+def build_run(cfg: RlkitConfig, start: RunStart) -> RunContext:
+    """Set up a run of ``cfg`` in the folder ``start`` opened: data, rewards and workers."""
+    try:
+        return _build(cfg, start)
+    except BaseException:
+        start.close()
+        raise
+
+
+def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
     device = resolve_device(cfg)
-    run_dir = Path(cfg.trainer.out_dir)
-    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    assert isinstance(config_dict, dict)
-    point = _resume_point(cfg, run_dir, config_dict)
-    ckpt.prepare_run_dir(run_dir, point)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config_dict)))
+    run_dir, point, config_dict = start.run_dir, start.point, start.config_dict
     torch.manual_seed(cfg.trainer.seed)
     np.random.seed(cfg.trainer.seed)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     data = build_train_data(cfg, tokenizer)
+    if point is not None:
+        # before anything in the run folder moves: other data or batch settings are refused here
+        restore_sampler(data.sampler, point)
+    ckpt.prepare_run_dir(run_dir, point)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config_dict)))
     reward = build_reward_manager(
         cfg.reward.manager,
         custom_path=cfg.reward.custom.path,
@@ -234,7 +261,18 @@ def build_run(cfg: RlkitConfig) -> RunContext:
         if kl.type == "adaptive"
         else FixedKLController(kl.kl_coef)
     )
-    run = RunContext(cfg, run_dir, tokenizer, data, reward, group, kl_ctrl, world, config_dict=config_dict)
+    run = RunContext(
+        cfg,
+        run_dir,
+        tokenizer,
+        data,
+        reward,
+        group,
+        kl_ctrl,
+        world,
+        config_dict=config_dict,
+        run_lock=start.lock,
+    )
     if point is not None:
         try:
             run.restore(point)
@@ -266,16 +304,14 @@ def _critic_enabled(cfg: RlkitConfig) -> bool:
     return cfg.critic.enable
 
 
-def _resume_point(cfg: RlkitConfig, run_dir: Path, config_dict: dict[str, Any]) -> ckpt.ResumePoint | None:
-    """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
+def _trained_hf_configs(cfg: RlkitConfig) -> dict[str, dict[str, Any]]:
+    """Per role a checkpoint of this run holds, the ``config.json`` of the model this run builds."""
     hf = {"actor": load_hf_config(cfg.model.path)}
     if _critic_enabled(cfg):
         hf["critic"] = load_hf_config(cfg.critic.model_path or cfg.model.path)
     if _ref_enabled(cfg) and cfg.ref.update_every > 0:
         hf["ref"] = hf["actor"]
-    return ckpt.select_resume(
-        cfg.trainer.resume, run_dir, hf_configs=hf, config=config_dict, total_steps=cfg.trainer.total_steps
-    )
+    return hf
 
 
 def _last_user_message(messages: Any) -> str:

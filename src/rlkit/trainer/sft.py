@@ -33,6 +33,7 @@ from rlkit.controller import ResourcePool, RoleHandle, WorkerGroup, start_ray
 from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
 from rlkit.models import load_hf_config, load_tokenizer
+from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import compute_dtype, resolve_device
 from rlkit.trainer.sft_data import SFTData, build_sft_data
 from rlkit.trainer.sft_workers import ADAPTER_EXPORT_DIR, CHECKPOINT_ROLE, HF_EXPORT_DIR, SFTWorker
@@ -89,10 +90,8 @@ class SFTTrainer:
         self.cfg = cfg
         self.console = console or Console(soft_wrap=True)
         self.world = cfg.hardware.nodes * cfg.hardware.devices_per_node
-        self.run_dir = Path(cfg.trainer.out_dir)
-        resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-        assert isinstance(resolved, dict)
-        self.config_dict: dict[str, Any] = {str(k): v for k, v in resolved.items()}
+        self.run_dir = Path(cfg.trainer.out_dir or ".")  # the folder open_run picks, in fit()
+        self.config_dict: dict[str, Any] = {}
         self.start_step = 0
         self.tokenizer: Any = None
         self._last_saved: Path | None = None
@@ -103,14 +102,39 @@ class SFTTrainer:
         if cfg.trainer.total_steps < 1:
             raise UserError(f"trainer.total_steps must be at least 1, got {cfg.trainer.total_steps}")
         device = resolve_device(cfg)
-        point = self._resume_point()
+        start = self._open()
+        try:
+            return self._fit(start, device)
+        finally:
+            start.close()
+
+    def _open(self) -> RunStart:
+        """The run folder, locked, and the checkpoint ``trainer.resume`` selects (checked)."""
+        cfg = self.cfg
+        start = open_run(
+            cfg, trainer="sft", hf_configs=lambda: {CHECKPOINT_ROLE: load_hf_config(cfg.model.path)}
+        )
+        self.run_dir, self.config_dict = start.run_dir, start.config_dict
+        if start.point is not None:
+            try:
+                _check_lora_rank(start.point, cfg.model.lora_rank)
+            except BaseException:
+                start.close()
+                raise
+        return start
+
+    def _fit(self, start: RunStart, device: str) -> SFTResult:
+        cfg, point = self.cfg, start.point
+        if point is not None and start.nothing_left:
+            # nothing left to train: no data, no worker (the path as the run folder is named)
+            return self._result(ckpt.checkpoints_dir(self.run_dir) / point.path.name, None)
         torch.manual_seed(cfg.trainer.seed)
         np.random.seed(cfg.trainer.seed)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         data = build_sft_data(cfg, self.tokenizer, self.run_dir)
         if point is not None:
             # before anything in the run folder moves: other data or batch settings are refused here
-            data.sampler.load_state_dict(point.state["sampler"])
+            restore_sampler(data.sampler, point)
         ckpt.prepare_run_dir(self.run_dir, point)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.config_dict)))
         val_size = len(data.val) if data.val is not None else 0
@@ -119,8 +143,6 @@ class SFTTrainer:
             f"{data.num_truncated} truncated to sft.max_length={cfg.sft.max_length}",
             highlight=False,
         )
-        if point is not None and point.step >= cfg.trainer.total_steps:
-            return self._result(point.path, data)  # nothing left to train: no worker needed
         start_ray(cfg.hardware.ray_address)
         pool = ResourcePool(cfg.hardware.nodes, cfg.hardware.devices_per_node, device)
         group = WorkerGroup(
@@ -138,28 +160,14 @@ class SFTTrainer:
         assert self._last_saved is not None  # the loop saves at its last step
         return self._result(self._last_saved, data)
 
-    def _result(self, step_dir: Path, data: SFTData) -> SFTResult:
+    def _result(self, step_dir: Path, data: SFTData | None) -> SFTResult:
         adapter = step_dir / ADAPTER_EXPORT_DIR
+        truncated = data.num_truncated if data is not None else 0
         return SFTResult(
-            self.run_dir, step_dir / HF_EXPORT_DIR, adapter if adapter.is_dir() else None, data.num_truncated
+            self.run_dir, step_dir / HF_EXPORT_DIR, adapter if adapter.is_dir() else None, truncated
         )
 
     # ------------------------------------------------------------------ resume
-    def _resume_point(self) -> ckpt.ResumePoint | None:
-        """The checkpoint ``trainer.resume`` selects, checked against this run before any worker starts."""
-        cfg = self.cfg
-        point = ckpt.select_resume(
-            cfg.trainer.resume,
-            self.run_dir,
-            hf_configs={CHECKPOINT_ROLE: load_hf_config(cfg.model.path)},
-            config=self.config_dict,
-            total_steps=cfg.trainer.total_steps,
-            trainer="sft",
-        )
-        if point is not None:
-            _check_lora_rank(point, cfg.model.lora_rank)
-        return point
-
     def _restore(self, sft: RoleHandle, point: ckpt.ResumePoint) -> None:
         """Model, optimizer and schedule (resharded to this world size), worker and driver RNG."""
         ckpt.world_size_note(point, self.world)
@@ -182,21 +190,25 @@ class SFTTrainer:
             project=cfg.trainer.project,
             experiment=cfg.trainer.experiment,
             config=self.config_dict,
+            console_every=cfg.trainer.log_every,
         )
         try:
             if cfg.trainer.val_before_train and val_every > 0 and start == 0 and data.val is not None:
                 logger.log(0, self._validate(sft, data))
+            save_timing: dict[str, float] = {}
             for step in range(start + 1, total + 1):
                 metrics = self._step(sft, data)
                 if step == 1:
                     metrics["data/truncated"] = float(data.num_truncated)
                 if data.val is not None and val_every > 0 and (step % val_every == 0 or step == total):
                     metrics.update(self._validate(sft, data))
+                metrics.update(save_timing)
+                logger.log(step, metrics)  # on disk before the checkpoint of its step
+                save_timing = {}
                 if step == total or (save_every > 0 and step % save_every == 0):
                     started = time.perf_counter()
                     self._save(sft, data, step)
-                    metrics["timing/save_s"] = time.perf_counter() - started
-                logger.log(step, metrics)
+                    save_timing = {"timing/save_s": time.perf_counter() - started}  # in the next row
         finally:
             logger.close()
 
@@ -237,6 +249,8 @@ class SFTTrainer:
         def write_roles(folder: Path) -> None:
             sft.save_checkpoint(str(folder), tokenizer_path, cfg.model.path)
 
+        keep_last = cfg.trainer.keep_last
+        assert keep_last is not None, "open_run settles trainer.keep_last"
         final = ckpt.save_checkpoint(
             self.run_dir,
             step,
@@ -246,7 +260,7 @@ class SFTTrainer:
             roles=[CHECKPOINT_ROLE],
             world_size=self.world,
             write_roles=write_roles,
-            keep_last=cfg.trainer.keep_last,
+            keep_last=keep_last,
         )
         # as the user named the run folder (save_checkpoint returns it resolved)
         self._last_saved = ckpt.checkpoints_dir(self.run_dir) / final.name

@@ -145,3 +145,34 @@ def test_cli_ls_and_merge(run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ckpt", "merge", str(run), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "not an rlkit checkpoint folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_merge_never_overwrites_a_folder_unasked(run: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty") as err:
+        merge_checkpoint(step2(run), mine)
+    assert "--force" in str(err.value.hint) and {p.name for p in mine.iterdir()} == {"notes.txt"}
+    (mine / "model-00002-of-00002.safetensors").write_bytes(b"old shard of an earlier merge")
+    merge_checkpoint(step2(run), mine, force=True, verify=True)  # replaces only what merge writes
+    names = {p.name for p in mine.iterdir()}
+    assert "notes.txt" in names and "model.safetensors" in names and "config.json" in names
+    assert "model-00002-of-00002.safetensors" not in names and (mine / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".mine.*"))  # no staging folder left behind
+
+
+@pytest.mark.parametrize("where", ["run", "checkpoint", "inside", "above"])
+def test_merge_refuses_the_checkpoint_and_its_run_even_with_force(run: Path, where: str) -> None:
+    out = {
+        "run": run,
+        "checkpoint": step2(run),
+        "inside": step2(run) / "hf",
+        "above": run.parent,
+    }[where]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    result = CliRunner().invoke(app, ["ckpt", "merge", str(step2(run)), "--out", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    assert "is, contains or lies inside" in result.output and "Traceback" not in result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    merge_checkpoint(step2(run), run.parent / f"elsewhere_{where}")  # the checkpoint is intact

@@ -107,8 +107,18 @@ def test_damaged_checkpoint_is_refused_naming_the_file(run: Path, damage: str, m
 def test_corrupt_json_of_right_size_is_refused(run: Path) -> None:
     state = ck(run, 3) / "trainer_state.json"
     state.write_text("x" * len(state.read_bytes()))
+    with pytest.raises(UserError, match=r"trainer_state\.json does not match its checksum"):
+        read_resume_point(ck(run, 3))
+    drop_checksums(ck(run, 3))  # as an older rlkit wrote it: the JSON parser still catches it
     with pytest.raises(UserError, match=r"trainer_state\.json is not valid JSON"):
         read_resume_point(ck(run, 3))
+
+
+def drop_checksums(folder: Path) -> None:
+    """Rewrite a manifest the way rlkit versions without checksums wrote it."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["checksums"], manifest["checksum"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_auto_picks_newest_complete_and_ignores_interrupted_saves(run: Path) -> None:
@@ -138,11 +148,12 @@ def test_resume_path_archives_later_checkpoints(run: Path) -> None:
 
 
 def test_fresh_start_archives_everything(run: Path) -> None:
+    (run / "config.yaml").write_text("recipe: grpo\n")  # the old run's config goes with its checkpoints
     prepare_run_dir(run, None)
     assert list_checkpoints(run / "checkpoints") == [] and not (run / "metrics.jsonl").exists()
     (archive,) = (run / "archive").iterdir()
     assert {p.name for p in (archive / "checkpoints").iterdir()} == {"step_1", "step_2", "step_3", "latest"}
-    assert (archive / "metrics.jsonl").is_file()
+    assert (archive / "metrics.jsonl").is_file() and (archive / "config.yaml").is_file()
 
 
 def test_resume_into_another_folder_copies_metrics_up_to_the_step(run: Path, tmp_path: Path) -> None:
@@ -156,7 +167,7 @@ def test_resume_into_another_folder_copies_metrics_up_to_the_step(run: Path, tmp
 
 def test_not_a_checkpoint(run: Path) -> None:
     with pytest.raises(UserError, match="not an rlkit checkpoint folder") as err:
-        resolve_resume(str(run), run)
+        resolve_resume(str(run / "checkpoints"), run)
     assert "step_3" in str(err.value.hint)
     with pytest.raises(UserError, match="no such checkpoint folder"):
         resolve_resume(str(run / "nope"), run)
@@ -197,3 +208,44 @@ def test_a_checkpoint_resumes_only_with_the_trainer_that_wrote_it(run: Path) -> 
         check_compatible(sft_point, roles=["actor"], hf_configs=tiny, config=CONFIG)
     assert f"model.path={point.path / 'hf'}" in str(err.value.hint)
     check_compatible(sft_point, roles=["actor"], hf_configs=tiny, config=CONFIG, trainer="sft")
+
+
+def test_resume_refuses_a_changed_key_the_state_depends_on(run: Path) -> None:
+    point = read_resume_point(ck(run, 3))
+    tiny = {"actor": load_hf_config("builtin:tiny")}
+    for key, value, old in (
+        ("trainer.seed", 2, "1"),
+        ("model.path", "builtin:tiny-arith", "builtin:tiny"),
+    ):
+        group, name = key.split(".")
+        changed = {**CONFIG, group: {**CONFIG.get(group, {}), name: value}}
+        with pytest.raises(UserError, match=f"{key} was .* in that run, this run has {value!r}") as err:
+            check_compatible(point, roles=["actor"], hf_configs=tiny, config=changed)
+        assert f"set {key}={old}" in str(err.value.hint) and "trainer.resume=never" in str(err.value.hint)
+    # what may change: the learning rate, the run length
+    allowed = {**CONFIG, "actor": {"lr": 5e-4}, "trainer": {**CONFIG["trainer"], "total_steps": 99}}
+    check_compatible(point, roles=["actor"], hf_configs=tiny, config=allowed)
+
+
+def test_latest_needs_a_checkpoint_and_a_run_folder_path_means_its_newest(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="has no checkpoint to continue from"):
+        resolve_resume("latest", tmp_path / "empty")
+    point = resolve_resume(str(run), tmp_path / "elsewhere")
+    assert point is not None and point.step == 3
+
+
+def test_keep_last_is_the_runs_own_unless_asked(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from rlkit.ckpt.resume import keep_last_for
+
+    assert keep_last_for(None, None) == 3  # a new run
+    point = read_resume_point(ck(run, 3))
+    assert point.state["keep_last"] == 0  # write_checkpoint's keep_last
+    assert keep_last_for(point, None) == 0  # a resume without trainer.keep_last keeps the run's
+    assert "replaces" not in capsys.readouterr().err
+    assert keep_last_for(point, 2) == 2
+    err = capsys.readouterr().err
+    assert "trainer.keep_last=2 replaces this run's 0: the next save removes step_1, step_2" in err
+    old = replace(point, state={k: v for k, v in point.state.items() if k != "keep_last"})
+    assert keep_last_for(old, None) == 3  # an older checkpoint: its config's value (here: unset)

@@ -25,7 +25,7 @@ def test_defaults_come_from_schema_and_recipe() -> None:
     assert isinstance(cfg, RlkitConfig)
     assert cfg.recipe == "grpo"
     assert cfg.algo.advantage == "grpo"
-    assert cfg.trainer.out_dir == "runs/grpo"  # interpolation of ${recipe}
+    assert cfg.trainer.experiment == "grpo"  # interpolation of ${recipe}
     assert to_dataclass(load_config("ppo")).algo.advantage == "gae"
 
 

@@ -165,11 +165,16 @@ def test_existing_output_replaced_only_on_success(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert _invoke("arith", "--size", "50", "--seed", "1", "--out", out).exit_code == 0
     before = (out / "train.parquet").read_bytes()
+    (out / "notes.txt").write_text("mine")
+    # never replaced unasked
+    _assert_one_line_error(_invoke("arith", "--size", "50", "--out", out), "already exists", "--force")
+    assert (out / "train.parquet").read_bytes() == before
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no marker"}])
-    _assert_one_line_error(_invoke("gsm8k", "--source", bad, "--out", out), "####")
+    _assert_one_line_error(_invoke("gsm8k", "--source", bad, "--out", out, "--force"), "####")
     assert (out / "train.parquet").read_bytes() == before and _leftovers(tmp_path) == []
-    assert _invoke("arith", "--size", "50", "--seed", "2", "--out", out).exit_code == 0
+    assert _invoke("arith", "--size", "50", "--seed", "2", "--out", out, "--force").exit_code == 0
     assert (out / "train.parquet").read_bytes() != before and _leftovers(tmp_path) == []
+    assert (out / "notes.txt").read_text() == "mine"  # only the split files are replaced
 
 
 def _error_cases(tmp_path: Path) -> dict[str, tuple[list[str | Path], tuple[str, ...]]]:
