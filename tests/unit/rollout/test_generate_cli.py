@@ -85,7 +85,7 @@ def test_parquet_prompts_without_chat_template(model_dir: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     first = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["prompt"] for g in first] == chats and all(len(g["token_ids"][0]) <= 4 for g in first)
-    assert _run(model_dir, *args, "--seed", "1").exit_code == 0
+    assert _run(model_dir, *args, "--seed", "1", "--force").exit_code == 0  # the rerun replaces --out
     again = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["token_ids"] for g in again] == [g["token_ids"] for g in first]  # same seed, other batching
 
@@ -111,7 +111,8 @@ def test_builtin_tiny_runs(tmp_path: Path) -> None:
 def test_bad_prompt_files(model_dir: Path, tmp_path: Path, lines: list[str], message: str) -> None:
     out = tmp_path / "gen.jsonl"
     out.write_text("old\n")
-    result = _run(model_dir, "--prompts", _jsonl(tmp_path / "p.jsonl", lines), "--out", out)
+    # --force: even an output the user agreed to replace survives a bad prompts file
+    result = _run(model_dir, "--prompts", _jsonl(tmp_path / "p.jsonl", lines), "--out", out, "--force")
     assert isinstance(result.exception, UserError) and message in str(result.exception)
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "gen.jsonl",
@@ -146,6 +147,8 @@ def test_tokenizer_without_chat_template(tmp_path: Path) -> None:
     # a base model's tokenizer has no template: its prompts go in as plain text, with or without the flag
     assert _run(folder, "--prompts", prompts, "--out", out, "--max-tokens", "2").exit_code == 0
     assert (
-        _run(folder, "--prompts", prompts, "--out", out, "--max-tokens", "2", "--no-chat-template").exit_code
+        _run(
+            folder, "--prompts", prompts, "--out", out, "--max-tokens", "2", "--no-chat-template", "--force"
+        ).exit_code
         == 0
     )
