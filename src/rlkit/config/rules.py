@@ -59,8 +59,8 @@ def _profile_steps(cfg: DictConfig) -> None:
         )
     if cfg.trainer.profile != "none" and steps[0] > cfg.trainer.total_steps:
         raise UserError(
-            f"trainer.profile_steps starts at step {steps[0]} but the run has "
-            f"trainer.total_steps={cfg.trainer.total_steps}",
+            f"trainer.profile_steps starts at step {steps[0]} but the run has {cfg.trainer.total_steps} steps "
+            "(trainer.total_steps)",
             hint=f"e.g. trainer.profile_steps=[1,{cfg.trainer.total_steps}]",
         )
 
