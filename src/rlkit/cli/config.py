@@ -28,11 +28,15 @@ def config(
     sources: bool = typer.Option(
         False, "--sources", help="Show where each value came from (schema, recipe, builtin_or, profile, ...)."
     ),
-    check: bool = typer.Option(False, "--check", help="Run the dry run's checks (as `rlkit train --dry-run`)."),
+    check: bool = typer.Option(
+        False, "--check", help="Run the dry run's checks (as `rlkit train --dry-run`)."
+    ),
 ) -> None:
     """Print the fully resolved config of a recipe (recipe, then profile, then --config, then KEY=VALUE)."""
     origins: dict[str, str] = {}
-    cfg = compose(recipe, profile=profile, config_file=config_file, overrides=overrides or [], origins=origins)
+    cfg = compose(
+        recipe, profile=profile, config_file=config_file, overrides=overrides or [], origins=origins
+    )
     if check:
         dry_run(cfg, _command(recipe))
     elif explain:
@@ -51,7 +55,8 @@ def config(
 
 def _show(value: object) -> str:
     plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-    return yaml.safe_dump(plain, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+    text: str = yaml.safe_dump(plain, default_flow_style=True, width=10**6)
+    return text.strip().removesuffix("\n...")
 
 
 def _command(recipe: str) -> str:

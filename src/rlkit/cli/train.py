@@ -24,7 +24,9 @@ def train(
     ),
 ) -> None:
     """Run an RL recipe (PPO, GRPO, ...) on the Ray trainer core; the run folder is trainer.out_dir."""
-    cfg = compose(recipe, profile=profile, config_file=config_file, overrides=overrides or [], command="train")
+    cfg = compose(
+        recipe, profile=profile, config_file=config_file, overrides=overrides or [], command="train"
+    )
     if dry:
         dry_run(cfg, "train")
         return

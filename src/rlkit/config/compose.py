@@ -26,8 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlkit.config import provenance
-from rlkit.config.provenance import flatten_keys
 from rlkit.config.fields import FieldInfo, schema_fields
+from rlkit.config.provenance import flatten_keys
 from rlkit.config.ranges import check_ranges
 from rlkit.config.rules import check_rules
 from rlkit.config.schema import RlkitConfig
@@ -73,9 +73,7 @@ class Sources:
     """The command the config is for (``train`` or ``sft``): selects the rules between keys."""
 
 
-def compose_config(
-    sources: Sources, recipe_name: str, origins: dict[str, str] | None = None
-) -> DictConfig:
+def compose_config(sources: Sources, recipe_name: str, origins: dict[str, str] | None = None) -> DictConfig:
     """Compose and validate; returns the typed OmegaConf config (schema-backed, interpolations kept).
 
     Args:

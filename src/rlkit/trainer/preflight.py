@@ -83,7 +83,10 @@ def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
             f"rollout.engine=native cannot run model.path={path}: {reason}",
             hint="use a Llama / Qwen2 / Qwen2.5 / Qwen3 model (the native engine's architectures)",
         )
-    for key, other in (("critic.model_path", cfg.critic.model_path), ("reward.model_path", cfg.reward.model_path)):
+    for key, other in (
+        ("critic.model_path", cfg.critic.model_path),
+        ("reward.model_path", cfg.reward.model_path),
+    ):
         if other:
             model_config_json(other, key=key)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
@@ -192,7 +195,9 @@ def _sft_data(cfg: RlkitConfig) -> str:
             raise UserError(f"no such data file: {Path(file).expanduser()}")
     if not d.train_files:
         return f"data: the synthetic {d.synthetic} task as chats"
-    return f"data: {len(d.train_files) + len(d.val_files)} file(s), columns {', '.join(c for c in columns if c)}"
+    return (
+        f"data: {len(d.train_files) + len(d.val_files)} file(s), columns {', '.join(c for c in columns if c)}"
+    )
 
 
 def _loggers(cfg: RlkitConfig) -> str:

@@ -22,11 +22,17 @@ from rlkit.errors import UserError
         ),
         (["trainer.profile_steps=[3,2]"], "trainer.profile_steps=[3, 2] must be [first, last]"),
         (["trainer.profile_steps=[1,2,3]"], "must be [first, last]"),
-        (["trainer.profile=torch", "trainer.total_steps=1", "trainer.profile_steps=[2,3]"], "starts at step 2"),
+        (
+            ["trainer.profile=torch", "trainer.total_steps=1", "trainer.profile_steps=[2,3]"],
+            "starts at step 2",
+        ),
         (["actor.use_kl_loss=true", "ref.enable=false"], "need a reference model"),
         (["algo.advantage=gae", "critic.enable=false"], "algo.advantage=gae needs a critic"),
         (["reward.manager=batch"], "reward.manager=batch needs a batched function"),
-        (["reward.overlong.enable=true", "reward.overlong.buffer_len=64"], "longer than data.max_response_length=32"),
+        (
+            ["reward.overlong.enable=true", "reward.overlong.buffer_len=64"],
+            "longer than data.max_response_length=32",
+        ),
     ],
 )
 def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:

@@ -30,7 +30,9 @@ def _parquet_as_is(path: Path, rows: list[dict]) -> str:
 
 
 def _check(*overrides: str, command: str = "train") -> list[str]:
-    return preflight(to_dataclass(load_config("grpo" if command == "train" else "sft", overrides=overrides)), command)
+    return preflight(
+        to_dataclass(load_config("grpo" if command == "train" else "sft", overrides=overrides)), command
+    )
 
 
 def test_embedded_default_passes_without_ray() -> None:
@@ -117,7 +119,9 @@ def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
     folder = tmp_path / "gpt2"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(UserError, match=r"rollout.engine=native cannot run model.path=.*gpt2.*model_type 'gpt2'"):
+    with pytest.raises(
+        UserError, match=r"rollout.engine=native cannot run model.path=.*gpt2.*model_type 'gpt2'"
+    ):
         _check(f"model.path={folder}")
     assert any("transformers fallback" in line for line in _check(f"model.path={folder}", command="sft"))
     with pytest.raises(UserError, match="no such folder"):
