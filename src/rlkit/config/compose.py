@@ -12,7 +12,10 @@ and ranges (:mod:`rlkit.config.ranges`) and the rules between keys (:mod:`rlkit.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +92,7 @@ def compose_config(sources: Sources, recipe_name: str, origins: dict[str, str] |
     _check_yaml_keys(sources.recipe_file, fields, what="recipe")
     if sources.profile_file is not None:
         _check_yaml_keys(sources.profile_file, fields, what="profile", profile=True)
-    cfg = _hydra_compose(sources)
+    cfg = _hydra_compose(sources, fields)
     if sources.config_file is not None:
         _check_yaml_keys(sources.config_file, fields, what="config file")
         user = OmegaConf.load(sources.config_file)
@@ -116,13 +119,24 @@ def _profile_label(sources: Sources) -> str | None:
 
 
 def _lists_from_scalars(node: Any, fields: dict[str, FieldInfo]) -> Any:
-    """A YAML mapping with every scalar set for a ``list[...]`` key wrapped as a one-element list."""
-    for key in flatten_keys(OmegaConf.to_container(node) if isinstance(node, DictConfig) else node):
-        info = fields.get(key)
-        value = OmegaConf.select(node, key)
-        if info and info.type_name.startswith("list") and value is not None and not _is_list(value):
-            OmegaConf.update(node, key, [value], merge=False)
+    """``node`` (a YAML mapping) with every scalar set for a ``list[...]`` key made a one-element list."""
+    for key, value in _scalars_for_lists(node, fields).items():
+        OmegaConf.update(node, key, [value], merge=False)
     return node
+
+
+def _scalars_for_lists(node: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:
+    """The keys of ``node`` that set a scalar for a ``list[...]`` key, with their raw values."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(raw, dict)
+    return {
+        key: value
+        for key, value in flatten_keys(raw).items()
+        if key in fields
+        and fields[key].type_name.startswith("list")
+        and value is not None
+        and not _is_list(value)
+    }
 
 
 def _is_list(value: Any) -> bool:
@@ -139,18 +153,20 @@ def to_dataclass(cfg: DictConfig) -> RlkitConfig:
     return obj
 
 
-def _hydra_compose(sources: Sources) -> DictConfig:
+def _hydra_compose(sources: Sources, fields: dict[str, FieldInfo]) -> DictConfig:
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=RlkitConfig)
     overrides = []
     if sources.profile_file is not None:
-        store.store(
-            group="profile", name=sources.profile_file.stem, node=OmegaConf.load(sources.profile_file)
-        )
+        profile = _lists_from_scalars(OmegaConf.load(sources.profile_file), fields)
+        store.store(group="profile", name=sources.profile_file.stem, node=profile)
         overrides.append(f"+profile@_global_={sources.profile_file.stem}")
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(sources.recipe_file.parent.resolve()), version_base=None):
+        with (
+            _recipe_dir(sources.recipe_file, fields) as folder,
+            initialize_config_dir(config_dir=str(folder), version_base=None),
+        ):
             cfg = compose(config_name=sources.recipe_file.stem, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(
@@ -161,6 +177,19 @@ def _hydra_compose(sources: Sources) -> DictConfig:
         GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+@contextlib.contextmanager
+def _recipe_dir(recipe_file: Path, fields: dict[str, FieldInfo]) -> Iterator[Path]:
+    """The recipe's folder; a temporary copy of its chain when a file gives a scalar for a list key."""
+    loaded = {path: OmegaConf.load(path) for path in provenance.recipe_chain(recipe_file)}
+    if not any(_scalars_for_lists(node, fields) for node in loaded.values()):
+        yield recipe_file.parent.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="rlkit-recipe-") as tmp:
+        for path, node in loaded.items():
+            OmegaConf.save(_lists_from_scalars(node, fields), Path(tmp) / path.name)
+        yield Path(tmp)
 
 
 def _merge(cfg: DictConfig, other: Any, where: str) -> None:
@@ -222,6 +251,11 @@ def _parse_overrides(overrides: tuple[str, ...], fields: dict[str, FieldInfo]) -
             raise UserError(f"override {text!r}: only KEY=VALUE is supported", hint="drop the leading + or ~")
         key = parsed.key_or_group
         _check_key(key, fields, where="override")
+        if key == "hardware.profile":
+            raise UserError(
+                "hardware.profile records the profile rlkit applied; it is not set by KEY=VALUE",
+                hint="choose a profile with --profile NAME (see `rlkit profiles`)",
+            )
         value = parsed.value()
         if fields[key].type_name.startswith("list") and value is not None and not _is_list(value):
             value = [value]  # verl's data.train_files=a.parquet

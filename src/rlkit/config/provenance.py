@@ -41,7 +41,7 @@ def _yaml_keys(path: Path) -> dict[str, Any]:
     return flatten_keys(raw)
 
 
-def _recipe_chain(recipe_file: Path, seen: frozenset[Path] = frozenset()) -> list[Path]:
+def recipe_chain(recipe_file: Path, seen: frozenset[Path] = frozenset()) -> list[Path]:
     """The recipe files in the order Hydra applies them (parents before ``_self_`` by default)."""
     if recipe_file in seen:
         return []
@@ -57,7 +57,7 @@ def _recipe_chain(recipe_file: Path, seen: frozenset[Path] = frozenset()) -> lis
         elif entry != _SCHEMA_NAME:
             parent = recipe_file.parent / f"{entry}.yaml"
             if parent.is_file():
-                chain += _recipe_chain(parent, seen | {recipe_file})
+                chain += recipe_chain(parent, seen | {recipe_file})
     return chain
 
 
@@ -78,7 +78,7 @@ def origins(sources: Sources, cfg: DictConfig, fields: dict[str, FieldInfo]) -> 
     """
     out = dict.fromkeys(fields, SCHEMA_DEFAULT)
     builtin = str(OmegaConf.select(cfg, "model.path")).startswith("builtin:")
-    for path in _recipe_chain(sources.recipe_file):
+    for path in recipe_chain(sources.recipe_file):
         for key, value in _yaml_keys(path).items():
             out[key] = _recipe_label(path, value, builtin)
     if sources.profile_file is not None:

@@ -56,6 +56,19 @@ def test_scalar_for_a_list_key_is_a_one_element_list(tmp_path: Path) -> None:
     user.write_text("data:\n  train_files: c.parquet\ntrainer:\n  loggers: jsonl\n")
     cfg = load_config("grpo", config_file=str(user))
     assert list(cfg.data.train_files) == ["c.parquet"] and list(cfg.trainer.loggers) == ["jsonl"]
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("defaults:\n  - rlkit_schema\n  - _self_\ndata:\n  train_files: d.parquet\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("defaults:\n  - parent\n  - _self_\ndata:\n  val_files: e.parquet\n")
+    cfg = load_config(str(child))
+    assert list(cfg.data.train_files) == ["d.parquet"] and list(cfg.data.val_files) == ["e.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.yaml", "parent.yaml", "u.yaml"]
+
+
+def test_hardware_profile_is_recorded_not_set() -> None:
+    with pytest.raises(UserError, match="hardware.profile records the profile") as err:
+        load_config("grpo", overrides=["hardware.profile=h100x8"])
+    assert "--profile" in (err.value.hint or "")
 
 
 def test_origins_follow_the_order_of_sources(tmp_path: Path) -> None:
