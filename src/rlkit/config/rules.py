@@ -97,10 +97,26 @@ def _reward(cfg: DictConfig) -> None:
         )
 
 
-#: The rules each command relies on (``sft`` uses neither mini-batches nor rewards).
+def _sft_columns_and_task(cfg: DictConfig) -> None:
+    # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
+    # write_synthetic_files has reference answers only for the arith task.
+    s = cfg.sft
+    if (s.prompt_key is None) != (s.response_key is None):
+        raise UserError(
+            f"sft.prompt_key={s.prompt_key} and sft.response_key={s.response_key}: set both, or neither",
+            hint="both read single-turn pairs; neither reads the sft.messages_key column",
+        )
+    if not cfg.data.train_files and cfg.data.synthetic != "arith":
+        raise UserError(
+            f"rlkit sft has no reference answers for data.synthetic={cfg.data.synthetic}",
+            hint="use data.synthetic=arith, or pass data.train_files with messages or prompt/response columns",
+        )
+
+
+#: The rules each command relies on (``sft`` uses neither mini-batches nor rewards nor profiling windows).
 RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
     "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward),
-    "sft": (),
+    "sft": (_sft_columns_and_task,),
 }
 
 

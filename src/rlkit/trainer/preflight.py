@@ -89,6 +89,7 @@ def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
     ):
         if other:
             model_config_json(other, key=key)
+    _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
     return f"model: {path} ({hf.get('model_type', '?')}, {family})"
 
@@ -112,6 +113,17 @@ def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] |
     raise UserError(
         f"{key}: no such folder {path!r}",
         hint="pass a local model folder (fetch one with `rlkit download REPO_ID`), a hub id, or builtin:tiny",
+    )
+
+
+def _tokenizer_exists(path: str | None) -> None:
+    if not path or path.startswith(BUILTIN_PREFIX) or Path(path).expanduser().is_dir():
+        return
+    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+        return  # fetched with the model
+    raise UserError(
+        f"model.tokenizer: no such folder {path!r}",
+        hint="set it to a tokenizer folder or hub id, or null to use model.path's tokenizer",
     )
 
 

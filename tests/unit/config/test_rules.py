@@ -41,6 +41,18 @@ def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:
     assert needle in err.value.message and "\n" not in err.value.message and err.value.hint
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["sft.prompt_key=question"], "set both, or neither"),
+        (["data.synthetic=countdown"], "no reference answers for data.synthetic=countdown"),
+    ],
+)
+def test_broken_sft_rule_is_one_line(overrides: list[str], needle: str) -> None:
+    with pytest.raises(UserError, match=needle):
+        load_config("sft", overrides=overrides, command="sft")
+
+
 def test_rules_that_hold() -> None:
     load_config("grpo", overrides=["hardware.devices_per_node=2", "trainer.total_steps=1"])
     load_config("ppo", overrides=["data.batch_size=4", "actor.mini_batch_size=2"])

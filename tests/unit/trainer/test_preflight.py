@@ -126,6 +126,8 @@ def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
     assert any("transformers fallback" in line for line in _check(f"model.path={folder}", command="sft"))
     with pytest.raises(UserError, match="no such folder"):
         _check(f"model.path={tmp_path / 'absent'}")
+    with pytest.raises(UserError, match="model.tokenizer: no such folder"):
+        _check(f"model.tokenizer={tmp_path / 'absent'}")
     lines = _check("model.path=someone/not-cached-model-xyz")
     assert any("checked when the run fetches it" in line for line in lines)
 
