@@ -104,9 +104,15 @@ def compose_config(sources: Sources, recipe_name: str, origins: dict[str, str] |
             raise _type_error(key, value, fields, f"override {text!r}") from exc
     cfg.recipe = recipe_name
     cfg.hardware.profile = _profile_label(sources)
-    _check_values(cfg, fields)
-    check_ranges(cfg, fields)
-    check_rules(cfg, sources.command)
+    try:
+        _check_values(cfg, fields)
+        check_ranges(cfg, fields)
+        check_rules(cfg, sources.command)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise UserError(
+            f"{key}: cannot resolve its value: {_first_line(exc)}", hint="check the ${...} interpolations"
+        ) from exc
     if origins is not None:
         origins.update(provenance.origins(sources, cfg, fields))
     return cfg
