@@ -313,10 +313,21 @@ class RewardConfig:
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     """Overlong shaping of the ``dapo`` manager."""
     num_workers: int = bounded(0, ge=0, profile=True)
-    """Scoring processes (0 = score built-in rules in the trainer process; custom code always runs in a
-    sandboxed worker)."""
+    """Scoring processes (0 = score built-in rules in the trainer process; custom code always runs in
+    sandboxed workers: with 0, one per core, at most 4)."""
     timeout_s: float = bounded(10.0, gt=0)
-    """Per-sample scoring timeout; a timeout scores 0 and is counted."""
+    """Per-sample scoring timeout (samples time out in parallel across the scoring processes); a timeout
+    scores 0 and is counted."""
+    step_timeout_s: float = bounded(600.0, gt=0)
+    """Wall-clock budget of one step's scoring in worker processes; samples not scored by then are
+    timeouts (scored 0, counted) and the busy processes are killed and replaced."""
+    import_timeout_s: float = bounded(60.0, gt=0)
+    """Seconds a scoring process may take to import ``reward.custom.path``; a file that hangs at import
+    stops the run before the first step, naming the line it hangs at."""
+    on_error: str = choice("zero", "raise")
+    """A sample whose scoring fails (raises, times out, returns NaN/inf, a string or a non-number):
+    ``zero`` scores it 0, counts it in ``reward/errors*`` and prints one line for the step; ``raise``
+    stops the run naming the data source, the sample index and what came back."""
     model_path: str | None = None
     """A sequence-classification reward model (Hugging Face folder, num_labels=1) that scores responses
     instead of rules; it runs as a worker role on each device."""
