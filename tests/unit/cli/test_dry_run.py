@@ -18,17 +18,26 @@ runner = CliRunner()
 NO_GPU = not torch.cuda.is_available()
 
 
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tripwire: starting Ray fails the test (other tests of the session may have started it already)."""
+
+    def init(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", init)
+
+
 def _lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.strip()]
 
 
-def test_train_dry_run_prints_the_checks_and_ok() -> None:
+def test_train_dry_run_prints_the_checks_and_ok(no_ray: None) -> None:
     result = runner.invoke(app, ["train", "grpo", "--dry-run", "trainer.total_steps=2"])
     assert result.exit_code == 0, result.output
     lines = _lines(result.output)
     assert lines[0].startswith("checked config:") and lines[-1].startswith("ok")
     assert any(line.startswith("checked data:") for line in lines)
-    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize(
@@ -52,7 +61,7 @@ def test_a_problem_is_one_line_exit_2(argv: list[str], needle: str) -> None:
     assert needle in line and "Traceback" not in result.output
 
 
-def test_train_refuses_an_unknown_data_source_before_ray(tmp_path: Path) -> None:
+def test_train_refuses_an_unknown_data_source_before_ray(tmp_path: Path, no_ray: None) -> None:
     rows = arith.generate(4, seed=0)
     rows[0]["data_source"] = "nobody/knows"
     file = tmp_path / "train.parquet"
@@ -60,7 +69,7 @@ def test_train_refuses_an_unknown_data_source_before_ray(tmp_path: Path) -> None
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "grpo", f"data.train_files={file}", f"trainer.out_dir={out}"])
     assert result.exit_code == 2, result.output
-    assert "'nobody/knows'" in result.output and not ray.is_initialized() and not out.exists()
+    assert "'nobody/knows'" in result.output and "ray.init" not in result.output and not out.exists()
 
 
 def test_config_check_and_sft_dry_run() -> None:

@@ -35,11 +35,14 @@ def _check(*overrides: str, command: str = "train") -> list[str]:
     )
 
 
-def test_embedded_default_passes_without_ray() -> None:
+def test_embedded_default_passes_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    def init(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", init)  # a tripwire: the session may have started Ray already
     lines = _check()
     assert any(line.startswith("hardware:") for line in lines)
     assert any("built-in scorers for arith" in line for line in lines)
-    assert not ray.is_initialized()
 
 
 def test_data_files_columns_and_sources(tmp_path: Path) -> None:
