@@ -8,8 +8,8 @@ import sys
 
 import typer
 
+from rlkit.cli._checks import compose
 from rlkit.cli._options import CONFIG, OVERRIDES, PROFILE
-from rlkit.config.load import load_config
 from rlkit.errors import UserError
 from rlkit.profiling.launch import nsys_command, nsys_executable, preflight
 from rlkit.profiling.profiler import parse_steps
@@ -57,7 +57,7 @@ def profile(
         [f"trainer.profile_steps=[{window[0]},{window[1]}]"] if window else []
     )
     all_overrides = [*(overrides or []), *extra]
-    cfg = load_config(
+    cfg = compose(
         recipe, profile=hw_profile, config_file=config_file, overrides=all_overrides, command="train"
     )
     preflight(kind, joining_cluster=bool(cfg.hardware.ray_address or os.environ.get("RAY_ADDRESS")))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from rlkit.cli._checks import compose, dry_run
 from rlkit.cli._options import CONFIG, OVERRIDES, PROFILE
-from rlkit.config.load import load_config
 
 EPILOG = (
     "Examples: [bold]rlkit sft[/] (the embedded default: tiny model, synthetic arith chats), "
@@ -18,13 +18,23 @@ def sft(
     overrides: list[str] = OVERRIDES,
     profile: str = PROFILE,
     config_file: str = CONFIG,
+    dry: bool = typer.Option(
+        False, "--dry-run", help="Run every check that needs no Ray and no weights, print them, and stop."
+    ),
 ) -> None:
     """Fine-tune a model on conversations (loss on the assistant's tokens); exports a Hugging Face folder."""
     overrides = list(overrides or [])
     if "=" in recipe:  # `rlkit sft KEY=VALUE ...`: the optional RECIPE was left out
         recipe, overrides = "sft", [recipe, *overrides]
-    cfg = load_config(recipe, profile=profile, config_file=config_file, overrides=overrides, command="sft")
+    cfg = compose(recipe, profile=profile, config_file=config_file, overrides=overrides, command="sft")
+    if dry:
+        dry_run(cfg, "sft")
+        return
+    from rlkit.config.compose import to_dataclass
+    from rlkit.trainer.preflight import preflight
     from rlkit.trainer.sft import run_sft
+
+    preflight(to_dataclass(cfg), "sft")
 
     result = run_sft(cfg)
     if result.num_truncated:

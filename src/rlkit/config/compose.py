@@ -4,12 +4,18 @@ Hydra's compose API loads the recipe YAML (whose defaults list names the schema,
 with the hardware profile appended as a ``profile@_global_`` group; the ``--config`` file and the
 overrides (parsed with Hydra's override grammar) are merged on top, in that order. Every key is
 checked against the schema before merging so that a typo fails at once, naming the file it came from
-and the closest real key.
+and the closest real key. A scalar given for a list key is a one-element list (verl's
+``data.train_files=a.parquet``). The composed values are then checked against the schema's choices
+and ranges (:mod:`rlkit.config.ranges`) and the rules between keys (:mod:`rlkit.config.rules`), and
+:mod:`rlkit.config.provenance` records where each value came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +25,14 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlkit.config import provenance
 from rlkit.config.fields import FieldInfo, schema_fields
+from rlkit.config.provenance import flatten_keys
+from rlkit.config.ranges import check_ranges
+from rlkit.config.rules import check_rules
 from rlkit.config.schema import RlkitConfig
 from rlkit.errors import UserError
 
@@ -30,14 +40,20 @@ SCHEMA_NAME = "rlkit_schema"
 BUILTIN_MODEL_PREFIX = "builtin:"
 
 
-def _builtin_or(builtin: Any, other: Any, *, _root_: DictConfig) -> Any:
+def _builtin_or(builtin: Any, *other: Any, _node_: Any, _root_: DictConfig) -> Any:
     """``${builtin_or:A,B}`` in a recipe: A when ``model.path`` is a built-in tiny model, else B.
 
-    Recipes use it for the few values (the learning rate) that the embedded default's tiny model
-    needs and a real model must not get; an explicit value set by the user replaces the whole
-    expression.
+    ``${builtin_or:A}`` leaves B to the schema: a real model gets the key's schema default, so the
+    real-model values are declared once (``schema.py``) and a recipe only names the embedded
+    default's. Recipes use it for the few values (learning rate, prompt and response lengths) that
+    the tiny model needs and a real model must not get; an explicit value set by the user replaces
+    the whole expression. ``rlkit config RECIPE --sources`` shows which branch was taken.
     """
-    return builtin if str(_root_.model.path).startswith(BUILTIN_MODEL_PREFIX) else other
+    if str(_root_.model.path).startswith(BUILTIN_MODEL_PREFIX):
+        return builtin
+    if other:
+        return other[0]
+    return schema_fields()[_node_._get_full_key(None)].default
 
 
 if not OmegaConf.has_resolver("builtin_or"):
@@ -52,26 +68,85 @@ class Sources:
     profile_file: Path | None = None
     config_file: Path | None = None
     overrides: tuple[str, ...] = ()
+    profile_name: str | None = None
+    """What ``hardware.profile`` records: the profile's name (default: the file's stem)."""
+    profile_auto: bool = False
+    """The profile was picked by rlkit (no ``--profile``, no accelerator found)."""
+    command: str = "train"
+    """The command the config is for (``train`` or ``sft``): selects the rules between keys."""
 
 
-def compose_config(sources: Sources, recipe_name: str) -> DictConfig:
-    """Compose and validate; returns the typed OmegaConf config (schema-backed, interpolations kept)."""
+def compose_config(sources: Sources, recipe_name: str, origins: dict[str, str] | None = None) -> DictConfig:
+    """Compose and validate; returns the typed OmegaConf config (schema-backed, interpolations kept).
+
+    Args:
+        sources: What to compose, in order.
+        recipe_name: Recorded as ``recipe``.
+        origins: When given, filled with where each key's value came from (dotted key -> source).
+
+    Raises:
+        UserError: An unknown key, a wrong type, a bad choice, a value out of range or a broken
+            rule between keys (one line each).
+    """
     fields = schema_fields()
     _check_yaml_keys(sources.recipe_file, fields, what="recipe")
     if sources.profile_file is not None:
         _check_yaml_keys(sources.profile_file, fields, what="profile", profile=True)
-    cfg = _hydra_compose(sources)
+    cfg = _hydra_compose(sources, fields)
     if sources.config_file is not None:
         _check_yaml_keys(sources.config_file, fields, what="config file")
-        _merge(cfg, OmegaConf.load(sources.config_file), str(sources.config_file))
+        user = OmegaConf.load(sources.config_file)
+        _merge(cfg, _lists_from_scalars(user, fields), str(sources.config_file))
     for key, value, text in _parse_overrides(sources.overrides, fields):
         try:
             OmegaConf.update(cfg, key, value, merge=False)
         except OmegaConfBaseException as exc:
             raise _type_error(key, value, fields, f"override {text!r}") from exc
     cfg.recipe = recipe_name
-    _check_values(cfg, fields)
+    cfg.hardware.profile = _profile_label(sources)
+    try:
+        _check_values(cfg, fields)
+        check_ranges(cfg, fields)
+        check_rules(cfg, sources.command)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise UserError(
+            f"{key}: cannot resolve its value: {_first_line(exc)}", hint="check the ${...} interpolations"
+        ) from exc
+    if origins is not None:
+        origins.update(provenance.origins(sources, cfg, fields))
     return cfg
+
+
+def _profile_label(sources: Sources) -> str | None:
+    if sources.profile_file is None:
+        return None
+    return sources.profile_name or sources.profile_file.stem
+
+
+def _lists_from_scalars(node: Any, fields: dict[str, FieldInfo]) -> Any:
+    """``node`` (a YAML mapping) with every scalar set for a ``list[...]`` key made a one-element list."""
+    for key, value in _scalars_for_lists(node, fields).items():
+        OmegaConf.update(node, key, [value], merge=False)
+    return node
+
+
+def _scalars_for_lists(node: Any, fields: dict[str, FieldInfo]) -> dict[str, Any]:
+    """The keys of ``node`` that set a scalar for a ``list[...]`` key, with their raw values."""
+    raw = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(raw, dict)
+    return {
+        key: value
+        for key, value in flatten_keys(raw).items()
+        if key in fields
+        and fields[key].type_name.startswith("list")
+        and value is not None
+        and not _is_list(value)
+    }
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, ListConfig))
 
 
 def to_dataclass(cfg: DictConfig) -> RlkitConfig:
@@ -84,18 +159,20 @@ def to_dataclass(cfg: DictConfig) -> RlkitConfig:
     return obj
 
 
-def _hydra_compose(sources: Sources) -> DictConfig:
+def _hydra_compose(sources: Sources, fields: dict[str, FieldInfo]) -> DictConfig:
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=RlkitConfig)
     overrides = []
     if sources.profile_file is not None:
-        store.store(
-            group="profile", name=sources.profile_file.stem, node=OmegaConf.load(sources.profile_file)
-        )
+        profile = _lists_from_scalars(OmegaConf.load(sources.profile_file), fields)
+        store.store(group="profile", name=sources.profile_file.stem, node=profile)
         overrides.append(f"+profile@_global_={sources.profile_file.stem}")
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(sources.recipe_file.parent.resolve()), version_base=None):
+        with (
+            _recipe_dir(sources.recipe_file, fields) as folder,
+            initialize_config_dir(config_dir=str(folder), version_base=None),
+        ):
             cfg = compose(config_name=sources.recipe_file.stem, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise UserError(
@@ -108,6 +185,19 @@ def _hydra_compose(sources: Sources) -> DictConfig:
     return cfg
 
 
+@contextlib.contextmanager
+def _recipe_dir(recipe_file: Path, fields: dict[str, FieldInfo]) -> Iterator[Path]:
+    """The recipe's folder; a temporary copy of its chain when a file gives a scalar for a list key."""
+    loaded = {path: OmegaConf.load(path) for path in provenance.recipe_chain(recipe_file)}
+    if not any(_scalars_for_lists(node, fields) for node in loaded.values()):
+        yield recipe_file.parent.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="rlkit-recipe-") as tmp:
+        for path, node in loaded.items():
+            OmegaConf.save(_lists_from_scalars(node, fields), Path(tmp) / path.name)
+        yield Path(tmp)
+
+
 def _merge(cfg: DictConfig, other: Any, where: str) -> None:
     try:
         merged = OmegaConf.merge(cfg, other)
@@ -117,18 +207,6 @@ def _merge(cfg: DictConfig, other: Any, where: str) -> None:
     assert isinstance(merged, DictConfig)
     for k in list(cfg.keys()):
         cfg[k] = merged[k]
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a plain YAML mapping; lists and scalars are leaves."""
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _check_yaml_keys(path: Path, fields: dict[str, FieldInfo], *, what: str, profile: bool = False) -> None:
@@ -143,7 +221,7 @@ def _check_yaml_keys(path: Path, fields: dict[str, FieldInfo], *, what: str, pro
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
     raw.pop("defaults", None)
-    for key in _flatten(raw):
+    for key in flatten_keys(raw):
         _check_key(key, fields, where=str(path))
         if profile and not fields[key].profile:
             raise UserError(
@@ -179,7 +257,15 @@ def _parse_overrides(overrides: tuple[str, ...], fields: dict[str, FieldInfo]) -
             raise UserError(f"override {text!r}: only KEY=VALUE is supported", hint="drop the leading + or ~")
         key = parsed.key_or_group
         _check_key(key, fields, where="override")
-        out.append((key, parsed.value(), text))
+        if key == "hardware.profile":
+            raise UserError(
+                "hardware.profile records the profile rlkit applied; it is not set by KEY=VALUE",
+                hint="choose a profile with --profile NAME (see `rlkit profiles`)",
+            )
+        value = parsed.value()
+        if fields[key].type_name.startswith("list") and value is not None and not _is_list(value):
+            value = [value]  # verl's data.train_files=a.parquet
+        out.append((key, value, text))
     return out
 
 
@@ -188,10 +274,12 @@ def _check_values(cfg: DictConfig, fields: dict[str, FieldInfo]) -> None:
         if not info.choices:
             continue
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if value not in info.choices:
-            close = difflib.get_close_matches(str(value), info.choices, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]}?" if close else "choose one of: " + ", ".join(info.choices)
-            raise UserError(f"{key}={value!r} is not one of {', '.join(info.choices)}", hint=hint)
+        for item in value if _is_list(value) else [value]:
+            if item not in info.choices:
+                close = difflib.get_close_matches(str(item), info.choices, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]}?" if close else "choose one of: " + ", ".join(info.choices)
+                where = f"{key}: {item!r}" if _is_list(value) else f"{key}={item!r}"
+                raise UserError(f"{where} is not one of {', '.join(info.choices)}", hint=hint)
 
 
 def _type_error(key: str, value: Any, fields: dict[str, FieldInfo], where: str) -> UserError:

@@ -11,6 +11,7 @@ from itertools import groupby
 from pathlib import Path
 
 from rlkit.config.fields import schema_fields
+from rlkit.config.ranges import describe_range
 
 
 def render() -> str:
@@ -20,12 +21,18 @@ def render() -> str:
         "Generated from `src/rlkit/config/schema.py` by `python -m rlkit.config.docs`; do not edit by hand.",
         "Values are applied in this order: recipe, `--profile`, `--config FILE`, then `KEY=VALUE`.",
         "Keys marked *profile* are the hardware, parallelism, batch and memory keys a profile may set.",
+        "A value outside a key's valid range, or not one of its choices, fails at compose time.",
+        "`rlkit config RECIPE --sources` shows where each value of a run came from.",
         "",
     ]
     for group, infos in groupby(schema_fields().values(), key=lambda i: i.key.split(".")[0]):
         lines += [f"## `{group}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for info in infos:
             doc = info.doc.replace("|", "\\|")
+            if info.bounds or info.allow:
+                doc += f" Valid: {describe_range(info)}."
+            if info.unbounded:
+                doc += f" Any value: {info.unbounded}."
             if info.choices:
                 doc += " One of: " + ", ".join(f"`{c}`" for c in info.choices) + "."
             if info.profile:

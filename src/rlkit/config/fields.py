@@ -30,6 +30,16 @@ class FieldInfo:
     choices: tuple[str, ...]
     bounds: dict[str, float] = dataclasses.field(default_factory=dict)
     """The valid range of a numeric key: any of ``ge``, ``gt``, ``le``, ``lt`` (see ``schema.bounded``)."""
+    allow: tuple[float, ...] = ()
+    """Special values accepted outside ``bounds`` (``rollout.top_k=-1``: off)."""
+    unbounded: str = ""
+    """Why a numeric key has no range (``schema.unbounded``); empty for the others."""
+
+    @property
+    def numeric(self) -> bool:
+        """The key holds a number, or a list of numbers (ranges apply element-wise)."""
+        names = self.type_name.replace("list[", "").replace("]", "").split(" or ")
+        return any(n in ("int", "float") for n in names)
 
     @property
     def example(self) -> str:
@@ -95,6 +105,8 @@ def _walk(cls: type, prefix: str) -> list[FieldInfo]:
                 profile=bool(f.metadata.get("profile")),
                 choices=tuple(f.metadata.get("choices", ())),
                 bounds=dict(f.metadata.get("bounds", {})),
+                allow=tuple(f.metadata.get("allow", ())),
+                unbounded=str(f.metadata.get("unbounded", "")),
             )
         )
     return out

@@ -31,15 +31,33 @@ def bounded(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    allow: tuple[float, ...] = (),
     profile: bool = False,
 ) -> Any:
     """A numeric field with its valid range (``ge``/``gt`` below, ``le``/``lt`` above), declared once.
 
     A value outside the range fails at compose time with one line naming the key, the value and the
-    range. ``None`` stays allowed where the field's type admits it (``int | None``).
+    range. ``allow`` lists special values accepted outside the range (``rollout.top_k=-1``: off).
+    ``None`` stays allowed where the field's type admits it (``int | None``). For a list field
+    (``list[float]``) the range applies to every element.
     """
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    return field(default=default, metadata={"bounds": bounds, "profile": profile})
+    metadata = {"bounds": bounds, "allow": tuple(allow), "profile": profile}
+    if isinstance(default, list):
+        items = list(default)
+        return field(default_factory=lambda: list(items), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def choice_list(default: list[str], choices: tuple[str, ...]) -> Any:
+    """A list-of-strings field whose every element must be one of ``choices``."""
+    items = list(default)
+    return field(default_factory=lambda: list(items), metadata={"choices": tuple(choices)})
+
+
+def unbounded(default: Any, why: str) -> Any:
+    """A numeric field that is valid at any value; ``why`` says so (the schema test requires it)."""
+    return field(default=default, metadata={"unbounded": why})
 
 
 @dataclass
@@ -60,9 +78,9 @@ class ModelConfig:
     the CPU."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the model folder (non-native architectures only)."""
-    lora_rank: int = 0
+    lora_rank: int = bounded(0, ge=0)
     """LoRA rank; 0 trains all weights."""
-    lora_alpha: int = 16
+    lora_alpha: int = bounded(16, gt=0)
     """LoRA scaling numerator (scale = alpha / rank)."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules that get LoRA adapters (``all-linear`` or module names such as ``q_proj``)."""
@@ -76,15 +94,15 @@ class DataConfig:
     """Parquet files of validation prompts; empty = a held-out split of the synthetic task when it is used."""
     synthetic: str = choice("arith", "countdown")
     """Task generated on the fly when ``data.train_files`` is empty (``arith`` or ``countdown``)."""
-    synthetic_size: int = 4096
+    synthetic_size: int = bounded(4096, ge=1)
     """Number of synthetic training prompts (validation gets an eighth of it)."""
-    batch_size: int = profile_key(16)
+    batch_size: int = bounded(16, ge=1, profile=True)
     """Prompts per RL step (each gets ``rollout.n`` samples)."""
-    val_batch_size: int = profile_key(64)
+    val_batch_size: int = bounded(64, ge=1, profile=True)
     """Prompts per validation generation batch."""
-    max_prompt_length: int = 128
+    max_prompt_length: int = bounded(512, ge=1)
     """Prompts longer than this many tokens are filtered out (and counted)."""
-    max_response_length: int = 32
+    max_response_length: int = bounded(512, ge=1)
     """Maximum generated tokens per response."""
     prompt_key: str = "prompt"
     """Column that holds the chat messages of a prompt."""
@@ -103,48 +121,48 @@ class DataConfig:
 class RolloutConfig:
     engine: str = choice("native")
     """Rollout engine: ``native`` (built in: KV cache, continuous batching, CUDA graphs)."""
-    n: int = 8
+    n: int = bounded(8, ge=1)
     """Samples per prompt (the group size of GRPO-style estimators)."""
-    temperature: float = 1.0
+    temperature: float = bounded(1.0, ge=0)
     """Sampling temperature; the trainer's log-probs use the same temperature."""
-    top_p: float = 1.0
+    top_p: float = bounded(1.0, gt=0, le=1)
     """Nucleus sampling threshold (1.0 = off)."""
-    top_k: int = -1
+    top_k: int = bounded(-1, ge=1, allow=(-1,))
     """Top-k sampling (-1 = off)."""
-    val_temperature: float = 0.0
+    val_temperature: float = bounded(0.0, ge=0)
     """Temperature of validation generations (0 = greedy)."""
-    val_n: int = 1
+    val_n: int = bounded(1, ge=1)
     """Samples per validation prompt."""
-    max_num_seqs: int = profile_key(256)
+    max_num_seqs: int = bounded(256, ge=1, profile=True)
     """Sequences decoded together by the native engine (its KV-cache slots)."""
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""
-    gpu_memory_utilization: float = profile_key(0.5)
+    gpu_memory_utilization: float = bounded(0.5, gt=0, le=1, profile=True)
     """Fraction of the device memory free when the native engine allocates its KV cache (at the
     first generation and after each wake) that the cache may take, in (0, 1]; ignored on the CPU."""
 
 
 @dataclass
 class ActorConfig:
-    lr: float = 1e-6
+    lr: float = bounded(1e-6, gt=0)
     """Peak learning rate of AdamW."""
-    weight_decay: float = 0.01
+    weight_decay: float = bounded(0.01, ge=0)
     """AdamW weight decay."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = bounded([0.9, 0.999], ge=0, lt=1)
     """AdamW betas."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """Linear learning-rate warmup steps."""
     lr_schedule: str = choice("constant", "cosine")
     """Learning-rate schedule after warmup: ``constant`` or ``cosine``."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = bounded(0.0, ge=0, le=1)
     """Final learning rate of the cosine schedule, as a fraction of ``lr``."""
-    grad_clip: float = 1.0
-    """Clip gradients to this global norm."""
-    mini_batch_size: int = 16
+    grad_clip: float = bounded(1.0, ge=0)
+    """Clip gradients to this global norm (0 = no clipping; the norm is still logged)."""
+    mini_batch_size: int = bounded(16, ge=1)
     """Prompts per optimizer step (a multiple dividing ``data.batch_size``)."""
-    epochs: int = 1
+    epochs: int = bounded(1, ge=1)
     """Passes over each RL batch."""
-    micro_batch_tokens: int = profile_key(8192)
+    micro_batch_tokens: int = bounded(8192, ge=1, profile=True)
     """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
     loss_mode: str = choice(
         "vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo", "sapo", "reinforce", "sppo"
@@ -154,23 +172,23 @@ class ActorConfig:
         "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
     )
     """Loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm."""
-    clip_ratio_low: float = 0.2
+    clip_ratio_low: float = bounded(0.2, ge=0)
     """Lower PPO clip range (1 - low)."""
-    clip_ratio_high: float = 0.2
+    clip_ratio_high: float = bounded(0.2, ge=0)
     """Upper PPO clip range (1 + high); DAPO's clip-higher raises it."""
-    clip_ratio_c: float = 3.0
+    clip_ratio_c: float = bounded(3.0, gt=1)
     """Dual-clip constant for negative advantages (> 1)."""
-    entropy_coeff: float = 0.0
+    entropy_coeff: float = unbounded(0.0, "a negative weight penalises entropy instead of rewarding it")
     """Weight of the entropy bonus."""
     use_kl_loss: bool = False
     """Add a KL-to-reference term to the actor loss (GRPO style)."""
-    kl_loss_coef: float = 0.001
+    kl_loss_coef: float = bounded(0.001, ge=0)
     """Weight of the KL loss."""
     kl_loss_type: str = "low_var_kl"
     """KL estimator of the loss: kl, abs, mse, low_var_kl (k1, k2, k3, with optional ``+``)."""
-    sppo_eta: float = 1.0
+    sppo_eta: float = bounded(1.0, gt=0)
     """SPPO's eta: the ``sppo`` loss regresses each log-ratio onto eta times the centred reward."""
-    dpo_beta: float = 0.1
+    dpo_beta: float = bounded(0.1, gt=0)
     """Inverse temperature beta of SPIN's DPO pair loss."""
     dpo_loss_type: str = choice("sigmoid", "ipo")
     """SPIN's pair loss: ``sigmoid`` (DPO) or ``ipo``."""
@@ -186,15 +204,15 @@ class CriticConfig:
     """Train a value model; ``null`` = only when ``algo.advantage`` is ``gae``."""
     model_path: str | None = None
     """Critic initial weights; defaults to ``model.path``."""
-    lr: float = 1e-5
+    lr: float = bounded(1e-5, gt=0)
     """Peak learning rate of the critic."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """Critic learning-rate warmup steps."""
-    grad_clip: float = 1.0
-    """Clip critic gradients to this global norm."""
-    cliprange_value: float = 0.5
+    grad_clip: float = bounded(1.0, ge=0)
+    """Clip critic gradients to this global norm (0 = no clipping)."""
+    cliprange_value: float = bounded(0.5, ge=0)
     """Value clipping range around the old values."""
-    micro_batch_tokens: int = profile_key(8192)
+    micro_batch_tokens: int = bounded(8192, ge=1, profile=True)
     """Token budget of a critic micro-batch per device."""
     param_offload: bool = profile_key(False)
     """Keep critic parameters on the CPU between uses."""
@@ -206,7 +224,7 @@ class RefConfig:
     """Load a reference model; null = only when a KL term needs one (actor.use_kl_loss, algo.use_kl_in_reward)."""
     param_offload: bool = profile_key(False)
     """Keep reference-model parameters on the CPU between uses."""
-    update_every: int = 0
+    update_every: int = bounded(0, ge=0)
     """Copy the actor into the reference model every N steps (SPIN); 0 = never."""
 
 
@@ -214,11 +232,11 @@ class RefConfig:
 class KLControlConfig:
     type: str = choice("fixed", "adaptive")
     """KL coefficient controller: ``fixed`` or ``adaptive``."""
-    kl_coef: float = 0.001
+    kl_coef: float = bounded(0.001, ge=0)
     """(Initial) KL coefficient."""
-    target_kl: float = 0.1
+    target_kl: float = bounded(0.1, gt=0)
     """Target KL of the adaptive controller."""
-    horizon: int = 10000
+    horizon: int = bounded(10000, ge=1)
     """Horizon of the adaptive controller."""
 
 
@@ -229,7 +247,7 @@ class FilterGroupsConfig:
     metric: str = "score"
     """Per-sample value whose spread within a group decides if the group is kept: ``score`` (the scorer's,
     before overlong shaping), ``seq_reward`` (after it), or the name of another batch column."""
-    max_num_gen_batches: int = 10
+    max_num_gen_batches: int = bounded(10, ge=0)
     """Most generation rounds per step (0 = unlimited)."""
 
 
@@ -249,13 +267,13 @@ class AlgoConfig:
     )
     """Advantage estimator: gae, grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo,
     gpg, grpo_passk, sppo."""
-    gamma: float = 1.0
+    gamma: float = bounded(1.0, ge=0, le=1)
     """Discount factor."""
-    lam: float = 1.0
+    lam: float = bounded(1.0, ge=0, le=1)
     """GAE lambda."""
     norm_adv_by_std_in_grpo: bool = True
     """Divide GRPO advantages by the group's std (false = Dr.GRPO)."""
-    sppo_beta: float = 1.0
+    sppo_beta: float = bounded(1.0, ge=0)
     """Soft-mean temperature of SPPO's reward centring within a group (0 = plain mean)."""
     use_kl_in_reward: bool = False
     """Subtract a KL penalty against the reference model from the token rewards."""
@@ -280,9 +298,9 @@ class CustomRewardConfig:
 class OverlongConfig:
     enable: bool = False
     """DAPO overlong reward shaping."""
-    buffer_len: int = 16
+    buffer_len: int = bounded(16, ge=1)
     """Length of the soft-penalty buffer before ``data.max_response_length``."""
-    penalty_factor: float = 1.0
+    penalty_factor: float = bounded(1.0, ge=0)
     """Penalty at the full length."""
 
 
@@ -317,19 +335,19 @@ class RewardConfig:
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = 60
+    total_steps: int = bounded(60, ge=1)
     """RL steps to run."""
     out_dir: str | None = None
     """Run folder: config.yaml, metrics.jsonl, checkpoints/. Null (the default): a fresh
     ``runs/<recipe>/<YYYYmmdd-HHMMSS>`` per run, with ``runs/<recipe>/latest`` pointing at it. A
     folder another live run holds is refused (``RUN/.lock``)."""
-    save_every: int = 0
+    save_every: int = bounded(0, ge=0)
     """Save a checkpoint every N steps (0 = only at the end)."""
-    val_every: int = 10
+    val_every: int = bounded(10, ge=0)
     """Validate every N steps (0 = never)."""
     val_before_train: bool = True
     """Validate once before the first step."""
-    seed: int = 1
+    seed: int = bounded(1, ge=0)
     """Seed of data order, sampling and initialisation."""
     resume: str = "auto"
     """``auto`` (continue the newest checkpoint of ``trainer.out_dir`` when it is set and has one,
@@ -339,7 +357,7 @@ class TrainerConfig:
     keep_last: int | None = bounded(None, ge=0)
     """Checkpoints to keep (0 = all). Null: 3 for a new run; on resume, the value the run started
     with (kept in its checkpoints)."""
-    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    loggers: list[str] = choice_list(["console", "jsonl"], ("console", "jsonl", "tensorboard", "wandb"))
     """Where metrics go: console, jsonl, tensorboard, wandb."""
     log_every: int | None = bounded(None, ge=1)
     """Print a console line every N steps (the first and last step always; ``metrics.jsonl``
@@ -349,17 +367,17 @@ class TrainerConfig:
     """Project name (wandb, tensorboard)."""
     experiment: str = "${recipe}"
     """Experiment name (wandb, tensorboard)."""
-    critic_warmup: int = 0
+    critic_warmup: int = bounded(0, ge=0)
     """Steps that update only the critic."""
     profile: str = choice("none", "torch", "npu", "memory", "nsight")
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
-    profile_steps: list[int] = field(default_factory=lambda: [2, 3])
+    profile_steps: list[int] = bounded([2, 3], ge=1)
     """First and last RL step (inclusive) that ``trainer.profile`` records (clamped to the run)."""
 
 
 @dataclass
 class SFTConfig:
-    max_length: int = 256
+    max_length: int = bounded(256, ge=1)
     """Longest training sequence in tokens; longer ones are truncated (and counted)."""
     messages_key: str = "messages"
     """Column holding multi-turn chat messages (used when ``sft.prompt_key`` is null)."""
@@ -369,25 +387,28 @@ class SFTConfig:
     """Column of single-turn responses."""
     truncation: str = choice("right", "left", "error")
     """How an over-long sequence is cut (or refused)."""
-    val_every: int = 50
+    val_every: int = bounded(50, ge=0)
     """Compute the validation loss every N steps (0 = never)."""
 
 
 @dataclass
 class HardwareConfig:
+    profile: str | None = None
+    """Hardware profile applied (set by rlkit): the ``--profile`` name or file, ``cpu`` when no
+    ``--profile`` was given and no GPU or NPU was found, null when the schema's values were used."""
     device: str = choice("auto", "cpu", "cuda", "rocm", "npu", profile=True)
     """``auto`` (a GPU when present, else CPU), ``cpu``, ``cuda``, ``rocm`` (AMD) or ``npu`` (Ascend)."""
-    nodes: int = profile_key(1)
+    nodes: int = bounded(1, ge=1, profile=True)
     """Nodes of the Ray cluster to use."""
-    devices_per_node: int = profile_key(1)
+    devices_per_node: int = bounded(1, ge=1, profile=True)
     """Devices (GPUs/NPUs; workers on CPU) per node."""
     ray_address: str | None = profile_key(None)
     """Existing Ray cluster to join (``auto`` or host:port); null starts a local one (or uses RAY_ADDRESS)."""
     placement: str = choice("colocated", "split", profile=True)
     """``colocated`` (actor, rollout and ref share each device) or ``split`` (a pool per role)."""
-    memory_per_device_gb: float | None = profile_key(None)
+    memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
-    stage_timeout_s: float = profile_key(1800.0)
+    stage_timeout_s: float = bounded(1800.0, gt=0, profile=True)
     """A stage of a step that runs longer than this dumps worker stacks and stops the run."""
 
 

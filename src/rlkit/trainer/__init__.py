@@ -10,9 +10,15 @@ from rlkit.config.compose import to_dataclass
 
 
 def run_rl(cfg: DictConfig) -> Path:
-    """Run a composed RL config; returns the run directory."""
+    """Run a composed RL config; returns the run directory.
+
+    The checks that need no Ray (:func:`rlkit.trainer.preflight.preflight`) run first, so a bad data
+    file, an unknown data source or a missing logger fails before Ray starts.
+    """
     from rlkit.trainer.core import RLTrainer
     from rlkit.trainer.hooks import load_hooks
+    from rlkit.trainer.preflight import preflight
 
     config = to_dataclass(cfg)
+    preflight(config, "train")
     return RLTrainer(config, load_hooks(config.hooks)).fit()

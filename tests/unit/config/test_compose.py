@@ -30,14 +30,14 @@ def test_defaults_come_from_schema_and_recipe() -> None:
 
 
 def test_order_recipe_profile_file_overrides(tmp_path: Path) -> None:
-    profile = write(tmp_path / "p.yaml", "actor:\n  micro_batch_tokens: 111\ndata:\n  batch_size: 4\n")
-    user = write(tmp_path / "u.yaml", "data:\n  batch_size: 8\ntrainer:\n  total_steps: 3\n")
+    profile = write(tmp_path / "p.yaml", "actor:\n  micro_batch_tokens: 111\ndata:\n  batch_size: 48\n")
+    user = write(tmp_path / "u.yaml", "data:\n  batch_size: 64\ntrainer:\n  total_steps: 3\n")
     cfg = load_config("grpo", profile=str(profile))
-    assert (cfg.actor.micro_batch_tokens, cfg.data.batch_size) == (111, 4)
+    assert (cfg.actor.micro_batch_tokens, cfg.data.batch_size) == (111, 48)
     cfg = load_config("grpo", profile=str(profile), config_file=str(user))
-    assert (cfg.actor.micro_batch_tokens, cfg.data.batch_size, cfg.trainer.total_steps) == (111, 8, 3)
-    cfg = load_config("grpo", profile=str(profile), config_file=str(user), overrides=["data.batch_size=2"])
-    assert cfg.data.batch_size == 2 and cfg.trainer.total_steps == 3
+    assert (cfg.actor.micro_batch_tokens, cfg.data.batch_size, cfg.trainer.total_steps) == (111, 64, 3)
+    cfg = load_config("grpo", profile=str(profile), config_file=str(user), overrides=["data.batch_size=16"])
+    assert cfg.data.batch_size == 16 and cfg.trainer.total_steps == 3
 
 
 def test_override_grammar_lists_and_null() -> None:

@@ -1,0 +1,130 @@
+"""Rules between config keys, checked at compose time (before Ray) from the config alone.
+
+Each rule is the config-side statement of something the trainer relies on; the comment on each
+names the code that needs it. Ranges of single keys live in :mod:`rlkit.config.ranges`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from rlkit.errors import UserError
+
+
+def _mini_batches(cfg: DictConfig) -> None:
+    # trainer/settings.num_mini_batches: the actor and critic updates cut the step's prompts into
+    # data.batch_size / actor.mini_batch_size optimizer steps.
+    batch, mini = cfg.data.batch_size, cfg.actor.mini_batch_size
+    if mini > batch or batch % mini:
+        fits = max(d for d in range(1, batch + 1) if batch % d == 0 and d <= mini)
+        raise UserError(
+            f"actor.mini_batch_size={mini} must divide data.batch_size={batch} (prompts per optimizer step)",
+            hint=f"e.g. actor.mini_batch_size={fits}",
+        )
+
+
+def _workers(cfg: DictConfig) -> None:
+    # controller/dispatch.shard_payloads pads a batch that does not split evenly over the workers
+    # with copies of its first rows, which an update would train on twice; training/passes.
+    # mini_batches needs every worker to hold at least one row of each mini-batch.
+    hw = cfg.hardware
+    world = hw.nodes * hw.devices_per_node
+    if world == 1:
+        return
+    batch, n, mini = cfg.data.batch_size, cfg.rollout.n, cfg.actor.mini_batch_size
+    where = f"{world} workers (hardware.nodes={hw.nodes} x hardware.devices_per_node={hw.devices_per_node})"
+    if (batch * n) % world:
+        raise UserError(
+            f"data.batch_size x rollout.n = {batch} x {n} = {batch * n} rows do not split evenly over {where}",
+            hint=f"make data.batch_size x rollout.n a multiple of {world}",
+        )
+    if mini * n < world:
+        raise UserError(
+            f"actor.mini_batch_size x rollout.n = {mini} x {n} rows per optimizer step leave some of the "
+            f"{where} without a row",
+            hint=f"make actor.mini_batch_size x rollout.n at least {world}",
+        )
+
+
+def _profile_steps(cfg: DictConfig) -> None:
+    # profiling/profiler.ProfileWindow.from_settings: [first, last], 1 <= first <= last.
+    steps = list(cfg.trainer.profile_steps)
+    if len(steps) != 2 or steps[0] > steps[1]:
+        raise UserError(
+            f"trainer.profile_steps={steps} must be [first, last] with first <= last",
+            hint="e.g. trainer.profile_steps=[2,3]",
+        )
+    if cfg.trainer.profile != "none" and steps[0] > cfg.trainer.total_steps:
+        raise UserError(
+            f"trainer.profile_steps starts at step {steps[0]} but the run has {cfg.trainer.total_steps} steps "
+            "(trainer.total_steps)",
+            hint=f"e.g. trainer.profile_steps=[1,{cfg.trainer.total_steps}]",
+        )
+
+
+def _reference_and_critic(cfg: DictConfig) -> None:
+    # trainer/setup: the KL terms read the reference model's log-probs; GAE reads the critic's values.
+    if cfg.ref.enable is False and (cfg.actor.use_kl_loss or cfg.algo.use_kl_in_reward):
+        raise UserError(
+            "actor.use_kl_loss / algo.use_kl_in_reward need a reference model, but ref.enable=false",
+            hint="set ref.enable=true (or null), or turn the KL terms off",
+        )
+    if cfg.critic.enable is False and cfg.algo.advantage == "gae":
+        raise UserError(
+            "algo.advantage=gae needs a critic, but critic.enable=false",
+            hint="set critic.enable=true (or null), or choose another algo.advantage",
+        )
+
+
+def _reward(cfg: DictConfig) -> None:
+    # rewards/managers.build_reward_manager: the batch manager calls a user's batched function;
+    # overlong_penalty ramps over the last buffer_len tokens of data.max_response_length.
+    if cfg.reward.manager == "batch" and not cfg.reward.custom.path:
+        raise UserError(
+            "reward.manager=batch needs a batched function, but reward.custom.path is not set",
+            hint="set reward.custom.path (and reward.custom.name) to fn(data_sources, solution_strs, "
+            "ground_truths, extra_infos) -> list",
+        )
+    overlong = cfg.reward.overlong
+    if overlong.enable and overlong.buffer_len > cfg.data.max_response_length:
+        raise UserError(
+            f"reward.overlong.buffer_len={overlong.buffer_len} is longer than "
+            f"data.max_response_length={cfg.data.max_response_length}",
+            hint=f"e.g. reward.overlong.buffer_len={max(1, cfg.data.max_response_length // 5)}",
+        )
+
+
+def _sft_columns_and_task(cfg: DictConfig) -> None:
+    # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
+    # write_synthetic_files has reference answers only for the arith task.
+    s = cfg.sft
+    if (s.prompt_key is None) != (s.response_key is None):
+        raise UserError(
+            f"sft.prompt_key={s.prompt_key} and sft.response_key={s.response_key}: set both, or neither",
+            hint="both read single-turn pairs; neither reads the sft.messages_key column",
+        )
+    if not cfg.data.train_files and cfg.data.synthetic != "arith":
+        raise UserError(
+            f"rlkit sft has no reference answers for data.synthetic={cfg.data.synthetic}",
+            hint="use data.synthetic=arith, or pass data.train_files with messages or prompt/response columns",
+        )
+
+
+#: The rules each command relies on (``sft`` uses neither mini-batches nor rewards nor profiling windows).
+RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
+    "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward),
+    "sft": (_sft_columns_and_task,),
+}
+
+
+def check_rules(cfg: DictConfig, command: str = "train") -> None:
+    """Refuse the first rule between keys that ``cfg`` breaks.
+
+    Raises:
+        UserError: One line naming the keys, their values and a fix.
+    """
+    for rule in RULES.get(command, RULES["train"]):
+        rule(cfg)

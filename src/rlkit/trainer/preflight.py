@@ -1,0 +1,220 @@
+"""Checks of a composed config that need no Ray and no weights: ``--dry-run``, and the start of every run.
+
+``rlkit train RECIPE --dry-run``, ``rlkit config RECIPE --check`` and ``rlkit sft --dry-run`` run
+:func:`preflight` and print what it checked; ``rlkit train`` and ``rlkit sft`` run it before Ray
+starts, so a missing column, an unknown ``data_source``, a logger that is not installed or a GPU
+profile on a laptop fails in about a second with one line instead of after the cluster is up. Keys,
+ranges and the rules between keys were already checked when the config was composed.
+
+Each check reads as little as it can: the parquet schema and the one column naming the data
+source (never the prompts), a user's reward file parsed with :mod:`ast` (never imported here), and
+a model's ``config.json`` (never its weights).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rlkit.config.schema import RlkitConfig
+from rlkit.errors import UserError
+from rlkit.models import load_hf_config, native_unsupported_reason
+from rlkit.rewards.custom import load_custom_reward
+from rlkit.rewards.scorers import check_data_sources
+from rlkit.trainer.settings import resolve_device
+
+BUILTIN_PREFIX = "builtin:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: trainer.loggers entry -> the module it imports.
+_LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
+    """Run every check of ``cfg`` that needs no Ray and no weights; one line per check.
+
+    Args:
+        cfg: A composed config (:func:`rlkit.config.compose.to_dataclass`).
+        command: ``train`` (RL) or ``sft``.
+
+    Returns:
+        What was checked, one line each, for ``--dry-run`` to print.
+
+    Raises:
+        UserError: The first problem found, in one line with its fix.
+    """
+    if command == "sft":
+        checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
+    else:
+        checks = [_hardware, _model_for_native_engine, _rl_data_and_scorers, _loggers]
+    return [check(cfg) for check in checks]
+
+
+def _hardware(cfg: RlkitConfig) -> str:
+    device = resolve_device(cfg)
+    profile = cfg.hardware.profile or "none (schema values)"
+    workers = cfg.hardware.nodes * cfg.hardware.devices_per_node
+    return f"hardware: profile {profile}, device {device} ({workers} worker(s))"
+
+
+def _model_readable(cfg: RlkitConfig) -> str:
+    return _model(cfg, native_engine=False)
+
+
+def _model_for_native_engine(cfg: RlkitConfig) -> str:
+    return _model(cfg, native_engine=cfg.rollout.engine == "native")
+
+
+def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
+    path = cfg.model.path
+    hf = model_config_json(path)
+    if hf is None:
+        return f"model: {path} is not a local folder or cached; its config.json is checked when the run fetches it"
+    reason = native_unsupported_reason(hf)
+    if native_engine and reason is not None:
+        raise UserError(
+            f"rollout.engine=native cannot run model.path={path}: {reason}",
+            hint="use a Llama / Qwen2 / Qwen2.5 / Qwen3 model (the native engine's architectures)",
+        )
+    for key, other in (
+        ("critic.model_path", cfg.critic.model_path),
+        ("reward.model_path", cfg.reward.model_path),
+    ):
+        if other:
+            model_config_json(other, key=key)
+    _tokenizer_exists(cfg.model.tokenizer)
+    family = "native architecture" if reason is None else f"transformers fallback: {reason}"
+    return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+
+
+def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] | None:
+    """A model's ``config.json`` (built-in, local folder, or a hub id in the local HF cache).
+
+    Returns None for a hub id that is not cached (only the run, which downloads it, can check it).
+
+    Raises:
+        UserError: A local path that is not a model folder, or a config.json that is not JSON.
+    """
+    if path.startswith(BUILTIN_PREFIX) or Path(path).expanduser().is_dir():
+        try:
+            return load_hf_config(path)
+        except UserError as exc:
+            raise UserError(exc.message.replace("model.path", key), hint=exc.hint) from exc
+    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+        cached = _cached_hub_file(path, "config.json")
+        return json.loads(Path(cached).read_text()) if cached else None
+    raise UserError(
+        f"{key}: no such folder {path!r}",
+        hint="pass a local model folder (fetch one with `rlkit download REPO_ID`), a hub id, or builtin:tiny",
+    )
+
+
+def _tokenizer_exists(path: str | None) -> None:
+    if not path or path.startswith(BUILTIN_PREFIX) or Path(path).expanduser().is_dir():
+        return
+    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+        return  # fetched with the model
+    raise UserError(
+        f"model.tokenizer: no such folder {path!r}",
+        hint="set it to a tokenizer folder or hub id, or null to use model.path's tokenizer",
+    )
+
+
+def _cached_hub_file(repo_id: str, filename: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def _parquet_schema(file: str) -> pa.Schema:
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UserError(f"no such data file: {path}", hint="run `rlkit data NAME` to prepare one")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: cannot read it as parquet: {exc}") from exc
+
+
+def _require(file: str, schema: pa.Schema, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise UserError(
+            f"{Path(file).expanduser()}: no column {', '.join(repr(m) for m in missing)} "
+            f"(columns present: {', '.join(schema.names)})",
+            hint="prepare it with `rlkit data` (verl's schema) or set the data.*_key options",
+        )
+
+
+def _ground_truth(file: str, schema: pa.Schema) -> None:
+    kind = schema.field("reward_model").type
+    if pa.types.is_struct(kind) and kind.get_field_index("ground_truth") < 0:
+        raise UserError(
+            f"{Path(file).expanduser()}: column 'reward_model' has no field 'ground_truth' "
+            f"(it has: {', '.join(f.name for f in kind)})",
+            hint="each row's reward_model must be {'ground_truth': ..., 'style': 'rule'} (verl's schema)",
+        )
+
+
+def _data_sources(file: str, column: str) -> set[str]:
+    table = pq.read_table(Path(file).expanduser(), columns=[column])
+    return {str(v) for v in pc.unique(table.column(column)).to_pylist()}
+
+
+def _rl_data_and_scorers(cfg: RlkitConfig) -> str:
+    d = cfg.data
+    files = [*d.train_files, *d.val_files]
+    sources: set[str] = set() if d.train_files else {d.synthetic}
+    for file in files:
+        schema = _parquet_schema(file)
+        _require(file, schema, [d.prompt_key, d.reward_fn_key, "reward_model"])
+        _ground_truth(file, schema)
+        sources |= _data_sources(file, d.reward_fn_key)
+    what = f"{len(files)} parquet file(s)" if d.train_files else f"the synthetic {d.synthetic} task"
+    if not d.train_files and d.val_files:
+        what += f" + {len(d.val_files)} validation file(s)"
+    return f"data: {what}, columns ok; " + _scorers(cfg, sources)
+
+
+def _scorers(cfg: RlkitConfig, sources: set[str]) -> str:
+    r = cfg.reward
+    if r.custom.path:
+        load_custom_reward(r.custom.path, r.custom.name, batched=r.manager == "batch")
+        return f"rewards: {r.custom.name}() in {r.custom.path} (parsed, not run)"
+    if r.model_path:
+        return f"rewards: reward model {r.model_path}"
+    check_data_sources(sources)
+    return f"rewards: built-in scorers for {', '.join(sorted(sources))}"
+
+
+def _sft_data(cfg: RlkitConfig) -> str:
+    d, s = cfg.data, cfg.sft
+    columns = [s.prompt_key, s.response_key] if s.prompt_key else [s.messages_key]
+    for file in [*d.train_files, *d.val_files]:
+        if Path(file).suffix == ".parquet":
+            _require(file, _parquet_schema(file), [c for c in columns if c])
+        elif not Path(file).expanduser().is_file():
+            raise UserError(f"no such data file: {Path(file).expanduser()}")
+    if not d.train_files:
+        return f"data: the synthetic {d.synthetic} task as chats"
+    return (
+        f"data: {len(d.train_files) + len(d.val_files)} file(s), columns {', '.join(c for c in columns if c)}"
+    )
+
+
+def _loggers(cfg: RlkitConfig) -> str:
+    for name in cfg.trainer.loggers:
+        module = _LOGGER_MODULES.get(name)
+        if module and importlib.util.find_spec(module) is None:
+            raise UserError(f"trainer.loggers has {name} but it is not installed", hint=f"pip install {name}")
+    return f"loggers: {', '.join(cfg.trainer.loggers)}"
