@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rlkit.config.schema import RlkitConfig
+from rlkit.data.hub import hub_cache_dir, is_hub_id
 from rlkit.errors import UserError
 from rlkit.models import load_hf_config, native_unsupported_reason
 from rlkit.rewards.custom import load_custom_reward
@@ -32,7 +32,6 @@ from rlkit.rewards.scorers import check_data_sources
 from rlkit.trainer.settings import resolve_device
 
 BUILTIN_PREFIX = "builtin:"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: trainer.loggers entry -> the module it imports.
 _LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -107,7 +106,7 @@ def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] |
             return load_hf_config(path)
         except UserError as exc:
             raise UserError(exc.message.replace("model.path", key), hint=exc.hint) from exc
-    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+    if is_hub_id(path):
         cached = _cached_hub_file(path, "config.json")
         return json.loads(Path(cached).read_text()) if cached else None
     raise UserError(
@@ -119,7 +118,7 @@ def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] |
 def _tokenizer_exists(path: str | None) -> None:
     if not path or path.startswith(BUILTIN_PREFIX) or Path(path).expanduser().is_dir():
         return
-    if _HUB_ID.match(path) and not path.startswith((".", "/", "~")):
+    if is_hub_id(path):
         return  # fetched with the model
     raise UserError(
         f"model.tokenizer: no such folder {path!r}",
@@ -132,7 +131,8 @@ def _cached_hub_file(repo_id: str, filename: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo_id, filename)
+    # the cache folder as the environment names it now (HF_HUB_CACHE / HF_HOME), like the loaders
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=str(hub_cache_dir()))
     return found if isinstance(found, str) else None
 
 
