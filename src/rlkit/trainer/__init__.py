@@ -11,8 +11,11 @@ from rlkit.config.compose import to_dataclass
 
 def run_rl(cfg: DictConfig) -> Path:
     """Run a composed RL config; returns the run directory."""
+    from rlkit.trainer.summary import announce
+
+    config = to_dataclass(cfg)
+    announce(config)  # before the slow imports (torch, Ray): the user sees at once that it started
     from rlkit.trainer.core import RLTrainer
     from rlkit.trainer.hooks import load_hooks
 
-    config = to_dataclass(cfg)
     return RLTrainer(config, load_hooks(config.hooks)).fit()

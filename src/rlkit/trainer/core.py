@@ -37,7 +37,7 @@ from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.setup import RunContext, build_run
-from rlkit.trainer.summary import RunSummary, console, first_line, opening
+from rlkit.trainer.summary import RunSummary, announce, console, opening
 
 
 class RLTrainer:
@@ -62,7 +62,7 @@ class RLTrainer:
             RunInterrupted: Ctrl-C or SIGTERM stopped the run (after saving, for the first signal).
             WorkerError: A worker failed; the full report is in ``RUN/error.log``.
         """
-        console.print(first_line(self.cfg))
+        announce(self.cfg)
         ray_was_up = ray.is_initialized()
         run: RunContext | None = None
         with self.signals:
@@ -74,8 +74,11 @@ class RLTrainer:
                 self._loop(run)
                 self.summary.checkpoint = _newest_checkpoint(run.run_dir)
                 console.print(self.summary.closing())
-            except BaseException as exc:
+            except BaseException as caught:
+                exc = self.signals.translate(caught)  # Ray may have replaced our RunInterrupted
                 self._on_exit(run, exc)
+                if exc is not caught:
+                    raise exc from None
                 raise
             finally:
                 if run is not None:

@@ -88,6 +88,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stepping = False
+        self.raised: RunInterrupted | None = None
         self._old: dict[int, Any] = {}
 
     @property
@@ -123,8 +124,17 @@ class StopSignals:
         self.install()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.restore()
+        if exc is not None and self.translate(exc) is not exc:
+            raise self.translate(exc) from None
+
+    def translate(self, exc: BaseException) -> BaseException:
+        """The :class:`RunInterrupted` our handler raised, for the plain KeyboardInterrupt that Ray
+        raises in its place when a signal arrives while it waits in native code; else ``exc``."""
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted) and self.raised:
+            return self.raised
+        return exc
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.signum is None
@@ -138,10 +148,11 @@ class StopSignals:
             )
             return
         why = "a second signal" if not first else name
-        raise RunInterrupted(
+        self.raised = RunInterrupted(
             f"stopped at once by {why}: the workers were killed, nothing more was saved",
             128 + (self.signum or signum),
         )
+        raise self.raised
 
 
 def record_failure(run_dir: Path, exc: BaseException, step: int) -> None:

@@ -7,6 +7,7 @@ keeps what the closing summary needs while the steps go by.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,17 @@ console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 REWARD_KEY = "reward/mean"
 VAL_KEY = "val/reward/mean"
+
+
+_announced: list[weakref.ref[RlkitConfig]] = []
+
+
+def announce(cfg: RlkitConfig) -> None:
+    """Print :func:`first_line` for ``cfg`` once (``run_rl`` calls it early, ``RLTrainer.fit`` again)."""
+    _announced[:] = [r for r in _announced if r() is not None]
+    if not any(r() is cfg for r in _announced):
+        _announced.append(weakref.ref(cfg))
+        console.print(first_line(cfg))
 
 
 def first_line(cfg: RlkitConfig) -> str:
