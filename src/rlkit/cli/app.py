@@ -8,6 +8,7 @@ Tracebacks only with ``--debug``, which is accepted before or after the subcomma
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Any
 
@@ -48,6 +49,13 @@ class _RlkitGroup(TyperGroup):
             message = getattr(exc, "message", None) or "interrupted"
             err_console.print(f"[yellow]{_escape(message)}[/]", highlight=False)
             ctx.exit(getattr(exc, "exit_code", 130))
+        except OSError as exc:
+            if debug or exc.errno not in _DISK_ERRNOS:
+                raise
+            from rlkit.controller.causes import describe
+
+            err_console.print(_worker_error_line(exc, describe(exc)), highlight=False)
+            ctx.exit(1)
         except Exception as exc:
             if not _is_worker_error(exc):
                 raise
@@ -58,14 +66,18 @@ class _RlkitGroup(TyperGroup):
             ctx.exit(1)
 
 
+# Errors of the driver's own file writes that the user fixes (disk full, permissions): one line too.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def _is_worker_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a WorkerError (checked by name: importing the controller pulls in Ray)."""
     return any(c.__name__ == "WorkerError" and c.__module__.startswith("rlkit.") for c in type(exc).__mro__)
 
 
-def _worker_error_line(exc: Any) -> str:
-    """``error: actor.update on rank 0: <cause> — full traceback: RUN/error.log``."""
-    line = f"[bold red]error:[/] {_escape(str(exc))}"
+def _worker_error_line(exc: Any, text: str | None = None) -> str:
+    """``error: actor.update on rank 0: <cause> — full traceback: RUN/error.log`` (``text``: the cause)."""
+    line = f"[bold red]error:[/] {_escape(text or str(exc))}"
     extras = []
     if getattr(exc, "stacks_file", None):
         extras.append(f"worker stacks: {exc.stacks_file}")

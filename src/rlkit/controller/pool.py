@@ -119,7 +119,7 @@ def check_ray_address(address: str, timeout_s: float) -> None:
     except OSError as exc:
         why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
         raise UserError(
-            f"{key}: nothing answers at {host}:{port} ({why}, hardware.ray_connect_timeout_s={timeout_s:g})",
+            f"{key}: nothing answers there ({why} at {host}:{port}, hardware.ray_connect_timeout_s={timeout_s:g})",
             hint=_CONNECT_HINT,
         ) from None
 

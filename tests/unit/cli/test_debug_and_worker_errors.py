@@ -35,3 +35,13 @@ def test_worker_error_line_names_the_cause_and_the_log() -> None:
     assert "full traceback: /r/error.log" in line
     err.stacks_file = "/r/stacks-3-actor.update.txt"
     assert "worker stacks: /r/stacks-3-actor.update.txt" in _worker_error_line(err)
+
+
+def test_disk_errors_of_the_driver_are_one_line_too() -> None:
+    import errno
+
+    from rlkit.controller.causes import describe
+
+    err = OSError(errno.ENOSPC, "No space left on device", "/r/metrics.jsonl")
+    line = _worker_error_line(err, describe(err))
+    assert line.startswith("[bold red]error:[/] no space left on the device: /r/metrics.jsonl (OSError errno 28)")
