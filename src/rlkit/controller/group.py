@@ -286,8 +286,9 @@ class WorkerGroup:
         ranks = ", ".join(str(r) for r in stalled)
         silent = [r for r, ref in enumerate(refs) if ref not in ready]
         frozen = f"; rank {', '.join(map(str, silent))} did not answer (stopped or stuck in native code)"
+        what = f"the workers' start-up ({method})" if role == "worker" else f"stage {role}.{method}"
         raise WorkerError(
-            f"stage {role}.{method} overran its {timeout_s:g} s deadline on rank {ranks}"
+            f"{what} overran its {timeout_s:g} s deadline on rank {ranks}"
             f"{frozen if silent else ''}: raise {key} if it is only slow",
             role=role,
             method=method,

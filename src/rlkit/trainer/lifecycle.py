@@ -149,7 +149,7 @@ class StopSignals:
             return
         why = "a second signal" if not first else name
         self.raised = RunInterrupted(
-            f"stopped at once by {why}: the workers were killed, nothing more was saved",
+            f"stopped at once by {why}: nothing more was saved",
             128 + (self.signum or signum),
         )
         raise self.raised

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,21 @@ def test_frozen_worker_overruns_naming_the_rank() -> None:
     assert line.startswith("stage f.pid overran its 1 s deadline on rank 0; rank 0 did not answer")
     assert line.endswith("raise hardware.stage_timeout_s if it is only slow")
     assert "rank 0: no answer" in (info.value.stacks or "")
+
+
+class SlowStart:
+    def __init__(self) -> None:
+        time.sleep(30)
+
+
+def test_slow_start_hits_the_start_deadline() -> None:
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        WorkerGroup(ResourcePool(1, 1, "cpu"), {"slow": SlowStart}, call_timeout_s=60, start_timeout_s=1.0)
+    assert time.monotonic() - start < 25  # not the 30 s of the constructor
+    # placing the actor may itself take over 1 s on a loaded box: either phase counts
+    assert re.match(r"the workers' start-up \((node_info|setup)\) overran its 1 s deadline on rank 0", str(info.value))
+    assert str(info.value).endswith("raise hardware.worker_start_timeout_s if it is only slow")
 
 
 _WATCHED = """

@@ -60,7 +60,7 @@ def test_second_ctrl_c_interrupts_the_wait_at_once(ray_session: None) -> None:
         start = time.monotonic()
         # outside the handlers' context: Ray raises a plain KeyboardInterrupt in native code,
         # which leaving the context turns back into the RunInterrupted the handler raised
-        with pytest.raises(RunInterrupted, match="stopped at once by a second signal") as info:
+        with pytest.raises(RunInterrupted, match="stopped at once by a second signal: nothing more was saved") as info:
             with StopSignals() as stop:
                 stop.stepping = True
                 _signal_later((0.3, signal.SIGINT), (0.3, signal.SIGINT))
