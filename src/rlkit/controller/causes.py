@@ -11,7 +11,7 @@ into one line.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rlkit.errors import UserError
 
@@ -58,11 +58,12 @@ def root_cause(exc: BaseException) -> BaseException:
     exception of the chain.
     """
     links = list(chain(exc))
-    for test in (
+    tests: tuple[Callable[[BaseException], bool], ...] = (
         lambda e: isinstance(e, UserError),
         lambda e: isinstance(e, OSError) and e.errno in _OS_CAUSES,
         lambda e: isinstance(e, OSError) and e.filename is not None,
-    ):
+    )
+    for test in tests:
         found = next((e for e in links if test(e)), None)
         if found is not None:
             return found

@@ -115,7 +115,9 @@ class WorkerGroup:
 
     def _start(self, init_kwargs: dict[str, dict[str, Any]], dist_timeout_s: float) -> None:
         timeout, key = self.start_timeout_s, START_KEY
-        infos = self._gather([a.node_info.remote() for a in self._actors], "worker", "node_info", timeout, key)
+        infos = self._gather(
+            [a.node_info.remote() for a in self._actors], "worker", "node_info", timeout, key
+        )
         self.node_ips: list[str] = [info["ip"] for info in infos]
         self.pids: list[int] = [info["pid"] for info in infos]
         per_node = Counter(self.node_ips)

@@ -41,7 +41,9 @@ _REAPER: subprocess.Popen[bytes] | None = None
 _CONNECT_HINT = "check the address (`ray status` on the head node), or leave hardware.ray_address unset to start a local Ray"
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 10.0) -> None:
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 10.0
+) -> None:
     """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local one.
 
     A local Ray listens on 127.0.0.1 only, with no dashboard and warnings-only logs. Does nothing
@@ -100,7 +102,9 @@ def check_ray_address(address: str, timeout_s: float) -> None:
             hint="start one with `ray start --head`, or leave hardware.ray_address unset to start a local Ray",
         ) from None
     except ValueError:
-        raise UserError(f"{key} is not host:port", hint="write it as HOST:PORT (e.g. 10.0.0.1:6379) or auto") from None
+        raise UserError(
+            f"{key} is not host:port", hint="write it as HOST:PORT (e.g. 10.0.0.1:6379) or auto"
+        ) from None
     if target is None:  # "local": ray.init starts one
         return
     host, _, port = target.rpartition(":")

@@ -35,9 +35,12 @@ def is_ray_process(proc: psutil.Process) -> bool:
     )
 
 
-def _alive(proc: psutil.Process, create_time: float) -> bool:
+def alive(proc: psutil.Process, create_time: float) -> bool:
+    """Whether ``proc`` still runs (not a zombie) and is the process that started at ``create_time``."""
     try:
-        return proc.create_time() == create_time and proc.status() != psutil.STATUS_ZOMBIE
+        # is_running() compares the start time now with the one psutil cached: a reused pid fails it
+        same = proc.is_running() and proc.create_time() == create_time
+        return bool(same and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -47,7 +50,7 @@ def watch(driver_pid: int, driver_create_time: float) -> list[int]:
     driver = psutil.Process(driver_pid)
     seen: dict[int, psutil.Process] = {}
     me = psutil.Process().pid
-    while _alive(driver, driver_create_time):
+    while alive(driver, driver_create_time):
         try:
             for child in driver.children(recursive=True):
                 if child.pid != me and child.pid not in seen and is_ray_process(child):

@@ -38,7 +38,6 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.profiling.nvtx import trace_range
 
-
 # Raised through, never turned into a RemoteFailure: the process is meant to end.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 # How often a worker checks that its driver is still alive.
@@ -274,15 +273,15 @@ def watch_driver(driver: dict[str, Any], interval_s: float = _WATCH_INTERVAL_S) 
 def _watch(pid: int, create_time: float, interval_s: float) -> None:
     import psutil
 
-    while True:
-        try:
-            proc = psutil.Process(pid)
-            alive = proc.create_time() == create_time and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:  # gone
-            alive = False
-        if not alive:
-            os._exit(1)
+    from rlkit.controller.reaper import alive
+
+    try:
+        driver = psutil.Process(pid)
+    except psutil.Error:
+        os._exit(1)
+    while alive(driver, create_time):
         time.sleep(interval_s)
+    os._exit(1)
 
 
 def _pin_visible_devices(device: str) -> None:

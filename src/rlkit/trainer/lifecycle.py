@@ -62,7 +62,10 @@ def deadlines(cfg: RlkitConfig, device: str) -> Deadlines:
         return float(value) if value is not None else (cpu if device == "cpu" else accelerator)
 
     return Deadlines(
-        pick("stage_timeout_s"), pick("worker_start_timeout_s"), pick("sync_timeout_s"), hw.ray_connect_timeout_s
+        pick("stage_timeout_s"),
+        pick("worker_start_timeout_s"),
+        pick("sync_timeout_s"),
+        hw.ray_connect_timeout_s,
     )
 
 

@@ -39,7 +39,9 @@ def first_line(cfg: RlkitConfig) -> str:
     world = hw.nodes * hw.devices_per_node
     where = f"the Ray cluster at {hw.ray_address}" if hw.ray_address else "a local Ray"
     workers = f"{world} worker" + ("s" if world > 1 else "")
-    return f"[bold]rlkit train {cfg.recipe}[/]: loading data, starting {where} and {workers} on {hw.device} ..."
+    return (
+        f"[bold]rlkit train {cfg.recipe}[/]: loading data, starting {where} and {workers} on {hw.device} ..."
+    )
 
 
 def opening(cfg: RlkitConfig, run: Any) -> str:

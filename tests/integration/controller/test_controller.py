@@ -211,9 +211,7 @@ def test_split_pool_groups_of_world_size_one_and_deadline(caplog: pytest.LogCapt
 
 
 def test_role_constructor_failure_is_reported() -> None:
-    with pytest.raises(
-        WorkerError, match=r"worker.setup on rank 0: RuntimeError: cannot build"
-    ) as info:
+    with pytest.raises(WorkerError, match=r"worker.setup on rank 0: RuntimeError: cannot build") as info:
         WorkerGroup(ResourcePool(1, 1, "cpu"), {"bad": BadInit})
     assert info.value.rank == 0
 

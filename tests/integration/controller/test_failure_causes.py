@@ -37,7 +37,9 @@ class Failing:
         try:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         except OSError as exc:
-            raise CheckpointException("save failed", {0: (exc, traceback.extract_tb(exc.__traceback__))}) from None
+            raise CheckpointException(
+                "save failed", {0: (exc, traceback.extract_tb(exc.__traceback__))}
+            ) from None
 
     @dispatch("broadcast")
     def dcp_save(self, checkpoint_id: str) -> None:
@@ -133,7 +135,9 @@ def test_slow_start_hits_the_start_deadline() -> None:
         WorkerGroup(ResourcePool(1, 1, "cpu"), {"slow": SlowStart}, call_timeout_s=60, start_timeout_s=1.0)
     assert time.monotonic() - start < 25  # not the 30 s of the constructor
     # placing the actor may itself take over 1 s on a loaded box: either phase counts
-    assert re.match(r"the workers' start-up \((node_info|setup)\) overran its 1 s deadline on rank 0", str(info.value))
+    assert re.match(
+        r"the workers' start-up \((node_info|setup)\) overran its 1 s deadline on rank 0", str(info.value)
+    )
     assert str(info.value).endswith("raise hardware.worker_start_timeout_s if it is only slow")
 
 

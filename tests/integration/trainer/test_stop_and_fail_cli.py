@@ -86,7 +86,15 @@ def _session(proc: psutil.Process) -> int:
 
 
 def _train(out_dir: Path, *extra: str, steps: int = 6) -> list[str]:
-    return [RLKIT, "train", "grpo", f"trainer.total_steps={steps}", *TINY, f"trainer.out_dir={out_dir}", *extra]
+    return [
+        RLKIT,
+        "train",
+        "grpo",
+        f"trainer.total_steps={steps}",
+        *TINY,
+        f"trainer.out_dir={out_dir}",
+        *extra,
+    ]
 
 
 def _resume_command(err: str) -> list[str]:

@@ -60,7 +60,9 @@ def test_second_ctrl_c_interrupts_the_wait_at_once(ray_session: None) -> None:
         start = time.monotonic()
         # outside the handlers' context: Ray raises a plain KeyboardInterrupt in native code,
         # which leaving the context turns back into the RunInterrupted the handler raised
-        with pytest.raises(RunInterrupted, match="stopped at once by a second signal: nothing more was saved") as info:
+        with pytest.raises(
+            RunInterrupted, match="stopped at once by a second signal: nothing more was saved"
+        ) as info:
             with StopSignals() as stop:
                 stop.stepping = True
                 _signal_later((0.3, signal.SIGINT), (0.3, signal.SIGINT))
@@ -131,4 +133,7 @@ def test_summaries_say_what_happened(tmp_path: Path) -> None:
     assert "reward   0.1 -> 0.5" in done and "best val 0.75 at step 4" in done
     assert f"rlkit ckpt merge {summary.checkpoint} --out {tmp_path}/hf-step_4" in done
     stopped = summary.closing(stopped_by="Ctrl-C", resume="rlkit train grpo trainer.resume=X")
-    assert "stopped by Ctrl-C after step 4" in stopped and "resume   rlkit train grpo trainer.resume=X" in stopped
+    assert (
+        "stopped by Ctrl-C after step 4" in stopped
+        and "resume   rlkit train grpo trainer.resume=X" in stopped
+    )

@@ -12,7 +12,11 @@ from rlkit.errors import UserError
 
 @pytest.mark.parametrize(
     "args",
-    [["--debug", "train", "no-such-recipe"], ["train", "no-such-recipe", "--debug"], ["train", "--debug", "no-such-recipe"]],
+    [
+        ["--debug", "train", "no-such-recipe"],
+        ["train", "no-such-recipe", "--debug"],
+        ["train", "--debug", "no-such-recipe"],
+    ],
 )
 def test_debug_anywhere_shows_the_traceback(args: list[str]) -> None:
     result = CliRunner().invoke(app, args)
@@ -44,4 +48,6 @@ def test_disk_errors_of_the_driver_are_one_line_too() -> None:
 
     err = OSError(errno.ENOSPC, "No space left on device", "/r/metrics.jsonl")
     line = _worker_error_line(err, describe(err))
-    assert line.startswith("[bold red]error:[/] no space left on the device: /r/metrics.jsonl (OSError errno 28)")
+    assert line.startswith(
+        "[bold red]error:[/] no space left on the device: /r/metrics.jsonl (OSError errno 28)"
+    )

@@ -49,7 +49,9 @@ def _free_port() -> int:
 
 def test_unreachable_ray_address_fails_in_seconds() -> None:
     start = time.monotonic()
-    with pytest.raises(UserError, match=r"hardware.ray_address=127.0.0.1:\d+: nothing answers there \(connection refused at "):
+    with pytest.raises(
+        UserError, match=r"hardware.ray_address=127.0.0.1:\d+: nothing answers there \(connection refused at "
+    ):
         check_ray_address(f"127.0.0.1:{_free_port()}", 2.0)
     with pytest.raises(UserError, match="cannot resolve the host 'no-such-host.invalid'"):
         check_ray_address("no-such-host.invalid:6379", 2.0)
