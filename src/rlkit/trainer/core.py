@@ -91,7 +91,7 @@ class RLTrainer:
     def _on_exit(self, run: RunContext | None, exc: BaseException) -> None:
         """Report a failed or interrupted run: ``RUN/error.log`` for a failure, the summary for a stop."""
         if isinstance(exc, RunInterrupted):
-            if self.summary is not None and not getattr(exc, "summarised", False):
+            if self.summary is not None and not exc.summarised:
                 newest = self.summary.checkpoint = _newest_checkpoint(self.summary.run_dir)
                 resume = resume_command(self.cfg.recipe, newest) if newest is not None else None
                 console.print(self.summary.closing(stopped_by=self.signals.name, resume=resume))
@@ -111,13 +111,12 @@ class RLTrainer:
         self.summary.checkpoint = path
         resume = resume_command(self.cfg.recipe, path)
         console.print(self.summary.closing(stopped_by=self.signals.name, resume=resume))
-        exc = RunInterrupted(
+        raise RunInterrupted(
             f"interrupted by {self.signals.name} after step {step}: checkpoint saved to {path} "
             "(the resume command is above)",
             self.signals.exit_code,
+            summarised=True,
         )
-        exc.summarised = True  # type: ignore[attr-defined]
-        raise exc
 
     def _sync_weights(self, run: RunContext) -> None:
         """Actor -> rollout engine weights, under ``hardware.sync_timeout_s``."""
@@ -170,6 +169,7 @@ class RLTrainer:
             logger.close()
 
     def _after_step(self, run: RunContext, step: int, metrics: dict[str, Any]) -> None:
+        """Note ``step``'s metrics for the closing summary; stop here if a signal asked to."""
         assert self.summary is not None
         self.summary.observe(step, metrics)
         if self.signals.requested and 0 < step < self.cfg.trainer.total_steps:

@@ -73,11 +73,12 @@ class RunInterrupted(KeyboardInterrupt):
     """A run stopped by a signal; the CLI prints ``message`` and exits with ``exit_code`` (128 + signal).
 
     A ``KeyboardInterrupt`` so that it passes every ``except Exception`` on its way out.
+    ``summarised`` is True when the closing summary was already printed.
     """
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, *, summarised: bool = False) -> None:
         super().__init__(message)
-        self.message, self.exit_code = message, exit_code
+        self.message, self.exit_code, self.summarised = message, exit_code, summarised
 
 
 class StopSignals:
