@@ -81,6 +81,7 @@ class RLTrainer:
                     raise exc from None
                 raise
             finally:
+                self.signals.closing = True
                 if run is not None:
                     run.close()
                 if not ray_was_up:

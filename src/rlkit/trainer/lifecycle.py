@@ -86,12 +86,14 @@ class StopSignals:
 
     ``stepping`` is True while a step runs: the first signal then only sets :attr:`signum`, so the
     trainer stops after the step; otherwise (and on any second signal) the handler raises
-    :class:`RunInterrupted` at once. Outside the main thread it installs nothing.
+    :class:`RunInterrupted` at once. While ``closing`` (the run's cleanup) signals are only noted,
+    so that a third Ctrl-C cannot cut the cleanup short. Outside the main thread it installs nothing.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stepping = False
+        self.closing = False
         self.raised: RunInterrupted | None = None
         self._old: dict[int, Any] = {}
 
@@ -141,6 +143,9 @@ class StopSignals:
         return exc
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.closing:  # cleaning up already: an exception now would only skip the cleanup
+            console.print("[yellow]stopping: shutting the workers down ...[/]")
+            return
         first = self.signum is None
         if first:
             self.signum = signum
