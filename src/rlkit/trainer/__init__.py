@@ -11,11 +11,16 @@ from rlkit.config.compose import to_dataclass
 
 def run_rl(cfg: DictConfig) -> Path:
     """Run a composed RL config; returns the run directory."""
-    from rlkit.trainer.summary import announce
+    from rlkit.trainer.summary import announce, settle
 
     config = to_dataclass(cfg)
     announce(config)  # before the slow imports (torch, Ray): the user sees at once that it started
-    from rlkit.trainer.core import RLTrainer
-    from rlkit.trainer.hooks import load_hooks
+    try:
+        from rlkit.trainer.core import RLTrainer
+        from rlkit.trainer.hooks import load_hooks
 
-    return RLTrainer(config, load_hooks(config.hooks)).fit()
+        trainer = RLTrainer(config, load_hooks(config.hooks))
+    except BaseException:
+        settle()
+        raise
+    return trainer.fit()

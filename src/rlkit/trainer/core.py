@@ -37,7 +37,7 @@ from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.setup import RunContext, build_run
-from rlkit.trainer.summary import RunSummary, announce, console, opening
+from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
 
 
 class RLTrainer:
@@ -68,6 +68,7 @@ class RLTrainer:
         with self.signals:
             try:
                 run = build_run(self.cfg)
+                settle()
                 self.signals.install()  # a local Ray's node replaced the SIGTERM handler
                 self.summary = RunSummary(run.run_dir, run.start_step)
                 console.print(opening(self.cfg, run))
@@ -75,6 +76,7 @@ class RLTrainer:
                 self.summary.checkpoint = _newest_checkpoint(run.run_dir)
                 console.print(self.summary.closing())
             except BaseException as caught:
+                settle()
                 exc = self.signals.translate(caught)  # Ray may have replaced our RunInterrupted
                 self._on_exit(run, exc)
                 if exc is not caught:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.status import Status
 
 from rlkit.config.schema import RlkitConfig
 
@@ -23,14 +24,32 @@ VAL_KEY = "val/reward/mean"
 
 
 _announced: list[weakref.ref[RlkitConfig]] = []
+_status: Status | None = None
 
 
 def announce(cfg: RlkitConfig) -> None:
-    """Print :func:`first_line` for ``cfg`` once (``run_rl`` calls it early, ``RLTrainer.fit`` again)."""
+    """Show :func:`first_line` for ``cfg`` at once, as a spinner on a terminal, until :func:`settle`.
+
+    Once per config (``run_rl`` calls it before the slow imports, ``RLTrainer.fit`` again). The
+    spinner is transient: when the run is built (or fails) it gives way to the opening summary (or
+    the one error line), so a user error stays one line. Off a terminal nothing is shown.
+    """
+    global _status
     _announced[:] = [r for r in _announced if r() is not None]
-    if not any(r() is cfg for r in _announced):
-        _announced.append(weakref.ref(cfg))
-        console.print(first_line(cfg))
+    if any(r() is cfg for r in _announced):
+        return
+    _announced.append(weakref.ref(cfg))
+    if console.is_terminal and _status is None:
+        _status = console.status(first_line(cfg))
+        _status.start()
+
+
+def settle() -> None:
+    """End the spinner of :func:`announce` (before the opening summary or an error is printed)."""
+    global _status
+    if _status is not None:
+        _status.stop()
+        _status = None
 
 
 def first_line(cfg: RlkitConfig) -> str:

@@ -18,7 +18,7 @@ import pytest
 from rlkit.config.schema import RlkitConfig
 from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
-from rlkit.trainer.summary import RunSummary, first_line, opening
+from rlkit.trainer.summary import RunSummary, announce, first_line, opening, settle
 
 
 class Sleeper:
@@ -121,6 +121,8 @@ def test_deadlines_follow_the_device() -> None:
 def test_summaries_say_what_happened(tmp_path: Path) -> None:
     cfg = RlkitConfig()
     assert first_line(cfg).endswith("starting a local Ray and 1 worker on auto ...")
+    announce(cfg)  # off a terminal: shows nothing, and settle() is then a no-op
+    settle()
     run = SimpleNamespace(
         run_dir=tmp_path,
         start_step=2,
