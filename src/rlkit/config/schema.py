@@ -408,8 +408,18 @@ class HardwareConfig:
     """``colocated`` (actor, rollout and ref share each device) or ``split`` (a pool per role)."""
     memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
-    stage_timeout_s: float = bounded(1800.0, gt=0, profile=True)
-    """A stage of a step that runs longer than this dumps worker stacks and stops the run."""
+    stage_timeout_s: float | None = bounded(None, gt=0, profile=True)
+    """A stage of a step (one call on the workers) that runs longer than this writes every worker's
+    stacks to ``RUN/stacks-<step>-<stage>.txt`` and stops the run; null = 300 s on CPU, 1800 s on
+    an accelerator."""
+    worker_start_timeout_s: float | None = bounded(None, gt=0, profile=True)
+    """Deadline for the workers to start and build their roles (models loaded); null = 300 s on
+    CPU, 1800 s on an accelerator."""
+    sync_timeout_s: float | None = bounded(None, gt=0, profile=True)
+    """Deadline of a weight sync from the actor to the rollout engine; null = 120 s on CPU, 600 s
+    on an accelerator."""
+    ray_connect_timeout_s: float = bounded(10.0, gt=0, profile=True)
+    """How long the address of ``hardware.ray_address`` gets to answer before the run stops."""
 
 
 @dataclass

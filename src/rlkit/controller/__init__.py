@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rlkit.controller.dispatch import DispatchMode, dispatch, reduce_metrics
 from rlkit.controller.group import RoleHandle, WorkerGroup
-from rlkit.controller.pool import ResourcePool, start_ray
-from rlkit.controller.worker import WorkerContext, WorkerError, worker_context
+from rlkit.controller.pool import ResourcePool, start_ray, stop_ray
+from rlkit.controller.worker import WorkerContext, WorkerError, WorkerUserError, worker_context
 
 __all__ = [
     "DispatchMode",
@@ -14,8 +14,10 @@ __all__ = [
     "WorkerContext",
     "WorkerError",
     "WorkerGroup",
+    "WorkerUserError",
     "dispatch",
     "reduce_metrics",
     "start_ray",
+    "stop_ray",
     "worker_context",
 ]

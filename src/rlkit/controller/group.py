@@ -7,9 +7,14 @@ The controller (the Ray driver) calls role methods on all ranks at once::
     group.call("ref", "compute_ref_log_prob", batch)         # the same, by name
 
 A call never hangs silently: the first rank that raises, dies or misses the deadline ends the
-call with one :class:`~rlkit.controller.worker.WorkerError`. After a worker died, a deadline
-passed, or a failing call left other ranks running, the group is broken and refuses further
-calls; shut it down.
+call with one :class:`~rlkit.controller.worker.WorkerError` whose text is one line (where, and the
+root cause); a UserError raised in role code arrives as a
+:class:`~rlkit.controller.worker.WorkerUserError` that reads as that UserError. After a worker
+died, a deadline passed, or a failing call left other ranks running, the group is broken and
+refuses further calls; shut it down.
+
+The driver waits on workers in short slices, so a signal (Ctrl-C, SIGTERM) is handled within a
+fraction of a second even while a call runs.
 """
 
 from __future__ import annotations
@@ -24,19 +29,30 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlkit.controller.causes import first_line
 from rlkit.controller.dispatch import collect, dispatch_mode, shard_payloads
 from rlkit.controller.pool import ResourcePool
-from rlkit.controller.worker import RemoteFailure, WorkerError, WorkerHost
+from rlkit.controller.worker import (
+    RemoteFailure,
+    WorkerError,
+    WorkerHost,
+    WorkerUserError,
+    driver_identity,
+)
 from rlkit.hardware import device as hw
 
 logger = logging.getLogger(__name__)
 
 # How long the other ranks get to finish after one rank failed, before the group counts as broken.
 _FAILURE_GRACE_S = 2.0
-# How long every rank gets to answer dump_stacks() after a deadline.
+# How long every rank gets to answer dump_stacks() after a deadline (at most; a short deadline
+# gets as long as itself, at least 2 s).
 _STACK_DUMP_TIMEOUT_S = 10.0
-# Frames of a remote traceback quoted in a WorkerError.
-_TRACEBACK_LINES = 20
+# The longest the driver blocks in one ray.wait, so signal handlers run in between.
+_WAIT_SLICE_S = 0.5
+# The config keys named when a deadline passes.
+STAGE_KEY = "hardware.stage_timeout_s"
+START_KEY = "hardware.worker_start_timeout_s"
 
 
 class WorkerGroup:
@@ -46,8 +62,10 @@ class WorkerGroup:
         pool: The slots to run on (a whole pool or a part from :meth:`ResourcePool.split`).
         roles: Role name -> class; every actor builds ``cls(**init_kwargs[name])`` in this order.
         init_kwargs: Constructor keyword arguments per role (missing roles get none).
-        call_timeout_s: Default deadline of a call, and of start-up (``hardware.stage_timeout_s``).
+        call_timeout_s: Default deadline of a call (``hardware.stage_timeout_s``).
         dist_timeout_s: Timeout of ``torch.distributed`` collectives, so none waits forever.
+        start_timeout_s: Deadline of start-up: workers placed, roles built
+            (``hardware.worker_start_timeout_s``; default ``call_timeout_s``).
 
     Raises:
         WorkerError: If a worker fails to start or a role constructor raises (the actors are
@@ -62,6 +80,7 @@ class WorkerGroup:
         *,
         call_timeout_s: float = 1800.0,
         dist_timeout_s: float = 600.0,
+        start_timeout_s: float | None = None,
     ) -> None:
         init_kwargs = init_kwargs or {}
         if not roles:
@@ -70,7 +89,9 @@ class WorkerGroup:
             raise ValueError(f"init_kwargs for unknown roles {sorted(unknown)}; roles are {list(roles)}")
         self.roles = dict(roles)
         self.world_size = pool.world_size
+        self.device = pool.device
         self.call_timeout_s = call_timeout_s
+        self.start_timeout_s = call_timeout_s if start_timeout_s is None else start_timeout_s
         self._pool = pool
         self._broken: str | None = None
         pool.acquire()
@@ -93,12 +114,16 @@ class WorkerGroup:
             raise
 
     def _start(self, init_kwargs: dict[str, dict[str, Any]], dist_timeout_s: float) -> None:
-        infos = self._gather([a.node_info.remote() for a in self._actors], "worker", "node_info", None)
+        timeout, key = self.start_timeout_s, START_KEY
+        infos = self._gather(
+            [a.node_info.remote() for a in self._actors], "worker", "node_info", timeout, key
+        )
         self.node_ips: list[str] = [info["ip"] for info in infos]
         self.pids: list[int] = [info["pid"] for info in infos]
         per_node = Counter(self.node_ips)
         seen: Counter[str] = Counter()
         refs = []
+        driver = driver_identity()
         for rank, (actor, ip) in enumerate(zip(self._actors, self.node_ips, strict=True)):
             env = {
                 "RANK": str(rank),
@@ -109,18 +134,32 @@ class WorkerGroup:
                 "MASTER_PORT": str(infos[0]["port"]),
             }
             seen[ip] += 1
-            refs.append(actor.setup.remote(env, self._pool.device, self.roles, init_kwargs, dist_timeout_s))
-        self._gather(refs, "worker", "setup", None)
+            refs.append(
+                actor.setup.remote(env, self._pool.device, self.roles, init_kwargs, dist_timeout_s, driver)
+            )
+        self._gather(refs, "worker", "setup", timeout, key)
 
     # ----------------------------------------------------------------- calls
 
-    def role(self, name: str, timeout_s: float | None = None) -> RoleHandle:
-        """A handle whose attributes call ``name``'s decorated methods on every rank."""
+    def role(self, name: str, timeout_s: float | None = None, timeout_key: str = STAGE_KEY) -> RoleHandle:
+        """A handle whose attributes call ``name``'s decorated methods on every rank.
+
+        ``timeout_s`` (default ``call_timeout_s``) is the deadline of each call, and
+        ``timeout_key`` the config key a deadline message tells the user to raise.
+        """
         if name not in self.roles:
             raise KeyError(f"no role {name!r} in this group; it has {list(self.roles)}")
-        return RoleHandle(self, name, timeout_s)
+        return RoleHandle(self, name, timeout_s, timeout_key)
 
-    def call(self, role: str, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        role: str,
+        method: str,
+        *args: Any,
+        timeout_s: float | None = None,
+        timeout_key: str = STAGE_KEY,
+        **kwargs: Any,
+    ) -> Any:
         """Call ``role.method`` on every rank, dispatching the arguments by the method's declared mode.
 
         Args:
@@ -129,6 +168,7 @@ class WorkerGroup:
             *args: Positional arguments of the method.
             timeout_s: Deadline of this call (default: ``call_timeout_s``); when it passes, every
                 rank's Python stacks are logged and a WorkerError is raised.
+            timeout_key: The config key the deadline message names.
             **kwargs: Keyword arguments of the method.
 
         Returns:
@@ -151,22 +191,30 @@ class WorkerGroup:
         else:
             shared = ray.put((args, kwargs))  # serialised once, read by every rank
             refs = [a.execute.remote(role, method, shared) for a in self._actors]
-        results = self._gather(refs, role, method, timeout_s)
+        results = self._gather(refs, role, method, timeout_s, timeout_key)
         return collect(mode, results, pad)
 
     def _gather(
-        self, refs: list[ray.ObjectRef[Any]], role: str, method: str, timeout_s: float | None
+        self,
+        refs: list[ray.ObjectRef[Any]],
+        role: str,
+        method: str,
+        timeout_s: float | None,
+        timeout_key: str = STAGE_KEY,
     ) -> list[Any]:
-        """Results of ``refs`` in rank order, raising on the first failure instead of waiting for the rest."""
+        """Results of ``refs`` in rank order, raising on the first failure instead of waiting for the rest.
+
+        Waits in slices of at most ``_WAIT_SLICE_S``, so signal handlers of the driver run meanwhile.
+        """
         timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         pending = {ref: rank for rank, ref in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         while pending:
             remaining = deadline - time.monotonic()
-            ready = ray.wait(list(pending), num_returns=1, timeout=remaining)[0] if remaining > 0 else []
-            if not ready:
-                self._overran(role, method, timeout_s)
+            if remaining <= 0:
+                self._overran(role, method, timeout_s, timeout_key, sorted(pending.values()))
+            ready = _wait(list(pending), 1, min(remaining, _WAIT_SLICE_S))
             for ref in ready:
                 rank = pending.pop(ref)
                 results[rank] = self._value(ref, rank, role, method)
@@ -182,11 +230,11 @@ class WorkerGroup:
         except RayActorError as exc:
             self._broken, kind = f"rank {rank} died", type(exc).__name__
             message = (
-                f"{where}: the worker process died (killed, out of memory or crashed): {_first_line(exc)}"
+                f"{where}: the worker process died (killed, out of memory or crashed): {_died_line(exc)}"
             )
         except RayError as exc:
             self._broken, kind = f"rank {rank} failed in Ray", type(exc).__name__
-            message = f"{where}: Ray failed: {_first_line(exc)}"
+            message = f"{where}: Ray failed: {first_line(exc)}"
         raise WorkerError(message, role=role, method=method, rank=rank, exc_type=kind)
 
     def _raise_failure(
@@ -198,27 +246,29 @@ class WorkerGroup:
         so the other ranks get a short grace period, and a death among them is reported instead.
         """
         others = list(pending)
-        done = ray.wait(others, num_returns=len(others), timeout=_FAILURE_GRACE_S)[0] if others else []
+        done = _wait(others, len(others), _FAILURE_GRACE_S) if others else []
         for ref in done:
             self._value(ref, pending[ref], role, method)  # raises for a dead rank
         where = f"{role}.{method} on rank {failure.rank}"
         if len(done) < len(others):
             self._broken = f"{where} raised while other ranks were still running"
-        tail = "".join(failure.traceback.splitlines(keepends=True)[-_TRACEBACK_LINES:])
-        raise WorkerError(
-            f"{where} raised {failure.exc_type}: {failure.message}\n--- remote traceback (last frames) ---\n{tail}",
-            role=role,
-            method=method,
-            rank=failure.rank,
-            exc_type=failure.exc_type,
-            remote_traceback=failure.traceback,
-        )
+        context: dict[str, Any] = {
+            "role": role,
+            "method": method,
+            "rank": failure.rank,
+            "exc_type": failure.exc_type,
+            "remote_traceback": failure.traceback,
+        }
+        if failure.user_message is not None:
+            raise WorkerUserError(failure.user_message, failure.user_hint, **context)
+        cause = failure.cause or f"{failure.exc_type}: {failure.message}"
+        raise WorkerError(f"{where}: {cause}", **context)
 
-    def _overran(self, role: str, method: str, timeout_s: float) -> None:
+    def _overran(self, role: str, method: str, timeout_s: float, key: str, stalled: list[int]) -> None:
         """Log every rank's Python stacks and raise: a call ran past its deadline."""
         self._broken = f"{role}.{method} overran its deadline"
         refs = [a.dump_stacks.remote() for a in self._actors]
-        ready = set(ray.wait(refs, num_returns=len(refs), timeout=_STACK_DUMP_TIMEOUT_S)[0])
+        ready = set(_wait(refs, len(refs), min(_STACK_DUMP_TIMEOUT_S, max(2.0, timeout_s))))
         dumps = []
         for rank, ref in enumerate(refs):
             try:
@@ -226,7 +276,7 @@ class WorkerGroup:
                     ray.get(ref) if ref in ready else f"rank {rank}: no answer (hung in native code?)"
                 )
             except RayError as exc:
-                dumps.append(f"rank {rank}: could not dump stacks: {_first_line(exc)}")
+                dumps.append(f"rank {rank}: could not dump stacks: {first_line(exc)}")
         stacks = "\n".join(dumps)
         logger.error(
             "%s.%s overran its %g s deadline; Python stacks of every rank:\n%s",
@@ -235,11 +285,16 @@ class WorkerGroup:
             timeout_s,
             stacks,
         )
+        ranks = ", ".join(str(r) for r in stalled)
+        silent = [r for r, ref in enumerate(refs) if ref not in ready]
+        frozen = f"; rank {', '.join(map(str, silent))} did not answer (stopped or stuck in native code)"
+        what = f"the workers' start-up ({method})" if role == "worker" else f"stage {role}.{method}"
         raise WorkerError(
-            f"stage {role}.{method} overran its {timeout_s:g} s deadline (hardware.stage_timeout_s); "
-            "the stacks of every rank are logged above and in WorkerError.stacks",
+            f"{what} overran its {timeout_s:g} s deadline on rank {ranks}"
+            f"{frozen if silent else ''}: raise {key} if it is only slow",
             role=role,
             method=method,
+            rank=stalled[0] if len(stalled) == 1 else None,
             stacks=stacks,
         )
 
@@ -267,16 +322,32 @@ class WorkerGroup:
 class RoleHandle:
     """``group.role("actor").compute_log_prob(batch)``: attribute access = :meth:`WorkerGroup.call`."""
 
-    def __init__(self, group: WorkerGroup, role: str, timeout_s: float | None) -> None:
-        self._group, self._role, self._timeout_s = group, role, timeout_s
+    def __init__(self, group: WorkerGroup, role: str, timeout_s: float | None, timeout_key: str) -> None:
+        self._group, self._role, self._timeout_s, self._key = group, role, timeout_s, timeout_key
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
         dispatch_mode(self._group.roles[self._role], method)  # fail here, not at call time
-        return functools.partial(self._group.call, self._role, method, timeout_s=self._timeout_s)
+        call = self._group.call
+        return functools.partial(call, self._role, method, timeout_s=self._timeout_s, timeout_key=self._key)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+def _wait(refs: list[ray.ObjectRef[Any]], num_returns: int, timeout_s: float) -> list[ray.ObjectRef[Any]]:
+    """``ray.wait`` in slices of ``_WAIT_SLICE_S``: the refs ready within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        ready = ray.wait(refs, num_returns=num_returns, timeout=max(0.0, min(remaining, _WAIT_SLICE_S)))[0]
+        if len(ready) >= num_returns or remaining <= _WAIT_SLICE_S:
+            return list(ready)
+
+
+def _died_line(exc: RayActorError) -> str:
+    """Why Ray says the actor died, in one line (its text repeats the actor's whole description)."""
+    text = str(exc)
+    for marker in ("The actor died", "The actor is dead", "Worker exit type", "killed"):
+        at = text.find(marker)
+        if at >= 0:
+            return text[at:].splitlines()[0].strip()
+    return first_line(exc)

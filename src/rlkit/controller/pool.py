@@ -5,18 +5,28 @@ A :class:`ResourcePool` is one Ray placement group per node with one bundle per 
 strictly onto the node. :meth:`ResourcePool.split` cuts a pool into sub-pools for split placement
 (a worker group per role); the placement groups are removed when the last worker group on them
 shuts down.
+
+Joining a cluster checks first that its address answers (a TCP connect under
+``hardware.ray_connect_timeout_s``), so a wrong address fails in seconds with one line instead of
+Ray retrying for minutes. A local Ray started here is stopped on exit under a time bound
+(:func:`stop_ray`), and a detached reaper (:mod:`rlkit.controller.reaper`) kills its processes
+if the driver dies without stopping it (``kill -9``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
-from ray._private import ray_constants
+from ray._private import ray_constants, services
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
 from rlkit.errors import UserError
@@ -25,9 +35,15 @@ from rlkit.hardware import device as hw
 DEVICES = ("cuda", "rocm", "npu", "cpu")
 # How long a pool the cluster can never hold waits for nodes that are still joining.
 _NEVER_FITS_WAIT_S = 5.0
+# How long ray.shutdown() may take before the driver moves on (the reaper finishes the job).
+_SHUTDOWN_TIMEOUT_S = 10.0
+_REAPER: subprocess.Popen[bytes] | None = None
+_CONNECT_HINT = "check the address (`ray status` on the head node), or leave hardware.ray_address unset to start a local Ray"
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, connect_timeout_s: float = 10.0
+) -> None:
     """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local one.
 
     A local Ray listens on 127.0.0.1 only, with no dashboard and warnings-only logs. Does nothing
@@ -39,12 +55,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         address: ``host:port`` or ``auto`` of a running cluster; None starts a local Ray unless
             ``RAY_ADDRESS`` is set.
         num_cpus: CPUs a local Ray advertises (default: all); ignored when joining a cluster.
+        connect_timeout_s: How long the cluster's address gets to answer a TCP connect.
+
+    Raises:
+        UserError: The address is malformed, does not resolve, or nothing answers there in time
+            (``auto``: no cluster runs on this machine).
     """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     pythonpath = _driver_pythonpath()
     if address is not None:
+        check_ray_address(address, connect_timeout_s)
         runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         return
@@ -62,6 +84,97 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         "true",
     )
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    _start_reaper()
+
+
+def check_ray_address(address: str, timeout_s: float) -> None:
+    """Fail in about ``timeout_s`` with one line unless a Ray cluster's address answers at ``address``.
+
+    Raises:
+        UserError: Malformed address, no cluster for ``auto``, unresolvable host, nothing listening.
+    """
+    key = f"hardware.ray_address={address}"
+    try:
+        target = services.canonicalize_bootstrap_address(address)
+    except ConnectionError:
+        raise UserError(
+            f"{key}: no running Ray cluster found on this machine",
+            hint="start one with `ray start --head`, or leave hardware.ray_address unset to start a local Ray",
+        ) from None
+    except ValueError:
+        raise UserError(
+            f"{key} is not host:port", hint="write it as HOST:PORT (e.g. 10.0.0.1:6379) or auto"
+        ) from None
+    if target is None:  # "local": ray.init starts one
+        return
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise UserError(f"{key} is not host:port", hint="write it as HOST:PORT (e.g. 10.0.0.1:6379) or auto")
+    try:
+        infos = _resolve(host, int(port), timeout_s)
+    except OSError:
+        raise UserError(f"{key}: cannot resolve the host {host!r}", hint=_CONNECT_HINT) from None
+    try:
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(sockaddr)
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
+        raise UserError(
+            f"{key}: nothing answers there ({why} at {host}:{port}, hardware.ray_connect_timeout_s={timeout_s:g})",
+            hint=_CONNECT_HINT,
+        ) from None
+
+
+def _resolve(host: str, port: int, timeout_s: float) -> list[Any]:
+    """``socket.getaddrinfo`` under a deadline (a DNS lookup can hang far longer than a connect).
+
+    Raises:
+        OSError: The name does not resolve, or not within ``timeout_s``.
+    """
+    out: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            out.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not out:
+        raise OSError(f"cannot resolve {host!r}")
+    return out
+
+
+def stop_ray(timeout_s: float = _SHUTDOWN_TIMEOUT_S) -> None:
+    """``ray.shutdown()``, waiting at most ``timeout_s`` (the reaper kills what is left when we exit)."""
+    if not ray.is_initialized():
+        return
+    thread = threading.Thread(target=ray.shutdown, name="rlkit-ray-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+
+
+def _start_reaper() -> None:
+    """Start the detached process that kills this driver's local Ray processes once the driver is gone."""
+    import psutil
+
+    global _REAPER
+    me = psutil.Process()
+    script = Path(__file__).with_name("reaper.py")  # run as a script: it must not import torch or Ray
+    cmd = [sys.executable, "-I", str(script), str(me.pid), repr(me.create_time())]
+    _REAPER = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's terminal does not reach it
+        close_fds=True,
+    )
 
 
 def _driver_pythonpath() -> str:

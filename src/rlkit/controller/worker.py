@@ -5,8 +5,14 @@ makes it remote). It sets the rank and device environment, joins ``torch.distrib
 role objects, and runs the role methods the controller calls. Its actors run with two threads
 (``max_concurrency=2``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck.
 
-Exceptions inside role code are caught here and returned as a :class:`RemoteFailure` (type,
-message, traceback), which the controller turns into one :class:`WorkerError`.
+Exceptions inside role code (any ``BaseException`` but an exit or interrupt: torch's
+``CheckpointException`` is one) are caught here and returned as a :class:`RemoteFailure` (type,
+message, the one-line root cause from :mod:`rlkit.controller.causes`, traceback), which the
+controller turns into one :class:`WorkerError` (a :class:`WorkerUserError` for a UserError).
+
+Every worker also watches the driver that started it (:func:`watch_driver`): when the driver
+process is gone, the worker exits within about a second, so a dead run never writes into its
+folder again.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,14 +31,24 @@ import ray
 import torch
 import torch.distributed as dist
 
+from rlkit.controller.causes import describe
 from rlkit.controller.dispatch import DISPATCH_ATTR
 from rlkit.data.batch import Batch
+from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.profiling.nvtx import trace_range
+
+# Raised through, never turned into a RemoteFailure: the process is meant to end.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# How often a worker checks that its driver is still alive.
+_WATCH_INTERVAL_S = 0.5
 
 
 class WorkerError(RuntimeError):
     """A call on a worker group failed: an exception in role code, a dead worker, or an overrun deadline.
+
+    ``str()`` of it is one line (where it failed and the root cause); :meth:`details` adds the
+    remote traceback and the stacks.
 
     Attributes:
         role: Role of the failed call (None while the group starts).
@@ -40,6 +57,8 @@ class WorkerError(RuntimeError):
         exc_type: Type name of the remote exception, if there was one.
         remote_traceback: The remote traceback text, if any.
         stacks: The Python stacks of every rank, dumped when a deadline passed.
+        error_log: Where the driver wrote the full report (set by the trainer, else None).
+        stacks_file: Where the driver wrote ``stacks`` (set by the trainer, else None).
     """
 
     def __init__(
@@ -56,16 +75,45 @@ class WorkerError(RuntimeError):
         super().__init__(message)
         self.role, self.method, self.rank = role, method, rank
         self.exc_type, self.remote_traceback, self.stacks = exc_type, remote_traceback, stacks
+        self.error_log: str | None = None
+        self.stacks_file: str | None = None
+
+    def details(self) -> str:
+        """The one line, then the full remote traceback and the stacks (what ``RUN/error.log`` holds)."""
+        parts = [str(self)]
+        if self.remote_traceback:
+            parts.append(f"--- remote traceback (rank {self.rank}) ---\n{self.remote_traceback.rstrip()}")
+        if self.stacks:
+            parts.append(f"--- Python stacks of every rank ---\n{self.stacks.rstrip()}")
+        return "\n".join(parts) + "\n"
+
+
+class WorkerUserError(WorkerError, UserError):
+    """A :class:`~rlkit.errors.UserError` raised by role code: it reads as that UserError's one line."""
+
+    def __init__(self, message: str, hint: str | None, **where: object) -> None:
+        WorkerError.__init__(self, message, **where)  # type: ignore[arg-type]
+        self.message, self.hint = message, hint
+
+    def __str__(self) -> str:
+        return UserError.__str__(self)
 
 
 @dataclass(frozen=True)
 class RemoteFailure:
-    """An exception raised by role code on one rank, as plain data that pickles everywhere."""
+    """An exception raised by role code on one rank, as plain data that pickles everywhere.
+
+    ``cause`` is the one-line root cause (:func:`rlkit.controller.causes.describe`);
+    ``user_message``/``user_hint`` are set when that cause is a UserError.
+    """
 
     rank: int
     exc_type: str
     message: str
     traceback: str
+    cause: str = ""
+    user_message: str | None = None
+    user_hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,10 +167,17 @@ class WorkerHost:
         roles: dict[str, type],
         init_kwargs: dict[str, dict[str, Any]],
         dist_timeout_s: float,
+        driver: dict[str, Any] | None = None,
     ) -> RemoteFailure | None:
-        """Set the rank env, pin the device, join the process group, then build each role in order."""
+        """Set the rank env, pin the device, join the process group, then build each role in order.
+
+        ``driver`` (``{"host", "pid", "create_time"}`` of the driver process) starts
+        :func:`watch_driver` when the driver runs on this host.
+        """
         global _CONTEXT
         self._rank = int(env["RANK"])
+        if driver is not None:
+            watch_driver(driver)
         try:
             os.environ.update(env)
             _pin_visible_devices(device)
@@ -140,7 +195,9 @@ class WorkerHost:
             _CONTEXT = WorkerContext(self._rank, int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), dev)
             for name, cls in roles.items():
                 self._roles[name] = _CONTEXT.roles[name] = cls(**init_kwargs.get(name, {}))
-        except Exception as exc:
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:
             return self._failure(exc)
         return None
 
@@ -158,7 +215,9 @@ class WorkerHost:
             with trace_range(f"{role}.{method}"):
                 result = fn(*args, **kwargs)
             return _to_cpu(result)
-        except Exception as exc:
+        except _PASS_THROUGH:
+            raise
+        except BaseException as exc:  # torch's CheckpointException is a BaseException
             return self._failure(exc)
 
     def dump_stacks(self) -> str:
@@ -171,11 +230,58 @@ class WorkerHost:
                 parts.append(f"  thread {names.get(ident, ident)}:\n{stack}")
         return "\n".join(parts)
 
-    def _failure(self, exc: Exception) -> RemoteFailure:
+    def _failure(self, exc: BaseException) -> RemoteFailure:
         # Start at the role code: this host's own frame (execute/setup) says nothing to the user.
         frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
         tb = "".join(traceback.format_exception(type(exc), exc, frames or exc.__traceback__))
-        return RemoteFailure(self._rank, type(exc).__name__, str(exc), tb)
+        user = exc if isinstance(exc, UserError) else None
+        return RemoteFailure(
+            self._rank,
+            type(exc).__name__,
+            str(exc),
+            tb,
+            cause=describe(exc),
+            user_message=user.message if user else None,
+            user_hint=user.hint if user else None,
+        )
+
+
+def driver_identity() -> dict[str, Any]:
+    """What a worker needs to watch the calling (driver) process: host name, pid, start time."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "create_time": psutil.Process().create_time()}
+
+
+def watch_driver(driver: dict[str, Any], interval_s: float = _WATCH_INTERVAL_S) -> threading.Thread | None:
+    """Exit this process (``os._exit``) within ``interval_s`` of the driver's death.
+
+    Only watches a driver on this host (a pid means nothing on another node; there Ray's owner
+    check ends the actor). A pid reused by another process counts as dead (its start time differs).
+
+    Returns:
+        The daemon thread, or None when the driver runs on another host.
+    """
+    if driver.get("host") != socket.gethostname():
+        return None
+    args = (int(driver["pid"]), float(driver["create_time"]), interval_s)
+    thread = threading.Thread(target=_watch, args=args, name="rlkit-driver-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch(pid: int, create_time: float, interval_s: float) -> None:
+    import psutil
+
+    from rlkit.controller.reaper import alive
+
+    try:
+        driver = psutil.Process(pid)
+    except psutil.Error:
+        os._exit(1)
+    while alive(driver, create_time):
+        time.sleep(interval_s)
+    os._exit(1)
 
 
 def _pin_visible_devices(device: str) -> None:

@@ -15,10 +15,18 @@ def run_rl(cfg: DictConfig) -> Path:
     The checks that need no Ray (:func:`rlkit.trainer.preflight.preflight`) run first, so a bad data
     file, an unknown data source or a missing logger fails before Ray starts.
     """
-    from rlkit.trainer.core import RLTrainer
-    from rlkit.trainer.hooks import load_hooks
-    from rlkit.trainer.preflight import preflight
+    from rlkit.trainer.summary import announce, settle
 
     config = to_dataclass(cfg)
-    preflight(config, "train")
-    return RLTrainer(config, load_hooks(config.hooks)).fit()
+    announce(config)  # before the slow imports (torch, Ray): the user sees at once that it started
+    try:
+        from rlkit.trainer.core import RLTrainer
+        from rlkit.trainer.hooks import load_hooks
+        from rlkit.trainer.preflight import preflight
+
+        preflight(config, "train")
+        trainer = RLTrainer(config, load_hooks(config.hooks))
+    except BaseException:
+        settle()
+        raise
+    return trainer.fit()

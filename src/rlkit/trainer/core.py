@@ -8,6 +8,10 @@ Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch 
 generations and rows, batch rewrites before the update) and config (``ref.update_every`` refreshes the
 reference model from the actor); the core never branches on a recipe's name. The math lives in
 ``rlkit.algos``; the heavy work runs in Ray workers (``rlkit.trainer.workers``).
+
+How a run starts and stops (the summaries, Ctrl-C and SIGTERM, failure reports, stopping a local
+Ray) is in :meth:`RLTrainer.fit`, with the pieces in ``rlkit.trainer.lifecycle`` and
+``rlkit.trainer.summary``.
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 
 from rlkit.algos import advantage_estimators, apply_kl_penalty
+from rlkit.ckpt.layout import checkpoints_dir, newest_complete, step_name
 from rlkit.config.schema import RlkitConfig
+from rlkit.controller import stop_ray
 from rlkit.data.batch import Batch
+from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
+from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
+from rlkit.trainer.run_start import RunStart
 from rlkit.trainer.setup import RunContext, build_run, open_rl_run
+from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
 
 
 class RLTrainer:
@@ -37,23 +48,89 @@ class RLTrainer:
         self.cfg = cfg
         self.hooks = hooks or Hooks()
         self.timer = StageTimer()
+        self.signals = StopSignals()
+        self.summary: RunSummary | None = None
+        self._step_now = 0
         # validated here, before Ray or any worker starts
         self.profile_window = ProfileWindow.from_settings(
             cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
         )
 
     def fit(self) -> Path:
-        """Train; returns the run directory."""
-        start = open_rl_run(self.cfg)  # run folder, lock and resume point, before Ray starts
-        if start.nothing_left:
-            start.close()
-            return start.run_dir
-        run = build_run(self.cfg, start)
-        try:
-            self._loop(run)
-        finally:
-            run.close()
+        """Train; returns the run directory.
+
+        Raises:
+            RunInterrupted: Ctrl-C or SIGTERM stopped the run (after saving, for the first signal).
+            WorkerError: A worker failed; the full report is in ``RUN/error.log``.
+        """
+        announce(self.cfg)
+        ray_was_up = ray.is_initialized()
+        start: RunStart | None = None
+        run: RunContext | None = None
+        with self.signals:
+            try:
+                start = open_rl_run(self.cfg)  # run folder, lock and resume point, before Ray starts
+                if start.nothing_left:
+                    settle()
+                    start.close()
+                    return start.run_dir
+                run = build_run(self.cfg, start)
+                settle()
+                self.signals.install()  # a local Ray's node replaced the SIGTERM handler
+                self.summary = RunSummary(run.run_dir, run.start_step)
+                console.print(opening(self.cfg, run))
+                self._loop(run)
+                self.summary.checkpoint = _newest_checkpoint(run.run_dir)
+                console.print(self.summary.closing())
+            except BaseException as caught:
+                settle()
+                exc = self.signals.translate(caught)  # Ray may have replaced our RunInterrupted
+                self._on_exit(run.run_dir if run is not None else start.run_dir if start else None, exc)
+                if exc is not caught:
+                    raise exc from None
+                raise
+            finally:
+                self.signals.closing = True
+                if run is not None:
+                    run.close()
+                if not ray_was_up:
+                    stop_ray()  # a local Ray started for this run goes with it
+        assert run is not None
         return run.run_dir
+
+    def _on_exit(self, folder: Path | None, exc: BaseException) -> None:
+        """Report a failed or interrupted run: ``RUN/error.log`` for a failure, the summary for a stop."""
+        if isinstance(exc, RunInterrupted):
+            if self.summary is not None and not exc.summarised:
+                newest = self.summary.checkpoint = _newest_checkpoint(self.summary.run_dir)
+                resume = resume_command(self.cfg.recipe, newest) if newest is not None else None
+                console.print(self.summary.closing(stopped_by=self.signals.name, resume=resume))
+        elif not isinstance(exc, (UserError, KeyboardInterrupt)):
+            if folder is not None and folder.is_dir():
+                record_failure(folder, exc, self._step_now)
+
+    def _stop_after(self, run: RunContext, step: int) -> None:
+        """A signal asked to stop: save ``step`` unless it is saved, print the summary, raise."""
+        assert self.summary is not None
+        path = _newest_checkpoint(run.run_dir)
+        if path is None or path.name != step_name(step):
+            console.print(f"[yellow]saving step {step} before stopping ...[/]")
+            with self.timer("save"):
+                path = run.save_checkpoint(step)
+        self.summary.checkpoint = path
+        resume = resume_command(self.cfg.recipe, path)
+        console.print(self.summary.closing(stopped_by=self.signals.name, resume=resume))
+        raise RunInterrupted(
+            f"interrupted by {self.signals.name} after step {step}: checkpoint saved to {path} "
+            "(the resume command is above)",
+            self.signals.exit_code,
+            summarised=True,
+        )
+
+    def _sync_weights(self, run: RunContext) -> None:
+        """Actor -> rollout engine weights, under ``hardware.sync_timeout_s``."""
+        limit = deadlines(self.cfg, run.group.device).sync_s
+        run.group.call("rollout", "sync_weights", timeout_s=limit, timeout_key="hardware.sync_timeout_s")
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, run: RunContext) -> None:
@@ -70,15 +147,19 @@ class RLTrainer:
             console_every=cfg.trainer.log_every,
         )
         try:
-            run.rollout.sync_weights()
+            self._sync_weights(run)
             if (
                 cfg.trainer.val_before_train
                 and cfg.trainer.val_every > 0
                 and start == 0
                 and run.val_data is not None
             ):
-                logger.log(0, self._validate(run))
+                before = self._validate(run)
+                logger.log(0, before)
+                self._after_step(run, 0, before)
+            self.signals.stepping = True  # from here a first signal stops after the step
             for step in range(start + 1, cfg.trainer.total_steps + 1):
+                self._step_now = step
                 if self.profile_window.starts_at(step):
                     run.start_profiler(self.profile_window)
                 metrics = self._step(run, step)
@@ -94,8 +175,16 @@ class RLTrainer:
                 if step == cfg.trainer.total_steps or (save_every > 0 and step % save_every == 0):
                     with self.timer("save"):
                         run.save_checkpoint(step)
+                self._after_step(run, step, metrics)
         finally:
             logger.close()
+
+    def _after_step(self, run: RunContext, step: int, metrics: dict[str, Any]) -> None:
+        """Note ``step``'s metrics for the closing summary; stop here if a signal asked to."""
+        assert self.summary is not None
+        self.summary.observe(step, metrics)
+        if self.signals.requested and 0 < step < self.cfg.trainer.total_steps:
+            self._stop_after(run, step)
 
     def _step(self, run: RunContext, step: int) -> dict[str, Any]:
         cfg, timer = self.cfg, self.timer
@@ -122,7 +211,7 @@ class RLTrainer:
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
             with timer("sync"):
-                run.rollout.sync_weights()
+                self._sync_weights(run)
             every = cfg.ref.update_every
             if run.ref is not None and every > 0 and step % every == 0:
                 with timer("ref_sync"):
@@ -213,3 +302,9 @@ class RLTrainer:
             batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
             scored = [run.score(b)[0] for b in batches]
         return stats.validation_metrics(Batch.concat(scored))
+
+
+def _newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of ``run_dir``, if any."""
+    newest = newest_complete(checkpoints_dir(run_dir))
+    return newest.path if newest is not None else None

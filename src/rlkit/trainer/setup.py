@@ -29,6 +29,7 @@ from rlkit.models import load_hf_config, load_tokenizer, stop_token_ids
 from rlkit.profiling.profiler import ProfilerRole, ProfileWindow
 from rlkit.rewards import build_reward_manager, token_level_scores
 from rlkit.trainer.data import TrainData, build_train_data
+from rlkit.trainer.lifecycle import deadlines
 from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
     actor_settings,
@@ -239,7 +240,8 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         overlong_penalty_factor=cfg.reward.overlong.penalty_factor,
     )
     world = cfg.hardware.nodes * cfg.hardware.devices_per_node
-    start_ray(cfg.hardware.ray_address)
+    limits = deadlines(cfg, device)
+    start_ray(cfg.hardware.ray_address, connect_timeout_s=limits.connect_s)
     pool = ResourcePool(cfg.hardware.nodes, cfg.hardware.devices_per_node, device)
     roles: dict[str, type] = {"actor": ActorWorker, "rollout": RolloutWorker}
     init: dict[str, dict[str, Any]] = {
@@ -254,7 +256,7 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         roles["reward_model"], init["reward_model"] = RewardModelWorker, reward_model_settings(cfg, device)
     if cfg.trainer.profile != "none":
         roles["profiler"] = ProfilerRole
-    group = WorkerGroup(pool, roles, init, call_timeout_s=cfg.hardware.stage_timeout_s)
+    group = WorkerGroup(pool, roles, init, call_timeout_s=limits.stage_s, start_timeout_s=limits.start_s)
     kl = cfg.algo.kl_ctrl
     kl_ctrl = (
         AdaptiveKLController(kl.kl_coef, kl.target_kl, kl.horizon)

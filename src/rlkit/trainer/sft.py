@@ -33,7 +33,7 @@ from rlkit.controller import ResourcePool, RoleHandle, WorkerGroup, start_ray
 from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
 from rlkit.models import load_hf_config, load_tokenizer
-from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
+from rlkit.trainer.lifecycle import deadlines
 from rlkit.trainer.settings import compute_dtype, resolve_device
 from rlkit.trainer.sft_data import SFTData, build_sft_data
 from rlkit.trainer.sft_workers import ADAPTER_EXPORT_DIR, CHECKPOINT_ROLE, HF_EXPORT_DIR, SFTWorker
@@ -143,13 +143,15 @@ class SFTTrainer:
             f"{data.num_truncated} truncated to sft.max_length={cfg.sft.max_length}",
             highlight=False,
         )
-        start_ray(cfg.hardware.ray_address)
+        limits = deadlines(cfg, device)
+        start_ray(cfg.hardware.ray_address, connect_timeout_s=limits.connect_s)
         pool = ResourcePool(cfg.hardware.nodes, cfg.hardware.devices_per_node, device)
         group = WorkerGroup(
             pool,
             {"sft": SFTWorker},
             {"sft": sft_settings(cfg, device)},
-            call_timeout_s=cfg.hardware.stage_timeout_s,
+            call_timeout_s=limits.stage_s,
+            start_timeout_s=limits.start_s,
         )
         try:
             if point is not None:
