@@ -34,6 +34,7 @@ from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
 from rlkit.models import load_hf_config, load_tokenizer
 from rlkit.trainer.lifecycle import deadlines
+from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import compute_dtype, resolve_device
 from rlkit.trainer.sft_data import SFTData, build_sft_data
 from rlkit.trainer.sft_workers import ADAPTER_EXPORT_DIR, CHECKPOINT_ROLE, HF_EXPORT_DIR, SFTWorker
