@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from rich.console import Console
 
 from rlkit import ckpt
 from rlkit.algos import AdaptiveKLController, FixedKLController
@@ -35,6 +36,7 @@ from rlkit.trainer.settings import (
     critic_update_settings,
     ref_settings,
     resolve_device,
+    resolve_rollout_engine,
     reward_model_settings,
     rollout_settings,
 )
@@ -186,6 +188,8 @@ class RunContext:
 def build_run(cfg: RlkitConfig) -> RunContext:
     """Set up a run of ``cfg``: run dir, data, rewards and workers."""
     device = resolve_device(cfg)
+    engine = resolve_rollout_engine(cfg)  # before config.yaml: it names the engine used
+    Console(stderr=True).print(f"rollout engine: {engine}")
     run_dir = Path(cfg.trainer.out_dir)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(config_dict, dict)
