@@ -71,6 +71,19 @@ def check_plain_logits(hf_config: Any) -> None:
             )
 
 
+def _quietly(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a transformers loader without its per-file progress bars (every worker loads the model)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _disable_dropout(model: nn.Module) -> None:
     """Zero every dropout: RL compares log-probs of the same policy across passes (old vs new,
     actor vs rollout), which dropout would make differ; the native decoder has none either."""
@@ -122,7 +135,7 @@ class HFCausalLM(nn.Module):
         if init == "pretrained":
             checkpoint_files(path)  # a clear UserError for pickle-only or missing weights
             try:
-                hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+                hf_model = _quietly(AutoModelForCausalLM.from_pretrained, path, dtype=dtype, use_safetensors=True)
             except (OSError, ValueError) as exc:
                 raise UserError(f"model.path: transformers cannot load {path!r}: {exc}") from exc
         else:
