@@ -97,7 +97,8 @@ def bench_other_engines(
     for name in args.engines:
         if name == "native":
             continue
-        engine = build_engine(name, model, max_num_seqs=slots, max_model_len=args.prompt_len + args.new_tokens)
+        max_len = args.prompt_len + args.new_tokens
+        engine = build_engine(name, model, max_num_seqs=slots, max_model_len=max_len)
         label = f"rlkit {name}"
         results.append(bench_engine(engine, label, prompts, 1, args.new_tokens)[0])
         results.append(bench_engine(engine, label, prompts[: args.group_prompts], args.n, args.new_tokens)[0])
