@@ -93,7 +93,8 @@ class HFEngine:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.tokenizer = tokenizer
-        eos = getattr(self.model.generation_config, "eos_token_id", None) or self.model.config.eos_token_id
+        generation = getattr(self.model, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None) or getattr(self.model.config, "eos_token_id", None)
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
         self._asleep = False
