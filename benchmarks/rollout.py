@@ -16,8 +16,13 @@ Besides end-to-end tokens/s the table reports, for the native engine at its larg
   sequence at that mean context) divided by the device's copy bandwidth, measured with a large
   tensor copy. The distance to this floor is what kernel work could still win.
 
+``--engines native,hf`` also runs the ``hf`` engine (rlkit's sampler over the transformers model's
+forward and KV cache, the fallback for architectures the native decoder lacks) on the same model,
+prompts and work, so the table compares every listed engine with ``generate`` in one run.
+
 Usage:
     python benchmarks/rollout.py            # on a GPU: the 0.5B table (about two minutes)
+    python benchmarks/rollout.py --engines native,hf --tiny   # every engine, CPU, seconds
     python benchmarks/rollout.py --no-hf    # native engine only
     python benchmarks/rollout.py --tiny     # CPU smoke test (seconds)
 """
@@ -39,7 +44,8 @@ from rlkit.hardware.kernels import use_triton
 from rlkit.models import DecoderConfig
 from rlkit.models.loader import build_native
 from rlkit.models.shapes import QWEN25_05B, TINY
-from rlkit.rollout import NativeEngine, SamplingParams
+from rlkit.rollout import NativeEngine, RolloutEngine, SamplingParams
+from rlkit.rollout.registry import ENGINES, build_engine
 from rlkit.rollout.sampling import RowParams, sample_tokens
 
 
@@ -65,21 +71,41 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
     return torch.randint(0, vocab, (count, length), generator=g).tolist()
 
 
-def bench_native(
-    engine: NativeEngine, prompts: list[list[int]], n: int, new_tokens: int
+def bench_engine(
+    engine: RolloutEngine, label: str, prompts: list[list[int]], n: int, new_tokens: int
 ) -> tuple[Result, float]:
     """End-to-end tokens/s of one ``generate`` call, and the mean loop-step time in seconds."""
     params = SamplingParams(n=n, temperature=1.0, max_tokens=new_tokens, ignore_eos=True)
     engine.generate(
         prompts[:2], SamplingParams(n=n, temperature=1.0, max_tokens=4, ignore_eos=True)
     )  # warm up
-    steps_before = engine.stats.decode_steps
+    stats = engine.stats  # type: ignore[attr-defined]
+    steps_before = stats.decode_steps
     start = _now()
     outs = engine.generate(prompts, params)
     seconds = _now() - start
     tokens = sum(len(c.token_ids) for group in outs for c in group)
-    steps = engine.stats.decode_steps - steps_before
-    return Result("rlkit native", f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
+    steps = stats.decode_steps - steps_before
+    return Result(label, f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
+
+
+def bench_other_engines(
+    args: argparse.Namespace, model: Any, prompts: list[list[int]], slots: int
+) -> list[Result]:
+    """The n=1 and grouped runs of every listed engine but native, on the same weights and prompts."""
+    results = []
+    for name in args.engines:
+        if name == "native":
+            continue
+        max_len = args.prompt_len + args.new_tokens
+        engine = build_engine(name, model, max_num_seqs=slots, max_model_len=max_len)
+        label = f"rlkit {name}"
+        results.append(bench_engine(engine, label, prompts, 1, args.new_tokens)[0])
+        results.append(bench_engine(engine, label, prompts[: args.group_prompts], args.n, args.new_tokens)[0])
+        engine.close()
+        del engine
+        hw.empty_cache()
+    return results
 
 
 def decode_step_seconds(engine: NativeEngine, context: int, repeats: int = 20) -> tuple[float, float]:
@@ -244,10 +270,14 @@ def print_table(results: list[Result], header: dict[str, str]) -> None:
             f"| {r.engine:<14} | {r.shape:<12} | {r.tokens:>8} | {r.seconds:>8.2f} | {r.tokens_per_s:>10,.0f} |"
         )
     for shape in dict.fromkeys(r.shape for r in results):
-        pair = {r.engine: r for r in results if r.shape == shape}
-        if len(pair) == 2:
-            speedup = pair["rlkit native"].tokens_per_s / pair["transformers"].tokens_per_s
-            print(f"speed-up native / transformers at {shape}: {speedup:.2f}x")
+        by_engine = {r.engine: r for r in results if r.shape == shape}
+        baseline = by_engine.get("transformers")
+        if baseline is None:
+            continue
+        for name, r in by_engine.items():
+            if name != "transformers":
+                speedup = r.tokens_per_s / baseline.tokens_per_s
+                print(f"speed-up {name.removeprefix('rlkit ')} / transformers at {shape}: {speedup:.2f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,7 +291,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=8, help="samples per prompt of the grouped run")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--no-hf", action="store_true", help="skip the transformers generate baseline")
+    parser.add_argument(
+        "--engines",
+        default="native",
+        help=f"comma-separated rollout engines to run ({', '.join(ENGINES)}); native always runs",
+    )
     parser.add_argument("--no-graphs", action="store_true", help="run the native decode step eagerly")
     parser.add_argument(
         "--trace",
@@ -270,6 +305,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile 5 eager decode forwards: chrome trace + kernel table",
     )
     args = parser.parse_args(argv)
+    args.engines = list(dict.fromkeys(["native", *(e.strip() for e in args.engines.split(",") if e.strip())]))
+    unknown = [e for e in args.engines if e not in ENGINES]
+    if unknown:
+        parser.error(f"unknown engine(s) {unknown}; known: {', '.join(ENGINES)}")
     if args.tiny:
         args.device = args.device or "cpu"
         args.prompts, args.group_prompts, args.n = 8, 2, 4
@@ -293,9 +332,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         cuda_graphs=not args.no_graphs,
     )
     results: list[Result] = []
-    single, loop_step = bench_native(engine, prompts, 1, args.new_tokens)
-    grouped, _ = bench_native(engine, prompts[: args.group_prompts], args.n, args.new_tokens)
+    single, loop_step = bench_engine(engine, "rlkit native", prompts, 1, args.new_tokens)
+    grouped, _ = bench_engine(engine, "rlkit native", prompts[: args.group_prompts], args.n, args.new_tokens)
     results += [single, grouped]
+    results += bench_other_engines(args, model, prompts, slots)
     context = args.prompt_len + args.new_tokens // 2
     forward, step = decode_step_seconds(engine, context)
     if args.trace is not None:
@@ -320,6 +360,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "copy bandwidth": f"{bandwidth / 1e9:.0f} GB/s",
         "HBM floor": f"{floor * 1e3:.2f} ms per decode step (weights + KV at context {context})",
     }
+    shapes = list(dict.fromkeys(r.shape for r in results))
+    results.sort(key=lambda r: shapes.index(r.shape))  # stable: engines in run order within a shape
     print_table(results, header)
     return results
 

@@ -16,6 +16,8 @@ def doctor(
 ) -> None:
     """Report versions (python, torch, CUDA/ROCm/CANN, engines), devices and Ray, and whether rlkit supports them."""
     from rlkit.hardware.doctor import collect, render_markdown, render_text
+    from rlkit.rollout.registry import engine_versions
 
-    report = collect()
+    engines = [(name, version or "not importable") for name, version in engine_versions().items()]
+    report = collect(engines=engines)
     typer.echo(render_markdown(report) if markdown else render_text(report))

@@ -1,4 +1,4 @@
-"""``rlkit generate``: batch generation with the native rollout engine (the job: rlkit.rollout.offline)."""
+"""``rlkit generate``: batch generation with a rollout engine (``--engine``) (the job: rlkit.rollout.offline)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ def generate(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    engine: str = typer.Option(
+        "auto", "--engine", help="Rollout engine: auto (native for Llama/Qwen models, else hf), native or hf."
+    ),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
     from rlkit.data.hub import resolve_model_path
@@ -58,6 +61,7 @@ def generate(
         device=device,
         batch_size=batch_size,
         console=console,
+        engine=engine,
     )
     console.print(
         f"wrote {summary.prompts} rows ({summary.completions} completions, {summary.tokens} tokens, "

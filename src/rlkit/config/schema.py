@@ -119,8 +119,11 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = choice("native")
-    """Rollout engine: ``native`` (built in: KV cache, continuous batching, CUDA graphs)."""
+    engine: str = choice("auto", "native", "hf")
+    """Rollout engine: ``auto`` (``native`` when the model is a Llama / Qwen-family model the native
+    decoder runs, ``hf`` otherwise; the run's config.yaml names the one picked), ``native`` (built
+    in: KV cache, continuous batching, CUDA graphs) or ``hf`` (rlkit's sampler over any transformers
+    causal LM: Gemma-2, Phi-3, Mistral, MoE models, ...; slower). See docs/rollout-engines.md."""
     n: int = bounded(8, ge=1)
     """Samples per prompt (the group size of GRPO-style estimators)."""
     temperature: float = bounded(1.0, ge=0)
@@ -133,8 +136,8 @@ class RolloutConfig:
     """Temperature of validation generations (0 = greedy)."""
     val_n: int = bounded(1, ge=1)
     """Samples per validation prompt."""
-    max_num_seqs: int = bounded(256, ge=1, profile=True)
-    """Sequences decoded together by the native engine (its KV-cache slots)."""
+    max_num_seqs: int = profile_key(256)
+    """Sequences decoded together by the rollout engine (the native engine's KV-cache slots)."""
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""
     gpu_memory_utilization: float = bounded(0.5, gt=0, le=1, profile=True)

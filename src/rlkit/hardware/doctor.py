@@ -295,8 +295,14 @@ def support_findings(smi: list[str] | None = None) -> list[Finding]:
         return [Finding(False, f"cannot compare versions: {exc}")]
 
 
-def collect(ray_address: str | None = None) -> DoctorReport:
-    """Gather the whole report (``ray_address`` defaults to ``$RAY_ADDRESS``)."""
+def collect(ray_address: str | None = None, engines: Rows | None = None) -> DoctorReport:
+    """Gather the whole report (``ray_address`` defaults to ``$RAY_ADDRESS``).
+
+    Args:
+        ray_address: The Ray cluster to probe.
+        engines: ``(engine, version)`` rows of the rollout engines, given by the caller (this
+            module sits below :mod:`rlkit.rollout` and does not import it).
+    """
     smi = _nvidia_smi()
     _, ray_text = ray_status(ray_address if ray_address is not None else os.environ.get("RAY_ADDRESS"))
     report = DoctorReport()
@@ -305,6 +311,8 @@ def collect(ray_address: str | None = None) -> DoctorReport:
     report.sections["accelerator"] = _accelerator_rows(smi)
     report.sections["devices"] = _device_rows()
     report.sections["ray"] = [("cluster", ray_text)]
+    if engines is not None:
+        report.sections["rollout engines"] = engines
     report.findings = support_findings(smi)
     return report
 

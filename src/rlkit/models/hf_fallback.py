@@ -20,8 +20,10 @@ from rlkit.models.decoder import DecoderConfig
 from rlkit.models.hf_io import checkpoint_files
 
 # Config keys of architectures whose logits are not ``lm_head(hidden)``: a log-prob computed from
-# forward_packed + lm_head would silently differ from the model's own.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# forward_packed + lm_head would silently differ from the model's own. Soft-capping (Gemma-2) is
+# applied by ``token_logprobs`` (``HFCausalLM.logit_softcap``); the others are refused.
+_SOFTCAP_KEY = "final_logit_softcapping"
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 def foreign_config(hf_config: Any) -> DecoderConfig:
@@ -46,11 +48,17 @@ def foreign_config(hf_config: Any) -> DecoderConfig:
     )
 
 
+def logit_softcap(hf_config: Any) -> float | None:
+    """The cap of ``logits = cap * tanh(lm_head(hidden) / cap)`` (Gemma-2), or None for plain logits."""
+    value = getattr(hf_config.get_text_config(), _SOFTCAP_KEY, None)
+    return float(value) if value else None
+
+
 def check_plain_logits(hf_config: Any) -> None:
-    """Refuse architectures whose logits are not ``lm_head(hidden)`` (softcapping, logit scales).
+    """Refuse architectures whose logits are neither ``lm_head(hidden)`` nor soft-capped (logit scales).
 
     Raises:
-        UserError: the config sets one of the logit transforms.
+        UserError: the config sets one of the logit transforms rlkit does not apply.
     """
     text_config = hf_config.get_text_config()
     for key in _LOGIT_TRANSFORMS:
@@ -58,9 +66,22 @@ def check_plain_logits(hf_config: Any) -> None:
         if value not in (None, 1, 1.0):
             raise UserError(
                 f"model_type {hf_config.model_type!r} transforms its logits ({key}={value}); "
-                "rlkit's fused log-probs assume logits = lm_head(hidden)",
-                hint="use a Llama/Qwen-family model or one without logit scaling",
+                "rlkit's log-probs take logits = lm_head(hidden), soft-capped or not",
+                hint="use a model without logit scaling (Llama, Qwen, Gemma-2, Mistral, Phi-3, ...)",
             )
+
+
+def _quietly(load: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a transformers loader without its per-file progress bars (every worker loads the model)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _disable_dropout(model: nn.Module) -> None:
@@ -92,6 +113,8 @@ class HFCausalLM(nn.Module):
         if own:
             raise ValueError(f"{type(hf_model).__name__} has top-level parameters {own}; cannot wrap it")
         self.config = foreign_config(hf_model.config)
+        # the training side's log-probs apply it as the model's own forward does
+        self.logit_softcap = logit_softcap(hf_model.config)
         _disable_dropout(hf_model)
 
     @classmethod
@@ -112,7 +135,9 @@ class HFCausalLM(nn.Module):
         if init == "pretrained":
             checkpoint_files(path)  # a clear UserError for pickle-only or missing weights
             try:
-                hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+                hf_model = _quietly(
+                    AutoModelForCausalLM.from_pretrained, path, dtype=dtype, use_safetensors=True
+                )
             except (OSError, ValueError) as exc:
                 raise UserError(f"model.path: transformers cannot load {path!r}: {exc}") from exc
         else:

@@ -24,9 +24,17 @@ import torch
 from rlkit.hardware.kernels import use_triton
 
 
-def _chunk_logits(h_CD: torch.Tensor, w_VD: torch.Tensor, temperature: float) -> torch.Tensor:
-    """fp32 temperature-scaled logits (C, V) of one chunk; the matmul runs in the weight's dtype."""
+def _chunk_logits(
+    h_CD: torch.Tensor, w_VD: torch.Tensor, temperature: float, softcap: float | None = None
+) -> torch.Tensor:
+    """fp32 temperature-scaled logits (C, V) of one chunk; the matmul runs in the weight's dtype.
+
+    With ``softcap`` the logits are first soft-capped, ``softcap * tanh(logits / softcap)``, as
+    Gemma-2 computes its output logits.
+    """
     logits = (h_CD.to(w_VD.dtype) @ w_VD.T).float()
+    if softcap is not None:
+        logits = logits.div_(softcap).tanh_().mul_(softcap)
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -42,23 +50,29 @@ class _TokenLogprobs(torch.autograd.Function):
         temperature: float,
         chunk_tokens: int,
         with_entropy: bool,
+        softcap: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         num_tokens = hidden_TD.shape[0]
         logprobs = torch.empty(num_tokens, dtype=torch.float32, device=hidden_TD.device)
         lse = torch.empty_like(logprobs)
         entropy = torch.empty(num_tokens if with_entropy else 0, dtype=torch.float32, device=hidden_TD.device)
-        fused = use_triton(hidden_TD.device)
-        chunk_stats = _chunk_stats_fused if fused else _chunk_stats_torch
+        fused = softcap is None and use_triton(hidden_TD.device)  # the kernels take plain logits
         for start in range(0, num_tokens, chunk_tokens):
             rows = slice(start, min(start + chunk_tokens, num_tokens))
-            lse[rows], logprobs[rows], ent = chunk_stats(
-                hidden_TD[rows], weight_VD, labels_T[rows], temperature, with_entropy
-            )
+            if fused:
+                stats = _chunk_stats_fused(
+                    hidden_TD[rows], weight_VD, labels_T[rows], temperature, with_entropy
+                )
+            else:
+                stats = _chunk_stats_torch(
+                    hidden_TD[rows], weight_VD, labels_T[rows], temperature, with_entropy, softcap
+                )
+            lse[rows], logprobs[rows], ent = stats
             if ent is not None:
                 entropy[rows] = ent
         ctx.save_for_backward(hidden_TD, weight_VD, labels_T, lse, entropy)
         ctx.temperature, ctx.chunk_tokens, ctx.with_entropy = temperature, chunk_tokens, with_entropy
-        ctx.fused = fused
+        ctx.fused, ctx.softcap = fused, softcap
         return logprobs, entropy
 
     @staticmethod
@@ -74,12 +88,11 @@ class _TokenLogprobs(torch.autograd.Function):
             torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device) if need_w else None
         )
         num_tokens = hidden_TD.shape[0]
-        chunk_grad = _chunk_grad_fused if ctx.fused else _chunk_grad_torch
         for start in range(0, num_tokens, ctx.chunk_tokens):
             rows = slice(start, min(start + ctx.chunk_tokens, num_tokens))
             h_CD = hidden_TD[rows].to(weight_VD.dtype)
             g_lp = grad_logprobs[rows] if grad_logprobs is not None else torch.zeros_like(lse[rows])
-            grad = chunk_grad(
+            args = (
                 h_CD,
                 weight_VD,
                 labels_T[rows],
@@ -89,13 +102,14 @@ class _TokenLogprobs(torch.autograd.Function):
                 grad_entropy[rows].float() if use_entropy else None,
                 entropy[rows] if use_entropy else None,
             )
+            grad = _chunk_grad_fused(*args) if ctx.fused else _chunk_grad_torch(*args, softcap=ctx.softcap)
             if grad_h is not None:
                 grad_h[rows] = (grad @ weight_VD).to(hidden_TD.dtype)
             if grad_w is not None:
                 grad_w = _add_weight_grad(grad_w, grad, h_CD)
             del grad
         grad_w_out = grad_w.to(weight_VD.dtype) if grad_w is not None else None
-        return grad_h, grad_w_out, None, None, None, None
+        return grad_h, grad_w_out, None, None, None, None, None
 
 
 def _chunk_stats_torch(
@@ -104,9 +118,10 @@ def _chunk_stats_torch(
     labels_C: torch.Tensor,
     temperature: float,
     with_entropy: bool,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-sum-exp, label log-prob and entropy (or None) of one chunk, through fp32 logits."""
-    logits = _chunk_logits(h_CD, weight_VD, temperature)
+    logits = _chunk_logits(h_CD, weight_VD, temperature, softcap)
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.sub_(lse[:, None])
     label_logp = logp.gather(-1, labels_C[:, None]).squeeze(-1)
@@ -138,9 +153,10 @@ def _chunk_grad_torch(
     temperature: float,
     g_ent: torch.Tensor | None,
     entropy_C: torch.Tensor | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Gradient (C, V) of one chunk's raw logits, in fp32, cast to the weight's dtype at the end."""
-    logp = _chunk_logits(h_CD, weight_VD, temperature).sub_(lse_C[:, None])
+    logp = _chunk_logits(h_CD, weight_VD, temperature, softcap).sub_(lse_C[:, None])
     grad = logp.exp()  # probabilities, turned into the logits' gradient in place below
     if g_ent is not None and entropy_C is not None:
         # dH/dz_j = -p_j (log p_j + H)
@@ -151,6 +167,9 @@ def _chunk_grad_torch(
     grad.scatter_add_(-1, labels_C[:, None], g_lp[:, None])  # d logp_y / dz = onehot - p
     if temperature != 1.0:
         grad.div_(temperature)
+    if softcap is not None:  # d(c tanh(z / c))/dz = 1 - tanh(z / c)^2
+        z_over_c = _chunk_logits(h_CD, weight_VD, softcap)  # the raw logits divided by the cap
+        grad.mul_(z_over_c.tanh_().square_().neg_().add_(1.0))
     return grad.to(weight_VD.dtype)
 
 
@@ -212,6 +231,7 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 1024,
     with_entropy: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each label under ``softmax(hidden @ W.T / temperature)``, chunk by chunk.
 
@@ -227,6 +247,8 @@ def token_logprobs(
         temperature: sampling temperature the logits are divided by (> 0).
         chunk_tokens: rows of logits computed at once; memory is about 3 x C x V x 4 bytes.
         with_entropy: also return the entropy of each row's temperature-scaled distribution.
+        softcap: soft-cap the logits first, ``softcap * tanh(logits / softcap)`` (Gemma-2's
+            ``final_logit_softcapping``); None = plain logits. Runs the PyTorch path (no kernels).
 
     Returns:
         ``(logprobs_T, entropy_T)`` in fp32; ``entropy_T`` is None unless ``with_entropy``.
@@ -238,7 +260,16 @@ def token_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be > 0, got {chunk_tokens}")
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"softcap must be > 0, got {softcap}")
+    cap = None if softcap is None else float(softcap)
     logprobs, entropy = _TokenLogprobs.apply(
-        hidden_TD, lm_head_weight_VD, labels_T.long(), float(temperature), int(chunk_tokens), with_entropy
+        hidden_TD,
+        lm_head_weight_VD,
+        labels_T.long(),
+        float(temperature),
+        int(chunk_tokens),
+        with_entropy,
+        cap,
     )
     return logprobs, (entropy if with_entropy else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -141,3 +141,14 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Release everything the engine holds on the device."""
         ...
+
+
+def default_stop_ids(eos_token_id: int | list[int] | None, tokenizer: Any | None) -> list[int]:
+    """A model's stop tokens: the tokenizer's (eos + end of turn) if given, else the config's eos ids."""
+    if tokenizer is not None:
+        from rlkit.models.tokenizer import stop_token_ids
+
+        return stop_token_ids(tokenizer)
+    if eos_token_id is None:
+        return []
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)

@@ -44,7 +44,7 @@ from rlkit import hardware
 from rlkit.errors import UserError
 from rlkit.hardware.kernels import use_triton
 from rlkit.models.decoder import CausalLM
-from rlkit.rollout.base import Completion, ProgressFn, SamplingParams
+from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
 from rlkit.rollout.forward import decode_forward, prefill_forward
 from rlkit.rollout.fused import FusedLayer, fuse_layers
 from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
@@ -141,7 +141,7 @@ class NativeEngine:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.tokenizer = tokenizer
         self.max_prefill_tokens = max_prefill_tokens
-        self.default_stop_ids = _default_stop_ids(model, tokenizer)
+        self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
         self._cache: KVCache | None = None
         self._buf: _Buffers | None = None
@@ -152,6 +152,20 @@ class NativeEngine:
         self._asleep = False
         # On an accelerator the host handles a step's results while the next one runs.
         self._pipeline_depth = 0 if self.device.type == "cpu" else 1
+
+    @staticmethod
+    def unsupported_reason(hf_config: dict[str, Any]) -> str | None:
+        """Why the native decoder cannot run a ``config.json`` (None: a Llama / Qwen-family model)."""
+        from rlkit.models import native_unsupported_reason
+
+        return native_unsupported_reason(hf_config)
+
+    @staticmethod
+    def version() -> str:
+        """The engine's version: it is built into rlkit."""
+        import rlkit
+
+        return f"built in (rlkit {rlkit.__version__})"
 
     # ------------------------------------------------------------------ public interface
 
@@ -561,15 +575,3 @@ class NativeEngine:
 def _weights_key(model: CausalLM) -> tuple[int, ...]:
     """Addresses of every parameter: captured graphs and fused buffers are valid while these hold."""
     return tuple(p.data_ptr() for p in model.parameters())
-
-
-def _default_stop_ids(model: CausalLM, tokenizer: Any | None) -> list[int]:
-    """The model's stop tokens: the tokenizer's (eos + end of turn) if given, else config eos ids."""
-    if tokenizer is not None:
-        from rlkit.models.tokenizer import stop_token_ids
-
-        return stop_token_ids(tokenizer)
-    eos = model.config.eos_token_id
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)

@@ -1,4 +1,4 @@
-"""``rlkit generate``: batch generation from a prompts file with the native engine, to jsonl.
+"""``rlkit generate``: batch generation from a prompts file with a rollout engine (``--engine``), to jsonl.
 
 Input: jsonl with ``prompt`` (text) or ``messages`` (a chat: a list of ``{"role", "content"}``) on
 each line, or a verl-schema parquet file whose ``prompt`` column holds a chat (or text). The
@@ -34,8 +34,8 @@ from rich.progress import (
 
 from rlkit import hardware
 from rlkit.errors import UserError
-from rlkit.rollout.base import SamplingParams
-from rlkit.rollout.native import NativeEngine
+from rlkit.rollout.base import RolloutEngine, SamplingParams
+from rlkit.rollout.registry import build_engine, resolve_engine
 
 Prompt = str | list[dict[str, Any]]
 
@@ -219,22 +219,32 @@ def load_model_tokenizer(path: str) -> Any:
     return load_checkpoint_tokenizer(path) if is_checkpoint_dir(path) else load_tokenizer(path)
 
 
-def load_engine(path: str, tokenizer: Any, device: torch.device, max_num_seqs: int) -> NativeEngine:
-    """The native engine over a resolved model or checkpoint folder (bf16 on GPU, fp32 on CPU)."""
+def load_engine(
+    path: str, tokenizer: Any, device: torch.device, max_num_seqs: int, engine: str = "auto"
+) -> RolloutEngine:
+    """The rollout engine ``engine`` (``auto``: native for its family, else hf) over a resolved model
+    or checkpoint folder (bf16 on GPU, fp32 on CPU).
+
+    Raises:
+        UserError: ``engine`` cannot run this model (the message names the engines that can).
+    """
     from rlkit.ckpt import is_checkpoint_dir, load_checkpoint_model
-    from rlkit.models import CausalLM, load_causal_lm
+    from rlkit.models import load_causal_lm, load_hf_config
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     if is_checkpoint_dir(path):
         model = load_checkpoint_model(path, dtype=dtype, device=device)
+        name = resolve_engine(engine, _hf_config_dict(model))
     else:
+        name = resolve_engine(engine, load_hf_config(path))  # before the weights are read
         model = load_causal_lm(path, dtype=dtype, device=device)
-    if not isinstance(model, CausalLM):
-        raise UserError(
-            f"{path!r} is not a llama / qwen2 / qwen3 model, which the native engine needs",
-            hint="convert the model to a supported architecture",
-        )
-    return NativeEngine(model, device=device, max_num_seqs=max_num_seqs, tokenizer=tokenizer)
+    return build_engine(name, model, device=device, max_num_seqs=max_num_seqs, tokenizer=tokenizer)
+
+
+def _hf_config_dict(model: Any) -> dict[str, Any]:
+    """The ``config.json`` dict of a loaded native or transformers-fallback model."""
+    to_dict = getattr(model, "hf_config_dict", None)
+    return dict(to_dict()) if to_dict is not None else dict(model.config.to_hf())
 
 
 def sampling_params(**kwargs: Any) -> SamplingParams:
@@ -255,6 +265,7 @@ def run_generate(
     device: str = "auto",
     batch_size: int = 256,
     console: Console | None = None,
+    engine: str = "auto",
 ) -> GenerateSummary:
     """Generate ``params.n`` completions per prompt of ``prompts_file`` into ``out`` (jsonl, atomic).
 
@@ -269,7 +280,7 @@ def run_generate(
     path = resolve_model(model)
     tokenizer = load_model_tokenizer(path)
     token_ids = encode_prompts(prompts, tokenizer, chat_template=chat_template)  # fail before loading weights
-    engine = load_engine(path, tokenizer, dev, max_num_seqs=min(256, batch_size * params.n))
+    rollout = load_engine(path, tokenizer, dev, max_num_seqs=min(256, batch_size * params.n), engine=engine)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     start, tokens = time.perf_counter(), 0
@@ -285,7 +296,7 @@ def run_generate(
                     rate = (t0 + generated) / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, completed=base + finished, tps=f"{rate:,.0f} tok/s")
 
-                groups = engine.generate(token_ids[lo : lo + batch_size], params, progress=report)
+                groups = rollout.generate(token_ids[lo : lo + batch_size], params, progress=report)
                 for prompt, group in zip(prompts[lo : lo + batch_size], groups, strict=True):
                     tokens += sum(len(c.token_ids) for c in group)
                     f.write(json.dumps(_row(prompt, group, tokenizer), ensure_ascii=False) + "\n")
@@ -294,7 +305,7 @@ def run_generate(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     finally:
-        engine.close()
+        rollout.close()
     return GenerateSummary(out, len(prompts), len(prompts) * params.n, tokens, time.perf_counter() - start)
 
 

@@ -26,6 +26,26 @@ _TOKENS_PER_CHAR = 4
 _STOP_WINDOW_MARGIN = 8
 
 
+def sample_stream(
+    params: SamplingParams, sample: int, device: torch.device
+) -> tuple[torch.Generator | None, int]:
+    """The random stream of sample ``sample`` of a request: a generator (seeded, non-greedy) and a key.
+
+    Each sample of a seeded request has its own stream, fixed by (seed, sample index): a generator
+    for the PyTorch sampler, a key for the one-pass sampler. Unseeded, the key comes from torch's
+    default generator (so ``torch.manual_seed`` still fixes it) and there is no generator.
+    """
+    seed = params.seed
+    if seed is None:
+        return None, int(torch.randint(0, 1 << 62, ()))
+    key = (seed * 1_000_003 + sample) % (1 << 63)
+    if params.greedy:
+        return None, key
+    generator = torch.Generator(device=device)
+    generator.manual_seed(key)
+    return generator, key
+
+
 @dataclass(eq=False)
 class Sequence:
     """One completion being generated (sample ``sample`` of prompt ``request``)."""
@@ -154,17 +174,7 @@ class Scheduler:
         return sum(len(g.samples) for g in self.waiting)
 
     def _start(self, group: _Group, sample: int) -> Sequence:
-        seed = group.params.seed
-        generator = None
-        if seed is not None:
-            # Each sample of a seeded request has its own stream, fixed by (seed, sample index): a
-            # generator for the PyTorch sampler, a key for the one-pass sampler.
-            key = (seed * 1_000_003 + sample) % (1 << 63)
-            if not group.params.greedy:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(key)
-        else:
-            key = int(torch.randint(0, 1 << 62, ()))  # torch's default generator: manual_seed holds
+        generator, key = sample_stream(group.params, sample, self.device)
         seq = Sequence(
             group.request, sample, group.prompt, group.params, group.max_new, group.stop_ids, generator, key
         )

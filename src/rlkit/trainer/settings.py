@@ -126,8 +126,25 @@ def critic_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
     }
 
 
+def resolve_rollout_engine(cfg: RlkitConfig) -> str:
+    """Resolve ``rollout.engine`` (``auto`` included) for ``model.path`` in place; returns the engine.
+
+    Runs on the driver before any worker starts, so the run's config.yaml names the engine used and
+    an engine that cannot run the model fails with one line naming those that can.
+
+    Raises:
+        UserError: the model folder has no readable config.json, or the engine cannot run the model.
+    """
+    from rlkit.models import load_hf_config
+    from rlkit.rollout.registry import resolve_engine
+
+    cfg.rollout.engine = resolve_engine(cfg.rollout.engine, load_hf_config(cfg.model.path))
+    return cfg.rollout.engine
+
+
 def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
     return {
+        "engine": cfg.rollout.engine,
         "model_path": cfg.model.path,
         "dtype": compute_dtype(cfg, device),
         "max_num_seqs": cfg.rollout.max_num_seqs,

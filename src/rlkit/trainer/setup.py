@@ -38,6 +38,7 @@ from rlkit.trainer.settings import (
     critic_update_settings,
     ref_settings,
     resolve_device,
+    resolve_rollout_engine,
     reward_model_settings,
     rollout_settings,
 )
@@ -200,6 +201,7 @@ def open_rl_run(cfg: RlkitConfig) -> RunStart:
     resolve_device(cfg)
     _ref_enabled(cfg)
     _critic_enabled(cfg)
+    resolve_rollout_engine(cfg)  # `auto` -> the engine used, so the saved config.yaml names it
     return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))
 
 

@@ -79,7 +79,7 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
     lines = [
         f"[bold]run[/]      {run.run_dir}  ({start})",
         f"[bold]model[/]    {cfg.model.path} ({cfg.model.dtype}); training {roles} with FSDP2, "
-        "rollout on the native engine",
+        f"rollout on the {cfg.rollout.engine} engine",
         f"[bold]device[/]   {run.group.device} x {run.world_size} ({cfg.hardware.placement})",
         f"[bold]data[/]     {len(run.data.train)} train / {val} val prompts; "
         f"{cfg.data.batch_size} prompts x {cfg.rollout.n} samples per step",

@@ -26,7 +26,7 @@ from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
 from rlkit.models import load_causal_lm, load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
-from rlkit.rollout.native import NativeEngine
+from rlkit.rollout.registry import build_engine
 from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
 from rlkit.training import ActorRole, CriticRole, RefRole
 
@@ -118,11 +118,12 @@ class CriticWorker:
 
 
 class RolloutWorker:
-    """The native rollout engine on this worker's device."""
+    """The rollout engine on this worker's device, built by name (``rollout.engine``, resolved)."""
 
     def __init__(
         self,
         *,
+        engine: str,
         model_path: str,
         dtype: str,
         max_num_seqs: int,
@@ -134,7 +135,8 @@ class RolloutWorker:
         device = worker_context().device
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
         model = load_causal_lm(model_path, dtype=self.dtype, device=device, seed=seed)
-        self.engine = NativeEngine(
+        self.engine = build_engine(
+            engine,
             model,
             device=device,
             max_num_seqs=max_num_seqs,

@@ -71,6 +71,7 @@ class PackedPolicy(_AdoptChildren):
             temperature=temperature,
             chunk_tokens=chunk_tokens,
             with_entropy=with_entropy,
+            softcap=getattr(self.inner, "logit_softcap", None),  # Gemma-2's soft-capped logits
         )
 
 

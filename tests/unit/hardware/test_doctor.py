@@ -90,5 +90,10 @@ def test_cli_doctor_plain_and_markdown() -> None:
     plain = runner.invoke(app, ["doctor"], env={"RAY_ADDRESS": ""})
     assert plain.exit_code == 0, plain.output
     assert "packages" in plain.output and "support" in plain.output
+    import transformers
+
+    # every registered rollout engine, with its version (hf: the transformers it runs on)
+    assert "rollout engines" in plain.output and "built in" in plain.output
+    assert f"transformers {transformers.__version__}" in plain.output
     md = runner.invoke(app, ["doctor", "--markdown"], env={"RAY_ADDRESS": ""})
     assert md.exit_code == 0 and md.output.startswith("### rlkit doctor")

@@ -136,19 +136,19 @@ def test_model_config_and_random_fallback(tmp_path: Path) -> None:
 
 
 def test_logit_scaling_architectures_are_refused(tmp_path: Path) -> None:
-    from transformers import Gemma2Config
+    from transformers import CohereConfig
 
-    gemma = Gemma2Config(
+    cohere = CohereConfig(
         vocab_size=96,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
+        logit_scale=0.25,
     )
-    with pytest.raises(UserError, match="final_logit_softcapping"):
-        load_causal_lm(_write_config(tmp_path / "gemma2", gemma), init="random")
+    with pytest.raises(UserError, match="logit_scale"):
+        load_causal_lm(_write_config(tmp_path / "cohere", cohere), init="random")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "mistral"])

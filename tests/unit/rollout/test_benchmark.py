@@ -19,9 +19,9 @@ def test_tiny_benchmark_prints_a_table(
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses resolve annotations through it
     spec.loader.exec_module(module)
-    results = module.main(["--tiny"])
+    results = module.main(["--tiny", "--engines", "native,hf"])
     out = capsys.readouterr().out
-    assert {r.engine for r in results} == {"rlkit native", "transformers"}
+    assert {r.engine for r in results} == {"rlkit native", "rlkit hf", "transformers"}
     assert all(r.tokens == 8 * 16 for r in results)  # 8 x n=1 and 2 x n=4, 16 new tokens each
     for key in ("device", "torch", "commit", "HBM floor", "decode forward", "tokens/s"):
         assert key in out

@@ -152,3 +152,20 @@ def test_tokenizer_without_chat_template(tmp_path: Path) -> None:
         ).exit_code
         == 0
     )
+
+
+def test_engine_option_picks_hf_for_other_architectures(tmp_path: Path) -> None:
+    from rlkit.models.tiny_foreign import save_tiny_foreign
+
+    folder = save_tiny_foreign("gemma2", tmp_path / "gemma2")
+    prompts = _jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1="}, {"prompt": "hi"}])
+    common = ["--prompts", prompts, "--temperature", "0", "--max-tokens", "4"]
+    auto = _run(folder, *common, "--out", tmp_path / "auto.jsonl")
+    assert auto.exit_code == 0, auto.output
+    explicit = _run(folder, *common, "--out", tmp_path / "hf.jsonl", "--engine", "hf")
+    assert explicit.exit_code == 0, explicit.output
+    assert (tmp_path / "auto.jsonl").read_text() == (tmp_path / "hf.jsonl").read_text()
+    refused = _run(folder, *common, "--out", tmp_path / "native.jsonl", "--engine", "native")
+    assert refused.exit_code != 0 and not (tmp_path / "native.jsonl").exists()
+    assert isinstance(refused.exception, UserError)
+    assert "rollout.engine=native cannot run" in str(refused.exception) and "hf" in str(refused.exception)

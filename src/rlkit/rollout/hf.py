@@ -1,0 +1,337 @@
+"""The ``hf`` rollout engine: rlkit's decode loop over any transformers causal LM and its KV cache.
+
+It is the fallback that makes every ``AutoModelForCausalLM`` RL-trainable (Qwen3-MoE, Phi-3,
+Gemma-2, Mistral, ...): the model's own ``forward`` with ``past_key_values`` produces the logits
+(soft-capping, logit scales and everything else the architecture does included), and rlkit's
+sampler (:func:`~rlkit.rollout.sampling.sample_tokens`) draws the tokens, so the sampling semantics
+(temperature, top-k/p, min-p, repetition penalty, stop tokens and strings, per-request seeds, both
+log-probs) are the native engine's, not ``model.generate``'s.
+
+How one ``generate`` call runs: the samples (prompt x n) are cut into batches of at most
+``max_num_seqs`` rows. For each batch the distinct prompts are prefilled once, left-padded, and
+their cache rows are repeated for the ``n`` samples; then one token per live row is decoded per step.
+Rows that finish leave the batch (their cache rows are dropped), so the batch only shrinks: this is
+static batching, not the native engine's continuous batching, and no CUDA graphs.
+
+Shape legend: B = rows (sequences), P = distinct prompts of a batch, L = padded length, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlkit import hardware
+from rlkit.errors import UserError
+from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
+from rlkit.rollout.native import EngineStats
+from rlkit.rollout.sampling import RowParams, sample_tokens
+from rlkit.rollout.scheduler import Sequence, sample_stream
+
+
+def as_transformers_model(model: nn.Module) -> Any:
+    """The transformers model behind ``model``: itself, an ``HFCausalLM``'s, or a native model's copy.
+
+    A native ``CausalLM`` (the Llama / Qwen family) is rebuilt as its transformers class from its
+    config and given a copy of its weights (the same Hugging Face names).
+    """
+    from rlkit.models.decoder import CausalLM
+    from rlkit.models.hf_fallback import HFCausalLM
+
+    if isinstance(model, HFCausalLM):
+        return model.hf
+    if isinstance(model, CausalLM):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        param = next(model.parameters())
+        hf_config = AutoConfig.for_model(**model.config.to_hf())
+        hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=param.dtype).to(param.device)
+        hf_model.load_state_dict(model.state_dict(), strict=False)
+        return hf_model.eval()
+    if hasattr(model, "config") and hasattr(model, "get_output_embeddings"):
+        return model
+    raise TypeError(f"the hf engine needs a transformers causal LM, got {type(model).__name__}")
+
+
+class HFEngine:
+    """Rollout engine over a transformers causal LM (any architecture ``AutoModelForCausalLM`` loads).
+
+    Args:
+        model: A transformers model, an ``HFCausalLM`` (its weights are used in place) or a native
+            ``CausalLM`` (copied into its transformers class).
+        device: Where to run (default: where the model is); the model is moved there.
+        max_num_seqs: Most sequences decoded together.
+        max_model_len: Longest prompt + completion (None: no limit but ``max_tokens``).
+        kv_cache_tokens: Accepted for the common engine options; the cache grows as needed.
+        cuda_graphs: Accepted for the common engine options; this engine runs eagerly.
+        tokenizer: Needed for stop strings; also supplies the default stop tokens (eos + the
+            end-of-turn token of chat templates). Without it the model config's eos ids are used.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        max_num_seqs: int = 256,
+        max_model_len: int | None = None,
+        kv_cache_tokens: int | float | None = None,
+        cuda_graphs: bool = False,
+        tokenizer: Any | None = None,
+    ) -> None:
+        del kv_cache_tokens, cuda_graphs  # no preallocated cache, no graphs
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        hf_model = as_transformers_model(model)
+        self.device = torch.device(device) if device is not None else next(hf_model.parameters()).device
+        self.model = hf_model.to(self.device).eval()
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.tokenizer = tokenizer
+        generation = getattr(self.model, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None) or getattr(self.model.config, "eos_token_id", None)
+        self.default_stop_ids = default_stop_ids(eos, tokenizer)
+        self.stats = EngineStats()
+        self._asleep = False
+        # transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before).
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+
+    @staticmethod
+    def unsupported_reason(hf_config: dict[str, Any]) -> str | None:
+        """Why this engine cannot run a ``config.json`` (None: transformers loads every causal LM)."""
+        del hf_config
+        return None
+
+    @staticmethod
+    def version() -> str:
+        """The transformers version this engine runs on (ImportError without transformers)."""
+        import transformers
+
+        return f"transformers {transformers.__version__}"
+
+    # ------------------------------------------------------------------ public interface
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Completion]]:
+        """Sample ``n`` completions per prompt; one list per prompt, in input order.
+
+        Raises:
+            UserError: a prompt does not fit ``max_model_len``.
+            ValueError: empty prompts, token ids outside the vocabulary, stop strings without a
+                tokenizer, or a mismatched number of parameter sets.
+            RuntimeError: the engine is asleep.
+        """
+        if self._asleep:
+            raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
+        per_prompt = _params_per_prompt(prompt_token_ids, params)
+        self._check_prompts(prompt_token_ids, per_prompt)
+        seqs = [
+            self._sequence(i, sample, prompt, sp)
+            for i, (prompt, sp) in enumerate(zip(prompt_token_ids, per_prompt, strict=True))
+            for sample in range(sp.n)
+        ]
+        tally = [0, 0]
+        with torch.no_grad():
+            for lo in range(0, len(seqs), self.max_num_seqs):
+                self._run_batch(seqs[lo : lo + self.max_num_seqs], tally, progress)
+        results: list[list[Completion]] = [[] for _ in prompt_token_ids]
+        for seq in seqs:
+            results[seq.request].append(seq.completion())
+        return results
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy weights into the model in place, by Hugging Face name.
+
+        Raises:
+            ValueError: an unknown name or a shape that does not match.
+        """
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                target = state.get(name)
+                if target is None:
+                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
+                if target.shape != tensor.shape:
+                    raise ValueError(
+                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
+                    )
+                target.copy_(tensor)
+
+    def sleep(self) -> None:
+        """Nothing is held between calls but the weights: return cached device memory, refuse work."""
+        hardware.empty_cache()
+        self._asleep = True
+
+    def wake(self) -> None:
+        self._asleep = False
+
+    def close(self) -> None:
+        hardware.empty_cache()
+
+    # ------------------------------------------------------------------ the decode loop
+
+    def _sequence(self, request: int, sample: int, prompt: list[int], sp: SamplingParams) -> Sequence:
+        max_new = sp.max_tokens
+        if self.max_model_len is not None:
+            max_new = min(max_new, self.max_model_len - len(prompt))
+        explicit = set(sp.stop_token_ids or [])
+        if sp.stop_token_ids is None and not sp.ignore_eos:
+            explicit |= set(self.default_stop_ids)
+        generator, key = sample_stream(sp, sample, self.device)
+        return Sequence(request, sample, list(prompt), sp, max_new, frozenset(explicit), generator, key)
+
+    def _run_batch(self, rows: list[Sequence], tally: list[int], progress: ProgressFn | None) -> None:
+        """Prefill the batch's distinct prompts once, then decode until every row has finished."""
+        logits_BV, cache, mask_BL = self._prefill(rows)
+        seen_BV = self._seen(rows) if any(s.params.repetition_penalty != 1.0 for s in rows) else None
+        while True:
+            tokens_B = self._sample_step(logits_BV, rows, seen_BV, tally)
+            if progress is not None:
+                progress(tally[0], tally[1])
+            alive = [i for i, seq in enumerate(rows) if not seq.finished]
+            if not alive:
+                return
+            if len(alive) < len(rows):
+                keep = torch.tensor(alive, device=self.device)
+                cache.batch_select_indices(keep)
+                rows = [rows[i] for i in alive]
+                tokens_B, mask_BL = tokens_B[keep], mask_BL[keep]
+                seen_BV = seen_BV[keep] if seen_BV is not None else None
+            mask_BL = torch.cat([mask_BL, mask_BL.new_ones((len(rows), 1))], dim=1)
+            positions = torch.tensor([len(s.prompt) + len(s.tokens) - 1 for s in rows], device=self.device)
+            out = self.model(
+                input_ids=tokens_B[:, None],
+                attention_mask=mask_BL,
+                position_ids=positions[:, None],
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
+            logits_BV = out.logits[:, -1, :].float()
+            self.stats.decode_steps += 1
+            self.stats.decode_rows += len(rows)
+
+    def _prefill(self, rows: list[Sequence]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Last-token logits (B, V) fp32 of every row, its KV cache, and the attention mask (B, L)."""
+        from transformers import DynamicCache
+
+        requests = list(dict.fromkeys(seq.request for seq in rows))
+        prompts = {seq.request: seq.prompt for seq in rows}
+        width = max(len(prompts[r]) for r in requests)
+        ids_PL = torch.zeros((len(requests), width), dtype=torch.long)
+        mask_PL = torch.zeros((len(requests), width), dtype=torch.long)
+        for p, request in enumerate(requests):  # left padding: every prompt ends at the last column
+            prompt = prompts[request]
+            ids_PL[p, width - len(prompt) :] = torch.tensor(prompt)
+            mask_PL[p, width - len(prompt) :] = 1
+        ids_PL, mask_PL = ids_PL.to(self.device), mask_PL.to(self.device)
+        position_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids_PL,
+            attention_mask=mask_PL,
+            position_ids=position_PL,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        row_of = torch.tensor([requests.index(seq.request) for seq in rows], device=self.device)
+        cache.batch_select_indices(row_of)  # the n samples of a prompt share its prefill
+        self.stats.prefill_calls += 1
+        self.stats.prefill_tokens += int(mask_PL.sum())
+        return out.logits[:, -1, :].float().index_select(0, row_of), cache, mask_PL.index_select(0, row_of)
+
+    def _seen(self, rows: list[Sequence]) -> torch.Tensor:
+        """(B, V) bool: the prompt tokens of each row (for the repetition penalty)."""
+        seen = torch.zeros((len(rows), self.vocab_size), dtype=torch.bool, device=self.device)
+        for i, seq in enumerate(rows):
+            seen[i, torch.tensor(seq.prompt, device=self.device)] = True
+        return seen
+
+    def _sample_step(
+        self, logits_BV: torch.Tensor, rows: list[Sequence], seen_BV: torch.Tensor | None, tally: list[int]
+    ) -> torch.Tensor:
+        """Sample one token per row, append it to its sequence; returns the tokens (B,)."""
+        tokens_B, logprobs_B, sampling_B = sample_tokens(
+            logits_BV, _row_params(rows, seen_BV, self.vocab_size, self.device), self._noise(rows)
+        )
+        if seen_BV is not None:
+            seen_BV.scatter_(1, tokens_B[:, None], True)
+        decode = self._decode_text if self.tokenizer is not None else None
+        for seq, token, lp, slp in zip(
+            rows, tokens_B.tolist(), logprobs_B.tolist(), sampling_B.tolist(), strict=True
+        ):
+            seq.append(token, lp, slp, decode)
+            tally[0] += seq.finished
+        tally[1] += len(rows)
+        self.stats.generated_tokens += len(rows)
+        return tokens_B
+
+    def _noise(self, rows: list[Sequence]) -> torch.Tensor | None:
+        """Exponential noise per row: a seeded sequence draws from its own generator."""
+        if all(seq.params.greedy for seq in rows):
+            return None
+        noise = torch.empty((len(rows), self.vocab_size), device=self.device).exponential_()
+        for row, seq in enumerate(rows):
+            if seq.generator is not None:
+                noise[row].exponential_(generator=seq.generator)
+        return noise
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
+
+    def _check_prompts(self, prompts: list[list[int]], per_prompt: list[SamplingParams]) -> None:
+        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {self.vocab_size})")
+            if sp.stop and self.tokenizer is None:
+                raise ValueError("stop strings need an engine built with a tokenizer")
+            if self.max_model_len is not None and len(prompt) >= self.max_model_len:
+                raise UserError(
+                    f"rollout: prompt {i} has {len(prompt)} tokens, max_model_len is {self.max_model_len}",
+                    hint="raise max_model_len or filter long prompts (data.max_prompt_length)",
+                )
+
+
+def _params_per_prompt(
+    prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+    return list(params)
+
+
+def _row_params(
+    rows: list[Sequence], seen_BV: torch.Tensor | None, vocab: int, device: torch.device
+) -> RowParams:
+    """Per-row sampling parameters; stages no row uses are off (None), as the native engine does."""
+
+    def column(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    ps = [seq.params for seq in rows]
+    use_rep = any(p.repetition_penalty != 1.0 for p in ps)
+    return RowParams(
+        temperature=column([p.temperature for p in ps], torch.float32),
+        top_k=column([p.top_k for p in ps], torch.long) if any(0 < p.top_k < vocab for p in ps) else None,
+        top_p=column([p.top_p for p in ps], torch.float32) if any(p.top_p < 1.0 for p in ps) else None,
+        min_p=column([p.min_p for p in ps], torch.float32) if any(p.min_p > 0.0 for p in ps) else None,
+        repetition_penalty=column([p.repetition_penalty for p in ps], torch.float32) if use_rep else None,
+        seen=seen_BV if use_rep else None,
+        divide=any(p.temperature not in (0.0, 1.0) for p in ps),
+        any_greedy=any(p.greedy for p in ps),
+    )
