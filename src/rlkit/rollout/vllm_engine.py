@@ -67,7 +67,9 @@ def checksum_names(hf_names: Iterable[str]) -> list[str]:
     return keep
 
 
-def tensor_checksums(named_tensors: Iterable[tuple[str, torch.Tensor]], names: Iterable[str]) -> dict[str, list[float]]:
+def tensor_checksums(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], names: Iterable[str]
+) -> dict[str, list[float]]:
     """``[sum, sum of |x|]`` in float64 of the named tensors (the same numbers the extension reads back)."""
     wanted = set(names)
     out: dict[str, list[float]] = {}
@@ -221,7 +223,9 @@ class VllmEngine:
         Raises:
             WeightSyncError: they disagree.
         """
-        check_checksums(self._expected if expected is None else expected, self.weights_checksum(), self.weight_version)
+        check_checksums(
+            self._expected if expected is None else expected, self.weights_checksum(), self.weight_version
+        )
 
     def sleep(self) -> None:
         """GPU with sleep mode: offload weights, drop the KV cache. CPU: nothing is freed (no sleep mode)."""
@@ -251,31 +255,50 @@ class VllmEngine:
         return self.llm.collective_rpc(method, args=args)[0]
 
 
+def sampling_kwargs(sp: SamplingParams, default_stop_ids: list[int]) -> dict[str, Any]:
+    """rlkit's :class:`SamplingParams` as vLLM's request fields (the offline API's and the server's).
+
+    Stop tokens are kept in the output and end a completion only through ``stop_token_ids`` (the
+    model's own stop tokens unless ``ignore_eos``): the native engine's rule.
+    """
+    return {
+        "n": sp.n,
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "top_k": sp.top_k,
+        "min_p": sp.min_p,
+        "max_tokens": sp.max_tokens,
+        "stop_token_ids": _stop_ids(sp, default_stop_ids),
+        "stop": list(sp.stop) if sp.stop else None,
+        "seed": sp.seed,
+        "repetition_penalty": sp.repetition_penalty,
+        "logprobs": 0 if sp.logprobs else None,
+        "ignore_eos": True,
+        "skip_special_tokens": False,
+    }
+
+
 def to_vllm_params(sp: SamplingParams, default_stop_ids: list[int]) -> Any:
-    """rlkit's :class:`SamplingParams` as vLLM's (stop tokens kept in the output, as the native engine does)."""
+    """rlkit's :class:`SamplingParams` as a ``vllm.SamplingParams`` (detokenizing only for stop strings)."""
     from vllm import SamplingParams as VllmParams
 
-    return VllmParams(
-        n=sp.n,
-        temperature=sp.temperature,
-        top_p=sp.top_p,
-        top_k=sp.top_k,
-        min_p=sp.min_p,
-        max_tokens=sp.max_tokens,
-        stop_token_ids=_stop_ids(sp, default_stop_ids),
-        stop=list(sp.stop) if sp.stop else None,
-        seed=sp.seed,
-        repetition_penalty=sp.repetition_penalty,
-        logprobs=0 if sp.logprobs else None,
-        ignore_eos=True,  # stop tokens come from stop_token_ids only (the native engine's rule)
-        skip_special_tokens=False,
-        detokenize=bool(sp.stop),
-    )
+    return VllmParams(**sampling_kwargs(sp, default_stop_ids), detokenize=bool(sp.stop))
 
 
 def truncates(sp: SamplingParams) -> bool:
     """Whether the sampled distribution differs from ``softmax(logits / T)`` (so vLLM gives only one)."""
     return sp.top_k != -1 or sp.top_p < 1.0 or sp.min_p > 0.0 or sp.repetition_penalty != 1.0
+
+
+def split_logprobs(
+    processed: list[float] | None, sp: SamplingParams
+) -> tuple[list[float] | None, list[float] | None]:
+    """``(logprobs, sampling_logprobs)`` from vLLM's ``processed_logprobs`` of the sampled tokens."""
+    if processed is None:
+        return None, None
+    if sp.greedy:
+        return processed, [0.0] * len(processed)
+    return (None if truncates(sp) else processed), processed
 
 
 def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
@@ -286,11 +309,7 @@ def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
         processed = None
         if sp.logprobs and out.logprobs is not None:
             processed = [float(step[tok].logprob) for step, tok in zip(out.logprobs, ids, strict=True)]
-        logprobs, sampling = processed, processed
-        if processed is not None and sp.greedy:
-            sampling = [0.0] * len(processed)
-        elif processed is not None and truncates(sp):
-            logprobs = None
+        logprobs, sampling = split_logprobs(processed, sp)
         reason = "length" if out.finish_reason == "length" else "stop"
         result.append(Completion(ids, logprobs, sampling, reason))
     return result

@@ -3,7 +3,7 @@
 vLLM mixes this class into its worker, so its methods run where the model lives (the engine
 process, or the caller's own process with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and are called by
 name through ``collective_rpc``. This module is imported by vLLM's worker, so it imports nothing
-of vLLM at module level and nothing of rlkit but :mod:`safetensors`-free helpers.
+of vLLM at module level and nothing of rlkit.
 
 How a push lands:
 
@@ -20,6 +20,7 @@ the caller check what the engine really holds afterwards.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,8 +68,13 @@ class WeightSyncExtension:
         self.rlkit_stage(tensors)
         return self.rlkit_commit() or len(tensors)
 
-    def rlkit_checksums(self, names: Iterable[str]) -> dict[str, list[float]]:
-        """``[sum, sum of |x|]`` in float64 of each named engine parameter (vLLM's own names)."""
+    def rlkit_checksums(self, names: Iterable[str] | str) -> dict[str, list[float]]:
+        """``[sum, sum of |x|]`` in float64 of each named engine parameter (vLLM's own names).
+
+        ``names`` may be a JSON list (the server's ``/collective_rpc`` passes strings only).
+        """
+        if isinstance(names, str):
+            names = json.loads(names)
         params = dict(self.model_runner.get_model().named_parameters())
         out: dict[str, list[float]] = {}
         for name in names:

@@ -6,38 +6,16 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlkit.rollout.base import RolloutEngine, SamplingParams
 from rlkit.rollout.vllm_engine import VllmEngine, WeightSyncError, tensor_checksums
+
+from .tiny_vllm_model import hf_greedy, hf_tensors
 
 PROMPTS = [[72, 101, 108, 108, 111], [1, 2, 3], [200, 17, 33, 90, 91, 92, 5]]
 # fp32 on both sides, different kernels and summation orders over a 64-wide model: a few ulps of
 # logits of size ~10 grow to ~1e-5 in a log-softmax; 1e-4 leaves an order of magnitude of margin.
 LOGPROB_ATOL = 1e-4
-
-
-def _hf_greedy(path: Path, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
-    """Greedy tokens and their log_softmax(logits) under transformers (the reference)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = list(prompt)
-    logprobs = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(torch.tensor([ids])).logits[0, -1].double()
-            lp = torch.log_softmax(logits, -1)
-            tok = int(lp.argmax())
-            ids.append(tok)
-            logprobs.append(float(lp[tok]))
-    return ids[len(prompt) :], logprobs
-
-
-def _hf_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    return list(load_file(str(path / "model.safetensors")).items())
 
 
 def test_is_a_rollout_engine(vllm_engine: VllmEngine) -> None:
@@ -48,7 +26,7 @@ def test_greedy_matches_transformers(vllm_engine: VllmEngine, tiny_paths: tuple[
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     groups = vllm_engine.generate(PROMPTS, params)
     for prompt, group in zip(PROMPTS, groups, strict=True):
-        ref_ids, ref_lp = _hf_greedy(tiny_paths[0], prompt, 12)
+        ref_ids, ref_lp = hf_greedy(tiny_paths[0], prompt, 12)
         (c,) = group
         assert c.token_ids == ref_ids
         assert c.finish_reason == "length"
@@ -81,43 +59,49 @@ def test_truncated_sampling_reports_only_the_sampled_distribution(vllm_engine: V
 
 
 def test_stop_tokens_and_strings(vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]) -> None:
-    ref_ids, _ = _hf_greedy(tiny_paths[0], PROMPTS[0], 12)
+    ref_ids, _ = hf_greedy(tiny_paths[0], PROMPTS[0], 12)
     stop_tok = ref_ids[4]
     first = ref_ids.index(stop_tok)
-    (c,) = vllm_engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=[stop_tok]))[0]
+    (c,) = vllm_engine.generate(
+        [PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=12, stop_token_ids=[stop_tok])
+    )[0]
     assert c.token_ids == ref_ids[: first + 1] and c.finish_reason == "stop"
-    # a stop string: the built-in tokenizer maps ids < 256 to bytes; pick the text of tokens 2..3
-    text = bytes(ref_ids[2:4]).decode("latin-1")
-    if all(t < 128 for t in ref_ids[2:4]):
-        (s,) = vllm_engine.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=12, stop=[text]))[0]
-        assert s.finish_reason == "stop"
-        assert s.token_ids[-1] == ref_ids[3] and len(s.token_ids) <= 4
+    # a stop string: the built-in tokenizer's ids < 128 are ASCII characters, which no other byte
+    # sequence decodes to, so the completion ends at the first token that is that character
+    char_tok = next(t for t in ref_ids if 32 <= t < 127)
+    end = ref_ids.index(char_tok)
+    (s,) = vllm_engine.generate(
+        [PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=12, stop=[chr(char_tok)])
+    )[0]
+    assert s.token_ids == ref_ids[: end + 1] and s.finish_reason == "stop"
 
 
-def test_weight_push_matches_the_new_checkpoint(vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]) -> None:
+def test_weight_push_matches_the_new_checkpoint(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]
+) -> None:
     path_a, path_b = tiny_paths
     version = vllm_engine.weight_version
     try:
-        vllm_engine.update_weights(_hf_tensors(path_b))
+        vllm_engine.update_weights(hf_tensors(path_b))
         assert vllm_engine.weight_version == version + 1
         params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
         (c,) = vllm_engine.generate([PROMPTS[1]], params)[0]
-        ref_ids, ref_lp = _hf_greedy(path_b, PROMPTS[1], 10)
+        ref_ids, ref_lp = hf_greedy(path_b, PROMPTS[1], 10)
         assert c.token_ids == ref_ids
         assert c.logprobs == pytest.approx(ref_lp, abs=LOGPROB_ATOL)
         got = vllm_engine.weights_checksum()
-        want = tensor_checksums(_hf_tensors(path_b), got)
+        want = tensor_checksums(hf_tensors(path_b), got)
         assert want.keys() == got.keys() and "model.embed_tokens.weight" in got
         for name in want:
             assert got[name] == pytest.approx(want[name], rel=1e-9)
     finally:
-        vllm_engine.update_weights(_hf_tensors(path_a))  # the other tests expect checkpoint a
+        vllm_engine.update_weights(hf_tensors(path_a))  # the other tests expect checkpoint a
 
 
 def test_checksum_mismatch_raises(vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]) -> None:
     # a push that leaves a checked tensor out: vLLM only warns, the checksum check refuses
     vllm_engine.verify_weights()
-    stale = tensor_checksums(_hf_tensors(tiny_paths[1]), vllm_engine.weights_checksum())
+    stale = tensor_checksums(hf_tensors(tiny_paths[1]), vllm_engine.weights_checksum())
     with pytest.raises(WeightSyncError, match="did not take the new weights"):
         vllm_engine.verify_weights(stale)
 

@@ -43,3 +43,26 @@ def save_tiny_model(out: Path, seed: int) -> Path:
     model.save_pretrained(out)
     build_tokenizer(chat_template=False).save_pretrained(out)
     return out
+
+
+def hf_greedy(path: Path, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log_softmax(logits) under transformers (the reference)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = list(prompt)
+    logprobs = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+            lp = torch.log_softmax(logits, -1)
+            tok = int(lp.argmax())
+            ids.append(tok)
+            logprobs.append(float(lp[tok]))
+    return ids[len(prompt) :], logprobs
+
+
+def hf_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(path / "model.safetensors")).items())
