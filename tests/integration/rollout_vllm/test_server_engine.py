@@ -1,4 +1,8 @@
-"""The ``server`` engine against a real vLLM server rlkit starts (one start for the module: ~1 min on CPU)."""
+"""The ``server`` engine against a real vLLM server rlkit starts.
+
+One server start for the module: 45 s on an idle 2-core CPU, over 2 minutes when the machine is
+busy, so the module is ``slow`` (run it with ``-m slow``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from rlkit.rollout.base import RolloutEngine, SamplingParams
 from rlkit.rollout.server_engine import ServerEngine, VllmServer, group_alive
 
 from .tiny_vllm_model import hf_greedy, hf_tensors
+
+pytestmark = pytest.mark.slow
 
 PROMPT = [72, 101, 108, 108, 111]
 LOGPROB_ATOL = 1e-4  # the same fp32 reasoning as test_vllm_engine
