@@ -120,7 +120,7 @@ class VllmServer:
         port: int | None = None,
         dtype: str = "auto",
         max_model_len: int = 4096,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: int = 1,
         startup_timeout_s: float = 600.0,
         log_path: str | Path | None = None,
         extra_args: list[str] | None = None,
@@ -135,7 +135,7 @@ class VllmServer:
         cmd += ["--worker-extension-cls", EXTENSION, "--logprobs-mode", "processed_logprobs"]
         cmd += extra_args or []
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         with open(self.log_path, "wb") as log:
             # its own session, so stop() ends the engine processes it spawns as well
             self.proc = subprocess.Popen(

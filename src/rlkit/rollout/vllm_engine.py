@@ -123,7 +123,7 @@ class VllmEngine:
         max_model_len: int = 4096,
         max_num_seqs: int = 256,
         gpu_memory_utilization: float = 0.5,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: int = 1,
         seed: int = 0,
         enable_sleep_mode: bool = False,
         enforce_eager: bool = False,
@@ -136,10 +136,11 @@ class VllmEngine:
 
         self.on_cpu = current_platform.is_cpu()
         if self.on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.bucket_bytes = bucket_bytes
+        self.max_model_len = max_model_len
         self.llm = vllm.LLM(
             model=model_path,
             dtype=dtype,
@@ -179,6 +180,7 @@ class VllmEngine:
             raise ValueError(f"{len(per_prompt)} parameter sets for {len(prompt_token_ids)} prompts")
         if not prompt_token_ids:
             return []
+        self._check_lengths(prompt_token_ids)
         vparams = [to_vllm_params(sp, self.default_stop_ids) for sp in per_prompt]
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
         outputs = self.llm.generate(prompts, vparams, use_tqdm=False)
@@ -250,6 +252,20 @@ class VllmEngine:
         if callable(shutdown):
             shutdown()
         self.llm = None
+
+    def _check_lengths(self, prompts: list[list[int]]) -> None:
+        """The native engine's rule: a prompt that cannot fit ``max_model_len`` is the user's to fix.
+
+        (A completion that would run past it ends there with ``finish_reason="length"``.)
+        """
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            if len(prompt) >= self.max_model_len:
+                raise UserError(
+                    f"prompt {i} has {len(prompt)} tokens, the vLLM engine's max_model_len is {self.max_model_len}",
+                    hint="raise the engine's max_model_len or shorten data.max_prompt_length",
+                )
 
     def _rpc(self, method: str, *args: Any) -> Any:
         return self.llm.collective_rpc(method, args=args)[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ if importlib.util.find_spec("vllm") is None:
         allow_module_level=True,
     )
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# VLLM_CPU_KVCACHE_SPACE is left to the engines (kv_cache_gib), which is what users get
 
 from .tiny_vllm_model import save_tiny_model  # noqa: E402
 

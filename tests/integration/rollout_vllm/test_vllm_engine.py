@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rlkit.errors import UserError
 from rlkit.rollout.base import RolloutEngine, SamplingParams
 from rlkit.rollout.vllm_engine import VllmEngine, WeightSyncError, tensor_checksums
 
@@ -114,3 +115,13 @@ def test_sleep_wake_keeps_outputs(vllm_engine: VllmEngine) -> None:
         vllm_engine.generate([PROMPTS[2]], params)
     vllm_engine.wake()
     assert vllm_engine.generate([PROMPTS[2]], params)[0][0].token_ids == before[0][0].token_ids
+
+
+def test_too_long_prompt_is_a_user_error(vllm_engine: VllmEngine) -> None:
+    with pytest.raises(UserError, match="max_model_len is 256"):
+        vllm_engine.generate([[5] * 300], SamplingParams(max_tokens=4))
+    # a completion that runs into max_model_len ends there
+    (c,) = vllm_engine.generate([[5] * 250], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))[
+        0
+    ]
+    assert len(c.token_ids) == 6 and c.finish_reason == "length"
