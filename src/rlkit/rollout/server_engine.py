@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from rlkit.errors import UserError
-from rlkit.rollout.base import Completion, ProgressFn, SamplingParams
+from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
 from rlkit.rollout.vllm_engine import (
     EXTENSION,
     check_checksums,
@@ -291,7 +291,8 @@ class ServerEngine:
         """``[sum, sum |x|]`` of a few parameters, read back from the server's worker."""
         if self._checked is None:
             self._checked = checksum_names(self._rpc("rlkit_param_names"))
-        return self._rpc("rlkit_checksums", json.dumps(self._checked))
+        checksums: dict[str, list[float]] = self._rpc("rlkit_checksums", json.dumps(self._checked))
+        return checksums
 
     def verify_weights(self, expected: dict[str, list[float]] | None = None) -> None:
         """Raise :class:`~rlkit.rollout.vllm_engine.WeightSyncError` unless the server holds ``expected``."""
@@ -325,7 +326,7 @@ class ServerEngine:
             if sp.logprobs and choice.get("logprobs"):
                 processed = [float(x) for x in choice["logprobs"]["token_logprobs"]]
             logprobs, sampling = split_logprobs(processed, sp)
-            reason = "length" if choice.get("finish_reason") == "length" else "stop"
+            reason: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
             out.append(Completion(list(choice["token_ids"]), logprobs, sampling, reason))
         return out
 

@@ -28,7 +28,7 @@ import torch
 
 from rlkit.errors import UserError
 from rlkit.models import load_tokenizer, stop_token_ids
-from rlkit.rollout.base import Completion, ProgressFn, SamplingParams
+from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
 
 EXTENSION = "rlkit.rollout.vllm_extension.WeightSyncExtension"
 # Bytes of tensors sent to the worker per collective_rpc call.
@@ -217,7 +217,8 @@ class VllmEngine:
 
     def weights_checksum(self) -> dict[str, list[float]]:
         """``[sum, sum |x|]`` of a few parameters, read back from inside the engine (vLLM names)."""
-        return self._rpc("rlkit_checksums", self._checked)
+        checksums: dict[str, list[float]] = self._rpc("rlkit_checksums", self._checked)
+        return checksums
 
     def verify_weights(self, expected: dict[str, list[float]] | None = None) -> None:
         """Check the engine's checksum against ``expected`` (default: the last pushed tensors').
@@ -326,7 +327,7 @@ def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
         if sp.logprobs and out.logprobs is not None:
             processed = [float(step[tok].logprob) for step, tok in zip(out.logprobs, ids, strict=True)]
         logprobs, sampling = split_logprobs(processed, sp)
-        reason = "length" if out.finish_reason == "length" else "stop"
+        reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
         result.append(Completion(ids, logprobs, sampling, reason))
     return result
 

