@@ -1,8 +1,9 @@
 """Packaging: every optional extra is used by some code path, and the images pin what they install.
 
 vLLM, SGLang and Megatron-core were declared as extras (and vLLM installed in the CUDA image)
-while ``rollout.engine`` accepts only ``native``; nothing may advertise them as installable again
-until an engine uses them.
+while ``rollout.engine`` accepted only ``native``; nothing may advertise SGLang or Megatron as
+installable until an engine uses them. vLLM has its engines now (``rlkit.rollout.vllm_engine``,
+``rlkit.rollout.server_engine``) and its ``vllm`` extra.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLING_EXTRAS = {"test", "docs"}
 # import names that differ from the distribution name
 IMPORT_NAMES = {"torch-npu": "torch_npu", "tensorboard": "torch.utils.tensorboard"}
-UNSUPPORTED = ("vllm", "sglang", "megatron")
+UNSUPPORTED = ("sglang", "megatron")
 
 
 def _extras() -> dict[str, list[str]]:

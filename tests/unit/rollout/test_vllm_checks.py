@@ -1,0 +1,68 @@
+"""The vllm / server engines' pure parts (no vllm needed): checksums, log-prob split, request fields."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlkit.rollout.base import SamplingParams
+from rlkit.rollout.vllm_engine import (
+    WeightSyncError,
+    check_checksums,
+    checksum_names,
+    sampling_kwargs,
+    split_logprobs,
+    tensor_checksums,
+)
+
+NAMES = [
+    "model.embed_tokens.weight",
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.qkv_proj.weight",
+    "model.layers.1.input_layernorm.weight",
+    "model.layers.1.post_attention_layernorm.weight",
+    "model.layers.10.post_attention_layernorm.weight",
+    "model.norm.weight",
+]
+
+
+def test_checksum_names_pick_embeddings_and_the_last_layers_norms() -> None:
+    assert checksum_names(NAMES) == [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.layers.10.post_attention_layernorm.weight",
+    ]
+    assert "lm_head.weight" in checksum_names([*NAMES, "lm_head.weight"])
+
+
+def test_checksums_match_themselves_and_catch_a_stale_tensor() -> None:
+    gen = torch.Generator().manual_seed(0)
+    new = [(n, torch.randn(64, 8, generator=gen)) for n in NAMES]
+    names = checksum_names(NAMES)
+    expected = tensor_checksums(new, names)
+    assert expected.keys() == set(names)
+    # the same values summed in another order (a transposed copy): within the float64 tolerance
+    check_checksums(expected, tensor_checksums([(n, t.t().contiguous()) for n, t in new], names), 3)
+    stale = dict(new)
+    stale["model.norm.weight"] = stale["model.norm.weight"] + 1e-3
+    with pytest.raises(WeightSyncError, match="v3: .*model.norm.weight.*did not take the new weights"):
+        check_checksums(expected, tensor_checksums(stale.items(), names), 3)
+    with pytest.raises(WeightSyncError, match="checksum None"):
+        check_checksums(expected, {}, 3)
+
+
+def test_split_logprobs_follows_the_native_semantics() -> None:
+    lp = [-0.5, -1.0]
+    assert split_logprobs(lp, SamplingParams(temperature=0.0)) == (lp, [0.0, 0.0])
+    assert split_logprobs(lp, SamplingParams(temperature=0.7)) == (lp, lp)
+    for truncated in (dict(top_k=5), dict(top_p=0.9), dict(min_p=0.1), dict(repetition_penalty=1.1)):
+        assert split_logprobs(lp, SamplingParams(**truncated)) == (None, lp)
+    assert split_logprobs(None, SamplingParams()) == (None, None)
+
+
+def test_sampling_kwargs_stop_tokens() -> None:
+    defaults = [256, 258]
+    assert sampling_kwargs(SamplingParams(), defaults)["stop_token_ids"] == defaults
+    assert sampling_kwargs(SamplingParams(ignore_eos=True), defaults)["stop_token_ids"] == []
+    fields = sampling_kwargs(SamplingParams(stop_token_ids=[7], ignore_eos=True, logprobs=False), defaults)
+    assert fields["stop_token_ids"] == [7] and fields["ignore_eos"] is True and fields["logprobs"] is None
