@@ -136,7 +136,7 @@ class RolloutConfig:
     """Temperature of validation generations (0 = greedy)."""
     val_n: int = bounded(1, ge=1)
     """Samples per validation prompt."""
-    max_num_seqs: int = profile_key(256)
+    max_num_seqs: int = bounded(256, ge=1, profile=True)
     """Sequences decoded together by the rollout engine (the native engine's KV-cache slots)."""
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""

@@ -29,6 +29,7 @@ from rlkit.errors import UserError
 from rlkit.models import load_hf_config, native_unsupported_reason
 from rlkit.rewards.custom import load_custom_reward
 from rlkit.rewards.scorers import check_data_sources
+from rlkit.rollout.registry import resolve_engine
 from rlkit.trainer.settings import resolve_device
 
 BUILTIN_PREFIX = "builtin:"
@@ -52,7 +53,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_for_native_engine, _rl_data_and_scorers, _loggers]
+        checks = [_hardware, _model_for_rollout_engine, _rl_data_and_scorers, _loggers]
     return [check(cfg) for check in checks]
 
 
@@ -64,24 +65,21 @@ def _hardware(cfg: RlkitConfig) -> str:
 
 
 def _model_readable(cfg: RlkitConfig) -> str:
-    return _model(cfg, native_engine=False)
+    return _model(cfg, rollout=False)
 
 
-def _model_for_native_engine(cfg: RlkitConfig) -> str:
-    return _model(cfg, native_engine=cfg.rollout.engine == "native")
+def _model_for_rollout_engine(cfg: RlkitConfig) -> str:
+    return _model(cfg, rollout=True)
 
 
-def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
+def _model(cfg: RlkitConfig, *, rollout: bool) -> str:
     path = cfg.model.path
     hf = model_config_json(path)
     if hf is None:
         return f"model: {path} is not a local folder or cached; its config.json is checked when the run fetches it"
     reason = native_unsupported_reason(hf)
-    if native_engine and reason is not None:
-        raise UserError(
-            f"rollout.engine=native cannot run model.path={path}: {reason}",
-            hint="use a Llama / Qwen2 / Qwen2.5 / Qwen3 model (the native engine's architectures)",
-        )
+    # the engine registry's own check: the message names the engines that can run the model
+    engine = f", rollout engine {resolve_engine(cfg.rollout.engine, hf)}" if rollout else ""
     for key, other in (
         ("critic.model_path", cfg.critic.model_path),
         ("reward.model_path", cfg.reward.model_path),
@@ -90,7 +88,7 @@ def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
             model_config_json(other, key=key)
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
-    return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+    return f"model: {path} ({hf.get('model_type', '?')}, {family}{engine})"
 
 
 def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] | None:
