@@ -52,7 +52,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_for_native_engine, _rl_data_and_scorers, _loggers]
+        checks = [_hardware, _model_for_native_engine, _rollout_engine, _rl_data_and_scorers, _loggers]
     return [check(cfg) for check in checks]
 
 
@@ -91,6 +91,20 @@ def _model(cfg: RlkitConfig, *, native_engine: bool) -> str:
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
     return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+
+
+def _rollout_engine(cfg: RlkitConfig) -> str:
+    """``rollout.engine`` against the model: package installed, model runnable, its own keys."""
+    from rlkit.rollout.registry import AUTO, check_model_path, resolve_engine
+    from rlkit.trainer.settings import engine_options
+
+    name = cfg.rollout.engine
+    check_model_path(name, cfg.model.path)
+    hf = model_config_json(cfg.model.path)
+    if hf is None:
+        return f"rollout engine: {name} (checked against the model when the run fetches it)"
+    resolved = resolve_engine(name, hf, engine_options(cfg))
+    return f"rollout engine: {resolved}" + (" (auto)" if name == AUTO else "")
 
 
 def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] | None:
