@@ -9,7 +9,7 @@ top-p): that is :attr:`Completion.sampling_logprobs`. ``Completion.logprobs`` (`
 / T)``, untruncated) is the same number when the request truncates nothing; for greedy requests it
 is ``log_softmax(logits)`` and ``sampling_logprobs`` is 0. vLLM cannot return both for a request
 that truncates (top-k / top-p / min-p / repetition penalty): there ``logprobs`` is ``None`` and the
-trainer's own recomputation stands in (see docs/rollout-engines-vllm.md).
+trainer's own recomputation stands in (see docs/rollout-engines.md).
 
 Weights: :meth:`VllmEngine.update_weights` sends buckets of HF-named tensors to
 :class:`~rlkit.rollout.vllm_extension.WeightSyncExtension` inside vLLM's worker, resets the prefix
