@@ -46,6 +46,7 @@ from rlkit.rollout.vllm_engine import (
     checksum_names,
     cpu_head_size_reason,
     model_len,
+    repeat_greedy,
     sampling_kwargs,
     split_logprobs,
     tensor_checksums,
@@ -412,7 +413,7 @@ class ServerEngine:
             logprobs, sampling = split_logprobs(processed, sp)
             reason: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
             out.append(Completion(list(choice["token_ids"]), logprobs, sampling, reason))
-        return out
+        return repeat_greedy(out, sp)
 
     def _rpc(self, method: str, *args: str) -> Any:
         reply = self._post(

@@ -382,10 +382,11 @@ def sampling_kwargs(sp: SamplingParams, default_stop_ids: list[int]) -> dict[str
     """rlkit's :class:`SamplingParams` as vLLM's request fields (the offline API's and the server's).
 
     Stop tokens are kept in the output and end a completion only through ``stop_token_ids`` (the
-    model's own stop tokens unless ``ignore_eos``): the native engine's rule.
+    model's own stop tokens unless ``ignore_eos``): the native engine's rule. vLLM refuses ``n > 1``
+    for greedy requests, so those ask for one completion (:func:`completions_of` repeats it ``n`` times).
     """
     return {
-        "n": sp.n,
+        "n": 1 if sp.greedy else sp.n,
         "temperature": sp.temperature,
         "top_p": sp.top_p,
         "top_k": sp.top_k,
@@ -435,7 +436,23 @@ def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
         logprobs, sampling = split_logprobs(processed, sp)
         reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
         result.append(Completion(ids, logprobs, sampling, reason))
-    return result
+    return repeat_greedy(result, sp)
+
+
+def repeat_greedy(completions: list[Completion], sp: SamplingParams) -> list[Completion]:
+    """The one completion of a greedy request as its ``n`` identical samples (vLLM samples it once)."""
+    if not sp.greedy or sp.n == 1 or len(completions) != 1:
+        return completions
+    (c,) = completions
+    return [
+        Completion(
+            list(c.token_ids),
+            None if c.logprobs is None else list(c.logprobs),
+            None if c.sampling_logprobs is None else list(c.sampling_logprobs),
+            c.finish_reason,
+        )
+        for _ in range(sp.n)
+    ]
 
 
 def _stop_ids(sp: SamplingParams, default_stop_ids: list[int]) -> list[int]:
