@@ -63,3 +63,24 @@ def test_grpo_trains_with_a_server_rlkit_starts(
         assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
     log = (out / "vllm_server.log").read_text()
     assert "/v1/completions" in log  # the rollouts went through the server rlkit started (and stopped)
+
+
+@pytest.mark.slow
+def test_generate_with_the_vllm_engine(tiny_paths: tuple[Path, Path], tmp_path: Path) -> None:
+    """``rlkit generate --engine vllm`` in its own process (vLLM in-process, as a user runs it)."""
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "1+1="}\n{"prompt": "hello"}\n')
+    out = tmp_path / "gen.jsonl"
+    main = "from rlkit.cli.app import main; main()"
+    cmd = [sys.executable, "-c", main, "generate", str(tiny_paths[0]), "--prompts", str(prompts)]
+    cmd += ["--out", str(out), "--engine", "vllm", "--max-tokens", "6", "--n", "2", "--temperature", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert len(row["token_ids"]) == 2 and row["token_ids"][0] == row["token_ids"][1]  # greedy, n=2
+        assert all(len(ids) == 6 for ids in row["token_ids"])
