@@ -94,3 +94,17 @@ def test_cpu_head_size_and_model_len(tmp_path: Path) -> None:
     assert cpu_head_size_reason({**config, "head_dim": 32}) is None
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert model_len(str(tmp_path), 520) == 512 and model_len(str(tmp_path), 100) == 100
+
+
+def test_a_weight_sync_error_reaches_the_user_as_one_line() -> None:
+    """What the controller reports for a worker's WeightSyncError (rlkit.controller.causes.describe)."""
+    from rlkit.controller.causes import describe
+
+    with pytest.raises(WeightSyncError) as info:
+        check_checksums({"model.norm.weight": [1.0, 2.0]}, {"model.norm.weight": [1.5, 2.0]}, 3)
+    try:
+        raise RuntimeError("actor call failed") from info.value
+    except RuntimeError as wrapped:
+        line = describe(wrapped)
+    assert "\n" not in line and line.startswith("WeightSyncError: weight push v3")
+    assert line.endswith("the engine did not take the new weights")
