@@ -35,7 +35,13 @@ from rich.progress import (
 from rlkit import hardware
 from rlkit.errors import UserError
 from rlkit.rollout.base import RolloutEngine, SamplingParams
-from rlkit.rollout.registry import build_engine, build_engine_from_path, loads_checkpoint, resolve_engine
+from rlkit.rollout.registry import (
+    build_engine,
+    build_engine_from_path,
+    check_model_path,
+    loads_checkpoint,
+    resolve_engine,
+)
 
 Prompt = str | list[dict[str, Any]]
 
@@ -244,6 +250,7 @@ def load_engine(
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     if engine != "auto" and loads_checkpoint(engine):
+        check_model_path(engine, path)
         if is_checkpoint_dir(path):
             raise UserError(
                 f"--engine {engine} loads a Hugging Face folder and {path} is an rlkit checkpoint",

@@ -124,3 +124,13 @@ def test_doctor_lists_the_vllm_engines() -> None:
     assert lines, result.output
     if version is not None:
         assert any(version.split()[0] in line for line in lines), result.output
+
+
+def test_generate_with_vllm_on_a_builtin_model_is_one_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "1+1="}\n')
+    out = tmp_path / "gen.jsonl"
+    args = ["generate", "builtin:tiny", "--prompts", str(prompts), "--out", str(out), "--engine", "vllm"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "cannot load the built-in model builtin:tiny" in result.output and not out.exists()
