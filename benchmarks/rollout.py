@@ -19,10 +19,15 @@ Besides end-to-end tokens/s the table reports, for the native engine at its larg
 ``--engines native,hf`` also runs the ``hf`` engine (rlkit's sampler over the transformers model's
 forward and KV cache, the fallback for architectures the native decoder lacks) on the same model,
 prompts and work, so the table compares every listed engine with ``generate`` in one run.
+``vllm`` and ``server`` (where vllm is installed) load the same weights from a Hugging Face folder
+written to a temporary directory; their start-up is not timed. With them, ``--tiny`` uses the
+built-in tiny shape (head size 32, which vLLM's CPU attention needs) instead of the test shape
+(head size 16), and prompts from the built-in tokenizer's ids.
 
 Usage:
     python benchmarks/rollout.py            # on a GPU: the 0.5B table (about two minutes)
     python benchmarks/rollout.py --engines native,hf --tiny   # every engine, CPU, seconds
+    python benchmarks/rollout.py --engines native,hf,vllm --tiny  # + vLLM (start-up ~1 min on CPU)
     python benchmarks/rollout.py --no-hf    # native engine only
     python benchmarks/rollout.py --tiny     # CPU smoke test (seconds)
 """
@@ -44,8 +49,10 @@ from rlkit.hardware.kernels import use_triton
 from rlkit.models import DecoderConfig
 from rlkit.models.loader import build_native
 from rlkit.models.shapes import QWEN25_05B, TINY
+from rlkit.models.tiny import tiny_config
+from rlkit.models.tokenizer import BUILTIN_VOCAB_SIZE
 from rlkit.rollout import NativeEngine, RolloutEngine, SamplingParams
-from rlkit.rollout.registry import ENGINES, build_engine
+from rlkit.rollout.registry import ENGINES, build_engine, build_engine_from_path, loads_checkpoint
 from rlkit.rollout.sampling import RowParams, sample_tokens
 
 
@@ -79,13 +86,13 @@ def bench_engine(
     engine.generate(
         prompts[:2], SamplingParams(n=n, temperature=1.0, max_tokens=4, ignore_eos=True)
     )  # warm up
-    stats = engine.stats  # type: ignore[attr-defined]
-    steps_before = stats.decode_steps
+    stats = getattr(engine, "stats", None)  # the vLLM engines keep no step counts
+    steps_before = stats.decode_steps if stats is not None else 0
     start = _now()
     outs = engine.generate(prompts, params)
     seconds = _now() - start
     tokens = sum(len(c.token_ids) for group in outs for c in group)
-    steps = stats.decode_steps - steps_before
+    steps = stats.decode_steps - steps_before if stats is not None else 0
     return Result(label, f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
 
 
@@ -98,7 +105,10 @@ def bench_other_engines(
         if name == "native":
             continue
         max_len = args.prompt_len + args.new_tokens
-        engine = build_engine(name, model, max_num_seqs=slots, max_model_len=max_len)
+        if loads_checkpoint(name):
+            engine = _engine_from_folder(name, model, slots, max_len)
+        else:
+            engine = build_engine(name, model, max_num_seqs=slots, max_model_len=max_len)
         label = f"rlkit {name}"
         results.append(bench_engine(engine, label, prompts, 1, args.new_tokens)[0])
         results.append(bench_engine(engine, label, prompts[: args.group_prompts], args.n, args.new_tokens)[0])
@@ -106,6 +116,25 @@ def bench_other_engines(
         del engine
         hw.empty_cache()
     return results
+
+
+def _engine_from_folder(name: str, model: Any, slots: int, max_len: int) -> RolloutEngine:
+    """Engine ``name`` (vllm, server) over ``model``'s weights, saved as a Hugging Face folder first."""
+    import tempfile
+
+    from rlkit.models import build_tokenizer, write_hf_folder
+
+    folder = Path(tempfile.mkdtemp(prefix="rlkit-bench-"))
+    write_hf_folder(folder, model.config.to_hf(), dict(model.state_dict()), tokenizer=build_tokenizer())
+    weight = next(model.parameters())
+    return build_engine_from_path(
+        name,
+        str(folder),
+        dtype=weight.dtype,
+        max_num_seqs=slots,
+        max_model_len=max_len,
+        cuda_graphs=weight.device.type == "cuda",
+    )
 
 
 def decode_step_seconds(engine: NativeEngine, context: int, repeats: int = 20) -> tuple[float, float]:
@@ -319,10 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     device = torch.device(args.device or hw.torch_device_name())
-    cfg = TINY if args.tiny else QWEN25_05B
+    vllm_engines = any(loads_checkpoint(e) for e in args.engines)
+    cfg = (tiny_config("tiny") if vllm_engines else TINY) if args.tiny else QWEN25_05B
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model = build_native(cfg, weights=None, dtype=dtype, device=device, seed=0)
-    prompts = random_prompts(args.prompts, args.prompt_len, cfg.vocab_size, seed=1)
+    vocab = min(cfg.vocab_size, BUILTIN_VOCAB_SIZE) if vllm_engines else cfg.vocab_size
+    prompts = random_prompts(args.prompts, args.prompt_len, vocab, seed=1)
     slots = max(args.prompts, args.group_prompts * args.n)
     engine = NativeEngine(
         model,
@@ -350,7 +381,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "device": device_name(device),
         "torch": torch.__version__,
         "commit": git_commit(),
-        "model": f"{'tiny' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({dtype}, random weights)",
+        "model": f"{'tiny' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({dtype}, random weights, "
+        f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, head size {cfg.head_dim})",
         "work": f"prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored, T=1",
         "cuda graphs": str(engine._graphs is not None),  # noqa: SLF001
         "decode forward": f"{forward * 1e3:.2f} ms at batch {engine.num_slots}, context {context}"

@@ -31,7 +31,9 @@ def test_a_reward_file_that_hangs_at_import_stops_the_run_before_any_step(tmp_pa
     result = CliRunner().invoke(app, [*args, "reward.import_timeout_s=1"])
     assert result.exit_code == 2, result.output
     # the run folder it opened is named first (information); the failure itself is one line
-    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("run folder:")]
+    lines = [
+        line for line in result.output.splitlines() if line.strip() and not line.startswith("run folder:")
+    ]
     assert len(lines) == 1 and "did not finish importing within 1 s" in lines[0], result.output
     assert "hangs.py:2 `time.sleep(3600)`" in lines[0]
     metrics = out / "metrics.jsonl"

@@ -37,7 +37,15 @@ def generate(
     batch_size: int = typer.Option(256, "--batch-size", help="Prompts handed to the engine at a time."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     engine: str = typer.Option(
-        "auto", "--engine", help="Rollout engine: auto (native for Llama/Qwen models, else hf), native or hf."
+        "auto",
+        "--engine",
+        help="Rollout engine: auto (native for Llama/Qwen models, else hf), native, hf, vllm "
+        "(needs the vllm package) or server (an OpenAI-compatible vLLM server; see --server-url).",
+    ),
+    server_url: str | None = typer.Option(
+        None,
+        "--server-url",
+        help="With --engine server: the server (http://host:port); without, rlkit starts one and stops it.",
     ),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
@@ -62,6 +70,7 @@ def generate(
         batch_size=batch_size,
         console=console,
         engine=engine,
+        server_url=server_url,
     )
     console.print(
         f"wrote {summary.prompts} rows ({summary.completions} completions, {summary.tokens} tokens, "

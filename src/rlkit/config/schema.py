@@ -118,12 +118,42 @@ class DataConfig:
 
 
 @dataclass
+class VllmConfig:
+    kv_cache_gib: int = bounded(1, ge=1, profile=True)
+    """CPU only: the vLLM KV cache in whole GiB (``VLLM_CPU_KVCACHE_SPACE``, unless already set);
+    allocated for the whole run (on a GPU ``rollout.gpu_memory_utilization`` sizes it)."""
+    enable_sleep_mode: bool = True
+    """Let vLLM offload its weights and drop its KV cache while the trainer updates (GPU only;
+    vLLM's CPU backend has no sleep mode)."""
+    bucket_mb: int = bounded(256, ge=1, profile=True)
+    """MiB of tensors sent to vLLM's worker per call during a weight push."""
+
+
+@dataclass
+class ServerConfig:
+    url: str | None = None
+    """An OpenAI-compatible vLLM server to use (``http://host:port``, started with
+    ``VLLM_SERVER_DEV_MODE=1`` and rlkit's worker extension); null = rlkit starts one on 127.0.0.1
+    (log: ``<trainer.out_dir>/vllm_server.log``) and stops it at the end of the run."""
+    model_name: str = "rlkit"
+    """The ``model`` field of requests: the server's served model name (``rlkit`` for one rlkit starts)."""
+    startup_timeout_s: float = bounded(600.0, gt=0)
+    """Seconds an rlkit-started server gets to answer ``/health`` before the run stops."""
+    request_timeout_s: float = bounded(600.0, gt=0)
+    """Deadline of one request to the server (a generation or a weight push)."""
+    max_concurrency: int = bounded(32, ge=1, profile=True)
+    """Prompts in flight to the server at once."""
+
+
+@dataclass
 class RolloutConfig:
-    engine: str = choice("auto", "native", "hf")
+    engine: str = choice("auto", "native", "hf", "vllm", "server")
     """Rollout engine: ``auto`` (``native`` when the model is a Llama / Qwen-family model the native
     decoder runs, ``hf`` otherwise; the run's config.yaml names the one picked), ``native`` (built
-    in: KV cache, continuous batching, CUDA graphs) or ``hf`` (rlkit's sampler over any transformers
-    causal LM: Gemma-2, Phi-3, Mistral, MoE models, ...; slower). See docs/rollout-engines.md."""
+    in: KV cache, continuous batching, CUDA graphs), ``hf`` (rlkit's sampler over any transformers
+    causal LM: Gemma-2, Phi-3, Mistral, MoE models, ...; slower), ``vllm`` (vLLM in the rollout
+    worker; needs the vllm package) or ``server`` (an OpenAI-compatible vLLM server, see
+    ``rollout.server``). ``auto`` never picks ``vllm`` or ``server``. See docs/rollout-engines.md."""
     n: int = bounded(8, ge=1)
     """Samples per prompt (the group size of GRPO-style estimators)."""
     temperature: float = bounded(1.0, ge=0)
@@ -141,8 +171,15 @@ class RolloutConfig:
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""
     gpu_memory_utilization: float = bounded(0.5, gt=0, le=1, profile=True)
-    """Fraction of the device memory free when the native engine allocates its KV cache (at the
-    first generation and after each wake) that the cache may take, in (0, 1]; ignored on the CPU."""
+    """Native engine: the fraction of the device memory *free* when it allocates its KV cache (at
+    the first generation and after each wake) that the cache may take. ``vllm`` engine: the fraction
+    of the *total* GPU memory vLLM takes at start-up (weights + cache): leave room for the trainer.
+    In (0, 1]; ignored on the CPU."""
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+    """Settings of ``rollout.engine=vllm`` (a server rlkit starts for ``server`` reads its KV-cache
+    size from ``VLLM_CPU_KVCACHE_SPACE``, default 1 GiB)."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Settings of ``rollout.engine=server``."""
 
 
 @dataclass

@@ -35,7 +35,13 @@ from rich.progress import (
 from rlkit import hardware
 from rlkit.errors import UserError
 from rlkit.rollout.base import RolloutEngine, SamplingParams
-from rlkit.rollout.registry import build_engine, resolve_engine
+from rlkit.rollout.registry import (
+    build_engine,
+    build_engine_from_path,
+    check_model_path,
+    loads_checkpoint,
+    resolve_engine,
+)
 
 Prompt = str | list[dict[str, Any]]
 
@@ -220,18 +226,47 @@ def load_model_tokenizer(path: str) -> Any:
 
 
 def load_engine(
-    path: str, tokenizer: Any, device: torch.device, max_num_seqs: int, engine: str = "auto"
+    path: str,
+    tokenizer: Any,
+    device: torch.device,
+    max_num_seqs: int,
+    engine: str = "auto",
+    *,
+    max_model_len: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> RolloutEngine:
     """The rollout engine ``engine`` (``auto``: native for its family, else hf) over a resolved model
     or checkpoint folder (bf16 on GPU, fp32 on CPU).
 
+    Engines that load the folder themselves (``vllm``, ``server``) need a Hugging Face folder and
+    get ``max_model_len`` (longest prompt + completion) and ``options`` (e.g. a server's ``url``).
+
     Raises:
-        UserError: ``engine`` cannot run this model (the message names the engines that can).
+        UserError: ``engine`` cannot run this model (the message names the engines that can), or
+            a vLLM engine is given an rlkit checkpoint folder.
     """
     from rlkit.ckpt import is_checkpoint_dir, load_checkpoint_model
     from rlkit.models import load_causal_lm, load_hf_config
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    if engine != "auto" and loads_checkpoint(engine):
+        check_model_path(engine, path)
+        if is_checkpoint_dir(path):
+            raise UserError(
+                f"--engine {engine} loads a Hugging Face folder and {path} is an rlkit checkpoint",
+                hint=f"merge it first: rlkit ckpt merge {path} --out HF_DIR",
+            )
+        name = resolve_engine(engine, load_hf_config(path), options or {})
+        return build_engine_from_path(
+            name,
+            path,
+            dtype=dtype,
+            device=device,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            options=options,
+            cuda_graphs=device.type == "cuda",
+        )
     if is_checkpoint_dir(path):
         model = load_checkpoint_model(path, dtype=dtype, device=device)
         name = resolve_engine(engine, _hf_config_dict(model))
@@ -266,11 +301,13 @@ def run_generate(
     batch_size: int = 256,
     console: Console | None = None,
     engine: str = "auto",
+    server_url: str | None = None,
 ) -> GenerateSummary:
     """Generate ``params.n`` completions per prompt of ``prompts_file`` into ``out`` (jsonl, atomic).
 
     Prompts go to the engine ``batch_size`` at a time (continuous batching inside each call); a
-    progress bar shows completions and tokens per second.
+    progress bar shows completions and tokens per second. ``server_url``: the server of
+    ``engine="server"`` (None: rlkit starts one, logging into a temporary folder).
     """
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
@@ -280,7 +317,15 @@ def run_generate(
     path = resolve_model(model)
     tokenizer = load_model_tokenizer(path)
     token_ids = encode_prompts(prompts, tokenizer, chat_template=chat_template)  # fail before loading weights
-    rollout = load_engine(path, tokenizer, dev, max_num_seqs=min(256, batch_size * params.n), engine=engine)
+    rollout = load_engine(
+        path,
+        tokenizer,
+        dev,
+        max_num_seqs=min(256, batch_size * params.n),
+        engine=engine,
+        max_model_len=max(len(ids) for ids in token_ids) + params.max_tokens + 1 if token_ids else None,
+        options={"url": server_url} if server_url else None,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     start, tokens = time.perf_counter(), 0

@@ -1,9 +1,14 @@
 """The rollout engines rlkit knows, as data: ``rollout.engine`` name -> ``module:class``.
 
 A new engine is a new module whose class implements :class:`~rlkit.rollout.base.RolloutEngine`,
-takes the common options (:func:`build_engine`) and says which models it cannot run
-(``unsupported_reason(config_json) -> str | None``), plus one entry here. Nothing else branches on an
-engine's name: the trainer's rollout worker and ``rlkit generate`` build engines through this module.
+says which models it cannot run (``unsupported_reason(config_json) -> str | None``) and its version
+(``version() -> str``, ``ImportError`` where its package is missing), plus one entry here. It is
+built either over rlkit's loaded model with the common options (:func:`build_engine`), or, where
+the class sets ``loads_checkpoint = True`` (vLLM loads the folder itself), by
+``from_checkpoint(model_path, **common, **options)`` with ``options`` its own config group
+``rollout.<name>``; such a class may also check those options (``check_options(config_json,
+options)``, raising :class:`~rlkit.errors.UserError`). Nothing else branches on an engine's name:
+the trainer's rollout worker and ``rlkit generate`` build engines through this module.
 """
 
 from __future__ import annotations
@@ -11,20 +16,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
 from torch import nn
 
 from rlkit.errors import UserError
 from rlkit.rollout.base import RolloutEngine
 
-# Order matters: ``auto`` picks the first engine that can run the model.
 ENGINES: dict[str, str] = {
     "native": "rlkit.rollout.native:NativeEngine",
     "hf": "rlkit.rollout.hf:HFEngine",
+    "vllm": "rlkit.rollout.vllm_engine:VllmEngine",
+    "server": "rlkit.rollout.server_engine:ServerEngine",
 }
 AUTO = "auto"
+# The engines ``auto`` picks from, in order (the first that can run the model): the built-in ones.
+AUTO_ENGINES: tuple[str, ...] = ("native", "hf")
 
 
-def engine_class(name: str) -> type:
+def engine_class(name: str) -> Any:
     """The class registered under ``name``.
 
     Raises:
@@ -37,21 +46,27 @@ def engine_class(name: str) -> type:
             hint=f"use one of {', '.join([AUTO, *ENGINES])}",
         )
     module, _, attr = target.partition(":")
-    cls: type = getattr(importlib.import_module(module), attr)
+    cls = getattr(importlib.import_module(module), attr)
     return cls
 
 
 def engines_for(hf_config: dict[str, Any]) -> list[str]:
-    """Names of the engines that can run a model with this ``config.json``, in ``auto``'s order."""
-    return [name for name in ENGINES if engine_class(name).unsupported_reason(hf_config) is None]
+    """Names of the built-in engines that can run a model with this ``config.json``, in ``auto``'s order."""
+    return [name for name in AUTO_ENGINES if engine_class(name).unsupported_reason(hf_config) is None]
 
 
-def resolve_engine(name: str, hf_config: dict[str, Any]) -> str:
+def resolve_engine(name: str, hf_config: dict[str, Any], options: dict[str, Any] | None = None) -> str:
     """The engine to use for ``rollout.engine=name`` (``auto`` resolved) and a model's ``config.json``.
 
+    Args:
+        name: ``auto`` or a key of :data:`ENGINES`.
+        hf_config: The model's ``config.json``.
+        options: The engine's own config group (``rollout.<name>``) where it has one, checked by the
+            engine's ``check_options``.
+
     Raises:
-        UserError: an unknown name, or an engine that cannot run this model (the message names the
-            engines that can).
+        UserError: an unknown name, an engine whose package is missing, or one that cannot run this
+            model (the message names the engines that can).
     """
     if name == AUTO:
         able = engines_for(hf_config)
@@ -61,8 +76,19 @@ def resolve_engine(name: str, hf_config: dict[str, Any]) -> str:
                 hint="use a model that transformers' AutoModelForCausalLM loads",
             )
         return able[0]
-    reason = engine_class(name).unsupported_reason(hf_config)
+    cls = engine_class(name)
+    try:
+        cls.version()
+    except ImportError as exc:
+        raise UserError(
+            f"rollout.engine={name} needs a package that is not installed ({exc})",
+            hint=getattr(cls, "INSTALL_HINT", "install it, or use rollout.engine=auto"),
+        ) from exc
+    reason = cls.unsupported_reason(hf_config)
     if reason is None:
+        check = getattr(cls, "check_options", None)
+        if options is not None and callable(check):
+            check(hf_config, options)
         return name
     able = engines_for(hf_config)
     raise UserError(
@@ -106,6 +132,78 @@ def build_engine(
         tokenizer=tokenizer,
     )
     return engine
+
+
+def loads_checkpoint(name: str) -> bool:
+    """Whether engine ``name`` loads the model folder itself (vLLM) instead of rlkit's loaded model."""
+    return name != AUTO and bool(getattr(engine_class(name), "loads_checkpoint", False))
+
+
+def check_model_path(name: str, model_path: str) -> None:
+    """An engine that loads the folder itself cannot load a built-in model (``builtin:NAME``).
+
+    Raises:
+        UserError: it is asked to, naming the engines that can.
+    """
+    from rlkit.models.tokenizer import BUILTIN_PREFIX
+
+    if loads_checkpoint(name) and str(model_path).startswith(BUILTIN_PREFIX):
+        raise UserError(
+            f"rollout.engine={name} loads the model folder itself and cannot load the built-in "
+            f"model {model_path} (it is not a Hugging Face folder)",
+            hint=f"use rollout.engine={' or '.join([AUTO, *AUTO_ENGINES])}, or a Hugging Face model folder",
+        )
+
+
+def build_engine_from_path(
+    name: str,
+    model_path: str,
+    *,
+    dtype: torch.dtype,
+    device: Any = None,
+    max_num_seqs: int = 256,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.5,
+    cuda_graphs: bool = True,
+    seed: int = 0,
+    tokenizer: Any | None = None,
+    options: dict[str, Any] | None = None,
+    log_dir: str | None = None,
+) -> RolloutEngine:
+    """Build engine ``name`` (resolved) for a Hugging Face folder: the one way the trainer builds one.
+
+    Engines over rlkit's model get it loaded here (:func:`build_engine`, ``gpu_memory_utilization``
+    as the fraction of *free* device memory for the KV cache); engines that load the folder
+    themselves get the common settings, ``options`` (their ``rollout.<name>`` group) and
+    ``log_dir`` (where a server they start writes its log).
+    """
+    cls = engine_class(name)
+    if loads_checkpoint(name):
+        engine: RolloutEngine = cls.from_checkpoint(
+            model_path,
+            dtype=str(dtype).removeprefix("torch."),
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            cuda_graphs=cuda_graphs,
+            seed=seed,
+            log_dir=log_dir,
+            **(options or {}),
+        )
+        return engine
+    from rlkit.models import load_causal_lm
+
+    model = load_causal_lm(model_path, dtype=dtype, device=device or "cpu", seed=seed)
+    return build_engine(
+        name,
+        model,
+        device=device,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        kv_cache_tokens=gpu_memory_utilization,  # a fraction of the free device memory
+        cuda_graphs=cuda_graphs,
+        tokenizer=tokenizer,
+    )
 
 
 def engine_versions() -> dict[str, str | None]:

@@ -41,11 +41,16 @@ from rlkit.errors import UserError
 from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
 from rlkit.rollout.vllm_engine import (
     EXTENSION,
+    INSTALL_HINT,
     check_checksums,
     checksum_names,
+    cpu_head_size_reason,
+    model_len,
+    repeat_greedy,
     sampling_kwargs,
     split_logprobs,
     tensor_checksums,
+    vllm_version,
 )
 
 # Seconds a stopped server gets to exit after SIGTERM before it is killed.
@@ -231,11 +236,91 @@ class ServerEngine:
         self._checked: list[str] | None = None
         self._asleep = False
 
+    loads_checkpoint = True
+
     @classmethod
     def launch(cls, model_path: str, **server_kwargs: Any) -> ServerEngine:
         """Start a :class:`VllmServer` on ``model_path`` and return an engine that owns it."""
         server = VllmServer(model_path, **server_kwargs)
         return cls(server.url, tokenizer_path=model_path, server=server)
+
+    @staticmethod
+    def version() -> str:
+        """The local vllm's version (for a server rlkit starts); a server given by URL needs none."""
+        return vllm_version() or "HTTP client only (no local vllm: give rollout.server.url)"
+
+    @staticmethod
+    def unsupported_reason(hf_config: dict[str, Any]) -> str | None:
+        """None: what a server can run depends on where it runs (see :meth:`check_options`)."""
+        return None
+
+    @staticmethod
+    def check_options(hf_config: dict[str, Any], options: dict[str, Any]) -> None:
+        """A server rlkit starts (``url`` null) needs vllm here and, on a CPU, a head size >= 32.
+
+        Raises:
+            UserError: one of those does not hold.
+        """
+        if options.get("url"):
+            return
+        if vllm_version() is None:
+            raise UserError(
+                "rollout.engine=server with rollout.server.url=null starts a vLLM server here, "
+                "and the vllm package is not installed",
+                hint=f"{INSTALL_HINT}; or set rollout.server.url to a running server",
+            )
+        reason = cpu_head_size_reason(hf_config)
+        if reason is not None:
+            raise UserError(
+                f"rollout.engine=server cannot start a vLLM server for this model ({reason})",
+                hint="use rollout.engine=auto, native or hf, or rollout.server.url=<a server on a GPU>",
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model_path: str,
+        *,
+        dtype: str,
+        max_model_len: int | None,
+        log_dir: str | None = None,
+        url: str | None = None,
+        model_name: str = "rlkit",
+        startup_timeout_s: float = 600.0,
+        request_timeout_s: float = 600.0,
+        max_concurrency: int = 32,
+        kv_cache_gib: int = 1,
+        **_common: Any,
+    ) -> ServerEngine:
+        """The engine from the registry's settings and the ``rollout.server`` keys.
+
+        With ``url`` it talks to that server; without, it starts one on ``model_path`` (log in
+        ``log_dir/vllm_server.log``) that :meth:`close` stops. The other common settings
+        (``max_num_seqs``, ``gpu_memory_utilization``, ...) are the server's own business.
+        """
+        if url:
+            return cls(
+                url,
+                model_name=model_name,
+                tokenizer_path=model_path,
+                request_timeout_s=request_timeout_s,
+                max_concurrency=max_concurrency,
+            )
+        server = VllmServer(
+            model_path,
+            dtype=dtype,
+            max_model_len=model_len(model_path, max_model_len),
+            kv_cache_gib=kv_cache_gib,
+            startup_timeout_s=startup_timeout_s,
+            log_path=Path(log_dir) / "vllm_server.log" if log_dir else None,
+        )
+        return cls(
+            server.url,
+            tokenizer_path=model_path,
+            request_timeout_s=request_timeout_s,
+            max_concurrency=max_concurrency,
+            server=server,
+        )
 
     # ------------------------------------------------------------------ RolloutEngine
 
@@ -328,7 +413,7 @@ class ServerEngine:
             logprobs, sampling = split_logprobs(processed, sp)
             reason: FinishReason = "length" if choice.get("finish_reason") == "length" else "stop"
             out.append(Completion(list(choice["token_ids"]), logprobs, sampling, reason))
-        return out
+        return repeat_greedy(out, sp)
 
     def _rpc(self, method: str, *args: str) -> Any:
         reply = self._post(

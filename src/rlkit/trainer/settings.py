@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -136,10 +137,21 @@ def resolve_rollout_engine(cfg: RlkitConfig) -> str:
         UserError: the model folder has no readable config.json, or the engine cannot run the model.
     """
     from rlkit.models import load_hf_config
-    from rlkit.rollout.registry import resolve_engine
+    from rlkit.rollout.registry import check_model_path, resolve_engine
 
-    cfg.rollout.engine = resolve_engine(cfg.rollout.engine, load_hf_config(cfg.model.path))
+    check_model_path(cfg.rollout.engine, cfg.model.path)
+    cfg.rollout.engine = resolve_engine(
+        cfg.rollout.engine, load_hf_config(cfg.model.path), engine_options(cfg)
+    )
     return cfg.rollout.engine
+
+
+def engine_options(cfg: RlkitConfig) -> dict[str, Any] | None:
+    """The rollout engine's own config group (``rollout.<engine>``, e.g. ``rollout.vllm``), if it has one."""
+    group = getattr(cfg.rollout, cfg.rollout.engine, None)
+    if dataclasses.is_dataclass(group) and not isinstance(group, type):
+        return dataclasses.asdict(group)
+    return None
 
 
 def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
@@ -152,6 +164,8 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "gpu_memory_utilization": _memory_fraction(cfg.rollout.gpu_memory_utilization),
         "max_model_len": cfg.data.max_prompt_length + cfg.data.max_response_length,
         "seed": cfg.trainer.seed,
+        "options": engine_options(cfg),
+        "log_dir": cfg.trainer.out_dir,
     }
 
 

@@ -184,6 +184,7 @@ class RunContext:
 
     def close(self) -> None:
         try:
+            self._close_rollout()
             self.group.shutdown()
             close = getattr(self.reward, "close", None)
             if close is not None:
@@ -191,6 +192,13 @@ class RunContext:
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()  # the folder is free for the next run
+
+    def _close_rollout(self) -> None:
+        """Best effort: let the rollout engines close (a server one started stops) before the kill."""
+        try:
+            self.group.role("rollout", timeout_s=60.0).close()
+        except Exception:  # a broken group: its workers are gone or stuck; the kill follows
+            pass
 
 
 def open_rl_run(cfg: RlkitConfig) -> RunStart:

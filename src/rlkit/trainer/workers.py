@@ -24,9 +24,9 @@ from rlkit.ckpt import (
 from rlkit.controller.dispatch import dispatch
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
-from rlkit.models import load_causal_lm, load_tokenizer, write_hf_folder
+from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
-from rlkit.rollout.registry import build_engine
+from rlkit.rollout.registry import build_engine_from_path
 from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
 from rlkit.training import ActorRole, CriticRole, RefRole
 
@@ -131,18 +131,23 @@ class RolloutWorker:
         gpu_memory_utilization: float,
         max_model_len: int,
         seed: int,
+        options: dict[str, Any] | None = None,
+        log_dir: str | None = None,
     ) -> None:
         device = worker_context().device
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-        model = load_causal_lm(model_path, dtype=self.dtype, device=device, seed=seed)
-        self.engine = build_engine(
+        self.engine = build_engine_from_path(
             engine,
-            model,
+            model_path,
+            dtype=self.dtype,
             device=device,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
-            kv_cache_tokens=gpu_memory_utilization,  # a fraction of the free device memory
+            gpu_memory_utilization=gpu_memory_utilization,
             cuda_graphs=cuda_graphs and device.type == "cuda",
+            seed=seed,
+            options=options,
+            log_dir=log_dir,
         )
 
     @dispatch("shard")
@@ -167,6 +172,11 @@ class RolloutWorker:
     @dispatch("broadcast")
     def sleep(self) -> None:
         self.engine.sleep()
+
+    @dispatch("broadcast")
+    def close(self) -> None:
+        """Close the engine: a vLLM server it started stops (killing the worker would leave it running)."""
+        self.engine.close()
 
 
 class RewardModelWorker:

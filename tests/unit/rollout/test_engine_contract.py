@@ -1,7 +1,9 @@
 """The contract every rollout engine meets, parametrised over every engine in the registry.
 
 A new engine joins by its registry entry (``rlkit.rollout.registry.ENGINES``): each test below runs
-for it. Models are tiny fp32 folders written in-process (a Qwen2-family model both engines run, and
+for every engine over rlkit's loaded model. The engines that load the folder themselves (``vllm``,
+``server``) run the same contract in ``tests/integration/rollout_vllm/test_engine_contract_vllm.py``
+(their start-up and package need the heavier fixtures there). Models are tiny fp32 folders written in-process (a Qwen2-family model both engines run, and
 Qwen3-MoE, Phi-3, Gemma-2, Mistral, which only engines that take any transformers model run).
 """
 
@@ -17,7 +19,7 @@ import torch
 from rlkit.models import build_tokenizer, load_causal_lm, load_hf_config
 from rlkit.models.tiny_foreign import FOREIGN_ARCHS, tiny_foreign_config, tiny_foreign_model
 from rlkit.rollout import RolloutEngine, SamplingParams
-from rlkit.rollout.registry import ENGINES, build_engine, engine_class, resolve_engine
+from rlkit.rollout.registry import ENGINES, build_engine, engine_class, loads_checkpoint, resolve_engine
 from rlkit.training.heads import PackedPolicy
 
 from .conftest import chisquare_pvalue, hf_tiny
@@ -100,10 +102,15 @@ def _config_json(arch: str) -> dict[str, Any]:
     return dict(tiny_foreign_config(arch).to_dict())
 
 
+# the engines built over rlkit's loaded model (vllm and server: the integration sibling)
+MODEL_ENGINES = [e for e in ENGINES if not loads_checkpoint(e)]
 PROMPTS = [[5, 17, 33, 2, 9], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [7, 3]]
 # every (engine, architecture) pair the engine says it runs
 ENGINE_ARCH = [
-    (e, a) for e in ENGINES for a in ARCHS if engine_class(e).unsupported_reason(_config_json(a)) is None
+    (e, a)
+    for e in MODEL_ENGINES
+    for a in ARCHS
+    if engine_class(e).unsupported_reason(_config_json(a)) is None
 ]
 
 
@@ -134,7 +141,7 @@ def test_logprobs_match_the_trainer_recomputation(name: str, arch: str, root: st
             )
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+@pytest.mark.parametrize("name", MODEL_ENGINES)
 def test_sampling_frequencies_match_softmax(name: str, root: str) -> None:
     vocab, n, temperature = 12, 2000, 1.5
     engine = _engine(name, "qwen2", root, vocab=vocab, tokenizer=None)
@@ -148,7 +155,7 @@ def test_sampling_frequencies_match_softmax(name: str, root: str) -> None:
     assert chisquare_pvalue(counts, torch.softmax(logits / temperature, -1) * n) > 1e-3
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+@pytest.mark.parametrize("name", MODEL_ENGINES)
 def test_n_samples_share_a_prompt_and_seeds_reproduce(name: str, root: str) -> None:
     engine = _engine(name, "qwen2", root)
     params = SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=21)
@@ -164,7 +171,7 @@ def test_n_samples_share_a_prompt_and_seeds_reproduce(name: str, root: str) -> N
         assert stats.prefill_tokens == 2 * sum(map(len, PROMPTS)) + len(PROMPTS[1])
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+@pytest.mark.parametrize("name", MODEL_ENGINES)
 def test_stop_tokens_and_strings(name: str, root: str) -> None:
     tokenizer = build_tokenizer()
     engine = _engine(name, "qwen2", root, tokenizer=tokenizer)
@@ -188,7 +195,7 @@ def test_stop_tokens_and_strings(name: str, root: str) -> None:
     assert out[0][0].token_ids == ids[:cut] and out[0][0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+@pytest.mark.parametrize("name", MODEL_ENGINES)
 def test_weights_pushed_equal_weights_loaded(name: str, root: str) -> None:
     other = load_causal_lm(_folder("qwen2", root), init="random", seed=99)
     pushed = _engine(name, "qwen2", root)
@@ -202,7 +209,7 @@ def test_weights_pushed_equal_weights_loaded(name: str, root: str) -> None:
         pushed.update_weights([("not.a.weight", torch.zeros(1))])
 
 
-@pytest.mark.parametrize("name", list(ENGINES))
+@pytest.mark.parametrize("name", MODEL_ENGINES)
 def test_sleep_and_wake_leave_outputs_unchanged(name: str, root: str) -> None:
     engine = _engine(name, "qwen2", root)
     params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=8)

@@ -124,6 +124,7 @@ def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(UserError, match=r"rollout.engine=native cannot run this model.*model_type 'gpt2'"):
         _check(f"model.path={folder}", "rollout.engine=native")
+    assert any("rollout engine: hf (auto)" in line for line in _check(f"model.path={folder}"))
     assert any("transformers fallback" in line for line in _check(f"model.path={folder}", command="sft"))
     with pytest.raises(UserError, match="no such folder"):
         _check(f"model.path={tmp_path / 'absent'}")

@@ -58,4 +58,9 @@ def test_rollout_engine_is_resolved_before_the_workers_are_built(tmp_path: Path)
     with pytest.raises(UserError, match="rollout.engine=native cannot run"):
         resolve_rollout_engine(_cfg(f"model.path={folder}", "rollout.engine=native"))
     with pytest.raises(UserError, match="rollout.engine"):
-        _cfg("rollout.engine=vllm")  # not a name yet: a later part of the issue adds it
+        _cfg("rollout.engine=sglang")  # not an engine rlkit has
+    with pytest.raises(UserError, match="rollout.engine=vllm loads the model folder itself"):
+        resolve_rollout_engine(_cfg("rollout.engine=vllm"))  # the built-in model is no HF folder
+    vllm = rollout_settings(_cfg("rollout.engine=vllm", "rollout.vllm.bucket_mb=8"), "cpu")
+    assert vllm["options"] == {"kv_cache_gib": 1, "enable_sleep_mode": True, "bucket_mb": 8}
+    assert rollout_settings(_cfg(), "cpu")["options"] is None  # native has no group of its own
