@@ -55,7 +55,7 @@ def test_unsupported_engines_are_neither_extras_nor_installed_nor_advertised() -
     texts = {p: p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]}
     texts.update({p: p.read_text() for p in (ROOT / "docker").iterdir() if p.is_file()})
     # a pip command, an extras list `.[a,b]`, a pinned version variable, a `==${...}` pin
-    install = re.compile(r"(?i:pip install[^\n]*)|\.\[[^\]]*|[A-Z_]+_VERSION[^\n]*|==\$\{[^}]*")
+    install = re.compile(r"(?i:pip install[^\n`]*)|\.\[[^\]]*|[A-Z_]+_VERSION[^\n]*|==\$\{[^}]*")
     for path, text in texts.items():
         for match in install.finditer(text):
             for name in UNSUPPORTED:
