@@ -14,8 +14,10 @@ its own DTensor shards), or into plain full tensors with no process group at all
 
 from __future__ import annotations
 
+import errno
 import io
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -157,10 +159,44 @@ def metadata_mismatch(metadata: Metadata, targets: dict[str, torch.Tensor], dcp_
 
 
 def save_state(state: dict[str, Any], dcp_dir: Path) -> None:
-    """Write nested dicts of (D)tensors with DCP; collective: every rank calls it with the same folder."""
-    flatten(state)  # fail before writing anything if a value is not a tensor
+    """Write nested dicts of (D)tensors with DCP; collective: every rank calls it with the same folder.
+
+    Raises:
+        OSError: ``ENOSPC`` naming ``dcp_dir`` when its file system has less free space than this
+            rank's tensors take, checked before writing and again after a failed write (torch's
+            own error for a full disk is an opaque ``RuntimeError`` from its zip writer).
+    """
+    needed = sum(_local_bytes(t) for t in flatten(state).values())  # fails if a value is not a tensor
     dcp_dir.mkdir(parents=True, exist_ok=True)
-    dcp_save(state, checkpoint_id=str(dcp_dir))
+    _check_space(dcp_dir, needed)
+    try:
+        dcp_save(state, checkpoint_id=str(dcp_dir))
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _check_space(dcp_dir, needed, cause=exc)
+        raise
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes this rank writes for ``tensor`` (its local shard for a DTensor)."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def _check_space(folder: Path, needed: int, cause: BaseException | None = None) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``folder`` when its file system has less than ``needed`` bytes free.
+
+    Raises:
+        OSError: Not enough free space (chained to ``cause``, the failed write, when given).
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the folder is gone or unreadable: the original error (if any) says more
+    if free >= needed:
+        return
+    message = f"no space left on the device ({free} bytes free, a checkpoint shard needs {needed})"
+    raise OSError(errno.ENOSPC, message, str(folder)) from cause
 
 
 def load_state(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool = False) -> str | None:
