@@ -125,7 +125,7 @@ def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
     with pytest.raises(
         UserError, match=r"rollout.engine=native cannot run model.path=.*gpt2.*model_type 'gpt2'"
     ):
-        _check(f"model.path={folder}")
+        _check(f"model.path={folder}", "rollout.engine=native")  # the default, auto, picks hf for it
     assert any("transformers fallback" in line for line in _check(f"model.path={folder}", command="sft"))
     with pytest.raises(UserError, match="no such folder"):
         _check(f"model.path={tmp_path / 'absent'}")
