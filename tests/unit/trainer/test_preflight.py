@@ -118,7 +118,9 @@ def test_gpu_profile_without_a_gpu() -> None:
         preflight(cfg)
 
 
-def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
+def test_native_engine_needs_a_native_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # offline, an uncached hub id is an error
+        monkeypatch.delenv(name, raising=False)
     folder = tmp_path / "gpt2"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
