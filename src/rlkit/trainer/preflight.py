@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rlkit.config.schema import RlkitConfig
 from rlkit.ckpt.run_folder import check_out_dir
+from rlkit.config.schema import RlkitConfig
 from rlkit.data.hub import hub_cache_dir, is_hub_id, resolve_model_path
 from rlkit.data.sources import is_offline
 from rlkit.errors import UserError

@@ -61,6 +61,9 @@ def test_a_pickle_in_place_of_a_shard_is_refused_and_never_run(tmp_path: Path) -
     ):
         with pytest.raises(UserError) as info:
             attempt()
-        assert f"checkpoint shards in {dcp_dir} ({shard.name}) are damaged or not tensor shards" in info.value.message
+        assert (
+            f"checkpoint shards in {dcp_dir} ({shard.name}) are damaged or not tensor shards"
+            in info.value.message
+        )
         assert "weights_only" not in info.value.message  # torch's advice to unpickle anyway is dropped
     assert not marker.exists()
