@@ -14,8 +14,10 @@ its own DTensor shards), or into plain full tensors with no process group at all
 
 from __future__ import annotations
 
+import errno
 import io
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -157,10 +159,44 @@ def metadata_mismatch(metadata: Metadata, targets: dict[str, torch.Tensor], dcp_
 
 
 def save_state(state: dict[str, Any], dcp_dir: Path) -> None:
-    """Write nested dicts of (D)tensors with DCP; collective: every rank calls it with the same folder."""
-    flatten(state)  # fail before writing anything if a value is not a tensor
+    """Write nested dicts of (D)tensors with DCP; collective: every rank calls it with the same folder.
+
+    Raises:
+        OSError: ``ENOSPC`` naming ``dcp_dir`` when its file system has less free space than this
+            rank's tensors take, checked before writing and again after a failed write (torch's
+            own error for a full disk is an opaque ``RuntimeError`` from its zip writer).
+    """
+    needed = sum(_local_bytes(t) for t in flatten(state).values())  # fails if a value is not a tensor
     dcp_dir.mkdir(parents=True, exist_ok=True)
-    dcp_save(state, checkpoint_id=str(dcp_dir))
+    _check_space(dcp_dir, needed)
+    try:
+        dcp_save(state, checkpoint_id=str(dcp_dir))
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _check_space(dcp_dir, needed, cause=exc)
+        raise
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes this rank writes for ``tensor`` (its local shard for a DTensor)."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()
+
+
+def _check_space(folder: Path, needed: int, cause: BaseException | None = None) -> None:
+    """Raise ``OSError(ENOSPC)`` naming ``folder`` when its file system has less than ``needed`` bytes free.
+
+    Raises:
+        OSError: Not enough free space (chained to ``cause``, the failed write, when given).
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the folder is gone or unreadable: the original error (if any) says more
+    if free >= needed:
+        return
+    message = f"no space left on the device ({free} bytes free, a checkpoint shard needs {needed})"
+    raise OSError(errno.ENOSPC, message, str(folder)) from cause
 
 
 def load_state(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool = False) -> str | None:
@@ -180,13 +216,53 @@ def load_state(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool = False) -
     problem = metadata_mismatch(metadata, flatten(state), dcp_dir)
     if problem is not None:
         return problem
-    dcp_load(
-        state,
-        storage_reader=SafeFileSystemReader(str(dcp_dir)),
-        planner=_TensorOnlyLoadPlanner(),
-        no_dist=no_dist,
-    )
+    _read_shards(state, dcp_dir, no_dist=no_dist)
     return None
+
+
+def _read_shards(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool) -> None:
+    """``dcp_load`` into ``state``; a shard that cannot be read is a UserError naming the folder.
+
+    Shards are read with ``torch.load(weights_only=True)``, so a file that is not a tensor shard
+    (damaged, or a pickle put in its place) fails there; torch's message for that advises
+    ``weights_only=False``, which rlkit never does, so only its first sentence is kept.
+
+    Raises:
+        UserError: A shard file of ``dcp_dir`` is damaged or is not a tensor shard.
+    """
+    with warnings.catch_warnings():
+        # DCP warns that it loads in one process (merge); the weights-only reader about protocols
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        try:
+            dcp_load(
+                state,
+                storage_reader=SafeFileSystemReader(str(dcp_dir)),
+                planner=_TensorOnlyLoadPlanner(),
+                no_dist=no_dist,
+            )
+        except (KeyboardInterrupt, SystemExit, UserError):
+            raise
+        except BaseException as exc:  # torch's CheckpointException is a BaseException
+            inner = _innermost(exc)
+            shards = ", ".join(sorted(p.name for p in dcp_dir.glob("*.distcp"))) or "none"
+            first = str(inner).split(". ")[0].strip()[:200]
+            cause = f"{type(inner).__name__}: {first}" if first else type(inner).__name__
+            raise UserError(
+                f"checkpoint shards in {dcp_dir} ({shards}) are damaged or not tensor shards: {cause}",
+                hint="resume or merge an older checkpoint of the run (rlkit ckpt ls RUN)",
+            ) from exc
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first per-rank failure inside a DCP ``CheckpointException``, else the end of the cause chain."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        item = next(iter(failures.values()))
+        inner = item[0] if isinstance(item, tuple) and item else item
+        if isinstance(inner, BaseException):
+            return _innermost(inner)
+    return _innermost(exc.__cause__) if exc.__cause__ is not None else exc
 
 
 def load_full_tensors(dcp_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -196,7 +272,7 @@ def load_full_tensors(dcp_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     the shards of every rank are read into them; names come back without ``prefix``.
 
     Raises:
-        UserError: The metadata is damaged or holds no tensor under ``prefix``.
+        UserError: The metadata is damaged or holds no tensor under ``prefix``, or a shard is damaged.
     """
     metadata = read_metadata(dcp_dir)
     targets: dict[str, torch.Tensor] = {}
@@ -211,13 +287,5 @@ def load_full_tensors(dcp_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     )
     if problem is not None:
         raise UserError(f"checkpoint is damaged: {problem}")
-    with warnings.catch_warnings():
-        # DCP warns that it loads in one process, which is the point here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp_load(
-            targets,
-            storage_reader=SafeFileSystemReader(str(dcp_dir)),
-            planner=_TensorOnlyLoadPlanner(),
-            no_dist=True,
-        )
+    _read_shards(targets, dcp_dir, no_dist=True)
     return {k[len(prefix) :]: v for k, v in targets.items()}

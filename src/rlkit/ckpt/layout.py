@@ -262,7 +262,8 @@ def _older_hint(folder: Path) -> str:
     step = step_of(folder)
     older = [c for c in list_checkpoints(folder.parent) if c.complete and step is not None and c.step < step]
     if older:
-        return f"resume from an older one with trainer.resume={older[-1].path}"
+        path = older[-1].path
+        return f"use the older one: resume with trainer.resume={path}, or `rlkit ckpt merge {path} --out DIR`"
     return "no older complete checkpoint; start over with trainer.resume=never"
 
 

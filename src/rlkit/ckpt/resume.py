@@ -357,16 +357,17 @@ def _override(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def keep_last_for(point: ResumePoint | None, requested: int | None) -> int:
+def keep_last_for(point: ResumePoint | None, requested: int | None, *, will_save: bool = True) -> int:
     """The ``trainer.keep_last`` a run uses: the one asked for, else the resumed run's, else 3.
 
     A resume that asks for another value than the run had says which checkpoints that will
-    remove at the next save, so nothing written under the old setting goes without a word.
+    remove at the next save, so nothing written under the old setting goes without a word
+    (unless ``will_save`` is False: a resume with nothing left to train saves nothing).
     """
     saved = _saved_keep_last(point) if point is not None else None
     if requested is None:
         return saved if saved is not None else DEFAULT_KEEP_LAST
-    if saved is not None and requested != saved and point is not None:
+    if will_save and saved is not None and requested != saved and point is not None:
         complete = [c for c in list_checkpoints(point.path.parent) if c.complete and c.step <= point.step]
         doomed = complete[: max(len(complete) + 1 - requested, 0)] if requested > 0 else []
         what = ", ".join(c.path.name for c in doomed) if doomed else "no checkpoint yet"

@@ -39,6 +39,8 @@ class _RlkitGroup(TyperGroup):
             return super().invoke(ctx)
         except UserError as exc:
             if debug:
+                if _is_worker_error(exc):  # a worker's UserError: its remote traceback too
+                    err_console.print(_escape(exc.details()), highlight=False)  # type: ignore[attr-defined]
                 raise
             line = f"[bold red]error:[/] {_escape(exc.message)}"
             if exc.hint:

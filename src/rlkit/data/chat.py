@@ -22,7 +22,8 @@ def as_messages(prompt: Any, where: str) -> Messages:
     """A prompt cell (a string, or a list of ``{role, content}`` dicts) as chat messages.
 
     Raises:
-        UserError: The cell is neither a string nor a non-empty list of messages.
+        UserError: The cell is neither a string nor a non-empty list of messages, or a message has
+            no ``content`` (nor ``tool_calls``).
     """
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
@@ -31,7 +32,14 @@ def as_messages(prompt: Any, where: str) -> Messages:
         and prompt
         and all(isinstance(m, Mapping) and "role" in m for m in prompt)
     ):
-        return [{k: v for k, v in m.items() if v is not None} for m in prompt]
+        messages = [{k: v for k, v in m.items() if v is not None} for m in prompt]
+        for i, message in enumerate(messages):
+            if "content" not in message and "tool_calls" not in message:
+                raise UserError(
+                    f"{where}: message {i} ({message['role']}) has no 'content'",
+                    hint="give every message a content string, e.g. {'role': 'user', 'content': '2+3='}",
+                )
+        return messages
     raise UserError(
         f"{where}: the prompt must be a string or a list of {{role, content}} messages, got {str(prompt)[:80]!r}"
     )

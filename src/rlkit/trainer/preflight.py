@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rlkit.ckpt.run_folder import check_out_dir
 from rlkit.config.schema import RlkitConfig
-from rlkit.data.hub import hub_cache_dir, is_hub_id
+from rlkit.data.hub import hub_cache_dir, is_hub_id, resolve_model_path
+from rlkit.data.sources import is_offline
 from rlkit.errors import UserError
 from rlkit.models import load_hf_config, native_unsupported_reason
 from rlkit.rewards.custom import load_custom_reward
@@ -52,7 +54,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_readable, _rollout_engine, _rl_data_and_scorers, _loggers]
+        checks = [_hardware, _model_readable, _rollout_engine, _rl_data_and_scorers, _loggers, _run_folder]
     return [check(cfg) for check in checks]
 
 
@@ -75,6 +77,10 @@ def _model_readable(cfg: RlkitConfig) -> str:
     ):
         if other:
             model_config_json(other, key=key)
+    if cfg.reward.model_path and Path(cfg.reward.model_path).expanduser().is_dir():
+        from rlkit.rewards.reward_model import refuse_pickled_weights  # transformers: only when needed
+
+        refuse_pickled_weights(Path(cfg.reward.model_path).expanduser())
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
     return f"model: {path} ({hf.get('model_type', '?')}, {family})"
@@ -100,7 +106,8 @@ def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] |
     Returns None for a hub id that is not cached (only the run, which downloads it, can check it).
 
     Raises:
-        UserError: A local path that is not a model folder, or a config.json that is not JSON.
+        UserError: A local path that is not a model folder, a config.json that is not JSON, or a hub
+            id that is not cached while ``HF_HUB_OFFLINE`` is set (the run could not fetch it).
     """
     if path.startswith(BUILTIN_PREFIX) or Path(path).expanduser().is_dir():
         try:
@@ -109,6 +116,8 @@ def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] |
             raise UserError(exc.message.replace("model.path", key), hint=exc.hint) from exc
     if is_hub_id(path):
         cached = _cached_hub_file(path, "config.json")
+        if cached is None and is_offline():
+            resolve_model_path(path, key=key)  # offline: reads the cache only, raises its one line
         return json.loads(Path(cached).read_text()) if cached else None
     raise UserError(
         f"{key}: no such folder {path!r}",
@@ -219,3 +228,10 @@ def _loggers(cfg: RlkitConfig) -> str:
         if module and importlib.util.find_spec(module) is None:
             raise UserError(f"trainer.loggers has {name} but it is not installed", hint=f"pip install {name}")
     return f"loggers: {', '.join(cfg.trainer.loggers)}"
+
+
+def _run_folder(cfg: RlkitConfig) -> str:
+    if not cfg.trainer.out_dir:
+        return "run folder: a fresh one under runs/ (trainer.out_dir unset)"
+    check_out_dir(Path(cfg.trainer.out_dir).expanduser())
+    return f"run folder: {cfg.trainer.out_dir}"

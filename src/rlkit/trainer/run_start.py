@@ -82,10 +82,11 @@ def open_run(
             ckpt.check_compatible(
                 point, roles=list(hf), hf_configs=hf, config=resolved_config(cfg), trainer=trainer
             )
-        cfg.trainer.keep_last = keep_last_for(point, cfg.trainer.keep_last)
+        nothing_left = point is not None and point.step >= cfg.trainer.total_steps
+        cfg.trainer.keep_last = keep_last_for(point, cfg.trainer.keep_last, will_save=not nothing_left)
         start = RunStart(folder, lock, point, resolved_config(cfg))
         console.print(f"run folder: [bold]{folder.path}[/]" + (" (new)" if folder.fresh else ""))
-        if point is not None and point.step >= cfg.trainer.total_steps:
+        if point is not None and nothing_left:
             console.print(
                 f"[yellow]{folder.path} is at step {point.step} of trainer.total_steps="
                 f"{cfg.trainer.total_steps}: nothing left to train (raise trainer.total_steps to continue)[/]"

@@ -131,7 +131,8 @@ class RunSummary:
             lines.append(f"  resume   {resume}")
         lines.append(f"  next     rlkit plot {self.run_dir}")
         if self.checkpoint is not None:
-            hf = f"{self.run_dir}/hf-step_{self.last_step}"
+            # next to the run folder: merge never writes inside a run folder, even with --force
+            hf = f"{str(self.run_dir).rstrip('/')}-hf-step_{self.last_step}"
             lines.append(f"           rlkit ckpt merge {self.checkpoint} --out {hf}")
             lines.append(f"           rlkit generate {hf} --prompts PROMPTS.parquet --out gen.jsonl")
         return "\n".join(lines)

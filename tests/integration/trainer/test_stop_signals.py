@@ -141,7 +141,10 @@ def test_summaries_say_what_happened(tmp_path: Path) -> None:
     done = summary.closing()
     assert done.startswith("[bold]summary[/]: 2 steps run in")
     assert "reward   0.1 -> 0.5" in done and "best val 0.75 at step 4" in done
-    assert f"rlkit ckpt merge {summary.checkpoint} --out {tmp_path}/hf-step_4" in done
+    assert f"rlkit ckpt merge {summary.checkpoint} --out {tmp_path}-hf-step_4" in done  # outside the run
+    from rlkit.ckpt.merge import _check_out
+
+    _check_out(Path(f"{tmp_path}-hf-step_4"), summary.checkpoint, force=False)  # merge accepts it
     stopped = summary.closing(stopped_by="Ctrl-C", resume="rlkit train grpo trainer.resume=X")
     assert (
         "stopped by Ctrl-C after step 4" in stopped

@@ -48,6 +48,7 @@ def test_4kb_changed_inside_a_shard_is_caught_on_resume_and_merge(run: Path, tmp
         with pytest.raises(UserError, match=r"__0_0\.distcp does not match its checksum") as err:
             attempt()
         assert f"trainer.resume={run.resolve() / 'checkpoints' / 'step_1'}" in str(err.value.hint)
+        assert f"rlkit ckpt merge {run.resolve() / 'checkpoints' / 'step_1'}" in str(err.value.hint)
     assert not (tmp_path / "hf").exists()
 
 

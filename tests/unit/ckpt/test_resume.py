@@ -247,5 +247,7 @@ def test_keep_last_is_the_runs_own_unless_asked(run: Path, capsys: pytest.Captur
     assert keep_last_for(point, 2) == 2
     err = capsys.readouterr().err
     assert "trainer.keep_last=2 replaces this run's 0: the next save removes step_1, step_2" in err
+    assert keep_last_for(point, 2, will_save=False) == 2  # nothing left to train: no save, no warning
+    assert "replaces" not in capsys.readouterr().err
     old = replace(point, state={k: v for k, v in point.state.items() if k != "keep_last"})
     assert keep_last_for(old, None) == 3  # an older checkpoint: its config's value (here: unset)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from rlkit.cli.app import _worker_error_line, app
+from rlkit.cli.app import _RlkitGroup, _worker_error_line, app
 from rlkit.controller import WorkerError
+from rlkit.controller.worker import WorkerUserError
 from rlkit.errors import UserError
 
 
@@ -51,3 +53,21 @@ def test_disk_errors_of_the_driver_are_one_line_too() -> None:
     assert line.startswith(
         "[bold red]error:[/] no space left on the device: /r/metrics.jsonl (OSError errno 28)"
     )
+
+
+def test_debug_shows_the_remote_traceback_of_a_workers_user_error() -> None:
+    """A UserError raised in a worker (a damaged shard on resume) keeps its remote traceback for --debug."""
+    small = typer.Typer(cls=_RlkitGroup)
+
+    @small.callback()
+    def _root(ctx: typer.Context, debug: bool = typer.Option(False, "--debug")) -> None:
+        ctx.obj = {"debug": debug}
+
+    @small.command()
+    def fail() -> None:
+        raise WorkerUserError("shards are damaged", "use an older one", remote_traceback="REMOTE-TB line 7")
+
+    plain = CliRunner().invoke(small, ["fail"])
+    assert plain.exit_code == 2 and "REMOTE-TB" not in plain.output
+    debug = CliRunner().invoke(small, ["fail", "--debug"])
+    assert isinstance(debug.exception, WorkerUserError) and "REMOTE-TB line 7" in debug.output

@@ -95,6 +95,18 @@ def test_missing_column_names_file_and_columns(tmp_path: Path) -> None:
         RLDataset([path], TOKENIZER, max_prompt_length=64, prompt_key="question")
 
 
+def test_message_without_content_is_one_user_error(tmp_path: Path) -> None:
+    """A parquet prompt message lacking ``content`` (parquet stores it as null) is named, not a template crash."""
+    rows = arith.generate(3, seed=0)
+    rows[1]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": None}]
+    path = tmp_path / "no_content.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(UserError) as err:
+        RLDataset([str(path)], TOKENIZER, max_prompt_length=64)
+    assert err.value.message.endswith("no_content.parquet row 1: message 1 (user) has no 'content'")
+    assert "content string" in (err.value.hint or "")
+
+
 def test_tokenizer_without_chat_template() -> None:
     """Asked for a template it lacks: a user error; left to auto (None): the plain text."""
     plain = build_tokenizer(chat_template=False)

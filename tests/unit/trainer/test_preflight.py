@@ -118,7 +118,9 @@ def test_gpu_profile_without_a_gpu() -> None:
         preflight(cfg)
 
 
-def test_native_engine_needs_a_native_architecture(tmp_path: Path) -> None:
+def test_native_engine_needs_a_native_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # offline, an uncached hub id is an error
+        monkeypatch.delenv(name, raising=False)
     folder = tmp_path / "gpt2"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
@@ -139,3 +141,25 @@ def test_sft_data_columns(tmp_path: Path) -> None:
     assert any("columns messages" in line for line in _check(f"data.train_files={file}", command="sft"))
     with pytest.raises(UserError, match="no column 'q'"):
         _check(f"data.train_files={file}", "sft.prompt_key=q", "sft.response_key=a", command="sft")
+
+
+def test_dry_run_refuses_what_the_run_would_refuse_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks ``rlkit train`` makes as it starts are in the dry run too (found by re-running issue 19's probes)."""
+    (tmp_path / "afile").write_text("notes")
+    with pytest.raises(UserError, match="afile is a file, not a folder"):
+        _check(f"trainer.out_dir={tmp_path / 'afile'}")
+    assert _check(f"trainer.out_dir={tmp_path / 'new'}")[-1] == f"run folder: {tmp_path / 'new'}"
+
+    pickled = tmp_path / "rm"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps({"model_type": "qwen2", "num_labels": 1}))
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(UserError, match="only pickled PyTorch weights"):
+        _check(f"reward.model_path={pickled}")
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set and model org/not-cached is not in"):
+        _check("model.path=org/not-cached")
