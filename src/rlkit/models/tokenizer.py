@@ -25,10 +25,41 @@ SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 BUILTIN_EOS_ID = 256
 BUILTIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
-# Qwen2.5's template without the tool-calling branches and without the default system prompt.
+# Qwen2.5's ChatML template without the default system prompt. Tool calling follows Qwen2.5's
+# format (Hermes: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` in assistant turns,
+# tool results as ``<tool_response>`` blocks in a user turn) with a compact tools preamble (one line
+# per tool, ``name(arg, ...): description``) so the byte-level tiny model's prompts stay short.
+# Messages without tools render exactly as the plain ChatML template always did.
 CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
+    "{%- set ns = namespace(start=0) %}"
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{- messages[0]['content'] + '\\n' }}{%- set ns.start = 1 %}"
+    "{%- endif %}"
+    "{{- 'tools:' }}"
+    "{%- for tool in tools %}{%- set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{{- '\\n' + f['name'] + '(' + (f['parameters']['properties'] | list | join(', ')"
+    " if f['parameters'] is defined and f['parameters']['properties'] is defined else '') + ')' }}"
+    "{%- if f['description'] %}{{- ': ' + f['description'] }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages[ns.start:] %}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{- '<|im_start|>assistant\\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] %}{%- set c = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>{\"name\": \"' + c['name'] + '\", \"arguments\": ' }}"
+    "{{- (c['arguments'] if c['arguments'] is string else c['arguments'] | tojson) + '}</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if loop.first or loop.previtem['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>' + message['content'] + '</tool_response>' }}"
+    "{%- if loop.last or loop.nextitem['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )

@@ -88,3 +88,42 @@ def test_load_tokenizer_builtin_pad_fallback_and_errors(tmp_path: Path) -> None:
     no_pad.save_pretrained(tmp_path / "nopad")
     loaded = load_tokenizer(tmp_path / "nopad")
     assert loaded.pad_token == loaded.eos_token == "<|endoftext|>"
+
+
+_CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "evaluate arithmetic",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+    },
+}
+
+
+def test_chat_template_renders_tool_calls_and_results_in_qwen_format() -> None:
+    messages = [
+        {"role": "user", "content": "12*34="},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12*34"}}}],
+        },
+        {"role": "tool", "content": "408"},
+        {"role": "tool", "content": "ok"},
+        {"role": "assistant", "content": "408"},
+    ]
+    text = build_tokenizer().apply_chat_template(messages, tools=[_CALCULATOR], tokenize=False)
+    assert text == (
+        "<|im_start|>system\ntools:\ncalculator(expression): evaluate arithmetic<|im_end|>\n"
+        "<|im_start|>user\n12*34=<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>{"name": "calculator", "arguments": {"expression": "12*34"}}'
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n<tool_response>408</tool_response>\n<tool_response>ok</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n408<|im_end|>\n"
+    )
+
+
+def test_chat_template_without_tools_is_plain_chatml() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}]
+    text = build_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n"
