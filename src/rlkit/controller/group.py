@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -33,6 +34,7 @@ from rlkit.controller.causes import first_line
 from rlkit.controller.dispatch import collect, dispatch_mode, shard_payloads
 from rlkit.controller.pool import ResourcePool
 from rlkit.controller.worker import (
+    CPU_THREADS_ENV,
     RemoteFailure,
     WorkerError,
     WorkerHost,
@@ -133,6 +135,8 @@ class WorkerGroup:
                 "MASTER_ADDR": infos[0]["ip"],
                 "MASTER_PORT": str(infos[0]["port"]),
             }
+            if threads := os.environ.get("OMP_NUM_THREADS"):  # the user's choice; Ray would force 1
+                env[CPU_THREADS_ENV] = threads
             seen[ip] += 1
             refs.append(
                 actor.setup.remote(env, self._pool.device, self.roles, init_kwargs, dist_timeout_s, driver)

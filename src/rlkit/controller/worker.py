@@ -42,6 +42,8 @@ from rlkit.profiling.nvtx import trace_range
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit)
 # How often a worker checks that its driver is still alive.
 _WATCH_INTERVAL_S = 0.5
+# The driver's OMP_NUM_THREADS, passed to CPU workers (Ray gives an actor of one CPU 1 thread).
+CPU_THREADS_ENV = "RLKIT_CPU_THREADS"
 
 
 class WorkerError(RuntimeError):
@@ -185,6 +187,8 @@ class WorkerHost:
                 raise RuntimeError(f"the pool is on {device} but this worker sees no such device")
             dev = hw.current_device(0)
             hw.set_device(dev)
+            if device == "cpu":
+                torch.set_num_threads(cpu_threads(int(env["LOCAL_WORLD_SIZE"])))
             dist.init_process_group(
                 backend=hw.dist_backend(device),
                 init_method="env://",
@@ -244,6 +248,20 @@ class WorkerHost:
             user_message=user.message if user else None,
             user_hint=user.hint if user else None,
         )
+
+
+def cpu_threads(local_world_size: int) -> int:
+    """Compute threads of a CPU worker: the driver's ``OMP_NUM_THREADS`` when the user set it, else
+    this node's usable cores shared by its workers.
+
+    Ray starts an actor that asks for one CPU with ``OMP_NUM_THREADS=1``, which leaves a 2-core
+    machine's second core idle during the update; a CPU pool's workers are the only heavy compute
+    on their node, so they split its cores instead.
+    """
+    if given := os.environ.get(CPU_THREADS_ENV):
+        return max(1, int(given))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world_size))
 
 
 def driver_identity() -> dict[str, Any]:

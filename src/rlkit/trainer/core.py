@@ -193,7 +193,10 @@ class RLTrainer:
             batch, gen_metrics = self._generate_training_batch(run, step)
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
-            batch = batch.union(run.actor.compute_log_prob(batch, temperature))
+            if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
+                batch.set("old_log_probs", batch["rollout_log_probs"])
+            else:
+                batch = batch.union(run.actor.compute_log_prob(batch, temperature))
         if run.ref is not None:
             with timer("ref"):
                 batch = batch.union(run.ref.compute_ref_log_prob(batch, temperature))

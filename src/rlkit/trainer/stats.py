@@ -42,8 +42,8 @@ def batch_metrics(batch: Batch) -> dict[str, float]:
     if "values" in batch:
         out["critic/values_mean"] = _masked_mean(batch["values"], mask)
         out["critic/returns_mean"] = _masked_mean(batch["returns"], mask)
-    if "rollout_log_probs" in batch and "old_log_probs" in batch:
-        old, rollout = batch["old_log_probs"], batch["rollout_log_probs"]
+    old, rollout = batch.tensors.get("old_log_probs"), batch.tensors.get("rollout_log_probs")
+    if old is not None and rollout is not None and old is not rollout:  # the same tensor in bypass mode
         out["rollout/logprob_gap_abs"] = _masked_mean((old - rollout).abs(), mask)
         out["rollout/logprob_gap_k3"] = _masked_mean(kl_penalty(rollout, old, "k3"), mask)
     return out
