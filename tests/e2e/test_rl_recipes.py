@@ -56,3 +56,28 @@ def test_gpu_profile_without_gpu_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "grpo", "hardware.device=cuda", f"trainer.out_dir={tmp_path}"])
     assert result.exit_code == 2
     assert "no CUDA device" in result.output and "Traceback" not in result.output
+
+
+def _first_step(out: Path, *overrides: str) -> dict[str, float]:
+    args = ["train", "grpo", *TINY, "trainer.total_steps=1", "actor.mini_batch_size=2", *overrides]
+    result = CliRunner().invoke(app, [*args, f"trainer.out_dir={out}"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return next(r for r in rows if "reward/mean" in r)
+
+
+def test_rollout_log_probs_as_old_log_probs_match_recomputed_ones_on_cpu(
+    tmp_path: Path, ray_session: None
+) -> None:
+    """``actor.old_log_probs=rollout`` (verl's bypass mode) skips the trainer's forward pass.
+
+    On CPU the engine and the trainer both compute fp32 log-probs, so the two denominators differ by
+    the logged gap (asserted below 1e-5); with |advantage| <= sqrt(n) for n=2 GRPO groups, the first
+    step's loss can then move by a few 1e-5 at most, hence the 1e-4 bound.
+    """
+    recomputed = _first_step(tmp_path / "recompute", "actor.old_log_probs=recompute")
+    bypassed = _first_step(tmp_path / "rollout", "actor.old_log_probs=rollout")
+    assert recomputed["rollout/logprob_gap_abs"] < 1e-5
+    assert "rollout/logprob_gap_abs" not in bypassed  # the gap of a tensor with itself says nothing
+    assert bypassed["reward/mean"] == recomputed["reward/mean"]  # the same samples
+    assert abs(bypassed["actor/pg_loss"] - recomputed["actor/pg_loss"]) < 1e-4
