@@ -31,6 +31,14 @@ from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_s
 from rlkit.rollout.native import EngineStats
 from rlkit.rollout.sampling import RowParams, sample_tokens
 from rlkit.rollout.scheduler import Sequence, sample_stream
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    checksum_names,
+    copy_weights,
+    module_checksums,
+)
 
 
 def as_transformers_model(model: nn.Module) -> Any:
@@ -57,7 +65,7 @@ def as_transformers_model(model: nn.Module) -> Any:
     raise TypeError(f"the hf engine needs a transformers causal LM, got {type(model).__name__}")
 
 
-class HFEngine:
+class HFEngine(VersionedWeights):
     """Rollout engine over a transformers causal LM (any architecture ``AutoModelForCausalLM`` loads).
 
     Args:
@@ -97,6 +105,8 @@ class HFEngine:
         eos = getattr(generation, "eos_token_id", None) or getattr(self.model.config, "eos_token_id", None)
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
+        self.ledger = WeightLedger()
+        self._checked = checksum_names(self.model.state_dict())
         self._asleep = False
         # transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before).
         forward_args = inspect.signature(self.model.forward).parameters
@@ -151,22 +161,16 @@ class HFEngine:
         return results
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy weights into the model in place, by Hugging Face name.
+        """Copy weights into the model in place, by Hugging Face name; bumps :attr:`weight_version`.
 
         Raises:
             ValueError: an unknown name or a shape that does not match.
         """
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                target = state.get(name)
-                if target is None:
-                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
-                if target.shape != tensor.shape:
-                    raise ValueError(
-                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
-                    )
-                target.copy_(tensor)
+        self.ledger.pushed(copy_weights(self.model, named_tensors, self._checked))
+
+    def weights_checksum(self) -> Checksums:
+        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:
         """Nothing is held between calls but the weights: return cached device memory, refuse work."""

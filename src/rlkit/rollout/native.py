@@ -51,6 +51,14 @@ from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_f
 from rlkit.rollout.kv_cache import KVCache
 from rlkit.rollout.sampling import RowParams, sample_tokens
 from rlkit.rollout.scheduler import Scheduler, Sequence
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    checksum_names,
+    copy_weights,
+    module_checksums,
+)
 
 # Without an explicit budget, a GPU cache may take this fraction of the free device memory.
 DEFAULT_MEMORY_FRACTION = 0.5
@@ -97,7 +105,7 @@ class _Record:
     results: HostCopy
 
 
-class NativeEngine:
+class NativeEngine(VersionedWeights):
     """Rollout engine over a native ``CausalLM`` (llama / qwen2 / qwen3 family).
 
     Args:
@@ -143,6 +151,8 @@ class NativeEngine:
         self.max_prefill_tokens = max_prefill_tokens
         self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
+        self.ledger = WeightLedger()
+        self._checked = checksum_names(self.model.state_dict())
         self._cache: KVCache | None = None
         self._buf: _Buffers | None = None
         self._graphs: DecodeGraphs | None = None
@@ -196,22 +206,16 @@ class NativeEngine:
             return self._run(prompt_token_ids, per_prompt, progress)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy weights into the model in place, by Hugging Face name (captured graphs stay valid).
+        """Copy weights into the model in place, by Hugging Face name; bumps :attr:`weight_version`.
 
         Raises:
             ValueError: an unknown name or a shape that does not match.
         """
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                target = state.get(name)
-                if target is None:
-                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
-                if target.shape != tensor.shape:
-                    raise ValueError(
-                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
-                    )
-                target.copy_(tensor)
+        self.ledger.pushed(copy_weights(self.model, named_tensors, self._checked))
+
+    def weights_checksum(self) -> Checksums:
+        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:
         """Free the KV cache, the logits buffer and the captured graphs (weights stay)."""
