@@ -39,6 +39,7 @@ import torch
 
 from rlkit.errors import UserError
 from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.guard import guarded_popen
 from rlkit.rollout.vllm_engine import (
     EXTENSION,
     INSTALL_HINT,
@@ -106,6 +107,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         _signal_group(pgid, signal.SIGKILL)
         while group_alive(pgid) and time.monotonic() < deadline + STOP_GRACE_S:
             time.sleep(0.1)
+    if proc.stdin is not None:
+        proc.stdin.close()
 
 
 class VllmServer:
@@ -146,10 +149,9 @@ class VllmServer:
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         with open(self.log_path, "wb") as log:
-            # its own session, so stop() ends the engine processes it spawns as well
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            # under rlkit's launcher, in its own session: stop() ends the engine processes the
+            # server spawns as well, and the launcher stops them all when this process dies (kill -9 too)
+            self.proc = guarded_popen(cmd, stdout=log, env=env)
         # stopped at interpreter exit, or when this object is collected, whichever comes first
         self._finalizer = weakref.finalize(self, _kill_group, self.proc)
         self.wait_ready(startup_timeout_s)
