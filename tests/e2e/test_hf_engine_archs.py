@@ -12,16 +12,6 @@ from typer.testing import CliRunner
 from rlkit.cli.app import app
 from rlkit.models.tiny_foreign import FOREIGN_ARCHS, save_tiny_foreign
 
-TINY = [
-    "trainer.total_steps=2",
-    "data.batch_size=4",
-    "actor.mini_batch_size=4",
-    "rollout.n=2",
-    "data.max_response_length=8",
-    "trainer.val_every=0",
-    "data.synthetic_size=64",
-    "trainer.loggers=[jsonl]",
-]
 # One architecture by default (Gemma-2: soft-capped logits on both sides); the others are the same
 # path with other transformers classes, and the engine contract suite generates with all four.
 DEFAULT_ARCH = "gemma2"
@@ -31,11 +21,13 @@ ARCH_PARAMS = [
 
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
-def test_grpo_trains_through_the_hf_engine(arch: str, tmp_path: Path, ray_session: None) -> None:
+def test_grpo_trains_through_the_hf_engine(
+    arch: str, tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
     model = save_tiny_foreign(arch, tmp_path / arch)
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["train", "grpo", f"model.path={model}", *TINY, f"trainer.out_dir={out}"]
+        app, ["train", "grpo", f"model.path={model}", *tiny_run, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     assert "rollout on the hf engine" in result.output  # the opening summary names the engine

@@ -20,24 +20,14 @@ from rlkit.cli.app import app
 
 from .tiny_vllm_model import hf_tensors
 
-TINY = [
-    "trainer.total_steps=2",
-    "data.batch_size=4",
-    "actor.mini_batch_size=4",
-    "rollout.n=2",
-    "data.max_response_length=8",
-    "trainer.val_every=0",
-    "data.synthetic_size=64",
-    "trainer.loggers=[jsonl]",
-]
 # fp32 on both sides (vLLM's CPU kernels vs the packed trainer forward): ~1e-6 seen, as in the
 # engine tests' 1e-4 bound
 GAP_ATOL = 1e-4
 
 
-def _train(model: Path, out: Path, *overrides: str) -> list[dict]:
+def _train(model: Path, out: Path, tiny_run: list[str], *overrides: str) -> list[dict]:
     result = CliRunner().invoke(
-        app, ["train", "grpo", f"model.path={model}", *TINY, *overrides, f"trainer.out_dir={out}"]
+        app, ["train", "grpo", f"model.path={model}", *tiny_run, *overrides, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -47,22 +37,28 @@ def _train(model: Path, out: Path, *overrides: str) -> list[dict]:
 
 
 def test_grpo_trains_with_the_vllm_engine(
-    tiny_paths: tuple[Path, Path], tmp_path: Path, ray_session: None
+    tiny_paths: tuple[Path, Path], tmp_path: Path, ray_session: None, tiny_run: list[str]
 ) -> None:
-    steps = _train(tiny_paths[0], tmp_path / "run", "rollout.engine=vllm")
+    steps = _train(tiny_paths[0], tmp_path / "run", tiny_run, "rollout.engine=vllm")
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
         assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
 
 
 def test_grpo_trains_with_the_server_engine(
-    tiny_paths: tuple[Path, Path], tmp_path: Path, ray_session: None, vllm_server: dict, server_engine: Any
+    tiny_paths: tuple[Path, Path],
+    tmp_path: Path,
+    ray_session: None,
+    vllm_server: dict,
+    server_engine: Any,
+    tiny_run: list[str],
 ) -> None:
     """GRPO through the folder's rlkit-started server (by URL: one server start for the folder)."""
     try:
         steps = _train(
             tiny_paths[0],
             tmp_path / "run",
+            tiny_run,
             "rollout.engine=server",
             f"rollout.server.url={vllm_server['url']}",
         )
