@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from rlkit import hardware
-from rlkit.errors import UserError
 from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
 from rlkit.rollout.native import EngineStats
+from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
 from rlkit.rollout.scheduler import Sequence, sample_stream
 from rlkit.rollout.weight_sync import (
@@ -144,8 +144,14 @@ class HFEngine(VersionedWeights):
         """
         if self._asleep:
             raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
-        per_prompt = _params_per_prompt(prompt_token_ids, params)
-        self._check_prompts(prompt_token_ids, per_prompt)
+        per_prompt = params_per_prompt(prompt_token_ids, params)
+        check_prompts(
+            prompt_token_ids,
+            per_prompt,
+            vocab=self.vocab_size,
+            has_tokenizer=self.tokenizer is not None,
+            max_model_len=self.max_model_len,
+        )
         seqs = [
             self._sequence(i, sample, prompt, sp)
             for i, (prompt, sp) in enumerate(zip(prompt_token_ids, per_prompt, strict=True))
@@ -189,11 +195,9 @@ class HFEngine(VersionedWeights):
         max_new = sp.max_tokens
         if self.max_model_len is not None:
             max_new = min(max_new, self.max_model_len - len(prompt))
-        explicit = set(sp.stop_token_ids or [])
-        if sp.stop_token_ids is None and not sp.ignore_eos:
-            explicit |= set(self.default_stop_ids)
         generator, key = sample_stream(sp, sample, self.device)
-        return Sequence(request, sample, list(prompt), sp, max_new, frozenset(explicit), generator, key)
+        stops = stop_ids(sp, self.default_stop_ids)
+        return Sequence(request, sample, list(prompt), sp, max_new, stops, generator, key)
 
     def _run_batch(self, rows: list[Sequence], tally: list[int], progress: ProgressFn | None) -> None:
         """Prefill the batch's distinct prompts once, then decode until every row has finished."""
@@ -267,11 +271,13 @@ class HFEngine(VersionedWeights):
     ) -> torch.Tensor:
         """Sample one token per row, append it to its sequence; returns the tokens (B,)."""
         tokens_B, logprobs_B, sampling_B = sample_tokens(
-            logits_BV, _row_params(rows, seen_BV, self.vocab_size, self.device), self._noise(rows)
+            logits_BV,
+            _row_params(rows, seen_BV, self.vocab_size, self.device),
+            row_noise(rows, self.vocab_size, self.device),
         )
         if seen_BV is not None:
             seen_BV.scatter_(1, tokens_B[:, None], True)
-        decode = self._decode_text if self.tokenizer is not None else None
+        decode = text_decoder(self.tokenizer)
         for seq, token, lp, slp in zip(
             rows, tokens_B.tolist(), logprobs_B.tolist(), sampling_B.tolist(), strict=True
         ):
@@ -280,43 +286,6 @@ class HFEngine(VersionedWeights):
         tally[1] += len(rows)
         self.stats.generated_tokens += len(rows)
         return tokens_B
-
-    def _noise(self, rows: list[Sequence]) -> torch.Tensor | None:
-        """Exponential noise per row: a seeded sequence draws from its own generator."""
-        if all(seq.params.greedy for seq in rows):
-            return None
-        noise = torch.empty((len(rows), self.vocab_size), device=self.device).exponential_()
-        for row, seq in enumerate(rows):
-            if seq.generator is not None:
-                noise[row].exponential_(generator=seq.generator)
-        return noise
-
-    def _decode_text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
-
-    def _check_prompts(self, prompts: list[list[int]], per_prompt: list[SamplingParams]) -> None:
-        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty")
-            if min(prompt) < 0 or max(prompt) >= self.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {self.vocab_size})")
-            if sp.stop and self.tokenizer is None:
-                raise ValueError("stop strings need an engine built with a tokenizer")
-            if self.max_model_len is not None and len(prompt) >= self.max_model_len:
-                raise UserError(
-                    f"rollout: prompt {i} has {len(prompt)} tokens, max_model_len is {self.max_model_len}",
-                    hint="raise max_model_len or filter long prompts (data.max_prompt_length)",
-                )
-
-
-def _params_per_prompt(
-    prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
-) -> list[SamplingParams]:
-    if isinstance(params, SamplingParams):
-        return [params] * len(prompts)
-    if len(params) != len(prompts):
-        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-    return list(params)
 
 
 def _row_params(
