@@ -57,3 +57,20 @@ def test_native_engine_on_another_architecture_is_one_line(tmp_path: Path) -> No
     assert "rollout.engine=native cannot run this model" in result.output
     assert "rollout.engine=auto or hf" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_grpo_trains_the_embedded_default_through_the_hf_engine(
+    tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
+    """``rollout.engine=hf`` on the built-in model (rebuilt as its transformers class, same weights)."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "grpo", "rollout.engine=hf", *tiny_run, f"trainer.out_dir={out}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["rollout"]["engine"] == "hf"
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in steps if "reward/mean" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert row["rollout/logprob_gap_abs"] < 1e-4, row
