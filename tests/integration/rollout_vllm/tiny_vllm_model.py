@@ -27,6 +27,12 @@ def save_tiny_model(out: Path, seed: int) -> Path:
     return save_tiny_foreign("qwen2", out, seed=seed, chat_template=False, init_std=0.2, **VLLM_TINY)
 
 
+def save_tiny_phi3(out: Path, seed: int = 0) -> Path:
+    """A tiny Phi-3 (fused qkv / gate-up; not a native-decoder architecture) vLLM's CPU backend runs."""
+    phi3 = {k: v for k, v in VLLM_TINY.items() if k not in ("head_dim", "tie_word_embeddings")}
+    return save_tiny_foreign("phi3", out, seed=seed, chat_template=False, init_std=0.2, **phi3)
+
+
 def hf_greedy(path: Path, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
     """Greedy tokens and their log_softmax(logits) under transformers (the reference)."""
     from transformers import AutoModelForCausalLM
