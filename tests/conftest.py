@@ -17,6 +17,26 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
 
 
+# The smallest RL run the end-to-end tests train: 2 steps of 4 prompts x 2 samples, 8 new tokens,
+# no validation, metrics to jsonl only.
+TINY_RUN = (
+    "trainer.total_steps=2",
+    "data.batch_size=4",
+    "actor.mini_batch_size=4",
+    "rollout.n=2",
+    "data.max_response_length=8",
+    "trainer.val_every=0",
+    "data.synthetic_size=64",
+    "trainer.loggers=[jsonl]",
+)
+
+
+@pytest.fixture
+def tiny_run() -> list[str]:
+    """``KEY=VALUE`` overrides of the smallest RL run (:data:`TINY_RUN`), for ``rlkit train`` in tests."""
+    return list(TINY_RUN)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session (4 CPUs, so two 1-CPU workers fit on a 2-core box)."""

@@ -12,16 +12,6 @@ from typer.testing import CliRunner
 from rlkit.cli.app import app
 from rlkit.models.tiny_foreign import FOREIGN_ARCHS, save_tiny_foreign
 
-TINY = [
-    "trainer.total_steps=2",
-    "data.batch_size=4",
-    "actor.mini_batch_size=4",
-    "rollout.n=2",
-    "data.max_response_length=8",
-    "trainer.val_every=0",
-    "data.synthetic_size=64",
-    "trainer.loggers=[jsonl]",
-]
 # One architecture by default (Gemma-2: soft-capped logits on both sides); the others are the same
 # path with other transformers classes, and the engine contract suite generates with all four.
 DEFAULT_ARCH = "gemma2"
@@ -31,11 +21,13 @@ ARCH_PARAMS = [
 
 
 @pytest.mark.parametrize("arch", ARCH_PARAMS)
-def test_grpo_trains_through_the_hf_engine(arch: str, tmp_path: Path, ray_session: None) -> None:
+def test_grpo_trains_through_the_hf_engine(
+    arch: str, tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
     model = save_tiny_foreign(arch, tmp_path / arch)
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["train", "grpo", f"model.path={model}", *TINY, f"trainer.out_dir={out}"]
+        app, ["train", "grpo", f"model.path={model}", *tiny_run, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     assert "rollout on the hf engine" in result.output  # the opening summary names the engine
@@ -65,3 +57,20 @@ def test_native_engine_on_another_architecture_is_one_line(tmp_path: Path) -> No
     assert "rollout.engine=native cannot run this model" in result.output
     assert "rollout.engine=auto or hf" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_grpo_trains_the_embedded_default_through_the_hf_engine(
+    tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
+    """``rollout.engine=hf`` on the built-in model (rebuilt as its transformers class, same weights)."""
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "grpo", "rollout.engine=hf", *tiny_run, f"trainer.out_dir={out}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["rollout"]["engine"] == "hf"
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in steps if "reward/mean" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert row["rollout/logprob_gap_abs"] < 1e-4, row

@@ -16,26 +16,15 @@ from typer.testing import CliRunner
 from rlkit.cli.app import app
 from rlkit.config.fields import schema_fields
 
-TINY = [
-    "trainer.total_steps=2",
-    "data.batch_size=4",
-    "actor.mini_batch_size=4",
-    "rollout.n=2",
-    "data.max_response_length=8",
-    "trainer.val_every=0",
-    "data.synthetic_size=64",
-    "trainer.loggers=[jsonl]",
-]
-
 pytestmark = pytest.mark.skipif(
     "trainer.profile" not in schema_fields(), reason="needs trainer.profile/profile_steps (the hw patch)"
 )
 
 
-def test_torch_profile_of_two_steps(tmp_path: Path, ray_session: None) -> None:
+def test_torch_profile_of_two_steps(tmp_path: Path, ray_session: None, tiny_run: list[str]) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["profile", "--torch", "--steps", "1-2", "train", "grpo", *TINY, f"trainer.out_dir={out}"]
+        app, ["profile", "--torch", "--steps", "1-2", "train", "grpo", *tiny_run, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     traces = sorted((out / "profile").glob("torch_rank*_steps1-2.pt.trace.json"))
@@ -46,9 +35,10 @@ def test_torch_profile_of_two_steps(tmp_path: Path, ray_session: None) -> None:
     assert [s["step"] for s in steps if "reward/mean" in s] == [1, 2]
 
 
-def test_profile_steps_past_the_run_is_one_line(tmp_path: Path) -> None:
+def test_profile_steps_past_the_run_is_one_line(tmp_path: Path, tiny_run: list[str]) -> None:
     result = CliRunner().invoke(
-        app, ["profile", "--torch", "--steps", "5-6", "train", "grpo", *TINY, f"trainer.out_dir={tmp_path}"]
+        app,
+        ["profile", "--torch", "--steps", "5-6", "train", "grpo", *tiny_run, f"trainer.out_dir={tmp_path}"],
     )
     assert (
         result.exit_code == 2 and "the run has 2 steps" in result.output and "Traceback" not in result.output

@@ -26,11 +26,19 @@ import torch
 from torch import nn
 
 from rlkit import hardware
-from rlkit.errors import UserError
 from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
 from rlkit.rollout.native import EngineStats
+from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
 from rlkit.rollout.scheduler import Sequence, sample_stream
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    checksum_names,
+    copy_weights,
+    module_checksums,
+)
 
 
 def as_transformers_model(model: nn.Module) -> Any:
@@ -57,7 +65,7 @@ def as_transformers_model(model: nn.Module) -> Any:
     raise TypeError(f"the hf engine needs a transformers causal LM, got {type(model).__name__}")
 
 
-class HFEngine:
+class HFEngine(VersionedWeights):
     """Rollout engine over a transformers causal LM (any architecture ``AutoModelForCausalLM`` loads).
 
     Args:
@@ -97,6 +105,8 @@ class HFEngine:
         eos = getattr(generation, "eos_token_id", None) or getattr(self.model.config, "eos_token_id", None)
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
+        self.ledger = WeightLedger()
+        self._checked = checksum_names(self.model.state_dict())
         self._asleep = False
         # transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before).
         forward_args = inspect.signature(self.model.forward).parameters
@@ -134,8 +144,14 @@ class HFEngine:
         """
         if self._asleep:
             raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
-        per_prompt = _params_per_prompt(prompt_token_ids, params)
-        self._check_prompts(prompt_token_ids, per_prompt)
+        per_prompt = params_per_prompt(prompt_token_ids, params)
+        check_prompts(
+            prompt_token_ids,
+            per_prompt,
+            vocab=self.vocab_size,
+            has_tokenizer=self.tokenizer is not None,
+            max_model_len=self.max_model_len,
+        )
         seqs = [
             self._sequence(i, sample, prompt, sp)
             for i, (prompt, sp) in enumerate(zip(prompt_token_ids, per_prompt, strict=True))
@@ -151,22 +167,16 @@ class HFEngine:
         return results
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy weights into the model in place, by Hugging Face name.
+        """Copy weights into the model in place, by Hugging Face name; bumps :attr:`weight_version`.
 
         Raises:
             ValueError: an unknown name or a shape that does not match.
         """
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                target = state.get(name)
-                if target is None:
-                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
-                if target.shape != tensor.shape:
-                    raise ValueError(
-                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
-                    )
-                target.copy_(tensor)
+        self.ledger.pushed(copy_weights(self.model, named_tensors, self._checked))
+
+    def weights_checksum(self) -> Checksums:
+        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:
         """Nothing is held between calls but the weights: return cached device memory, refuse work."""
@@ -185,11 +195,9 @@ class HFEngine:
         max_new = sp.max_tokens
         if self.max_model_len is not None:
             max_new = min(max_new, self.max_model_len - len(prompt))
-        explicit = set(sp.stop_token_ids or [])
-        if sp.stop_token_ids is None and not sp.ignore_eos:
-            explicit |= set(self.default_stop_ids)
         generator, key = sample_stream(sp, sample, self.device)
-        return Sequence(request, sample, list(prompt), sp, max_new, frozenset(explicit), generator, key)
+        stops = stop_ids(sp, self.default_stop_ids)
+        return Sequence(request, sample, list(prompt), sp, max_new, stops, generator, key)
 
     def _run_batch(self, rows: list[Sequence], tally: list[int], progress: ProgressFn | None) -> None:
         """Prefill the batch's distinct prompts once, then decode until every row has finished."""
@@ -263,11 +271,13 @@ class HFEngine:
     ) -> torch.Tensor:
         """Sample one token per row, append it to its sequence; returns the tokens (B,)."""
         tokens_B, logprobs_B, sampling_B = sample_tokens(
-            logits_BV, _row_params(rows, seen_BV, self.vocab_size, self.device), self._noise(rows)
+            logits_BV,
+            _row_params(rows, seen_BV, self.vocab_size, self.device),
+            row_noise(rows, self.vocab_size, self.device),
         )
         if seen_BV is not None:
             seen_BV.scatter_(1, tokens_B[:, None], True)
-        decode = self._decode_text if self.tokenizer is not None else None
+        decode = text_decoder(self.tokenizer)
         for seq, token, lp, slp in zip(
             rows, tokens_B.tolist(), logprobs_B.tolist(), sampling_B.tolist(), strict=True
         ):
@@ -276,43 +286,6 @@ class HFEngine:
         tally[1] += len(rows)
         self.stats.generated_tokens += len(rows)
         return tokens_B
-
-    def _noise(self, rows: list[Sequence]) -> torch.Tensor | None:
-        """Exponential noise per row: a seeded sequence draws from its own generator."""
-        if all(seq.params.greedy for seq in rows):
-            return None
-        noise = torch.empty((len(rows), self.vocab_size), device=self.device).exponential_()
-        for row, seq in enumerate(rows):
-            if seq.generator is not None:
-                noise[row].exponential_(generator=seq.generator)
-        return noise
-
-    def _decode_text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
-
-    def _check_prompts(self, prompts: list[list[int]], per_prompt: list[SamplingParams]) -> None:
-        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty")
-            if min(prompt) < 0 or max(prompt) >= self.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {self.vocab_size})")
-            if sp.stop and self.tokenizer is None:
-                raise ValueError("stop strings need an engine built with a tokenizer")
-            if self.max_model_len is not None and len(prompt) >= self.max_model_len:
-                raise UserError(
-                    f"rollout: prompt {i} has {len(prompt)} tokens, max_model_len is {self.max_model_len}",
-                    hint="raise max_model_len or filter long prompts (data.max_prompt_length)",
-                )
-
-
-def _params_per_prompt(
-    prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
-) -> list[SamplingParams]:
-    if isinstance(params, SamplingParams):
-        return [params] * len(prompts)
-    if len(params) != len(prompts):
-        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-    return list(params)
 
 
 def _row_params(

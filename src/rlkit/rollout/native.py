@@ -49,8 +49,17 @@ from rlkit.rollout.forward import decode_forward, prefill_forward
 from rlkit.rollout.fused import FusedLayer, fuse_layers
 from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
 from rlkit.rollout.kv_cache import KVCache
+from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
 from rlkit.rollout.scheduler import Scheduler, Sequence
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    checksum_names,
+    copy_weights,
+    module_checksums,
+)
 
 # Without an explicit budget, a GPU cache may take this fraction of the free device memory.
 DEFAULT_MEMORY_FRACTION = 0.5
@@ -97,7 +106,7 @@ class _Record:
     results: HostCopy
 
 
-class NativeEngine:
+class NativeEngine(VersionedWeights):
     """Rollout engine over a native ``CausalLM`` (llama / qwen2 / qwen3 family).
 
     Args:
@@ -143,6 +152,8 @@ class NativeEngine:
         self.max_prefill_tokens = max_prefill_tokens
         self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
+        self.ledger = WeightLedger()
+        self._checked = checksum_names(self.model.state_dict())
         self._cache: KVCache | None = None
         self._buf: _Buffers | None = None
         self._graphs: DecodeGraphs | None = None
@@ -186,32 +197,32 @@ class NativeEngine:
         """
         if self._asleep:
             raise RuntimeError("the rollout engine is asleep: call wake() before generate()")
-        per_prompt = self._params_per_prompt(prompt_token_ids, params)
+        per_prompt = params_per_prompt(prompt_token_ids, params)
         if not prompt_token_ids:
             return []
-        self._check_prompts(prompt_token_ids, per_prompt)
+        check_prompts(
+            prompt_token_ids,
+            per_prompt,
+            vocab=self.config.vocab_size,
+            has_tokenizer=self.tokenizer is not None,
+            max_model_len=self.max_model_len,
+        )
         needed = max(len(p) + sp.max_tokens for p, sp in zip(prompt_token_ids, per_prompt, strict=True))
         with torch.no_grad():
             self._ensure_cache(needed)
             return self._run(prompt_token_ids, per_prompt, progress)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy weights into the model in place, by Hugging Face name (captured graphs stay valid).
+        """Copy weights into the model in place, by Hugging Face name; bumps :attr:`weight_version`.
 
         Raises:
             ValueError: an unknown name or a shape that does not match.
         """
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, tensor in named_tensors:
-                target = state.get(name)
-                if target is None:
-                    raise ValueError(f"update_weights: the model has no parameter {name!r}")
-                if target.shape != tensor.shape:
-                    raise ValueError(
-                        f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
-                    )
-                target.copy_(tensor)
+        self.ledger.pushed(copy_weights(self.model, named_tensors, self._checked))
+
+    def weights_checksum(self) -> Checksums:
+        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:
         """Free the KV cache, the logits buffer and the captured graphs (weights stay)."""
@@ -242,7 +253,7 @@ class NativeEngine:
         sched = Scheduler(self._cache.num_slots, self.max_prefill_tokens, self.device)
         for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
             max_new = min(sp.max_tokens, self._cache.max_len - len(prompt))
-            sched.add(i, list(prompt), sp, max_new, self._stop_ids(sp))
+            sched.add(i, list(prompt), sp, max_new, stop_ids(sp, self.default_stop_ids))
         results: list[list[Completion | None]] = [[None] * sp.n for sp in per_prompt]
         tally = [0, 0]  # finished sequences, generated tokens
         pending: deque[_Record] = deque()
@@ -373,13 +384,13 @@ class NativeEngine:
 
             keys = buf.keys[slots] if isinstance(slots, slice) else buf.keys.index_select(0, slots)
             return gumbel_sample(logits_RV, params.temperature, keys, positions_R)
-        return sample_tokens(logits_RV.float(), params, self._noise(rows))
+        return sample_tokens(logits_RV.float(), params, row_noise(rows, self.config.vocab_size, self.device))
 
     def _consume(
         self, record: _Record, sched: Scheduler, results: list[list[Completion | None]], tally: list[int]
     ) -> None:
         tokens, logprobs, sampling = record.results.get()
-        decode = self._decode_text if self.tokenizer is not None else None
+        decode = text_decoder(self.tokenizer)
         appended = 0
         for seq, token, logprob, sampling_logprob in zip(
             record.rows, tokens, logprobs, sampling, strict=True
@@ -394,9 +405,6 @@ class NativeEngine:
                 tally[0] += 1
         tally[1] += appended
         self.stats.generated_tokens += appended
-
-    def _decode_text(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ sampling state
 
@@ -438,17 +446,6 @@ class NativeEngine:
             divide=any(p.temperature not in (0.0, 1.0) for p in distinct),
             any_greedy=any(p.greedy for p in distinct),
         )
-
-    def _noise(self, rows: Sequence_[Sequence | None]) -> torch.Tensor | None:
-        """Exponential noise per row: a seeded sequence draws from its own generator."""
-        live = [(row, seq) for row, seq in enumerate(rows) if seq is not None]
-        if all(seq.params.greedy for _, seq in live):
-            return None
-        noise = torch.empty((len(rows), self.config.vocab_size), device=self.device).exponential_()
-        for row, seq in live:
-            if seq.generator is not None:
-                noise[row].exponential_(generator=seq.generator)
-        return noise
 
     # ------------------------------------------------------------------ memory
 
@@ -538,38 +535,6 @@ class NativeEngine:
         self._buf = None
         if had_cache:
             hardware.empty_cache()
-
-    # ------------------------------------------------------------------ validation
-
-    def _params_per_prompt(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
-    ) -> list[SamplingParams]:
-        if isinstance(params, SamplingParams):
-            return [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-        return list(params)
-
-    def _check_prompts(self, prompts: list[list[int]], per_prompt: list[SamplingParams]) -> None:
-        vocab = self.config.vocab_size
-        for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
-            if not prompt:
-                raise ValueError(f"prompt {i} is empty")
-            if min(prompt) < 0 or max(prompt) >= vocab:
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary [0, {vocab})")
-            if sp.stop and self.tokenizer is None:
-                raise ValueError("stop strings need an engine built with a tokenizer")
-            if self.max_model_len is not None and len(prompt) >= self.max_model_len:
-                raise UserError(
-                    f"rollout: prompt {i} has {len(prompt)} tokens, max_model_len is {self.max_model_len}",
-                    hint="raise max_model_len or filter long prompts (data.max_prompt_length)",
-                )
-
-    def _stop_ids(self, sp: SamplingParams) -> frozenset[int]:
-        explicit = set(sp.stop_token_ids or [])
-        if sp.stop_token_ids is None and not sp.ignore_eos:
-            explicit |= set(self.default_stop_ids)
-        return frozenset(explicit)
 
 
 def _weights_key(model: CausalLM) -> tuple[int, ...]:

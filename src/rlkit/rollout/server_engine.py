@@ -39,18 +39,23 @@ import torch
 
 from rlkit.errors import UserError
 from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.guard import guarded_popen
 from rlkit.rollout.vllm_engine import (
     EXTENSION,
     INSTALL_HINT,
-    check_checksums,
-    checksum_names,
     cpu_head_size_reason,
     model_len,
     repeat_greedy,
     sampling_kwargs,
     split_logprobs,
-    tensor_checksums,
     vllm_version,
+)
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    checksum_names,
+    tensor_checksums,
 )
 
 # Seconds a stopped server gets to exit after SIGTERM before it is killed.
@@ -102,6 +107,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         _signal_group(pgid, signal.SIGKILL)
         while group_alive(pgid) and time.monotonic() < deadline + STOP_GRACE_S:
             time.sleep(0.1)
+    if proc.stdin is not None:
+        proc.stdin.close()
 
 
 class VllmServer:
@@ -142,10 +149,9 @@ class VllmServer:
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(kv_cache_gib)))
         with open(self.log_path, "wb") as log:
-            # its own session, so stop() ends the engine processes it spawns as well
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            # under rlkit's launcher, in its own session: stop() ends the engine processes the
+            # server spawns as well, and the launcher stops them all when this process dies (kill -9 too)
+            self.proc = guarded_popen(cmd, stdout=log, env=env)
         # stopped at interpreter exit, or when this object is collected, whichever comes first
         self._finalizer = weakref.finalize(self, _kill_group, self.proc)
         self.wait_ready(startup_timeout_s)
@@ -195,7 +201,7 @@ class VllmServer:
         self._finalizer()
 
 
-class ServerEngine:
+class ServerEngine(VersionedWeights):
     """A rollout engine over an OpenAI-compatible completions server.
 
     Args:
@@ -231,8 +237,7 @@ class ServerEngine:
             from rlkit.models import load_tokenizer, stop_token_ids
 
             self.default_stop_ids = stop_token_ids(load_tokenizer(tokenizer_path))
-        self.weight_version = 0
-        self._expected: dict[str, list[float]] = {}
+        self.ledger = WeightLedger()
         self._checked: list[str] | None = None
         self._asleep = False
 
@@ -368,21 +373,15 @@ class ServerEngine:
                 self._post("/resume")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        self.weight_version += 1
-        self._expected.update(tensor_checksums(tensors.items(), self._checked))
+        self.ledger.pushed(tensor_checksums(tensors.items(), self._checked))
         self.verify_weights()
 
-    def weights_checksum(self) -> dict[str, list[float]]:
+    def weights_checksum(self) -> Checksums:
         """``[sum, sum |x|]`` of a few parameters, read back from the server's worker."""
         if self._checked is None:
             self._checked = checksum_names(self._rpc("rlkit_param_names"))
-        checksums: dict[str, list[float]] = self._rpc("rlkit_checksums", json.dumps(self._checked))
+        checksums: Checksums = self._rpc("rlkit_checksums", json.dumps(self._checked))
         return checksums
-
-    def verify_weights(self, expected: dict[str, list[float]] | None = None) -> None:
-        """Raise :class:`~rlkit.rollout.vllm_engine.WeightSyncError` unless the server holds ``expected``."""
-        got = self.weights_checksum()
-        check_checksums(self._expected if expected is None else expected, got, self.weight_version)
 
     def sleep(self) -> None:
         if self.sleep_mode and not self._asleep:

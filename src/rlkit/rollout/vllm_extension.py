@@ -82,8 +82,8 @@ class WeightSyncExtension:
             param = params.get(name)
             if param is None:
                 continue
-            data = param.detach().to(torch.float64)
-            out[name] = [float(data.sum()), float(data.abs().sum())]
+            data = param.detach()
+            out[name] = [float(data.sum(dtype=torch.float64)), float(data.abs().sum(dtype=torch.float64))]
         return out
 
     def rlkit_param_names(self) -> list[str]:

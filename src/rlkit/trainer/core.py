@@ -127,10 +127,16 @@ class RLTrainer:
             summarised=True,
         )
 
-    def _sync_weights(self, run: RunContext) -> None:
-        """Actor -> rollout engine weights, under ``hardware.sync_timeout_s``."""
+    def _sync_weights(self, run: RunContext, step: int) -> None:
+        """Actor -> rollout engine weights, under ``hardware.sync_timeout_s``.
+
+        Every rollout worker checks that its engine took the weights of ``step`` (version and
+        checksum) and fails the call with one line naming the step if it did not.
+        """
         limit = deadlines(self.cfg, run.group.device).sync_s
-        run.group.call("rollout", "sync_weights", timeout_s=limit, timeout_key="hardware.sync_timeout_s")
+        run.group.call(
+            "rollout", "sync_weights", step, timeout_s=limit, timeout_key="hardware.sync_timeout_s"
+        )
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, run: RunContext) -> None:
@@ -147,7 +153,7 @@ class RLTrainer:
             console_every=cfg.trainer.log_every,
         )
         try:
-            self._sync_weights(run)
+            self._sync_weights(run, start)
             if (
                 cfg.trainer.val_before_train
                 and cfg.trainer.val_every > 0
@@ -214,7 +220,7 @@ class RLTrainer:
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
             with timer("sync"):
-                self._sync_weights(run)
+                self._sync_weights(run, step)
             every = cfg.ref.update_every
             if run.ref is not None and every > 0 and step % every == 0:
                 with timer("ref_sync"):

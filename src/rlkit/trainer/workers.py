@@ -27,6 +27,7 @@ from rlkit.data.batch import Batch
 from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine_from_path
+from rlkit.rollout.weight_sync import ChecksumTap, check_push
 from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
 from rlkit.training import ActorRole, CriticRole, RefRole
 
@@ -163,11 +164,24 @@ class RolloutWorker:
         )
 
     @dispatch("broadcast")
-    def sync_weights(self, source_role: str = "actor") -> None:
-        """Copy the colocated actor's current weights into the engine (every rank takes part)."""
+    def sync_weights(self, step: int = 0, source_role: str = "actor") -> dict[str, Any]:
+        """Copy the colocated actor's current weights into the engine and check that it took them.
+
+        Every rank takes part. ``step`` is the trainer step the weights come from (0: before training).
+
+        Returns:
+            The engine's ``{"version", "checksum"}`` after the push.
+
+        Raises:
+            WeightSyncError: the engine's weight version did not advance or its checksum is not
+                the pushed tensors' (the policy changed and the engine did not).
+        """
         actor = worker_context().roles[source_role]
         self.engine.wake()
-        self.engine.update_weights(actor.role.named_full_tensors(dtype=self.dtype))
+        before = self.engine.weight_version
+        tap = ChecksumTap(actor.role.named_full_tensors(dtype=self.dtype))
+        self.engine.update_weights(tap)
+        return check_push(step, self.engine, before, tap.checksums())
 
     @dispatch("broadcast")
     def sleep(self) -> None:

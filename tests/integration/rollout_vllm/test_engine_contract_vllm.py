@@ -5,16 +5,13 @@ token for token, log-probs == the trainer's recomputation (atol 1e-4, fp32), sam
 vs ``softmax(logits / T)``, n samples per prompt, seeds reproduce and ignore batch-mates, stop
 tokens, sleep / wake. (Pushed weights == loaded weights: ``test_vllm_engine.py`` and
 ``test_server_engine.py``.) Where vLLM cannot meet an item it says so here, as a strict xfail with
-the reason. ``vllm`` shares the folder's one in-process engine; ``server`` starts one server for this
-module and is ``slow``.
+the reason. ``vllm`` shares the folder's one in-process engine, ``server`` the folder's one server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -27,23 +24,14 @@ from .tiny_vllm_model import hf_greedy
 
 PROMPTS = [[72, 101, 108, 108, 111], [1, 2, 3], [200, 17, 33, 90, 91, 92, 5]]
 LOGPROB_ATOL = 1e-4  # fp32 both sides, as in the unit contract suite
-ENGINES = ["vllm", pytest.param("server", marks=pytest.mark.slow)]
-
-
-@pytest.fixture(scope="module")
-def _server(tiny_paths: tuple[Path, Path]) -> Iterator[Any]:
-    from rlkit.rollout.server_engine import ServerEngine
-
-    engine = ServerEngine.launch(
-        str(tiny_paths[0]), dtype="float32", max_model_len=256, extra_args=["--enforce-eager"]
-    )
-    yield engine
-    engine.close()
+ENGINES = ["vllm", "server"]
 
 
 @pytest.fixture(params=ENGINES)
 def engine(request: pytest.FixtureRequest) -> RolloutEngine:
-    built: RolloutEngine = request.getfixturevalue("vllm_engine" if request.param == "vllm" else "_server")
+    built: RolloutEngine = request.getfixturevalue(
+        "vllm_engine" if request.param == "vllm" else "server_engine"
+    )
     return built
 
 

@@ -1,7 +1,7 @@
-"""``rlkit train grpo`` end to end with ``rollout.engine=vllm`` and ``server`` (a tiny Qwen2, head size 32).
+"""``rlkit train grpo`` end to end with ``rollout.engine=vllm`` (a tiny Phi-3) and ``server`` (a tiny Qwen2).
 
-The ``vllm`` run starts vLLM inside the rollout worker (30-60 s on a 2-core CPU, then ~1 s a step);
-the ``server`` run starts a vLLM server (45-130 s), so it is ``slow``. Both check that the run ends,
+The ``vllm`` run starts vLLM inside the rollout worker (~10-30 s on a 2-core CPU, then ~1 s a step);
+the ``server`` run uses the folder's rlkit-started server by URL (conftest.py). Both check that the run ends,
 that metrics.jsonl has the steps, and that the rollout/trainer log-prob gap after the weight pushes
 is the fp32 summation-order gap (the pushed weights are the trained ones).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,24 +18,16 @@ from typer.testing import CliRunner
 
 from rlkit.cli.app import app
 
-TINY = [
-    "trainer.total_steps=2",
-    "data.batch_size=4",
-    "actor.mini_batch_size=4",
-    "rollout.n=2",
-    "data.max_response_length=8",
-    "trainer.val_every=0",
-    "data.synthetic_size=64",
-    "trainer.loggers=[jsonl]",
-]
+from .tiny_vllm_model import hf_tensors, save_tiny_phi3
+
 # fp32 on both sides (vLLM's CPU kernels vs the packed trainer forward): ~1e-6 seen, as in the
 # engine tests' 1e-4 bound
 GAP_ATOL = 1e-4
 
 
-def _train(model: Path, out: Path, *overrides: str) -> list[dict]:
+def _train(model: Path, out: Path, tiny_run: list[str], *overrides: str) -> list[dict]:
     result = CliRunner().invoke(
-        app, ["train", "grpo", f"model.path={model}", *TINY, *overrides, f"trainer.out_dir={out}"]
+        app, ["train", "grpo", f"model.path={model}", *tiny_run, *overrides, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -43,26 +36,38 @@ def _train(model: Path, out: Path, *overrides: str) -> list[dict]:
     return [row for row in rows if "reward/mean" in row]
 
 
-def test_grpo_trains_with_the_vllm_engine(
-    tiny_paths: tuple[Path, Path], tmp_path: Path, ray_session: None
-) -> None:
-    steps = _train(tiny_paths[0], tmp_path / "run", "rollout.engine=vllm")
+def test_grpo_trains_with_the_vllm_engine(tmp_path: Path, ray_session: None, tiny_run: list[str]) -> None:
+    # a Phi-3 (not a native-decoder architecture: the actor trains it through transformers); the
+    # contract suite covers Qwen2 on this engine
+    model = save_tiny_phi3(tmp_path / "phi3")
+    steps = _train(model, tmp_path / "run", tiny_run, "rollout.engine=vllm")
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
         assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
 
 
-@pytest.mark.slow
-def test_grpo_trains_with_a_server_rlkit_starts(
-    tiny_paths: tuple[Path, Path], tmp_path: Path, ray_session: None
+def test_grpo_trains_with_the_server_engine(
+    tiny_paths: tuple[Path, Path],
+    tmp_path: Path,
+    ray_session: None,
+    vllm_server: dict,
+    server_engine: Any,
+    tiny_run: list[str],
 ) -> None:
-    out = tmp_path / "run"
-    steps = _train(tiny_paths[0], out, "rollout.engine=server")
+    """GRPO through the folder's rlkit-started server (by URL: one server start for the folder)."""
+    try:
+        steps = _train(
+            tiny_paths[0],
+            tmp_path / "run",
+            tiny_run,
+            "rollout.engine=server",
+            f"rollout.server.url={vllm_server['url']}",
+        )
+    finally:
+        server_engine.update_weights(hf_tensors(tiny_paths[0]))  # the run pushed its trained weights
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
         assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
-    log = (out / "vllm_server.log").read_text()
-    assert "/v1/completions" in log  # the rollouts went through the server rlkit started (and stopped)
 
 
 @pytest.mark.slow

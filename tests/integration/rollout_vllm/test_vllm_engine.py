@@ -9,7 +9,8 @@ import pytest
 
 from rlkit.errors import UserError
 from rlkit.rollout.base import RolloutEngine, SamplingParams
-from rlkit.rollout.vllm_engine import VllmEngine, WeightSyncError, tensor_checksums
+from rlkit.rollout.vllm_engine import VllmEngine
+from rlkit.rollout.weight_sync import WeightSyncError, tensor_checksums
 
 from .tiny_vllm_model import hf_greedy, hf_tensors
 
@@ -105,6 +106,23 @@ def test_checksum_mismatch_raises(vllm_engine: VllmEngine, tiny_paths: tuple[Pat
     stale = tensor_checksums(hf_tensors(tiny_paths[1]), vllm_engine.weights_checksum())
     with pytest.raises(WeightSyncError, match="did not take the new weights"):
         vllm_engine.verify_weights(stale)
+
+
+def test_a_push_the_extension_drops_is_caught(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the buckets never reach vLLM's worker (an extension that drops them): the read-back refuses
+    real_rpc = vllm_engine._rpc
+
+    def dropping(method: str, *args: object) -> object:
+        return 0 if method == "rlkit_stage" else real_rpc(method, *args)
+
+    monkeypatch.setattr(vllm_engine, "_rpc", dropping)
+    version = vllm_engine.weight_version
+    with pytest.raises(WeightSyncError, match=f"v{version + 1}: .*did not take the new weights"):
+        vllm_engine.update_weights(hf_tensors(tiny_paths[1]))
+    monkeypatch.undo()
+    vllm_engine.update_weights(hf_tensors(tiny_paths[0]))  # the engine still holds a; the ledger too
 
 
 def test_sleep_wake_keeps_outputs(vllm_engine: VllmEngine) -> None:

@@ -6,43 +6,31 @@ from pathlib import Path
 
 import torch
 
-from rlkit.models import build_tokenizer
+from rlkit.models.tiny_foreign import save_tiny_foreign
 from rlkit.models.tokenizer import BUILTIN_EOS_ID, BUILTIN_VOCAB_SIZE
 
-
-def tiny_hf_config():  # noqa: ANN201 (transformers is imported lazily)
-    from transformers import Qwen2Config
-
-    return Qwen2Config(
-        vocab_size=BUILTIN_VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=BUILTIN_EOS_ID,
-        bos_token_id=BUILTIN_EOS_ID,
-        pad_token_id=BUILTIN_EOS_ID,
-        torch_dtype="float32",
-    )
+# What vLLM's CPU attention needs (head size 32) on the project's one tiny-model builder.
+VLLM_TINY = dict(
+    vocab_size=BUILTIN_VOCAB_SIZE,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+    tie_word_embeddings=True,
+    eos_token_id=BUILTIN_EOS_ID,
+    bos_token_id=BUILTIN_EOS_ID,
+    pad_token_id=BUILTIN_EOS_ID,
+)
 
 
 def save_tiny_model(out: Path, seed: int) -> Path:
-    """Random weights (std 0.2, so samples are varied) and the built-in tokenizer, saved to ``out``."""
-    from transformers import Qwen2ForCausalLM
+    """A tiny Qwen2 with random weights (std 0.2, so samples are varied) and the built-in tokenizer."""
+    return save_tiny_foreign("qwen2", out, seed=seed, chat_template=False, init_std=0.2, **VLLM_TINY)
 
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(tiny_hf_config()).to(torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    model.save_pretrained(out)
-    build_tokenizer(chat_template=False).save_pretrained(out)
-    return out
+
+def save_tiny_phi3(out: Path, seed: int = 0) -> Path:
+    """A tiny Phi-3 (fused qkv / gate-up; not a native-decoder architecture) vLLM's CPU backend runs."""
+    phi3 = {k: v for k, v in VLLM_TINY.items() if k not in ("head_dim", "tie_word_embeddings")}
+    return save_tiny_foreign("phi3", out, seed=seed, chat_template=False, init_std=0.2, **phi3)
 
 
 def hf_greedy(path: Path, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:

@@ -8,37 +8,17 @@ import pytest
 import torch
 
 from rlkit.models.decoder import CausalLM, DecoderConfig
+from rlkit.models.tiny_foreign import tiny_foreign_model
 
 VOCAB = 96
 
 
 def hf_tiny(family: str, *, seed: int = 0, vocab: int = VOCAB, tie: bool = False) -> Any:
-    """A 2-layer fp32 transformers causal LM of ``family`` with seeded random weights (no eos)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    """A 2-layer fp32 transformers causal LM of ``family`` with seeded random weights (no eos).
 
-    common: dict[str, Any] = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
-    if family == "qwen3":
-        common["head_dim"] = 16
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cls(**common), dtype=torch.float32).eval()
-    with torch.no_grad():  # HF inits biases to zero and norms to one; perturb so mistakes show
-        for name, p in model.named_parameters():
-            if name.endswith(("norm.weight", ".bias")):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    The project's one tiny-model builder (:func:`rlkit.models.tiny_foreign.tiny_foreign_model`).
+    """
+    return tiny_foreign_model(family, seed=seed, vocab_size=vocab, eos_token_id=None, tie_word_embeddings=tie)
 
 
 def native_copy(hf_model: Any) -> CausalLM:

@@ -1,0 +1,136 @@
+"""Weight version and checksum after every push, for every engine (rlkit.rollout.weight_sync).
+
+The check the trainer's rollout worker runs after each push (:func:`check_push`) on real native and
+hf engines: a push that lands passes; a push that silently does nothing (an engine whose push drops
+the tensors, as a broken vLLM extension would) and a version that does not advance are one
+:class:`WeightSyncError` naming the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from rlkit.rollout.hf import HFEngine
+from rlkit.rollout.native import NativeEngine
+from rlkit.rollout.weight_sync import (
+    ChecksumTap,
+    WeightSyncError,
+    check_checksums,
+    check_push,
+    checksum_names,
+    tensor_checksums,
+)
+
+from .conftest import hf_tiny, native_copy
+
+NAMES = [
+    "model.embed_tokens.weight",
+    "model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.qkv_proj.weight",
+    "model.layers.1.input_layernorm.weight",
+    "model.layers.1.post_attention_layernorm.weight",
+    "model.layers.10.post_attention_layernorm.weight",
+    "model.norm.weight",
+]
+
+
+def test_checksum_names_pick_embeddings_and_the_last_layers_norms() -> None:
+    assert checksum_names(NAMES) == [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.layers.10.post_attention_layernorm.weight",
+    ]
+    assert "lm_head.weight" in checksum_names([*NAMES, "lm_head.weight"])
+
+
+def test_checksums_match_themselves_and_catch_a_stale_tensor() -> None:
+    gen = torch.Generator().manual_seed(0)
+    new = [(n, torch.randn(64, 8, generator=gen)) for n in NAMES]
+    names = checksum_names(NAMES)
+    expected = tensor_checksums(new, names)
+    assert expected.keys() == set(names)
+    # the same values summed in another order (a transposed copy): within the float64 tolerance
+    check_checksums(expected, tensor_checksums([(n, t.t().contiguous()) for n, t in new], names), 3)
+    stale = dict(new)
+    stale["model.norm.weight"] = stale["model.norm.weight"] + 1e-3
+    with pytest.raises(WeightSyncError, match="v3: .*model.norm.weight.*did not take the new weights"):
+        check_checksums(expected, tensor_checksums(stale.items(), names), 3)
+    with pytest.raises(WeightSyncError, match="checksum None"):
+        check_checksums(expected, {}, 3)
+
+
+def test_a_weight_sync_error_reaches_the_user_as_one_line() -> None:
+    """What the controller reports for a worker's WeightSyncError (rlkit.controller.causes.describe)."""
+    from rlkit.controller.causes import describe
+
+    with pytest.raises(WeightSyncError) as info:
+        check_checksums({"model.norm.weight": [1.0, 2.0]}, {"model.norm.weight": [1.5, 2.0]}, 3)
+    try:
+        raise RuntimeError("actor call failed") from info.value
+    except RuntimeError as wrapped:
+        line = describe(wrapped)
+    assert "\n" not in line and line.startswith("WeightSyncError: weight push v3")
+    assert line.endswith("the engine did not take the new weights")
+
+
+def _new_weights(engine: Any, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of the engine's model, perturbed (what a trainer step would push)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (name, t + 0.01 * torch.randn(t.shape, generator=gen))
+        for name, t in engine.model.state_dict().items()
+    ]
+
+
+class _DroppingEngine(NativeEngine):
+    """A native engine whose push reports success and copies nothing (a broken extension's behaviour)."""
+
+    def update_weights(self, named_tensors: Any) -> None:
+        self.ledger.pushed(tensor_checksums(named_tensors, self._checked))
+
+
+@pytest.mark.parametrize("kind", ["native", "hf"])
+def test_every_engine_reports_version_and_checksum_of_a_push(kind: str) -> None:
+    hf = hf_tiny("qwen2", seed=3)
+    engine = NativeEngine(native_copy(hf)) if kind == "native" else HFEngine(hf)
+    assert engine.weight_version == 0
+    new = _new_weights(engine, seed=1)
+    tap = ChecksumTap(new)
+    engine.update_weights(tap)
+    report = check_push(1, engine, 0, tap.checksums())
+    assert report["version"] == engine.weight_version == 1
+    want = tensor_checksums(new, checksum_names(name for name, _ in new))
+    assert report["checksum"].keys() == want.keys() and "model.norm.weight" in want
+    engine.verify_weights()
+    for name, sums in want.items():
+        assert report["checksum"][name] == pytest.approx(sums, rel=1e-9)
+
+
+def test_a_push_that_silently_does_nothing_stops_the_run() -> None:
+    engine = _DroppingEngine(native_copy(hf_tiny("qwen2", seed=3)))
+    tap = ChecksumTap(_new_weights(engine, seed=2))
+    engine.update_weights(tap)
+    with pytest.raises(WeightSyncError, match=r"weight push after step 7 \(engine v1\): .*did not take"):
+        check_push(7, engine, 0, tap.checksums())
+    with pytest.raises(WeightSyncError, match="did not take the new weights"):
+        engine.verify_weights()
+
+
+def test_a_version_that_does_not_advance_or_no_common_checksum_stops_the_run() -> None:
+    engine = NativeEngine(native_copy(hf_tiny("qwen2", seed=3)))
+    tap = ChecksumTap(_new_weights(engine, seed=2))
+    engine.update_weights(tap)
+    with pytest.raises(WeightSyncError, match="after step 4: .*weight version stayed at v1"):
+        check_push(4, engine, 1, tap.checksums())
+    with pytest.raises(WeightSyncError, match="after step 4: .*no checksum of the pushed tensors"):
+        check_push(4, engine, 0, {"lm_head.lora_B.weight": [0.0, 0.0]})
+
+
+def test_the_tap_passes_every_tensor_through_and_keeps_the_checked_ones() -> None:
+    pairs = [(name, torch.full((2, 2), float(i))) for i, name in enumerate(NAMES)]
+    tap = ChecksumTap(pairs)
+    assert [name for name, _ in tap] == NAMES
+    assert sorted(tap.checksums()) == sorted(checksum_names(NAMES))
