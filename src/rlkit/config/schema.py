@@ -413,6 +413,14 @@ class TrainerConfig:
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
     """First and last RL step (inclusive) that ``trainer.profile`` records (clamped to the run)."""
+    trace_every: int = bounded(1, ge=0)
+    """Write a sample of every Nth step's rollouts to ``RUN/traces/step_N.parquet`` (prompts,
+    responses as text and token ids, rewards, advantages, lengths, finish reasons, rollout vs
+    trainer log-prob gaps; ``rlkit report`` shows them). 0 = no traces."""
+    trace_rows: int = bounded(8, ge=1)
+    """Rollouts (rows) sampled per traced step."""
+    trace_max_mb: float = bounded(256.0, gt=0)
+    """Size bound of ``RUN/traces``: once it holds this many MiB the run writes no more traces (one warning)."""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from rlkit.controller import stop_ray
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
+from rlkit.logging.traces import TraceWriter
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
@@ -39,6 +40,7 @@ from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, reco
 from rlkit.trainer.run_start import RunStart
 from rlkit.trainer.setup import RunContext, build_run, open_rl_run
 from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
+from rlkit.trainer.traces import sample_rows, trace_columns
 
 
 class RLTrainer:
@@ -51,6 +53,7 @@ class RLTrainer:
         self.signals = StopSignals()
         self.summary: RunSummary | None = None
         self._step_now = 0
+        self._tracer: TraceWriter | None = None
         # validated here, before Ray or any worker starts
         self.profile_window = ProfileWindow.from_settings(
             cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
@@ -146,6 +149,9 @@ class RLTrainer:
             config=run.config_dict,
             console_every=cfg.trainer.log_every,
         )
+        self._tracer = TraceWriter(
+            run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
+        )
         try:
             self._sync_weights(run)
             if (
@@ -222,7 +228,16 @@ class RLTrainer:
         metrics["timing/step_s"] = step_s
         metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / step_s
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
+        self._trace(run, step, batch)
         return metrics
+
+    def _trace(self, run: RunContext, step: int, batch: Batch) -> None:
+        """A sample of ``step``'s rollouts to ``RUN/traces`` every ``trainer.trace_every`` steps."""
+        if self._tracer is None or not self._tracer.wants(step):
+            return
+        with self.timer("trace"):
+            rows = sample_rows(len(batch), self.cfg.trainer.trace_rows, self.cfg.trainer.seed * 7919 + step)
+            self._tracer.write(step, trace_columns(batch, run.tokenizer, rows))
 
     # ------------------------------------------------------------------ stages
     def _generate_training_batch(self, run: RunContext, step: int) -> tuple[Batch, dict[str, float]]:
