@@ -134,6 +134,7 @@ def _register() -> None:
         profile,
         profiles,
         recipes,
+        report,
         sft,
         train,
     )
@@ -150,6 +151,7 @@ def _register() -> None:
     app.command("download", epilog=download.EPILOG)(download.download)
     app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
+    app.command("report", epilog=report.EPILOG)(report.report)
     from rlkit.cli import ckpt
 
     app.add_typer(ckpt.app, name="ckpt")

@@ -397,8 +397,15 @@ class TrainerConfig:
     keep_last: int | None = bounded(None, ge=0)
     """Checkpoints to keep (0 = all). Null: 3 for a new run; on resume, the value the run started
     with (kept in its checkpoints)."""
-    loggers: list[str] = choice_list(["console", "jsonl"], ("console", "jsonl", "tensorboard", "wandb"))
-    """Where metrics go: console, jsonl, tensorboard, wandb."""
+    loggers: list[str] = choice_list(
+        ["console", "jsonl"], ("console", "jsonl", "tensorboard", "wandb", "prometheus")
+    )
+    """Where metrics go: console, jsonl, tensorboard, wandb, prometheus (a live ``/metrics``
+    endpoint on ``trainer.prometheus_port``; needs ``pip install 'rlkit[prometheus]'``)."""
+    prometheus_port: int = bounded(9464, ge=0, le=65535)
+    """Port of the ``prometheus`` logger's HTTP endpoint (``/metrics``); 0 = any free port (printed)."""
+    prometheus_host: str = "127.0.0.1"
+    """Address the ``prometheus`` logger listens on (loopback; ``0.0.0.0`` to let another host scrape it)."""
     log_every: int | None = bounded(None, ge=1)
     """Print a console line every N steps (the first and last step always; ``metrics.jsonl``
     keeps every step). Null: every step up to 50 steps, else every ``ceil(total_steps / 40)``

@@ -54,6 +54,7 @@ class RLTrainer:
         self.summary: RunSummary | None = None
         self._step_now = 0
         self._tracer: TraceWriter | None = None
+        self._ask_gauges = True  # until the rollout engines answer that they report none
         # validated here, before Ray or any worker starts
         self.profile_window = ProfileWindow.from_settings(
             cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
@@ -148,6 +149,8 @@ class RLTrainer:
             experiment=cfg.trainer.experiment,
             config=run.config_dict,
             console_every=cfg.trainer.log_every,
+            prometheus_port=cfg.trainer.prometheus_port,
+            prometheus_host=cfg.trainer.prometheus_host,
         )
         self._tracer = TraceWriter(
             run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
@@ -197,6 +200,9 @@ class RLTrainer:
         started = time.perf_counter()
         with timer("gen"):
             batch, gen_metrics = self._generate_training_batch(run, step)
+        gen_s = time.perf_counter() - started
+        gen_metrics["rollout/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
+        gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
             batch = batch.union(run.actor.compute_log_prob(batch, temperature))
@@ -230,6 +236,20 @@ class RLTrainer:
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
         self._trace(run, step, batch)
         return metrics
+
+    def _engine_gauges(self, run: RunContext) -> dict[str, float]:
+        """``rollout/engine/<gauge>`` of the engines that report gauges (summed over ranks, fractions
+        averaged); asked once more only while some engine answers."""
+        if not self._ask_gauges:
+            return {}
+        per_rank = [g for g in run.rollout.gauges() if g]
+        self._ask_gauges = bool(per_rank)
+        out: dict[str, float] = {}
+        for name in sorted({k for g in per_rank for k in g}):
+            values = [g[name] for g in per_rank if name in g]
+            fraction = name.endswith(("_usage", "_frac", "_ratio"))
+            out[f"rollout/engine/{name}"] = sum(values) / len(values) if fraction else sum(values)
+        return out
 
     def _trace(self, run: RunContext, step: int, batch: Batch) -> None:
         """A sample of ``step``'s rollouts to ``RUN/traces`` every ``trainer.trace_every`` steps."""

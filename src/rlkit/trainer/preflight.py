@@ -35,7 +35,9 @@ from rlkit.trainer.settings import resolve_device
 
 BUILTIN_PREFIX = "builtin:"
 #: trainer.loggers entry -> the module it imports.
-_LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+_LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "prometheus": "prometheus_client"}
+#: the pip line of each (where it is not the entry's own name).
+_LOGGER_INSTALL = {"prometheus": "pip install 'rlkit[prometheus]' (or pip install prometheus-client)"}
 
 
 def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
@@ -226,7 +228,8 @@ def _loggers(cfg: RlkitConfig) -> str:
     for name in cfg.trainer.loggers:
         module = _LOGGER_MODULES.get(name)
         if module and importlib.util.find_spec(module) is None:
-            raise UserError(f"trainer.loggers has {name} but it is not installed", hint=f"pip install {name}")
+            hint = _LOGGER_INSTALL.get(name, f"pip install {name}")
+            raise UserError(f"trainer.loggers has {name} but it is not installed", hint=hint)
     return f"loggers: {', '.join(cfg.trainer.loggers)}"
 
 

@@ -170,6 +170,13 @@ class RolloutWorker:
         self.engine.update_weights(actor.role.named_full_tensors(dtype=self.dtype))
 
     @dispatch("broadcast")
+    def gauges(self) -> dict[str, float]:
+        """The engine's gauges of its last ``generate`` (``running_seqs``, ``waiting_seqs``,
+        ``kv_cache_usage``, ``tokens_per_s``, ...) where the engine has a ``gauges()`` method; else {}."""
+        read = getattr(self.engine, "gauges", None)
+        return {str(k): float(v) for k, v in read().items()} if callable(read) else {}
+
+    @dispatch("broadcast")
     def sleep(self) -> None:
         self.engine.sleep()
 
