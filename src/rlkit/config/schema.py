@@ -420,6 +420,14 @@ class TrainerConfig:
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
     """First and last RL step (inclusive) that ``trainer.profile`` records (clamped to the run)."""
+    replay: str = choice("off", "record", "replay")
+    """``record``: save each step's rollouts (what the engine generated, before scoring) to
+    ``trainer.replay_dir``; ``replay``: use a recording's rollouts instead of generating (scoring,
+    advantages and the update run again: a loss or reward can be debugged without re-sampling). A
+    replay whose rollout-deciding config differs from the recording's stops with one line."""
+    replay_dir: str | None = None
+    """Folder of ``trainer.replay``: where ``record`` writes (null: ``RUN/replay``) and the recording
+    ``replay`` reads (required)."""
     trace_every: int = bounded(1, ge=0)
     """Write a sample of every Nth step's rollouts to ``RUN/traces/step_N.parquet`` (prompts,
     responses as text and token ids, rewards, advantages, lengths, finish reasons, rollout vs

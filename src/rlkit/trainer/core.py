@@ -40,6 +40,7 @@ from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, reco
 from rlkit.trainer.run_start import RunStart
 from rlkit.trainer.setup import RunContext, build_run, open_rl_run
 from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
+from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
 from rlkit.trainer.traces import sample_rows, trace_columns
 
 
@@ -55,6 +56,8 @@ class RLTrainer:
         self._step_now = 0
         self._tracer: TraceWriter | None = None
         self._ask_gauges = True  # until the rollout engines answer that they report none
+        self._replay: RolloutRecorder | RolloutReplayer | None = None
+        check_replay(cfg)  # a replay's recording matches this config, before Ray or any worker starts
         # validated here, before Ray or any worker starts
         self.profile_window = ProfileWindow.from_settings(
             cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
@@ -155,6 +158,7 @@ class RLTrainer:
         self._tracer = TraceWriter(
             run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
         )
+        self._replay = open_replay(cfg, run.run_dir)
         try:
             self._sync_weights(run)
             if (
@@ -272,7 +276,7 @@ class RLTrainer:
             prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
             # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
             seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + rounds) % 2**31
-            batch = run.generate(prompts, {**run.train_sampling, "seed": seed})
+            batch = self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, rounds)
             batch = self.hooks.after_generate(run, prompts, batch)
             batch, reward_metrics = run.score(batch)
             metrics.update(reward_metrics)
@@ -296,6 +300,17 @@ class RLTrainer:
             }
         )
         return batch, metrics
+
+    def _rollouts(
+        self, run: RunContext, prompts: Batch, sampling: dict[str, Any], step: int, round_: int
+    ) -> Batch:
+        """The engine's rollouts of ``prompts``; recorded or replayed under ``trainer.replay``."""
+        if isinstance(self._replay, RolloutReplayer):
+            return self._replay.rollouts(step, round_, prompts)
+        batch = run.generate(prompts, sampling)
+        if isinstance(self._replay, RolloutRecorder):
+            self._replay.rollouts(step, round_, prompts, batch)
+        return batch
 
     def _advantages(self, run: RunContext, batch: Batch) -> dict[str, float]:
         algo = self.cfg.algo
