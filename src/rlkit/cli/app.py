@@ -152,9 +152,10 @@ def _register() -> None:
     app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
     app.command("report", epilog=report.EPILOG)(report.report)
-    from rlkit.cli import ckpt
+    from rlkit.cli import ckpt, migrate
 
     app.add_typer(ckpt.app, name="ckpt")
+    app.add_typer(migrate.app, name="migrate")
 
 
 _register()
