@@ -17,7 +17,8 @@ VERL_EPILOG = (
 @app.command("verl", epilog=VERL_EPILOG)
 def verl(
     source: Path = typer.Argument(
-        ..., help="A verl launch script (python3 -m verl.trainer.main_ppo key=value ...) or a verl YAML config."
+        ...,
+        help="A verl launch script (python3 -m verl.trainer.main_ppo key=value ...) or a verl YAML config.",
     ),
 ) -> None:
     """Print the rlkit command for a verl script or YAML: recipe + overrides, and every key not mapped, with why."""

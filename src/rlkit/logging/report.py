@@ -53,7 +53,9 @@ def render(run_dir: Path, *, max_samples: int = 2000) -> str:
         f"<h1>{escape(run_dir.name)}</h1>",
         _summary(run_dir, rows, config),
         "<h2>Curves</h2>",
-        f'<div class="panels">{"".join(curves)}</div>' if curves else '<p class="muted">no metrics logged yet</p>',
+        f'<div class="panels">{"".join(curves)}</div>'
+        if curves
+        else '<p class="muted">no metrics logged yet</p>',
         "<h2>Samples</h2>",
         _samples(traces),
         "<h2>Checkpoints</h2>",
@@ -166,7 +168,9 @@ def _checkpoints(run_dir: Path) -> str:
     body = []
     for row in rows:
         info = row.info
-        status = info.status + (" (latest)" if row.latest else "") + (f": {info.problem}" if info.problem else "")
+        status = (
+            info.status + (" (latest)" if row.latest else "") + (f": {info.problem}" if info.problem else "")
+        )
         saved = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
         cells = [str(info.step), status, f"{info.size_bytes / 2**20:.1f} MiB", saved, str(info.path)]
         cells += [_num(row.metrics.get(key)) for key, _ in columns]

@@ -87,7 +87,9 @@ def line_chart(title: str, series: dict[str, list[tuple[int, float]]]) -> str:
         color = COLORS[i % len(COLORS)]
         coords = [xy(s, v) for s, v in points]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-        parts.append(f'<polyline points="{path}" stroke="{color}" class="line" data-metric="{escape(name)}"/>')
+        parts.append(
+            f'<polyline points="{path}" stroke="{color}" class="line" data-metric="{escape(name)}"/>'
+        )
         if len(points) <= 60:
             for (s, v), (x, y) in zip(points, coords, strict=True):
                 parts.append(

@@ -146,7 +146,10 @@ def require_run_dir(run_dir: Path, command: str) -> None:
     if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
         if (run_dir / "latest").exists():
             raise UserError(
-                f"{run_dir} holds runs, not one run", hint=f"pass one of them, e.g. rlkit {command} {run_dir / 'latest'}"
+                f"{run_dir} holds runs, not one run",
+                hint=f"pass one of them, e.g. rlkit {command} {run_dir / 'latest'}",
             )
-        raise UserError(f"{run_dir} is not a run folder (no metrics.jsonl or config.yaml)",
-                        hint="pass a run directory written by `rlkit train`")
+        raise UserError(
+            f"{run_dir} is not a run folder (no metrics.jsonl or config.yaml)",
+            hint="pass a run directory written by `rlkit train`",
+        )

@@ -19,8 +19,14 @@ from rlkit.errors import UserError
 _ENTRY = re.compile(r"(?:^|\s)(?:python3?|uv run python3?)?\s*-m\s+([\w.]*main_\w+)(?=\s|$)")
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(.*)$")
 _ARITH = re.compile(r"\$\(\(([^()]*)\)\)")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.floordiv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
 
 
 @dataclass
@@ -140,7 +146,9 @@ def parse_script(text: str, source: str) -> Script:
         try:
             tokens = shlex.split(line[entry.end() :], comments=True)
         except ValueError as exc:
-            raise UserError(f"{source}: cannot read the verl command ({exc})", hint="check its quotes") from exc
+            raise UserError(
+                f"{source}: cannot read the verl command ({exc})", hint="check its quotes"
+            ) from exc
         script = Script(entry.group(1))
         for token in tokens:
             if token in ("$@", "$*", '"$@"'):

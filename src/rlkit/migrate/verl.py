@@ -65,7 +65,10 @@ def read_verl(path: Path) -> tuple[str | None, list[tuple[str, Any]], list[str]]
         except yaml.YAMLError as exc:
             raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
         if not isinstance(data, dict):
-            raise UserError(f"{path}: a verl config is a YAML mapping of groups", hint="e.g. data: {train_batch_size: 256}")
+            raise UserError(
+                f"{path}: a verl config is a YAML mapping of groups",
+                hint="e.g. data: {train_batch_size: 256}",
+            )
         extra = [f"defaults: {data['defaults']}"] if "defaults" in data else []
         return None, _flatten({k: v for k, v in data.items() if k not in ("defaults", "hydra")}), extra
     script = parse_script(text, str(path))
@@ -133,7 +136,12 @@ def _recipe(entry: str | None, items: dict[str, Any], migration: Migration) -> N
         migration.origin["algo.advantage"] = "algorithm.adv_estimator"
     else:
         migration.recipe = "grpo"
-        migration.not_mapped.append((f"algorithm.adv_estimator={estimator}", "no such estimator in rlkit (`rlkit recipes` lists them)"))
+        migration.not_mapped.append(
+            (
+                f"algorithm.adv_estimator={estimator}",
+                "no such estimator in rlkit (`rlkit recipes` lists them)",
+            )
+        )
     if dapo and migration.recipe == "grpo":
         migration.recipe = "dapo"
 
@@ -145,8 +153,14 @@ def migrate(path: Path) -> Migration:
     items = {canonical(k): v for k, v in pairs}
     _recipe(entry, items, migration)
     for arg in other:
-        migration.not_mapped.append((arg, "a verl config file: convert it with `rlkit migrate verl FILE.yaml`"
-                                     if "config" in arg else "not a key=value override"))
+        migration.not_mapped.append(
+            (
+                arg,
+                "a verl config file: convert it with `rlkit migrate verl FILE.yaml`"
+                if "config" in arg
+                else "not a key=value override",
+            )
+        )
     known = schema_fields()
     for key, value in pairs:
         _one(key, value, migration, known)
@@ -173,7 +187,7 @@ def _one(key: str, value: Any, migration: Migration, known: dict[str, Any]) -> N
     except NotMapped as exc:
         migration.not_mapped.append((shown, str(exc)))
         return
-    for target, converted in pairs:
+    for target, _ in pairs:
         if target not in known:
             migration.not_mapped.append((shown, f"this rlkit has no {target} (a newer release may)"))
             return
@@ -211,7 +225,12 @@ def _drop_recipe_defaults(migration: Migration) -> None:
         current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
         if _same(current, value):
             del migration.overrides[key]
-            migration.recipe_default.append((f"{migration.origin[key]}={render(value)}", f"{key} is {render(current)} in the {migration.recipe} recipe"))
+            migration.recipe_default.append(
+                (
+                    f"{migration.origin[key]}={render(value)}",
+                    f"{key} is {render(current)} in the {migration.recipe} recipe",
+                )
+            )
     overrides = [f"{k}={render(v).strip(chr(39))}" for k, v in migration.overrides.items()]
     try:
         load_config(migration.recipe, profile=None, config_file=None, overrides=overrides, command="train")
@@ -229,7 +248,12 @@ def _same(current: Any, value: Any) -> bool:
 
 def report_lines(migration: Migration) -> list[str]:
     """The printed result: a comment header, the command, and the keys left out with their reasons."""
-    total = len(migration.overrides) + len(migration.not_mapped) + len(migration.not_needed) + len(migration.recipe_default)
+    total = (
+        len(migration.overrides)
+        + len(migration.not_mapped)
+        + len(migration.not_needed)
+        + len(migration.recipe_default)
+    )
     lines = [
         f"# from verl: {migration.source} ({total} settings: {len(migration.overrides)} rlkit overrides, "
         f"{len(migration.recipe_default)} already the recipe's value, {len(migration.not_needed)} not needed, "

@@ -37,10 +37,10 @@ from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
+from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
 from rlkit.trainer.run_start import RunStart
 from rlkit.trainer.setup import RunContext, build_run, open_rl_run
 from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
-from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
 from rlkit.trainer.traces import sample_rows, trace_columns
 
 

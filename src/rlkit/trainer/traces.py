@@ -49,7 +49,9 @@ def trace_columns(batch: Batch, tokenizer: Any, rows: list[int]) -> dict[str, li
         "advantage": [_masked_mean(adv[i], mask[i]) for i in rows],
         "prompt_length": [len(ids) for ids in prompt_ids],
         "response_length": [len(ids) for ids in response_ids],
-        "finish_reason": [_finish_reason(finished, i, len(response_ids[j]), width) for j, i in enumerate(rows)],
+        "finish_reason": [
+            _finish_reason(finished, i, len(response_ids[j]), width) for j, i in enumerate(rows)
+        ],
     }
     cols.update(_logprob_gaps(batch, mask, rows))
     if "trajectory" in batch:

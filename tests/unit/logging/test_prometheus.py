@@ -55,11 +55,28 @@ def test_grafana_dashboard_queries_metrics_rlkit_serves() -> None:
 
     root = Path(__file__).resolve().parents[3]
     dashboard = json.loads((root / "docs" / "grafana" / "rlkit-dashboard.json").read_text())
-    served = {metric_name(k) for k in ("reward/mean", "val/reward/mean", "response_length/mean",
-              "response_length/max", "throughput/tokens_per_s", "rollout/gen_tokens_per_s",
-              "actor/entropy", "actor/grad_norm", "actor/ppo_kl", "actor/kl_loss",
-              "rollout/logprob_gap_abs", "timing/step_s", "timing/gen_s", "timing/old_log_prob_s",
-              "timing/update_actor_s", "timing/sync_s", "step")}
+    served = {
+        metric_name(k)
+        for k in (
+            "reward/mean",
+            "val/reward/mean",
+            "response_length/mean",
+            "response_length/max",
+            "throughput/tokens_per_s",
+            "rollout/gen_tokens_per_s",
+            "actor/entropy",
+            "actor/grad_norm",
+            "actor/ppo_kl",
+            "actor/kl_loss",
+            "rollout/logprob_gap_abs",
+            "timing/step_s",
+            "timing/gen_s",
+            "timing/old_log_prob_s",
+            "timing/update_actor_s",
+            "timing/sync_s",
+            "step",
+        )
+    }
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     names = {re.match(r"(\w+)\{", e).group(1) for e in exprs}  # type: ignore[union-attr]
     unknown = {n for n in names if n not in served and not n.startswith("rlkit_rollout_engine_")}

@@ -22,10 +22,19 @@ MULTI_TURN = "rollout.multi_turn."
 CASES = {
     "run_qwen2-7b.sh": (
         "grpo",
-        {"model.path": "Qwen/Qwen2-7B-Instruct", "data.batch_size": 1024, "actor.lr": 1e-6, "rollout.n": 5,
-         "actor.use_kl_loss": True, "rollout.engine": "vllm", "trainer.loggers": ["console", "jsonl", "wandb"],
-         "trainer.save_every": 20, "trainer.val_every": 5, "hardware.devices_per_node": 8,
-         "data.train_files": ["$HOME/data/gsm8k/train.parquet"]},
+        {
+            "model.path": "Qwen/Qwen2-7B-Instruct",
+            "data.batch_size": 1024,
+            "actor.lr": 1e-6,
+            "rollout.n": 5,
+            "actor.use_kl_loss": True,
+            "rollout.engine": "vllm",
+            "trainer.loggers": ["console", "jsonl", "wandb"],
+            "trainer.save_every": 20,
+            "trainer.val_every": 5,
+            "hardware.devices_per_node": 8,
+            "data.train_files": ["$HOME/data/gsm8k/train.parquet"],
+        },
         ["trainer.total_epochs", "actor_rollout_ref.rollout.tensor_model_parallel_size"],
     ),
     "run_qwen2_5-3b_gsm8k_grpo_lora.sh": (
@@ -35,14 +44,26 @@ CASES = {
     ),
     "run_deepseek7b_llm.sh": (
         "ppo",
-        {"critic.model_path": "deepseek-ai/deepseek-llm-7b-chat", "actor.mini_batch_size": 256, "trainer.val_every": 1},
+        {
+            "critic.model_path": "deepseek-ai/deepseek-llm-7b-chat",
+            "actor.mini_batch_size": 256,
+            "trainer.val_every": 1,
+        },
         ["trainer.use_legacy_worker_impl", "critic.model.fsdp_config.optimizer_offload"],
     ),
     "run_dapo.sh": (
         "dapo",
-        {"data.batch_size": 256, "actor.mini_batch_size": 128, "rollout.n": 4, "data.max_response_length": 2048,
-         "reward.overlong.buffer_len": 128, "algo.filter_groups.metric": "seq_reward", "trainer.total_steps": 1,
-         "trainer.resume": "never", "model.path": "${HOME}/models/Qwen/Qwen2.5-0.5B-Instruct"},
+        {
+            "data.batch_size": 256,
+            "actor.mini_batch_size": 128,
+            "rollout.n": 4,
+            "data.max_response_length": 2048,
+            "reward.overlong.buffer_len": 128,
+            "algo.filter_groups.metric": "seq_reward",
+            "trainer.total_steps": 1,
+            "trainer.resume": "never",
+            "model.path": "${HOME}/models/Qwen/Qwen2.5-0.5B-Instruct",
+        },
         ["data.gen_batch_size", "trainer.save_freq"],
     ),
     "run_qwen2.5-3b_gsm8k_multiturn.sh": (
@@ -50,7 +71,11 @@ CASES = {
         {"rollout.n": 16, "data.batch_size": 256, "trainer.val_every": 20},
         ["actor_rollout_ref.rollout.name", "global_profiler.tool", "--config-name"],
     ),
-    "gsm8k_multiturn_grpo.yaml": ("ppo", {"data.batch_size": 256, "data.max_prompt_length": 1024}, ["actor_rollout_ref.rollout.name"]),
+    "gsm8k_multiturn_grpo.yaml": (
+        "ppo",
+        {"data.batch_size": 256, "data.max_prompt_length": 1024},
+        ["actor_rollout_ref.rollout.name"],
+    ),
 }
 
 
@@ -79,7 +104,10 @@ def test_multi_turn_keys_map_where_the_schema_has_them() -> None:
     if "rollout.multi_turn.max_turns" in schema_fields():
         assert result.overrides["rollout.multi_turn.max_turns"] == 5
     else:
-        assert any("max_assistant_turns" in k and "has no rollout.multi_turn.max_turns" in why for k, why in result.not_mapped)
+        assert any(
+            "max_assistant_turns" in k and "has no rollout.multi_turn.max_turns" in why
+            for k, why in result.not_mapped
+        )
 
 
 def test_cli_prints_the_command_and_the_reasons() -> None:
@@ -110,8 +138,14 @@ def test_later_reward_layout_and_yaml(tmp_path: Path) -> None:
     )
     result = migrate(config)
     assert result.recipe == "dapo"
-    assert result.overrides["reward.manager"] == "batch" and result.overrides["reward.custom.path"] == "my_reward.py"
-    assert result.overrides["reward.custom.name"] == "score" and result.overrides["reward.overlong.buffer_len"] == 64
+    assert (
+        result.overrides["reward.manager"] == "batch"
+        and result.overrides["reward.custom.path"] == "my_reward.py"
+    )
+    assert (
+        result.overrides["reward.custom.name"] == "score"
+        and result.overrides["reward.overlong.buffer_len"] == 64
+    )
     assert any(k.startswith("trainer.logger") and "mlflow" in why for k, why in result.not_mapped)
 
 
@@ -122,7 +156,7 @@ def test_shell_variables_arithmetic_and_defaults() -> None:
     assert expand("$HOME/$N", env) == "$HOME/4"  # not the script's: left for the user's shell
     script = parse_script(
         "B=2 # micro\nG=$((B * 4))\nexport NAME=run\npython3 -m verl.trainer.main_ppo \\\n"
-        "    data.train_batch_size=$G \\\n    trainer.experiment_name=\"${NAME}_x\" $@\n",
+        '    data.train_batch_size=$G \\\n    trainer.experiment_name="${NAME}_x" $@\n',
         "s.sh",
     )
     assert script.entry == "verl.trainer.main_ppo"

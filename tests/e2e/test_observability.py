@@ -1,5 +1,6 @@
-"""`rlkit report` in a real headless Chromium: no console error, curves drawn, the sample table
-filters and sorts, a screenshot that is not blank; and on a real CPU run (traces written by it).
+"""Seeing a run: traces, `rlkit report` in a real headless Chromium (no console error, curves drawn,
+the sample table filters and sorts, a screenshot that is not blank), the Prometheus endpoint scraped
+during a real CPU run, and rollout replay (the replayed run's losses equal the recorded run's).
 
 The tests skip with one reason where no Chromium is installed (Debian: ``apt-get install chromium``).
 Every fetch outside the page fails (``--host-resolver-rules``), so a page that needs the network shows
@@ -8,15 +9,24 @@ a console error.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
+import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from rlkit.cli.app import app
+from rlkit.logging.traces import TraceWriter, read_traces
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 _FLAGS = (
@@ -113,9 +123,6 @@ def not_blank(png: Path) -> None:
 
 
 # ------------------------------------------------------------------------ a run folder made here
-from rlkit.cli.app import app  # noqa: E402
-from rlkit.logging.traces import TraceWriter  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 SAMPLES = [  # (step, reward, finish, response)
     (1, 0.0, "stop", "12 apples"),
@@ -128,9 +135,17 @@ SAMPLES = [  # (step, reward, finish, response)
 
 def _fake_run(run: Path) -> Path:
     run.mkdir()
-    (run / "config.yaml").write_text("recipe: grpo\nmodel:\n  path: builtin:tiny\ntrainer:\n  total_steps: 4\n")
+    (run / "config.yaml").write_text(
+        "recipe: grpo\nmodel:\n  path: builtin:tiny\ntrainer:\n  total_steps: 4\n"
+    )
     rows = [
-        {"step": s, "reward/mean": 0.1 * s, "actor/entropy": 1.0 / s, "timing/gen_s": 0.5, "timing/step_s": 1.0}
+        {
+            "step": s,
+            "reward/mean": 0.1 * s,
+            "actor/entropy": 1.0 / s,
+            "timing/gen_s": 0.5,
+            "timing/step_s": 1.0,
+        }
         for s in range(1, 5)
     ]
     (run / "metrics.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in rows))
@@ -187,12 +202,10 @@ def test_page_loads_draws_curves_and_filters(tmp_path: Path) -> None:
     assert console == [] and [r["data-reward"] for r in _visible(dom)] == ["1.0"]
     dom, _ = load(page, "truncated=1", profile=tmp_path)
     assert [r["data-finish"] for r in _visible(dom)] == ["length"]
-    dom, _ = load(page, "step=2", profile=tmp_path)
-    assert sorted(r["data-reward"] for r in _visible(dom)) == ["-1.0", "2.0"]
+    dom, _ = load(page, "step=2&sort=reward&dir=asc", profile=tmp_path)
+    assert [r["data-reward"] for r in _visible(dom)] == ["-1.0", "2.0"]  # step 2 only, worst first
     dom, _ = load(page, "sort=reward&dir=desc", profile=tmp_path)
     assert [float(r["data-reward"]) for r in _visible(dom)] == sorted((s[1] for s in SAMPLES), reverse=True)
-    dom, _ = load(page, "sort=reward&dir=asc&q=answer", profile=tmp_path)
-    assert [r["data-reward"] for r in _visible(dom)] == ["-1.0", "2.0"]
     not_blank(screenshot(page, tmp_path / "report.png", profile=tmp_path))
 
 
@@ -205,22 +218,15 @@ def test_console_errors_are_seen(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ a real CPU run
-import importlib.util  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-
-from rlkit.logging.traces import read_traces  # noqa: E402
 
 HAVE_PROMETHEUS = importlib.util.find_spec("prometheus_client") is not None
 TINY = [
-    "trainer.total_steps=3",
+    "trainer.total_steps=2",
     "data.batch_size=4",
-    "actor.mini_batch_size=4",
+    "actor.mini_batch_size=2",  # two updates a step: step 2 starts from updated weights
     "rollout.n=2",
     "data.max_response_length=4",  # short: some responses are cut (finish_reason length)
-    "trainer.val_every=3",
+    "trainer.val_every=2",
     "data.synthetic_size=64",
     "data.val_batch_size=8",
     "trainer.trace_rows=5",
@@ -247,8 +253,8 @@ def _scraper(port: int, done: threading.Event, seen: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> tuple[Path, list[str]]:
-    """A 3-step GRPO run on the embedded default, scraped over loopback while it runs (when the
-    prometheus extra is installed)."""
+    """A 2-step GRPO run on the embedded default that records its rollouts, scraped over loopback
+    while it runs (when the prometheus extra is installed)."""
     out = tmp_path_factory.mktemp("observed") / "run"
     loggers = "[jsonl,prometheus]" if HAVE_PROMETHEUS else "[jsonl]"
     port = _free_port()
@@ -258,6 +264,7 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> tupl
     thread.start()
     try:
         args = ["train", "grpo", *TINY, f"trainer.loggers={loggers}", f"trainer.prometheus_port={port}"]
+        args.append("trainer.replay=record")
         result = CliRunner().invoke(app, [*args, f"trainer.out_dir={out}"])
     finally:
         done.set()
@@ -269,7 +276,7 @@ def cpu_run(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> tupl
 def test_run_writes_traces(cpu_run: tuple[Path, list[str]]) -> None:
     run, _ = cpu_run
     rows = read_traces(run)
-    assert sorted({r["step"] for r in rows}) == [1, 2, 3] and len(rows) == 15  # 5 of 8 rollouts a step
+    assert sorted({r["step"] for r in rows}) == [1, 2] and len(rows) == 10  # 5 of 8 rollouts a step
     for r in rows:
         assert r["response_length"] == len(r["response_ids"]) <= 4 and r["prompt"].strip()
         assert r["finish_reason"] in ("stop", "length") and r["logprob_gap_mean"] < 1e-3
@@ -281,7 +288,12 @@ def test_run_serves_prometheus_while_it_runs(cpu_run: tuple[Path, list[str]]) ->
     answers = [text for text in seen if "rlkit_reward_mean" in text]
     assert answers, f"no scrape during the run had the step metrics ({len(seen)} scrapes)"
     last = answers[-1]
-    for name in ("rlkit_step", "rlkit_timing_gen_s", "rlkit_throughput_tokens_per_s", "rlkit_rollout_gen_tokens_per_s"):
+    for name in (
+        "rlkit_step",
+        "rlkit_timing_gen_s",
+        "rlkit_throughput_tokens_per_s",
+        "rlkit_rollout_gen_tokens_per_s",
+    ):
         assert f'{name}{{run="run"}}' in last, name
 
 
@@ -292,9 +304,75 @@ def test_run_report_in_browser(cpu_run: tuple[Path, list[str]], tmp_path: Path) 
     assert console == [], console
     drawn = attribute(dom, "svg", "data-drawn")
     assert len(drawn) >= 6 and set(drawn) == {"1"}, drawn
-    assert len(_visible(dom)) == 15
-    assert "step_3" in dom  # the checkpoint table
+    assert len(_visible(dom)) == 10
+    assert "step_2" in dom  # the checkpoint table
     truncated = sum(r["finish_reason"] == "length" for r in read_traces(run))
     dom, _ = load(page, "truncated=1", profile=tmp_path)
     assert len(_visible(dom)) == truncated
     not_blank(screenshot(page, tmp_path / "run.png", profile=tmp_path))
+
+
+# ------------------------------------------------------------------------ rollout replay
+COMPARED = ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "reward/mean", "advantages/mean")
+
+
+def _train(*args: str) -> str:
+    result = CliRunner().invoke(app, ["train", "grpo", *TINY, "trainer.loggers=[jsonl]", *args])
+    return f"{result.exit_code}\n{result.output}"
+
+
+def _steps(run: Path) -> list[dict[str, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "actor/pg_loss" in r]
+
+
+def test_replay_repeats_the_recorded_losses_exactly(cpu_run: tuple[Path, list[str]], tmp_path: Path) -> None:
+    recorded, _ = cpu_run
+    replayed = tmp_path / "replayed"
+    assert sorted(p.name for p in (recorded / "replay").glob("*.safetensors")) == [
+        "step_000001_round_1.safetensors",
+        "step_000002_round_1.safetensors",
+    ]
+    out = _train(
+        "trainer.replay=replay", f"trainer.replay_dir={recorded / 'replay'}", f"trainer.out_dir={replayed}"
+    )
+    assert out.startswith("0\n"), out
+    a, b = _steps(recorded), _steps(replayed)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
+    for key in COMPARED:
+        assert [r[key] for r in a] == [r[key] for r in b], key  # exactly: the same batch, the same math
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("rollout.n=4", "was made with rollout.n=2, this run has rollout.n=4"),
+        ("trainer.total_steps=3", "has no step 3"),
+    ],
+)
+def test_a_replay_that_does_not_match_is_one_line(tmp_path: Path, change: str, message: str) -> None:
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    index = {"config": {}, "steps": {"1": {"1": "x"}, "2": {"1": "x"}}}
+    # the recording's config as the recorder writes it, for this TINY config
+    from rlkit.cli._checks import compose
+    from rlkit.config.compose import to_dataclass
+    from rlkit.trainer.replay import recorded_config
+
+    cfg = compose("grpo", profile=None, config_file=None, overrides=TINY, command="train")
+    index["config"] = recorded_config(to_dataclass(cfg))
+    (folder / "recording.json").write_text(json.dumps(index))
+    out = _train(
+        "trainer.replay=replay", f"trainer.replay_dir={folder}", change, f"trainer.out_dir={tmp_path / 'r'}"
+    )
+    assert out.startswith("2\n") and message in out and "Traceback" not in out, out
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_replay_without_a_recording_is_one_line(tmp_path: Path) -> None:
+    out = _train("trainer.replay=replay", f"trainer.out_dir={tmp_path / 'r'}")
+    assert out.startswith("2\n") and "needs trainer.replay_dir" in out, out
+    out = _train(
+        "trainer.replay=replay", f"trainer.replay_dir={tmp_path}", f"trainer.out_dir={tmp_path / 'r'}"
+    )
+    assert out.startswith("2\n") and "no recording there" in out, out
