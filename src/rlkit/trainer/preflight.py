@@ -56,7 +56,15 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_readable, _rollout_engine, _rl_data_and_scorers, _loggers, _replay, _run_folder]
+        checks = [
+            _hardware,
+            _model_readable,
+            _rollout_engine,
+            _rl_data_and_scorers,
+            _loggers,
+            _replay,
+            _run_folder,
+        ]
     return [check(cfg) for check in checks]
 
 
