@@ -86,8 +86,8 @@ def _summary(run_dir: Path, rows: list[dict[str, Any]], config: str) -> str:
     except Exception:  # a damaged config.yaml still gets a report (its text is shown below)
         pass
     steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
-    last = next((r for r in reversed(rows) if "reward/mean" in r), {})
-    val = next((r for r in reversed(rows) if "val/reward/mean" in r), {})
+    last: dict[str, Any] = next((r for r in reversed(rows) if "reward/mean" in r), {})
+    val: dict[str, Any] = next((r for r in reversed(rows) if "val/reward/mean" in r), {})
     items = [
         ("recipe", recipe),
         ("model", model),

@@ -64,8 +64,8 @@ def _logprob_gaps(batch: Batch, mask: torch.Tensor, rows: list[int]) -> dict[str
     if "rollout_log_probs" not in batch or "old_log_probs" not in batch:
         return {"logprob_gap_mean": [None] * len(rows), "logprob_gap_max": [None] * len(rows)}
     gap = (batch["old_log_probs"].float() - batch["rollout_log_probs"].float()).abs()
-    means = [_masked_mean(gap[i], mask[i]) for i in rows]
-    maxes = [float(gap[i][mask[i]].max()) if mask[i].any() else 0.0 for i in rows]
+    means: list[float | None] = [_masked_mean(gap[i], mask[i]) for i in rows]
+    maxes: list[float | None] = [float(gap[i][mask[i]].max()) if mask[i].any() else 0.0 for i in rows]
     return {"logprob_gap_mean": means, "logprob_gap_max": maxes}
 
 
