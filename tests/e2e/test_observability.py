@@ -293,8 +293,12 @@ def test_run_serves_prometheus_while_it_runs(cpu_run: tuple[Path, list[str]]) ->
         "rlkit_timing_gen_s",
         "rlkit_throughput_tokens_per_s",
         "rlkit_rollout_gen_tokens_per_s",
+        "rlkit_rollout_engine_tokens_per_s",
+        "rlkit_rollout_engine_kv_cache_slots",
     ):
         assert f'{name}{{run="run"}}' in last, name
+    sequences = re.search(r'rlkit_rollout_engine_sequences\{run="run"\} (\S+)', last)
+    assert sequences and float(sequences.group(1)) == 8.0  # 4 prompts x 2 samples, validation not counted
 
 
 def test_run_report_in_browser(cpu_run: tuple[Path, list[str]], tmp_path: Path) -> None:

@@ -55,7 +55,6 @@ class RLTrainer:
         self.summary: RunSummary | None = None
         self._step_now = 0
         self._tracer: TraceWriter | None = None
-        self._ask_gauges = True  # until the rollout engines answer that they report none
         self._replay: RolloutRecorder | RolloutReplayer | None = None
         check_replay(cfg)  # a replay's recording matches this config, before Ray or any worker starts
         # validated here, before Ray or any worker starts
@@ -242,12 +241,8 @@ class RLTrainer:
         return metrics
 
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
-        """``rollout/engine/<gauge>`` of the engines that report gauges (summed over ranks, fractions
-        averaged); asked once more only while some engine answers."""
-        if not self._ask_gauges:
-            return {}
+        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged)."""
         per_rank = [g for g in run.rollout.gauges() if g]
-        self._ask_gauges = bool(per_rank)
         out: dict[str, float] = {}
         for name in sorted({k for g in per_rank for k in g}):
             values = [g[name] for g in per_rank if name in g]
@@ -351,6 +346,7 @@ class RLTrainer:
         with self.timer("val"):
             batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
             scored = [run.score(b)[0] for b in batches]
+            run.rollout.gauges()  # the engine gauges of a step are its training generation's only
         return stats.validation_metrics(Batch.concat(scored))
 
 

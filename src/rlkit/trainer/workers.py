@@ -8,6 +8,7 @@ of them live in one process per device: the rollout engine takes the actor's wei
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ class RolloutWorker:
             options=options,
             log_dir=log_dir,
         )
+        self._tally: dict[str, float] = {"seconds": 0.0, "sequences": 0, "tokens": 0}
 
     @dispatch("shard")
     def generate(
@@ -157,7 +159,11 @@ class RolloutWorker:
         """Samples for a shard of prompts (``prompts``/``prompt_attention_mask`` columns); rows are prompts x n."""
         sampling = SamplingParams(**params)
         token_lists = prompt_token_lists(prompts["prompts"], prompts["prompt_attention_mask"])
+        started = time.perf_counter()
         completions = self.engine.generate(token_lists, sampling)
+        self._tally["seconds"] += time.perf_counter() - started
+        self._tally["sequences"] += sum(len(group) for group in completions)
+        self._tally["tokens"] += sum(len(c.token_ids) for group in completions for c in group)
         return completions_to_batch(
             prompts, completions, pad_id=pad_id, max_response_length=max_response_length
         )
@@ -171,10 +177,21 @@ class RolloutWorker:
 
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:
-        """The engine's gauges of its last ``generate`` (``running_seqs``, ``waiting_seqs``,
-        ``kv_cache_usage``, ``tokens_per_s``, ...) where the engine has a ``gauges()`` method; else {}."""
+        """What this worker generated since the last call (``sequences``, ``tokens``,
+        ``tokens_per_s``), the engine's KV-cache slots where it has them (``kv_cache_slots``), and
+        the engine's own gauges (``running_seqs``, ``waiting_seqs``, ``kv_cache_usage``, ...) where it
+        has a ``gauges()`` method."""
+        tally, self._tally = self._tally, {"seconds": 0.0, "sequences": 0, "tokens": 0}
+        out = {"sequences": float(tally["sequences"]), "tokens": float(tally["tokens"])}
+        if tally["seconds"] > 0:
+            out["tokens_per_s"] = tally["tokens"] / tally["seconds"]
+        slots = getattr(self.engine, "num_slots", None)
+        if isinstance(slots, int):
+            out["kv_cache_slots"] = float(slots)
         read = getattr(self.engine, "gauges", None)
-        return {str(k): float(v) for k, v in read().items()} if callable(read) else {}
+        if callable(read):
+            out.update({str(k): float(v) for k, v in read().items()})
+        return out
 
     @dispatch("broadcast")
     def sleep(self) -> None:

@@ -75,6 +75,9 @@ def test_grafana_dashboard_queries_metrics_rlkit_serves() -> None:
             "timing/update_actor_s",
             "timing/sync_s",
             "step",
+            "rollout/engine/sequences",
+            "rollout/engine/tokens_per_s",
+            "rollout/engine/kv_cache_slots",
         )
     }
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
