@@ -4,8 +4,9 @@ Each file holds a sample of that step's rollouts (:data:`TRACE_SCHEMA`): prompt 
 decoded text and token ids, reward, advantage, lengths, finish reason and the gap between the
 rollout engine's and the trainer's log-probs. A file is written to a temporary name, fsynced and
 renamed: a run killed while writing leaves at most a ``.tmp`` file that readers ignore, never a
-torn step file. On resume the files after the resumed step are dropped (they belong to the steps
-about to be run again), as ``metrics.jsonl``'s rows are.
+torn step file. The files of steps a run is about to repeat (after the step it resumes from, or
+all of them for a fresh start in a used folder) are moved to ``RUN/archive/<time>/`` before the run
+starts (:func:`rlkit.ckpt.resume.prepare_run_dir`), as its checkpoints are.
 
 The ``trajectory`` column is for multi-turn runs: a JSON list of the trajectory's messages (tool
 calls and tool results included); null for single-turn rollouts.
@@ -73,7 +74,8 @@ class TraceWriter:
         run_dir: The run folder.
         every: Trace every N steps (0 = off).
         max_mb: Stop writing traces (one warning) once ``RUN/traces`` holds this many MiB.
-        start_step: The step the run resumes after (0 = a fresh run): later files are dropped.
+        start_step: The step the run resumes after (0 = a fresh run): later files, which the run
+            folder's preparation has already archived, must not be mixed in (any left are removed).
     """
 
     def __init__(self, run_dir: Path, *, every: int, max_mb: float, start_step: int = 0) -> None:
