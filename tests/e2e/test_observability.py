@@ -292,9 +292,8 @@ def test_run_serves_prometheus_while_it_runs(cpu_run: tuple[Path, list[str]]) ->
         "rlkit_step",
         "rlkit_timing_gen_s",
         "rlkit_throughput_tokens_per_s",
-        "rlkit_rollout_gen_tokens_per_s",
-        "rlkit_rollout_engine_tokens_per_s",
-        "rlkit_rollout_engine_kv_cache_slots",
+        "rlkit_throughput_gen_tokens_per_s",
+        "rlkit_throughput_rollout_engine_tokens_per_s",
     ):
         assert f'{name}{{run="run"}}' in last, name
     sequences = re.search(r'rlkit_rollout_engine_sequences\{run="run"\} (\S+)', last)

@@ -204,7 +204,7 @@ class RLTrainer:
         with timer("gen"):
             batch, gen_metrics = self._generate_training_batch(run, step)
         gen_s = time.perf_counter() - started
-        gen_metrics["rollout/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
+        gen_metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
         gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
@@ -241,13 +241,16 @@ class RLTrainer:
         return metrics
 
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
-        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged)."""
+        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged;
+        rates as ``throughput/rollout_engine_<gauge>``)."""
         per_rank = [g for g in run.rollout.gauges() if g]
         out: dict[str, float] = {}
         for name in sorted({k for g in per_rank for k in g}):
             values = [g[name] for g in per_rank if name in g]
             fraction = name.endswith(("_usage", "_frac", "_ratio"))
-            out[f"rollout/engine/{name}"] = sum(values) / len(values) if fraction else sum(values)
+            # wall-clock rates go under throughput/ with the others (a resumed run differs only there)
+            key = f"throughput/rollout_engine_{name}" if name.endswith("_per_s") else f"rollout/engine/{name}"
+            out[key] = sum(values) / len(values) if fraction else sum(values)
         return out
 
     def _trace(self, run: RunContext, step: int, batch: Batch) -> None:

@@ -178,16 +178,12 @@ class RolloutWorker:
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:
         """What this worker generated since the last call (``sequences``, ``tokens``,
-        ``tokens_per_s``), the engine's KV-cache slots where it has them (``kv_cache_slots``), and
-        the engine's own gauges (``running_seqs``, ``waiting_seqs``, ``kv_cache_usage``, ...) where it
+        ``tokens_per_s``) and the engine's own gauges (``running_seqs``, ``waiting_seqs``, ``kv_cache_usage``, ...) where it
         has a ``gauges()`` method."""
         tally, self._tally = self._tally, {"seconds": 0.0, "sequences": 0, "tokens": 0}
         out = {"sequences": float(tally["sequences"]), "tokens": float(tally["tokens"])}
         if tally["seconds"] > 0:
             out["tokens_per_s"] = tally["tokens"] / tally["seconds"]
-        slots = getattr(self.engine, "num_slots", None)
-        if isinstance(slots, int):
-            out["kv_cache_slots"] = float(slots)
         read = getattr(self.engine, "gauges", None)
         if callable(read):
             out.update({str(k): float(v) for k, v in read().items()})

@@ -63,7 +63,7 @@ def test_grafana_dashboard_queries_metrics_rlkit_serves() -> None:
             "response_length/mean",
             "response_length/max",
             "throughput/tokens_per_s",
-            "rollout/gen_tokens_per_s",
+            "throughput/gen_tokens_per_s",
             "actor/entropy",
             "actor/grad_norm",
             "actor/ppo_kl",
@@ -76,8 +76,7 @@ def test_grafana_dashboard_queries_metrics_rlkit_serves() -> None:
             "timing/sync_s",
             "step",
             "rollout/engine/sequences",
-            "rollout/engine/tokens_per_s",
-            "rollout/engine/kv_cache_slots",
+            "throughput/rollout_engine_tokens_per_s",
         )
     }
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
