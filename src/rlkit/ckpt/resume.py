@@ -17,8 +17,8 @@ and the two ways out. Everything else (learning rate, clipping, ``trainer.total_
 change; the console lists what did.
 
 Nothing already written is deleted: what the new run would overwrite or mix with (on a fresh
-start every checkpoint and ``metrics.jsonl``; on resume the checkpoints newer than the resumed
-step) is moved to ``RUN/archive/<time>/``, and the console says so.
+start every checkpoint, ``metrics.jsonl`` and ``traces/``; on resume the checkpoints and sample
+traces newer than the resumed step) is moved to ``RUN/archive/<time>/``, and the console says so.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from rlkit.errors import UserError
 from rlkit.models import DecoderConfig, native_unsupported_reason
 
 METRICS_FILE = "metrics.jsonl"
+TRACES_DIR = "traces"  # rlkit.logging.traces: one parquet file of sample rollouts per step
 ARCHIVE_DIR = "archive"
 # The model-shape keys of config.json that must agree between a checkpoint and the run resuming it.
 ARCH_KEYS = (
@@ -210,6 +211,12 @@ def _archive(run_dir: Path, items: list[Path], why: str) -> Path | None:
     return dest
 
 
+def _trace_step(path: Path) -> int:
+    """The step of a ``traces/step_NNNNNN.parquet`` file (-1 for another name)."""
+    digits = path.stem.removeprefix("step_")
+    return int(digits) if digits.isdigit() else -1
+
+
 def _copy_metrics_rows(source: Path, dest: Path, last_step: int) -> None:
     """Start ``dest`` with the rows of ``source`` up to ``last_step`` (a run forked from another)."""
     if not source.is_file():
@@ -240,14 +247,16 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
         console.print(f"[dim]checkpoints: removed {info.path.name} (a save that did not finish)[/]")
     kept = [c for c in infos if c.status != "interrupted"]
     metrics = run / METRICS_FILE
+    traces = run / TRACES_DIR
     if point is None:
         # the old config.yaml too, when there is an old run to go with it
-        old = [*(c.path for c in kept), root / LATEST, metrics]
+        old = [*(c.path for c in kept), root / LATEST, metrics, traces]
         old += [run / CONFIG] if any(p.exists() for p in old) else []
         _archive(run, old, "starting a fresh run in a used folder")
         return
     if point.path.parent == root:
         newer = [c.path for c in kept if c.step > point.step]
+        newer += [p for p in sorted(traces.glob("step_*.parquet")) if _trace_step(p) > point.step]
         moved = _archive(run, newer, f"resuming from step {point.step}: checkpoints of later steps")
         if moved is not None and metrics.is_file():
             # the resumed run drops the rows after its step; the archive keeps the whole history
@@ -255,7 +264,7 @@ def prepare_run_dir(run_dir: str | os.PathLike[str], point: ResumePoint | None) 
         write_text_atomic(root / LATEST, point.path.name + "\n")
     else:
         why = f"resuming from {point.path} into another run folder"
-        old = [*(c.path for c in kept), root / LATEST, metrics]
+        old = [*(c.path for c in kept), root / LATEST, metrics, traces]
         _archive(run, old + ([run / CONFIG] if any(p.exists() for p in old) else []), why)
         _copy_metrics_rows(point.path.parent.parent / METRICS_FILE, metrics, point.step)
     console.print(f"[green]resuming from {point.path} (step {point.step})[/]")

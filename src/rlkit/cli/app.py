@@ -134,6 +134,7 @@ def _register() -> None:
         profile,
         profiles,
         recipes,
+        report,
         sft,
         train,
     )
@@ -150,9 +151,11 @@ def _register() -> None:
     app.command("download", epilog=download.EPILOG)(download.download)
     app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
-    from rlkit.cli import ckpt
+    app.command("report", epilog=report.EPILOG)(report.report)
+    from rlkit.cli import ckpt, migrate
 
     app.add_typer(ckpt.app, name="ckpt")
+    app.add_typer(migrate.app, name="migrate")
 
 
 _register()

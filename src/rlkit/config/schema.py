@@ -402,8 +402,15 @@ class TrainerConfig:
     keep_last: int | None = bounded(None, ge=0)
     """Checkpoints to keep (0 = all). Null: 3 for a new run; on resume, the value the run started
     with (kept in its checkpoints)."""
-    loggers: list[str] = choice_list(["console", "jsonl"], ("console", "jsonl", "tensorboard", "wandb"))
-    """Where metrics go: console, jsonl, tensorboard, wandb."""
+    loggers: list[str] = choice_list(
+        ["console", "jsonl"], ("console", "jsonl", "tensorboard", "wandb", "prometheus")
+    )
+    """Where metrics go: console, jsonl, tensorboard, wandb, prometheus (a live ``/metrics``
+    endpoint on ``trainer.prometheus_port``; needs ``pip install 'rlkit[prometheus]'``)."""
+    prometheus_port: int = bounded(9464, ge=0, le=65535)
+    """Port of the ``prometheus`` logger's HTTP endpoint (``/metrics``); 0 = any free port (printed)."""
+    prometheus_host: str = "127.0.0.1"
+    """Address the ``prometheus`` logger listens on (loopback; ``0.0.0.0`` to let another host scrape it)."""
     log_every: int | None = bounded(None, ge=1)
     """Print a console line every N steps (the first and last step always; ``metrics.jsonl``
     keeps every step). Null: every step up to 50 steps, else every ``ceil(total_steps / 40)``
@@ -418,6 +425,22 @@ class TrainerConfig:
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
     """First and last RL step (inclusive) that ``trainer.profile`` records (clamped to the run)."""
+    replay: str = choice("off", "record", "replay")
+    """``record``: save each step's rollouts (what the engine generated, before scoring) to
+    ``trainer.replay_dir``; ``replay``: use a recording's rollouts instead of generating (scoring,
+    advantages and the update run again: a loss or reward can be debugged without re-sampling). A
+    replay whose rollout-deciding config differs from the recording's stops with one line."""
+    replay_dir: str | None = None
+    """Folder of ``trainer.replay``: where ``record`` writes (null: ``RUN/replay``) and the recording
+    ``replay`` reads (required)."""
+    trace_every: int = bounded(1, ge=0)
+    """Write a sample of every Nth step's rollouts to ``RUN/traces/step_N.parquet`` (prompts,
+    responses as text and token ids, rewards, advantages, lengths, finish reasons, rollout vs
+    trainer log-prob gaps; ``rlkit report`` shows them). 0 = no traces."""
+    trace_rows: int = bounded(8, ge=1)
+    """Rollouts (rows) sampled per traced step."""
+    trace_max_mb: float = bounded(256.0, gt=0)
+    """Size bound of ``RUN/traces``: once it holds this many MiB the run writes no more traces (one warning)."""
 
 
 @dataclass

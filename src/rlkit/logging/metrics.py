@@ -1,7 +1,7 @@
-"""Where a run's metrics go: the rich console, ``metrics.jsonl``, TensorBoard and Weights & Biases.
+"""Where a run's metrics go: the console, ``metrics.jsonl``, TensorBoard, Weights & Biases, Prometheus.
 
 One :class:`MetricsLogger` fans each step's metrics out to the backends named in
-``trainer.loggers``. The console shows a live progress bar (ETA, seconds per step) and a compact
+``trainer.loggers`` (``prometheus``: :mod:`rlkit.logging.prometheus`). The console shows a live progress bar (ETA, seconds per step) and a compact
 line every ``trainer.log_every`` steps; ``metrics.jsonl`` gets one JSON object per step (``step``
 first), flushed and fsynced before the trainer writes that step's checkpoint.
 """
@@ -156,7 +156,7 @@ class WandbBackend:
         self.run.finish()
 
 
-LOGGERS = ("console", "jsonl", "tensorboard", "wandb")
+LOGGERS = ("console", "jsonl", "tensorboard", "wandb", "prometheus")
 
 
 class MetricsLogger:
@@ -173,12 +173,16 @@ class MetricsLogger:
         experiment: str = "run",
         config: dict[str, Any] | None = None,
         console_every: int | None = 1,
+        prometheus_port: int = 9464,
+        prometheus_host: str = "127.0.0.1",
     ) -> None:
         """Open the backends named in ``loggers``.
 
         Args:
             console_every: Print a console line every N steps (``trainer.log_every``); None picks
                 :func:`log_interval`'s default for ``total_steps``.
+            prometheus_port: Port of the ``prometheus`` logger's HTTP server (0: any free port).
+            prometheus_host: Address it listens on.
         """
         unknown = [name for name in loggers if name not in LOGGERS]
         if unknown:
@@ -192,6 +196,12 @@ class MetricsLogger:
             self.backends.append(TensorBoardBackend(run_dir / "tensorboard"))
         if "wandb" in loggers:
             self.backends.append(WandbBackend(run_dir, project, experiment, config or {}))
+        if "prometheus" in loggers:
+            from rlkit.logging.prometheus import PrometheusBackend
+
+            prom = PrometheusBackend(port=prometheus_port, host=prometheus_host, run=run_dir.name)
+            self.backends.append(prom)
+            _console_err.print(f"[dim]prometheus metrics on http://{prometheus_host}:{prom.port}/metrics[/]")
         if "console" in loggers:
             every = log_interval(console_every, total_steps)
             self.backends.append(ConsoleBackend(total_steps, start_step, every=every))

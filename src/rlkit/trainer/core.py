@@ -31,14 +31,17 @@ from rlkit.controller import stop_ray
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.logging import MetricsLogger
+from rlkit.logging.traces import TraceWriter
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
+from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
 from rlkit.trainer.run_start import RunStart
 from rlkit.trainer.setup import RunContext, build_run, open_rl_run
 from rlkit.trainer.summary import RunSummary, announce, console, opening, settle
+from rlkit.trainer.traces import sample_rows, trace_columns
 
 
 class RLTrainer:
@@ -51,6 +54,9 @@ class RLTrainer:
         self.signals = StopSignals()
         self.summary: RunSummary | None = None
         self._step_now = 0
+        self._tracer: TraceWriter | None = None
+        self._replay: RolloutRecorder | RolloutReplayer | None = None
+        check_replay(cfg)  # a replay's recording matches this config, before Ray or any worker starts
         # validated here, before Ray or any worker starts
         self.profile_window = ProfileWindow.from_settings(
             cfg.trainer.profile, cfg.trainer.profile_steps, cfg.trainer.total_steps
@@ -151,7 +157,13 @@ class RLTrainer:
             experiment=cfg.trainer.experiment,
             config=run.config_dict,
             console_every=cfg.trainer.log_every,
+            prometheus_port=cfg.trainer.prometheus_port,
+            prometheus_host=cfg.trainer.prometheus_host,
         )
+        self._tracer = TraceWriter(
+            run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
+        )
+        self._replay = open_replay(cfg, run.run_dir)
         try:
             self._sync_weights(run, start)
             if (
@@ -197,6 +209,9 @@ class RLTrainer:
         started = time.perf_counter()
         with timer("gen"):
             batch, gen_metrics = self._generate_training_batch(run, step)
+        gen_s = time.perf_counter() - started
+        gen_metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
+        gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
             if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
@@ -231,7 +246,29 @@ class RLTrainer:
         metrics["timing/step_s"] = step_s
         metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / step_s
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
+        self._trace(run, step, batch)
         return metrics
+
+    def _engine_gauges(self, run: RunContext) -> dict[str, float]:
+        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged;
+        rates as ``throughput/rollout_engine_<gauge>``)."""
+        per_rank = [g for g in run.rollout.gauges() if g]
+        out: dict[str, float] = {}
+        for name in sorted({k for g in per_rank for k in g}):
+            values = [g[name] for g in per_rank if name in g]
+            fraction = name.endswith(("_usage", "_frac", "_ratio"))
+            # wall-clock rates go under throughput/ with the others (a resumed run differs only there)
+            key = f"throughput/rollout_engine_{name}" if name.endswith("_per_s") else f"rollout/engine/{name}"
+            out[key] = sum(values) / len(values) if fraction else sum(values)
+        return out
+
+    def _trace(self, run: RunContext, step: int, batch: Batch) -> None:
+        """A sample of ``step``'s rollouts to ``RUN/traces`` every ``trainer.trace_every`` steps."""
+        if self._tracer is None or not self._tracer.wants(step):
+            return
+        with self.timer("trace"):
+            rows = sample_rows(len(batch), self.cfg.trainer.trace_rows, self.cfg.trainer.seed * 7919 + step)
+            self._tracer.write(step, trace_columns(batch, run.tokenizer, rows))
 
     # ------------------------------------------------------------------ stages
     def _generate_training_batch(self, run: RunContext, step: int) -> tuple[Batch, dict[str, float]]:
@@ -246,7 +283,7 @@ class RLTrainer:
             prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
             # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
             seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + rounds) % 2**31
-            batch = run.generate(prompts, {**run.train_sampling, "seed": seed})
+            batch = self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, rounds)
             batch = self.hooks.after_generate(run, prompts, batch)
             batch, reward_metrics = run.score(batch)
             metrics.update(reward_metrics)
@@ -270,6 +307,17 @@ class RLTrainer:
             }
         )
         return batch, metrics
+
+    def _rollouts(
+        self, run: RunContext, prompts: Batch, sampling: dict[str, Any], step: int, round_: int
+    ) -> Batch:
+        """The engine's rollouts of ``prompts``; recorded or replayed under ``trainer.replay``."""
+        if isinstance(self._replay, RolloutReplayer):
+            return self._replay.rollouts(step, round_, prompts)
+        batch = run.generate(prompts, sampling)
+        if isinstance(self._replay, RolloutRecorder):
+            self._replay.rollouts(step, round_, prompts, batch)
+        return batch
 
     def _advantages(self, run: RunContext, batch: Batch) -> dict[str, float]:
         algo = self.cfg.algo
@@ -310,6 +358,7 @@ class RLTrainer:
         with self.timer("val"):
             batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
             scored = [run.score(b)[0] for b in batches]
+            run.rollout.gauges()  # the engine gauges of a step are its training generation's only
         return stats.validation_metrics(Batch.concat(scored))
 
 

@@ -35,7 +35,9 @@ from rlkit.trainer.settings import resolve_device
 
 BUILTIN_PREFIX = "builtin:"
 #: trainer.loggers entry -> the module it imports.
-_LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+_LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "prometheus": "prometheus_client"}
+#: the pip line of each (where it is not the entry's own name).
+_LOGGER_INSTALL = {"prometheus": "pip install 'rlkit[prometheus]' (or pip install prometheus-client)"}
 
 
 def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
@@ -54,7 +56,15 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
     if command == "sft":
         checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
     else:
-        checks = [_hardware, _model_readable, _rollout_engine, _rl_data_and_scorers, _loggers, _run_folder]
+        checks = [
+            _hardware,
+            _model_readable,
+            _rollout_engine,
+            _rl_data_and_scorers,
+            _loggers,
+            _replay,
+            _run_folder,
+        ]
     return [check(cfg) for check in checks]
 
 
@@ -226,8 +236,18 @@ def _loggers(cfg: RlkitConfig) -> str:
     for name in cfg.trainer.loggers:
         module = _LOGGER_MODULES.get(name)
         if module and importlib.util.find_spec(module) is None:
-            raise UserError(f"trainer.loggers has {name} but it is not installed", hint=f"pip install {name}")
+            hint = _LOGGER_INSTALL.get(name, f"pip install {name}")
+            raise UserError(f"trainer.loggers has {name} but it is not installed", hint=hint)
     return f"loggers: {', '.join(cfg.trainer.loggers)}"
+
+
+def _replay(cfg: RlkitConfig) -> str:
+    from rlkit.trainer.replay import check_replay
+
+    check_replay(cfg)  # a replay's recording exists, matches this config and holds every step
+    if cfg.trainer.replay == "off":
+        return "rollouts: generated (trainer.replay=off)"
+    return f"rollouts: trainer.replay={cfg.trainer.replay} ({cfg.trainer.replay_dir or 'RUN/replay'})"
 
 
 def _run_folder(cfg: RlkitConfig) -> str:

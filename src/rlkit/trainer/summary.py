@@ -129,7 +129,8 @@ class RunSummary:
             lines.append("  checkpoint none complete in this run")
         if resume:
             lines.append(f"  resume   {resume}")
-        lines.append(f"  next     rlkit plot {self.run_dir}")
+        lines.append(f"  next     rlkit report {self.run_dir}   (curves and sample traces, one HTML page)")
+        lines.append(f"           rlkit plot {self.run_dir}")
         if self.checkpoint is not None:
             # next to the run folder: merge never writes inside a run folder, even with --force
             hf = f"{str(self.run_dir).rstrip('/')}-hf-step_{self.last_step}"

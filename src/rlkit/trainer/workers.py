@@ -8,6 +8,7 @@ of them live in one process per device: the rollout engine takes the actor's wei
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ class RolloutWorker:
             options=options,
             log_dir=log_dir,
         )
+        self._tally: dict[str, float] = {"seconds": 0.0, "sequences": 0, "tokens": 0}
 
     @dispatch("shard")
     def generate(
@@ -158,7 +160,11 @@ class RolloutWorker:
         """Samples for a shard of prompts (``prompts``/``prompt_attention_mask`` columns); rows are prompts x n."""
         sampling = SamplingParams(**params)
         token_lists = prompt_token_lists(prompts["prompts"], prompts["prompt_attention_mask"])
+        started = time.perf_counter()
         completions = self.engine.generate(token_lists, sampling)
+        self._tally["seconds"] += time.perf_counter() - started
+        self._tally["sequences"] += sum(len(group) for group in completions)
+        self._tally["tokens"] += sum(len(c.token_ids) for group in completions for c in group)
         return completions_to_batch(
             prompts, completions, pad_id=pad_id, max_response_length=max_response_length
         )
@@ -182,6 +188,20 @@ class RolloutWorker:
         tap = ChecksumTap(actor.role.named_full_tensors(dtype=self.dtype))
         self.engine.update_weights(tap)
         return check_push(step, self.engine, before, tap.checksums())
+
+    @dispatch("broadcast")
+    def gauges(self) -> dict[str, float]:
+        """What this worker generated since the last call (``sequences``, ``tokens``,
+        ``tokens_per_s``) and the engine's own gauges (``running_seqs``, ``waiting_seqs``, ``kv_cache_usage``, ...) where it
+        has a ``gauges()`` method."""
+        tally, self._tally = self._tally, {"seconds": 0.0, "sequences": 0, "tokens": 0}
+        out = {"sequences": float(tally["sequences"]), "tokens": float(tally["tokens"])}
+        if tally["seconds"] > 0:
+            out["tokens_per_s"] = tally["tokens"] / tally["seconds"]
+        read = getattr(self.engine, "gauges", None)
+        if callable(read):
+            out.update({str(k): float(v) for k, v in read().items()})
+        return out
 
     @dispatch("broadcast")
     def sleep(self) -> None:

@@ -156,6 +156,20 @@ def test_fresh_start_archives_everything(run: Path) -> None:
     assert (archive / "metrics.jsonl").is_file() and (archive / "config.yaml").is_file()
 
 
+def test_sample_traces_are_archived_not_lost(run: Path, tmp_path: Path) -> None:
+    traces = run / "traces"
+    traces.mkdir()
+    for step in (1, 2, 3):
+        (traces / f"step_{step:06d}.parquet").write_bytes(b"PAR1")
+    prepare_run_dir(run, resolve_resume(str(ck(run, 2)), run))  # resume: step 3's traces run again
+    assert sorted(p.name for p in traces.iterdir()) == ["step_000001.parquet", "step_000002.parquet"]
+    (archive,) = (run / "archive").iterdir()
+    assert (archive / "traces" / "step_000003.parquet").is_file()
+    prepare_run_dir(run, None)  # a fresh start in the used folder: every trace goes to the archive
+    assert not traces.exists()
+    assert sum(1 for _ in (run / "archive").rglob("step_*.parquet")) == 3
+
+
 def test_resume_into_another_folder_copies_metrics_up_to_the_step(run: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     point = resolve_resume(str(ck(run, 2)), other)
