@@ -268,7 +268,13 @@ class RLTrainer:
             return
         with self.timer("trace"):
             rows = sample_rows(len(batch), self.cfg.trainer.trace_rows, self.cfg.trainer.seed * 7919 + step)
-            self._tracer.write(step, trace_columns(batch, run.tokenizer, rows))
+            try:
+                self._tracer.write(step, trace_columns(batch, run.tokenizer, rows))
+            except (KeyError, ValueError, IndexError) as exc:  # a hook's batch without a traced column
+                console.print(
+                    f"[yellow]traces: step {step} could not be traced ({exc}); no more traces this run[/]"
+                )
+                self._tracer = None  # the training itself goes on
 
     # ------------------------------------------------------------------ stages
     def _generate_training_batch(self, run: RunContext, step: int) -> tuple[Batch, dict[str, float]]:
