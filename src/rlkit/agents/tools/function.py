@@ -70,7 +70,7 @@ class StatefulTool:
             self.schema = schema
         if name is not None:
             self.name = name
-        elif not self.name and self.schema:
+        elif self.schema:  # a given schema's name wins over the class's default
             self.name = self.schema["function"]["name"]
         if self.schema and self.schema["function"]["name"] != self.name:
             self.schema = {**self.schema, "function": {**self.schema["function"], "name": self.name}}
