@@ -83,3 +83,12 @@ def test_rlkit_data_writes_the_task(tmp_path: Path) -> None:
 
     table = pq.read_table(tmp_path / "train.parquet").to_pylist()
     assert table[0]["extra_info"]["tool_selection"] == ["calculator"]
+
+
+def test_the_trainer_generates_it_as_data_synthetic() -> None:
+    from rlkit.config.load import load_config
+    from rlkit.trainer.data import build_train_data
+
+    cfg = load_config("grpo", overrides=["data.synthetic=arith_tools", "data.synthetic_size=64"], command="train")
+    data = build_train_data(cfg, load_tokenizer("builtin:tiny"))
+    assert len(data.train) == 64
