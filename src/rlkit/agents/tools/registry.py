@@ -106,6 +106,18 @@ def build_tool(class_name: str, config: Mapping[str, Any] | None = None, schema:
     return tool
 
 
+def find_tools_file(entry: str) -> Path:
+    """``entry`` as a path, else the tools YAML shipped in the package's recipes (``tools/NAME.yaml``)."""
+    path = Path(entry)
+    if path.is_file():
+        return path
+    from rlkit.registry import recipes_dir
+
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("recipes",) else path
+    shipped = recipes_dir() / relative
+    return shipped if shipped.is_file() else path
+
+
 def _yaml_tools(path: Path) -> list[Tool]:
     """The tools of one verl-layout tools YAML file."""
     if not path.is_file():
@@ -142,7 +154,7 @@ def load_tools(spec: str | Iterable[str] | None) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
     for entry in filter(None, entries):
         is_file = entry.endswith((".yaml", ".yml")) or "/" in entry
-        found = _yaml_tools(Path(entry)) if is_file else [build_tool(entry, where=f"tool {entry!r}")]
+        found = _yaml_tools(find_tools_file(entry)) if is_file else [build_tool(entry, where=f"tool {entry!r}")]
         for tool in found:
             if tool.name in tools:
                 raise UserError(f"two tools are named {tool.name!r} ({entry})", hint="give one of them another name in tool_schema")

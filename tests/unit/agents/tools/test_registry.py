@@ -168,3 +168,11 @@ def test_row_helpers() -> None:
     assert list(select_tools(tools, {"tool_selection": ["calculator"]})) == ["calculator"]
     with pytest.raises(UserError, match="unknown tool.*'search'"):
         select_tools(tools, {"tool_selection": ["search"]})
+
+
+def test_shipped_gsm8k_code_interpreter_yaml() -> None:
+    for spec in ("tools/gsm8k_code_interpreter.yaml", "recipes/tools/gsm8k_code_interpreter.yaml"):
+        tool = load_tools([spec])["code_interpreter"]
+        assert tool.schema["function"]["parameters"]["required"] == ["code"]
+    result = asyncio.run(tool.execute("t", {"code": "print(sum(range(10)))"}))
+    assert result.text == "45\n"
