@@ -55,7 +55,10 @@ def problems(n: int, seed: int) -> list[tuple[str, int]]:
         UserError: more problems than the 81,000 distinct ones.
     """
     if n > _DISTINCT:
-        raise UserError(f"arith_tools: only {_DISTINCT} distinct problems exist, asked for {n}", hint="ask for fewer (--size)")
+        raise UserError(
+            f"arith_tools: only {_DISTINCT} distinct problems exist, asked for {n}",
+            hint="ask for fewer (--size)",
+        )
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[tuple[str, int]] = []
@@ -117,10 +120,16 @@ def tool_trace(row: dict[str, Any]) -> list[dict[str, Any]]:
 def direct_trace(row: dict[str, Any], answer: str | None = None) -> list[dict[str, Any]]:
     """An SFT conversation that answers without the tool (``answer``: default the true product)."""
     text = str(row["reward_model"]["ground_truth"]) if answer is None else answer
-    return [{"role": "system", "content": TOOLS_PREAMBLE}, *row["prompt"], {"role": "assistant", "content": text}]
+    return [
+        {"role": "system", "content": TOOLS_PREAMBLE},
+        *row["prompt"],
+        {"role": "assistant", "content": text},
+    ]
 
 
 def sft_conversations(rows: list[dict[str, Any]], tool_fraction: float, seed: int) -> list[dict[str, Any]]:
     """SFT rows (``{"messages": ...}``): a seeded ``tool_fraction`` of tool traces, the rest direct answers."""
     rng = random.Random(seed)
-    return [{"messages": tool_trace(row) if rng.random() < tool_fraction else direct_trace(row)} for row in rows]
+    return [
+        {"messages": tool_trace(row) if rng.random() < tool_fraction else direct_trace(row)} for row in rows
+    ]

@@ -38,12 +38,16 @@ def test_sft_traces_render_like_the_agent_loop_prompt() -> None:
     row = arith_tools.generate(1, seed=0)[0]
     trace = arith_tools.tool_trace(row)
     with_system = tokenizer.apply_chat_template(trace, tokenize=False)
-    with_tools = tokenizer.apply_chat_template(trace[1:], tools=[arith_tools.CALCULATOR_SCHEMA], tokenize=False)
+    with_tools = tokenizer.apply_chat_template(
+        trace[1:], tools=[arith_tools.CALCULATOR_SCHEMA], tokenize=False
+    )
     assert with_system == with_tools
     expression = row["prompt"][0]["content"].rstrip("=")
     assert arith_tools.tool_call_text(expression) in with_system
     answer = row["reward_model"]["ground_truth"]
-    assert with_system.endswith(f"<tool_response>{answer}</tool_response><|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n")
+    assert with_system.endswith(
+        f"<tool_response>{answer}</tool_response><|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+    )
     convs = arith_tools.sft_conversations(arith_tools.generate(400, seed=1), tool_fraction=0.4, seed=2)
     share = sum(any(m.get("tool_calls") for m in c["messages"]) for c in convs) / len(convs)
     assert 0.3 < share < 0.5  # binomial(400, 0.4): sd 0.025
@@ -54,13 +58,29 @@ def test_sft_traces_render_like_the_agent_loop_prompt() -> None:
     [
         ("5535", 1.0, False),
         ("5536", 0.0, False),
-        ('<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call><|im_end|>\n'
-         "<|im_start|>user\n<tool_response>5535</tool_response><|im_end|>\n<|im_start|>assistant\n5535<|im_end|>", 1.0, True),
-        ('<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call>\n'
-         "user\n<tool_response>5535</tool_response>\nassistant\n5535", 1.0, True),  # special tokens skipped
+        (
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call><|im_end|>\n'
+            "<|im_start|>user\n<tool_response>5535</tool_response><|im_end|>\n<|im_start|>assistant\n5535<|im_end|>",
+            1.0,
+            True,
+        ),
+        (
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call>\n'
+            "user\n<tool_response>5535</tool_response>\nassistant\n5535",
+            1.0,
+            True,
+        ),  # special tokens skipped
         ('<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call>', 0.0, True),
-        ("<tool_call>x</tool_call>\nuser\n<tool_response>5535</tool_response>\nassistant\n<tool_call>y</tool_call>", 0.0, True),
-        ("<tool_call>x</tool_call>\nuser\n<tool_response>5535</tool_response>\nassistant\nit is 5530", 0.0, True),
+        (
+            "<tool_call>x</tool_call>\nuser\n<tool_response>5535</tool_response>\nassistant\n<tool_call>y</tool_call>",
+            0.0,
+            True,
+        ),
+        (
+            "<tool_call>x</tool_call>\nuser\n<tool_response>5535</tool_response>\nassistant\nit is 5530",
+            0.0,
+            True,
+        ),
     ],
 )
 def test_scorer_reads_the_last_assistant_turn(response: str, score: float, called: bool) -> None:
@@ -89,6 +109,8 @@ def test_the_trainer_generates_it_as_data_synthetic() -> None:
     from rlkit.config.load import load_config
     from rlkit.trainer.data import build_train_data
 
-    cfg = load_config("grpo", overrides=["data.synthetic=arith_tools", "data.synthetic_size=64"], command="train")
+    cfg = load_config(
+        "grpo", overrides=["data.synthetic=arith_tools", "data.synthetic_size=64"], command="train"
+    )
     data = build_train_data(cfg, load_tokenizer("builtin:tiny"))
     assert len(data.train) == 64

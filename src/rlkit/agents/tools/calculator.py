@@ -74,7 +74,9 @@ def _walk(node: ast.AST, max_exponent: int, max_digits: int) -> Any:
     raise CalculatorError(f"{what} is not allowed (numbers, + - * / // % ** and parentheses only)")
 
 
-def evaluate(expression: str, *, max_length: int = 200, max_exponent: int = 64, max_digits: int = 100) -> int | float:
+def evaluate(
+    expression: str, *, max_length: int = 200, max_exponent: int = 64, max_digits: int = 100
+) -> int | float:
     """The value of an arithmetic ``expression``.
 
     Args:
@@ -120,20 +122,28 @@ class CalculatorTool(StatefulTool):
 
     name = "calculator"
 
-    def __init__(self, max_length: int = 200, max_exponent: int = 64, max_digits: int = 100,
-                 schema: dict[str, Any] | None = None) -> None:
-        super().__init__(schema=schema or {
-            "type": "function",
-            "function": {
-                "name": "calculator",
-                "description": "evaluate arithmetic",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"expression": {"type": "string", "description": "e.g. 123*45"}},
-                    "required": ["expression"],
+    def __init__(
+        self,
+        max_length: int = 200,
+        max_exponent: int = 64,
+        max_digits: int = 100,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            schema=schema
+            or {
+                "type": "function",
+                "function": {
+                    "name": "calculator",
+                    "description": "evaluate arithmetic",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"expression": {"type": "string", "description": "e.g. 123*45"}},
+                        "required": ["expression"],
+                    },
                 },
-            },
-        })
+            }
+        )
         self.limits = {"max_length": max_length, "max_exponent": max_exponent, "max_digits": max_digits}
         self._argument = next(iter(self.schema["function"]["parameters"]["properties"]), "expression")
 

@@ -129,7 +129,9 @@ class FunctionTool(StatefulTool):
         description: Overrides the docstring's first paragraph.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], name: str | None = None, description: str | None = None
+    ) -> None:
         self.fn = fn
         super().__init__(schema=infer_schema(fn, name=name, description=description))
         self._floats = {
@@ -138,13 +140,17 @@ class FunctionTool(StatefulTool):
 
     async def call(self, state: Any, arguments: dict[str, Any]) -> ToolResult | Any:
         """Call the function (a coroutine function is awaited, a plain one runs in a thread)."""
-        kwargs = {k: float(v) if k in self._floats and isinstance(v, int) else v for k, v in arguments.items()}
+        kwargs = {
+            k: float(v) if k in self._floats and isinstance(v, int) else v for k, v in arguments.items()
+        }
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(**kwargs)
         return await asyncio.to_thread(self.fn, **kwargs)
 
 
-def function_tool(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> FunctionTool:
+def function_tool(
+    fn: Callable[..., Any], name: str | None = None, description: str | None = None
+) -> FunctionTool:
     """Make ``fn`` (sync or async, with type hints and a Google docstring) a :class:`Tool`.
 
     Args:

@@ -54,13 +54,24 @@ class PythonTool(StatefulTool):
 
     name = "python"
 
-    def __init__(self, cpu_limit_s: float = 5.0, wall_limit_s: float = 10.0, memory_limit_mb: int = 512,
-                 max_output_chars: int = 2000, max_concurrency: int | None = None,
-                 network_namespace: bool = True, schema: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cpu_limit_s: float = 5.0,
+        wall_limit_s: float = 10.0,
+        memory_limit_mb: int = 512,
+        max_output_chars: int = 2000,
+        max_concurrency: int | None = None,
+        network_namespace: bool = True,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(schema=schema or _schema(self.name))
-        self.limits = SandboxLimits(cpu_limit_s=cpu_limit_s, wall_limit_s=wall_limit_s,
-                                    memory_limit_mb=memory_limit_mb, max_output_chars=max_output_chars,
-                                    network_namespace=network_namespace)
+        self.limits = SandboxLimits(
+            cpu_limit_s=cpu_limit_s,
+            wall_limit_s=wall_limit_s,
+            memory_limit_mb=memory_limit_mb,
+            max_output_chars=max_output_chars,
+            network_namespace=network_namespace,
+        )
         self.max_concurrency = max_concurrency or min(4, os.cpu_count() or 1)
         self._argument = next(iter(self.schema["function"]["parameters"]["properties"]), "code")
         self._gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
@@ -85,13 +96,20 @@ class PythonTool(StatefulTool):
         text = result.stdout
         if result.stderr:
             text = f"{text}\n{result.stderr}" if text else result.stderr
-        metrics = {"sandbox_wall_s": result.wall_s, "sandbox_netns": float(result.network_guard == "namespace")}
+        metrics = {
+            "sandbox_wall_s": result.wall_s,
+            "sandbox_netns": float(result.network_guard == "namespace"),
+        }
         if result.status in _LIMIT_ERRORS:
             message = _LIMIT_ERRORS[result.status].format(
                 wall=self.limits.wall_limit_s, cpu=self.limits.cpu_limit_s, memory=self.limits.memory_limit_mb
             )
-            return ToolResult(text=text, error=f"{self.name}: {message}", timed_out=result.status == "timeout",
-                              metrics=metrics)
+            return ToolResult(
+                text=text,
+                error=f"{self.name}: {message}",
+                timed_out=result.status == "timeout",
+                metrics=metrics,
+            )
         return ToolResult(text=text if text else "(no output)", metrics=metrics)
 
 

@@ -53,7 +53,9 @@ def _import_class(path: str, where: str) -> type:
     """``pkg.mod.Class`` or ``pkg.mod:Class`` -> the class; a UserError naming ``where`` otherwise."""
     module_name, _, class_name = path.replace(":", ".").rpartition(".")
     if not module_name:
-        raise UserError(f"{where}: class_name {path!r} is not a dotted path", hint="write it as pkg.module.Class")
+        raise UserError(
+            f"{where}: class_name {path!r} is not a dotted path", hint="write it as pkg.module.Class"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -71,7 +73,9 @@ def _is_verl_style(cls: type) -> bool:
     return hasattr(cls, "calc_reward") and not hasattr(cls, "reward")
 
 
-def build_tool(class_name: str, config: Mapping[str, Any] | None = None, schema: Any = None, where: str = "tools") -> Tool:
+def build_tool(
+    class_name: str, config: Mapping[str, Any] | None = None, schema: Any = None, where: str = "tools"
+) -> Tool:
     """One tool from a YAML entry's ``class_name``, ``config`` and optional ``tool_schema``.
 
     Raises:
@@ -81,8 +85,10 @@ def build_tool(class_name: str, config: Mapping[str, Any] | None = None, schema:
     if schema is not None:
         problem = schema_problem(schema)
         if problem:
-            raise UserError(f"{where}: tool_schema is not an OpenAI function schema: {problem}",
-                            hint='see docs/tools.md ("type: function", function.name, function.parameters)')
+            raise UserError(
+                f"{where}: tool_schema is not an OpenAI function schema: {problem}",
+                hint='see docs/tools.md ("type: function", function.name, function.parameters)',
+            )
     kwargs = {k: v for k, v in dict(config or {}).items() if k not in _VERL_ONLY_KEYS}
     builtin = VERL_CLASSES.get(class_name, class_name)
     if builtin in BUILTINS:
@@ -90,7 +96,9 @@ def build_tool(class_name: str, config: Mapping[str, Any] | None = None, schema:
     elif "." in class_name or ":" in class_name:
         cls = _import_class(class_name, where)
     else:
-        raise UserError(f"{where}: unknown tool {class_name!r}", hint=f"built-in tools: {', '.join(BUILTINS)}")
+        raise UserError(
+            f"{where}: unknown tool {class_name!r}", hint=f"built-in tools: {', '.join(BUILTINS)}"
+        )
     if _is_verl_style(cls):
         from rlkit.agents.tools.verl_adapter import VerlToolAdapter
 
@@ -98,11 +106,15 @@ def build_tool(class_name: str, config: Mapping[str, Any] | None = None, schema:
     try:
         tool = cls(**kwargs, schema=schema) if schema is not None else cls(**kwargs)
     except TypeError as exc:
-        raise UserError(f"{where}: {class_name} does not take this config ({exc})",
-                        hint="see docs/tools.md for each tool's config keys") from exc
+        raise UserError(
+            f"{where}: {class_name} does not take this config ({exc})",
+            hint="see docs/tools.md for each tool's config keys",
+        ) from exc
     if not isinstance(tool, Tool):
-        raise UserError(f"{where}: {class_name} is not a tool (no name/schema/create/execute/reward/release)",
-                        hint="subclass rlkit.agents.tools.StatefulTool or verl's BaseTool")
+        raise UserError(
+            f"{where}: {class_name} is not a tool (no name/schema/create/execute/reward/release)",
+            hint="subclass rlkit.agents.tools.StatefulTool or verl's BaseTool",
+        )
     return tool
 
 
@@ -121,19 +133,26 @@ def find_tools_file(entry: str) -> Path:
 def _yaml_tools(path: Path) -> list[Tool]:
     """The tools of one verl-layout tools YAML file."""
     if not path.is_file():
-        raise UserError(f"tools file {str(path)!r} does not exist", hint="give a path to a tools YAML, or a built-in name")
+        raise UserError(
+            f"tools file {str(path)!r} does not exist", hint="give a path to a tools YAML, or a built-in name"
+        )
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"tools file {str(path)!r} is not valid YAML ({exc})".replace("\n", " ")) from exc
     entries = document.get("tools") if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        raise UserError(f"tools file {str(path)!r} has no 'tools:' list", hint="see docs/tools.md for the layout")
+        raise UserError(
+            f"tools file {str(path)!r} has no 'tools:' list", hint="see docs/tools.md for the layout"
+        )
     tools = []
     for i, entry in enumerate(entries):
         where = f"{path}: tools[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-            raise UserError(f"{where} has no class_name", hint="each entry needs class_name (and optional config, tool_schema)")
+            raise UserError(
+                f"{where} has no class_name",
+                hint="each entry needs class_name (and optional config, tool_schema)",
+            )
         config = entry.get("config") or {}
         if not isinstance(config, dict):
             raise UserError(f"{where}: config must be a mapping")
@@ -150,14 +169,21 @@ def load_tools(spec: str | Iterable[str] | None) -> dict[str, Tool]:
     """
     if spec is None:
         return {}
-    entries = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    entries = (
+        [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    )
     tools: dict[str, Tool] = {}
     for entry in filter(None, entries):
         is_file = entry.endswith((".yaml", ".yml")) or "/" in entry
-        found = _yaml_tools(find_tools_file(entry)) if is_file else [build_tool(entry, where=f"tool {entry!r}")]
+        found = (
+            _yaml_tools(find_tools_file(entry)) if is_file else [build_tool(entry, where=f"tool {entry!r}")]
+        )
         for tool in found:
             if tool.name in tools:
-                raise UserError(f"two tools are named {tool.name!r} ({entry})", hint="give one of them another name in tool_schema")
+                raise UserError(
+                    f"two tools are named {tool.name!r} ({entry})",
+                    hint="give one of them another name in tool_schema",
+                )
             tools[tool.name] = tool
     return tools
 
@@ -173,7 +199,11 @@ def create_kwargs(extra_info: Mapping[str, Any] | None, name: str) -> dict[str, 
         raise UserError(f"extra_info.tools_kwargs[{name!r}] must be a mapping, got {type(per_tool).__name__}")
     if "create_kwargs" in per_tool:
         return dict(per_tool["create_kwargs"] or {})
-    return {k: v for k, v in per_tool.items() if k not in ("execute_kwargs", "calc_reward_kwargs", "release_kwargs")}
+    return {
+        k: v
+        for k, v in per_tool.items()
+        if k not in ("execute_kwargs", "calc_reward_kwargs", "release_kwargs")
+    }
 
 
 def select_tools(tools: Mapping[str, Tool], extra_info: Mapping[str, Any] | None) -> dict[str, Tool]:
@@ -189,6 +219,8 @@ def select_tools(tools: Mapping[str, Tool], extra_info: Mapping[str, Any] | None
     unknown = [n for n in names if n not in tools]
     if unknown:
         loaded = ", ".join(tools) or "none"
-        raise UserError(f"extra_info.tool_selection names unknown tool(s) {', '.join(map(repr, unknown))}",
-                        hint=f"loaded tools: {loaded} (rollout.multi_turn tools)")
+        raise UserError(
+            f"extra_info.tool_selection names unknown tool(s) {', '.join(map(repr, unknown))}",
+            hint=f"loaded tools: {loaded} (rollout.multi_turn tools)",
+        )
     return {n: tools[n] for n in names}

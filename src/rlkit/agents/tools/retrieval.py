@@ -25,7 +25,9 @@ def _bm25s() -> Any:
     try:
         import bm25s
     except ImportError as exc:
-        raise UserError("the retrieval tool needs the bm25s package, which is not installed", hint=INSTALL_HINT) from exc
+        raise UserError(
+            "the retrieval tool needs the bm25s package, which is not installed", hint=INSTALL_HINT
+        ) from exc
     return bm25s
 
 
@@ -37,7 +39,9 @@ def read_corpus(path: str | Path, text_key: str = "text") -> list[dict[str, str]
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"retrieval corpus {str(path)!r} does not exist", hint="set the tool's config: corpus: PATH")
+        raise UserError(
+            f"retrieval corpus {str(path)!r} does not exist", hint="set the tool's config: corpus: PATH"
+        )
     if path.suffix == ".txt":
         docs = [{"text": line.strip(), "title": ""} for line in path.read_text().splitlines() if line.strip()]
     elif path.suffix in (".jsonl", ".parquet"):
@@ -49,11 +53,16 @@ def read_corpus(path: str | Path, text_key: str = "text") -> list[dict[str, str]
             rows = pq.read_table(path).to_pylist()
         missing = next((i for i, row in enumerate(rows) if not isinstance(row.get(text_key), str)), None)
         if missing is not None:
-            raise UserError(f"retrieval corpus {str(path)!r}: row {missing} has no string {text_key!r}",
-                            hint="set the tool's config: text_key: COLUMN")
+            raise UserError(
+                f"retrieval corpus {str(path)!r}: row {missing} has no string {text_key!r}",
+                hint="set the tool's config: text_key: COLUMN",
+            )
         docs = [{"text": row[text_key], "title": str(row.get("title") or "")} for row in rows]
     else:
-        raise UserError(f"retrieval corpus {str(path)!r}: unknown format {path.suffix!r}", hint="use .jsonl, .parquet or .txt")
+        raise UserError(
+            f"retrieval corpus {str(path)!r}: unknown format {path.suffix!r}",
+            hint="use .jsonl, .parquet or .txt",
+        )
     if not docs:
         raise UserError(f"retrieval corpus {str(path)!r} has no documents")
     return docs
@@ -67,14 +76,19 @@ class BM25Index:
         self.docs = docs
         self._bm25s = bm25s
         self._model = bm25s.BM25()
-        tokens = bm25s.tokenize([f"{d['title']} {d['text']}" for d in docs], stopwords="en", show_progress=False)
+        tokens = bm25s.tokenize(
+            [f"{d['title']} {d['text']}" for d in docs], stopwords="en", show_progress=False
+        )
         self._model.index(tokens, show_progress=False)
         self._vocab = set(tokens.vocab)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best ``(document index, score)`` pairs with a positive score, best first."""
-        words = [w for w in self._bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
-                 if w in self._vocab]
+        words = [
+            w
+            for w in self._bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+            if w in self._vocab
+        ]
         if not words:
             return []
         k = min(k, len(self.docs))
@@ -95,20 +109,29 @@ class RetrievalTool(StatefulTool):
 
     name = "search"
 
-    def __init__(self, corpus: str, text_key: str = "text", top_k: int = 3, max_doc_chars: int = 500,
-                 schema: dict[str, Any] | None = None) -> None:
-        super().__init__(schema=schema or {
-            "type": "function",
-            "function": {
-                "name": "search",
-                "description": "search the documents",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"query": {"type": "string", "description": "what to look for"}},
-                    "required": ["query"],
+    def __init__(
+        self,
+        corpus: str,
+        text_key: str = "text",
+        top_k: int = 3,
+        max_doc_chars: int = 500,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            schema=schema
+            or {
+                "type": "function",
+                "function": {
+                    "name": "search",
+                    "description": "search the documents",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"query": {"type": "string", "description": "what to look for"}},
+                        "required": ["query"],
+                    },
                 },
-            },
-        })
+            }
+        )
         self.index = BM25Index(read_corpus(corpus, text_key))
         self.top_k, self.max_doc_chars = top_k, max_doc_chars
 
@@ -120,7 +143,11 @@ class RetrievalTool(StatefulTool):
         lines = []
         for rank, (doc_id, _) in enumerate(hits, start=1):
             doc = self.index.docs[doc_id]
-            text = doc["text"] if len(doc["text"]) <= self.max_doc_chars else doc["text"][: self.max_doc_chars] + "..."
+            text = (
+                doc["text"]
+                if len(doc["text"]) <= self.max_doc_chars
+                else doc["text"][: self.max_doc_chars] + "..."
+            )
             title = f" (Title: {doc['title']})" if doc["title"] else ""
             lines.append(f"Doc {rank}{title}: {text}")
         return "\n".join(lines)

@@ -78,7 +78,9 @@ class SandboxResult:
     truncated: bool
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int, keep_end: bool = False) -> tuple[bytes, bool]:
+async def _read_capped(
+    stream: asyncio.StreamReader, limit: int, keep_end: bool = False
+) -> tuple[bytes, bool]:
     """Read a stream to its end, keeping its first (or last) ``limit`` bytes; the rest is dropped."""
     kept = bytearray()
     cut = False
@@ -155,9 +157,17 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
     }
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-m", "rlkit.agents.tools.sandbox_child", json.dumps(config),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=workdir, env=env, start_new_session=True,
+        sys.executable,
+        "-I",
+        "-m",
+        "rlkit.agents.tools.sandbox_child",
+        json.dumps(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=workdir,
+        env=env,
+        start_new_session=True,
     )
     byte_limit = 4 * limits.max_output_chars + 4096  # utf-8: at most 4 bytes a character
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -178,11 +188,21 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
         if proc.returncode is None:
             await proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-    return _result(proc.returncode, out, err, guard, out_cut or err_cut, timed_out, limits, time.monotonic() - start)
+    return _result(
+        proc.returncode, out, err, guard, out_cut or err_cut, timed_out, limits, time.monotonic() - start
+    )
 
 
-def _result(exit_code: int | None, out: bytes, err: bytes, guard: str, byte_cut: bool, timed_out: bool,
-            limits: SandboxLimits, wall_s: float) -> SandboxResult:
+def _result(
+    exit_code: int | None,
+    out: bytes,
+    err: bytes,
+    guard: str,
+    byte_cut: bool,
+    timed_out: bool,
+    limits: SandboxLimits,
+    wall_s: float,
+) -> SandboxResult:
     raw_err = err.decode("utf-8", errors="replace")
     stdout, out_cut = _cut(out.decode("utf-8", errors="replace"), limits.max_output_chars)
     stderr, err_cut = _cut(raw_err, limits.max_output_chars, keep_end=True)

@@ -22,10 +22,21 @@ MARKER = "#rlkit-sandbox"
 # hook could not follow into another interpreter) and signals to other processes (the trainer
 # runs under the same user)
 _REFUSED_PREFIXES = ("socket.",)
-_PROCESS_EVENTS = frozenset({
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "pty.spawn",
-    "os.kill", "os.killpg", "signal.pthread_kill",
-})
+_PROCESS_EVENTS = frozenset(
+    {
+        "subprocess.Popen",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "pty.spawn",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+    }
+)
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:

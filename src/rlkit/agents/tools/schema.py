@@ -94,7 +94,9 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     return " ".join(description), args
 
 
-def infer_schema(fn: Callable[..., Any], name: str | None = None, description: str | None = None) -> dict[str, Any]:
+def infer_schema(
+    fn: Callable[..., Any], name: str | None = None, description: str | None = None
+) -> dict[str, Any]:
     """The OpenAI function-tool schema of ``fn`` (type hints + Google docstring).
 
     Raises:
@@ -132,7 +134,9 @@ def schema_problem(schema: Any) -> str | None:
     function = schema.get("function")
     if not isinstance(function, dict):
         return "it has no 'function' mapping"
-    if not isinstance(function.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", function["name"]):
+    if not isinstance(function.get("name"), str) or not re.fullmatch(
+        r"[A-Za-z0-9_.-]{1,64}", function["name"]
+    ):
         return "function.name must be 1-64 letters, digits, '_', '.' or '-'"
     if "description" in function and not isinstance(function["description"], str):
         return "function.description must be a string"

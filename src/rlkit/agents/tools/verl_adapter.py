@@ -64,7 +64,9 @@ class VerlToolAdapter:
         self._ids: dict[str, str] = {}
 
     @classmethod
-    def build(cls, tool_cls: type, config: dict[str, Any], schema: dict[str, Any] | None, where: str) -> VerlToolAdapter:
+    def build(
+        cls, tool_cls: type, config: dict[str, Any], schema: dict[str, Any] | None, where: str
+    ) -> VerlToolAdapter:
         """Construct ``tool_cls`` as verl does and wrap it.
 
         Raises:
@@ -73,11 +75,15 @@ class VerlToolAdapter:
         try:
             inner = tool_cls(config=config, tool_schema=_verl_schema(schema))
         except Exception as exc:
-            raise UserError(f"{where}: {tool_cls.__qualname__}(config=...) failed: {describe_exception(exc)}",
-                            hint="check the entry's config against the tool class") from exc
+            raise UserError(
+                f"{where}: {tool_cls.__qualname__}(config=...) failed: {describe_exception(exc)}",
+                hint="check the entry's config against the tool class",
+            ) from exc
         own = schema if schema is not None else getattr(inner, "tool_schema", None)
         if own is None:
-            raise UserError(f"{where}: {tool_cls.__qualname__} has no tool_schema", hint="add tool_schema to the entry")
+            raise UserError(
+                f"{where}: {tool_cls.__qualname__} has no tool_schema", hint="add tool_schema to the entry"
+            )
         return cls(inner, _plain_schema(own))
 
     async def create(self, instance_id: str, **kwargs: Any) -> None:
@@ -90,7 +96,9 @@ class VerlToolAdapter:
     async def execute(self, instance_id: str, arguments: dict[str, Any]) -> ToolResult:
         """verl's ``execute``; an exception becomes the result's error (as in verl's loop)."""
         try:
-            response, step_reward, metrics = await self.inner.execute(self._ids.get(instance_id, instance_id), arguments)
+            response, step_reward, metrics = await self.inner.execute(
+                self._ids.get(instance_id, instance_id), arguments
+            )
         except Exception as exc:
             return ToolResult(text="", error=f"{self.name}: {describe_exception(exc)}")
         text = response if isinstance(response, str) else getattr(response, "text", None) or ""

@@ -76,5 +76,12 @@ def default_compute_score(
 
 
 __all__ = [
-    "SCORERS", "check_data_sources", "default_compute_score", "arith", "arith_tools", "countdown", "gsm8k", "math"
+    "SCORERS",
+    "check_data_sources",
+    "default_compute_score",
+    "arith",
+    "arith_tools",
+    "countdown",
+    "gsm8k",
+    "math",
 ]

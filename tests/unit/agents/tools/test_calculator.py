@@ -13,8 +13,19 @@ from rlkit.agents.tools.calculator import CalculatorError, CalculatorTool, evalu
 
 @pytest.mark.parametrize(
     ("expression", "value"),
-    [("123*45", 5535), ("(1+2)*3", 9), ("7//2", 3), ("7%3", 1), ("2**10", 1024), ("-3+ +4", 1), ("1/4", 0.25),
-     ("2^3", 8), ("12 x 3", 36), ("1.5*2", 3.0), ("10**-2", 0.01)],
+    [
+        ("123*45", 5535),
+        ("(1+2)*3", 9),
+        ("7//2", 3),
+        ("7%3", 1),
+        ("2**10", 1024),
+        ("-3+ +4", 1),
+        ("1/4", 0.25),
+        ("2^3", 8),
+        ("12 x 3", 36),
+        ("1.5*2", 3.0),
+        ("10**-2", 0.01),
+    ],
 )
 def test_values(expression: str, value: float) -> None:
     assert evaluate(expression) == value
@@ -50,8 +61,14 @@ def test_tool_returns_text_or_one_line_error() -> None:
     assert asyncio.run(tool.execute("t", {"expression": "123*45"})).text == "5535"
     assert asyncio.run(tool.execute("t", {"expression": "1/3"})).text == "0.3333333333"
     bad = asyncio.run(tool.execute("t", {"expression": "open('x')"}))
-    assert bad.error is not None and bad.error.startswith("calculator: Call is not allowed") and "\n" not in bad.error
-    assert asyncio.run(tool.execute("t", {"expr": "1"})).error.startswith("calculator: missing argument(s): expression")
+    assert (
+        bad.error is not None
+        and bad.error.startswith("calculator: Call is not allowed")
+        and "\n" not in bad.error
+    )
+    assert asyncio.run(tool.execute("t", {"expr": "1"})).error.startswith(
+        "calculator: missing argument(s): expression"
+    )
 
 
 def test_module_doctest() -> None:

@@ -12,7 +12,9 @@ from rlkit.agents.tools import function as function_module
 from rlkit.agents.tools.schema import parse_docstring, schema_problem
 
 
-def search(query: str, top_k: int = 3, mode: Literal["bm25", "exact"] = "bm25", tags: list[str] | None = None) -> list[str]:
+def search(
+    query: str, top_k: int = 3, mode: Literal["bm25", "exact"] = "bm25", tags: list[str] | None = None
+) -> list[str]:
     """Search the corpus.
 
     Longer text that is not part of the description.
@@ -52,7 +54,10 @@ def test_schema_from_hints_and_docstring() -> None:
     assert function["name"] == "search" and function["description"] == "Search the corpus."
     params = function["parameters"]
     assert params["required"] == ["query"]
-    assert params["properties"]["query"] == {"type": "string", "description": "What to look for, over two lines."}
+    assert params["properties"]["query"] == {
+        "type": "string",
+        "description": "What to look for, over two lines.",
+    }
     assert params["properties"]["top_k"] == {"type": "integer", "description": "How many hits.", "default": 3}
     assert params["properties"]["mode"]["enum"] == ["bm25", "exact"]
     assert params["properties"]["mode"]["type"] == "string"
@@ -107,7 +112,11 @@ def test_stateful_tool_lifecycle_and_reward() -> None:
         name = "count"
         schema = {
             "type": "function",
-            "function": {"name": "count", "description": "Count.", "parameters": {"type": "object", "properties": {}}},
+            "function": {
+                "name": "count",
+                "description": "Count.",
+                "parameters": {"type": "object", "properties": {}},
+            },
         }
 
         def new_state(self, target: int = 2) -> dict[str, int]:

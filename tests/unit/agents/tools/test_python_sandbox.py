@@ -70,7 +70,9 @@ def test_sleeping_code_is_killed_at_its_wall_limit() -> None:
     assert time.monotonic() - start < 1.5 + SLACK_S
 
 
-@pytest.mark.parametrize("code", ["x = bytearray(4 * 2**30)", "chunks = []\nwhile True:\n    chunks.append(bytearray(2**24))"])
+@pytest.mark.parametrize(
+    "code", ["x = bytearray(4 * 2**30)", "chunks = []\nwhile True:\n    chunks.append(bytearray(2**24))"]
+)
 def test_allocation_bomb_is_stopped_at_its_memory_limit(code: str) -> None:
     tool = PythonTool(memory_limit_mb=128)
     result = run(tool.execute("t", {"code": code}))
@@ -85,7 +87,9 @@ def test_code_cannot_signal_the_parent() -> None:
 
 
 def test_output_is_truncated() -> None:
-    result = python("print('x' * 100000)\nimport sys\nprint('e' * 5000, 'END', file=sys.stderr)", max_output_chars=100)
+    result = python(
+        "print('x' * 100000)\nimport sys\nprint('e' * 5000, 'END', file=sys.stderr)", max_output_chars=100
+    )
     assert result.truncated and result.status == "output_limit"
     assert result.stdout.startswith("x" * 100) and "truncated to 100 characters" in result.stdout
     assert len(result.stdout) < 200 and result.stderr.rstrip().endswith("END")

@@ -113,7 +113,8 @@ def test_verl_yaml_with_user_classes_of_both_styles(tmp_path: Path, user_module:
 
 def test_schema_override_renames_a_builtin(tmp_path: Path) -> None:
     path = tmp_path / "tools.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         tools:
           - class_name: rlkit.agents.tools.calculator.CalculatorTool
             config: {max_length: 10}
@@ -123,7 +124,8 @@ def test_schema_override_renames_a_builtin(tmp_path: Path) -> None:
                 name: calc
                 description: arithmetic
                 parameters: {type: object, properties: {expr: {type: string}}, required: [expr]}
-    """))
+    """)
+    )
     tool = load_tools(str(path))["calc"]
     assert asyncio.run(tool.execute("a", {"expr": "2+3"})).text == "5"
     assert "longer than 10" in asyncio.run(tool.execute("a", {"expr": "1+" * 10 + "1"})).error
@@ -140,7 +142,10 @@ def test_schema_override_renames_a_builtin(tmp_path: Path) -> None:
         ("tools: [{class_name: calculatr}]", "unknown tool 'calculatr'"),
         ("tools: [{class_name: calculator, config: {bogus: 1}}]", "does not take this config"),
         ("tools: [{class_name: calculator, tool_schema: {type: function}}]", "not an OpenAI function schema"),
-        ("tools: [{class_name: calculator, tool_schema: {type: function, function: {name: 'a b'}}}]", "function.name"),
+        (
+            "tools: [{class_name: calculator, tool_schema: {type: function, function: {name: 'a b'}}}]",
+            "function.name",
+        ),
         ("tools: [{class_name: calculator}, {class_name: calculator}]", "two tools are named 'calculator'"),
         ("tools: [a", "not valid YAML"),
     ],
@@ -163,7 +168,9 @@ def test_row_helpers() -> None:
     tools = load_tools(["calculator", "code_interpreter"])
     assert create_kwargs(None, "calculator") == {}
     assert create_kwargs({"tools_kwargs": {"calculator": {"max": 3}}}, "calculator") == {"max": 3}
-    assert create_kwargs({"tools_kwargs": {"calculator": {"create_kwargs": {"a": 1}}}}, "calculator") == {"a": 1}
+    assert create_kwargs({"tools_kwargs": {"calculator": {"create_kwargs": {"a": 1}}}}, "calculator") == {
+        "a": 1
+    }
     assert select_tools(tools, {}).keys() == tools.keys()
     assert list(select_tools(tools, {"tool_selection": ["calculator"]})) == ["calculator"]
     with pytest.raises(UserError, match="unknown tool.*'search'"):

@@ -25,8 +25,13 @@ class RunCode(BaseHTTPRequestHandler):
         if payload["code"] == "loop":
             run = {"status": "TimeLimitExceeded", "stdout": "", "stderr": "", "return_code": None}
         else:
-            run = {"status": "Finished", "stdout": f"ran {len(payload['code'])} chars\n", "stderr": "", "return_code": 0,
-                   "execution_time": 0.01}
+            run = {
+                "status": "Finished",
+                "stdout": f"ran {len(payload['code'])} chars\n",
+                "stderr": "",
+                "return_code": 0,
+                "execution_time": 0.01,
+            }
         body = json.dumps({"status": "Success", "message": "", "run_result": run}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -79,14 +84,21 @@ tools:
     assert isinstance(tool, SandboxFusionTool)
     result = asyncio.run(tool.execute("t", {"code": "print(1)"}))
     assert result.error is None and result.text == "ran 8 chars\n"
-    assert SEEN[-1] == {"code": "print(1)", "language": "python", "run_timeout": 30, "compile_timeout": 30,
-                        "memory_limit_MB": 1024}
+    assert SEEN[-1] == {
+        "code": "print(1)",
+        "language": "python",
+        "run_timeout": 30,
+        "compile_timeout": 30,
+        "memory_limit_MB": 1024,
+    }
     late = asyncio.run(tool.execute("t", {"code": "loop"}))
     assert late.timed_out and "time limit of 30 s" in late.error
 
 
 def test_unreachable_service_is_a_tool_error_not_a_crash() -> None:
-    tool = SandboxFusionTool(sandbox_fusion_url="http://127.0.0.1:9/run_code", default_timeout=1, request_slack_s=1)
+    tool = SandboxFusionTool(
+        sandbox_fusion_url="http://127.0.0.1:9/run_code", default_timeout=1, request_slack_s=1
+    )
     result = asyncio.run(tool.execute("t", {"code": "print(1)"}))
     assert result.error is not None and result.error.startswith("code_interpreter: the sandbox service")
 
