@@ -1,7 +1,9 @@
 """Run model-written Python in a separate, limited process without blocking the event loop.
 
-Each call starts a fresh interpreter (``python -I -m rlkit.agents.tools.sandbox_child``) in its own
-session and its own temp working dir, with:
+Each call starts a fresh interpreter (``python -I``, running ``sandbox_child.py`` by path with
+only ``rlkit``'s folder added to ``sys.path``, so the child imports nothing but :mod:`rlkit.limits`
+before the code runs, whatever a package ``__init__`` imports) in its own session and its own temp
+working dir, with:
 
 - CPU time: ``RLIMIT_CPU`` (the kernel ends the process with SIGXCPU);
 - wall time: the parent kills the whole process group at the deadline;
@@ -26,11 +28,17 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import rlkit
+from rlkit.agents.tools import sandbox_child
 from rlkit.agents.tools.sandbox_child import MARKER
 
 _READ_CHUNK = 65536
 _CHILD_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT")
+# the folder that holds the rlkit package, and the child's bootstrap: put it on sys.path, run the file
+_PACKAGE_ROOT = str(Path(rlkit.__file__).resolve().parent.parent)
+_BOOT = "import runpy, sys; sys.path.insert(0, sys.argv[1]); runpy.run_path(sys.argv[2], run_name='__main__')"
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,10 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",
-        "-m",
-        "rlkit.agents.tools.sandbox_child",
+        "-c",
+        _BOOT,
+        _PACKAGE_ROOT,
+        str(Path(sandbox_child.__file__).resolve()),
         json.dumps(config),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -1,7 +1,8 @@
 """The sandbox's child process: limit itself, cut the network, then run the model's code.
 
-Run as ``python -I -m rlkit.agents.tools.sandbox_child LIMITS_JSON`` with the code on stdin and
-the working directory set to a fresh temp dir (:mod:`rlkit.agents.tools.sandbox` does all that).
+Run by path with ``LIMITS_JSON`` as the last argument, the code on stdin and the working
+directory set to a fresh temp dir (:mod:`rlkit.agents.tools.sandbox` does all that); it imports
+only the standard library and :mod:`rlkit.limits`.
 The order matters: the network namespace and the parent-death signal come first (they use
 ``ctypes``), then the rlimits, then the audit hook, and only then is the model's code compiled.
 The first line on stderr is ``#rlkit-sandbox net=<namespace|audit>`` so the parent can report
@@ -47,8 +48,8 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 def main() -> None:
-    """Apply the limits given as JSON in ``argv[1]`` and run the code read from stdin."""
-    config = json.loads(sys.argv[1])
+    """Apply the limits given as JSON in the last argument and run the code read from stdin."""
+    config = json.loads(sys.argv[-1])
     code = sys.stdin.read()
     sys.stdin.close()
     limits.die_with_parent()

@@ -128,3 +128,8 @@ def test_calls_run_concurrently_without_blocking_the_event_loop() -> None:
     assert texts == ["0", "1", "2", "3"]
     assert elapsed < 4 * 1.5  # the four sleeps overlapped
     assert ticks >= elapsed / 0.05 / 4  # the loop kept running while the children worked
+
+
+def test_the_child_imports_only_the_limits_before_the_code() -> None:
+    result = python("import sys\nprint(sorted(m for m in sys.modules if m.startswith(('rlkit', 'torch'))))")
+    assert result.stdout.strip() == "['rlkit', 'rlkit.limits']"
