@@ -215,7 +215,7 @@ def select_tools(tools: Mapping[str, Tool], extra_info: Mapping[str, Any] | None
     selection = (extra_info or {}).get("tool_selection")
     if selection is None:
         return dict(tools)
-    names = [selection] if isinstance(selection, str) else list(selection)
+    names = [selection] if isinstance(selection, str) else [str(n) for n in selection]
     unknown = [n for n in names if n not in tools]
     if unknown:
         loaded = ", ".join(tools) or "none"
