@@ -14,6 +14,11 @@ the tool is called, and the overall accuracy, greedy and sampled at temperature 
 per prompt, what GRPO sees). ``--install`` copies it to ``src/rlkit/models/assets/tiny-tools/``
 with ``build.json`` (command, step, measurements).
 
+The shipped model took two runs of this script (``build.json`` records both): 400 steps from
+``builtin:tiny-arith``, then ``--init`` that run's step-400 export ``--steps 250 actor.lr=1.5e-3
+actor.grad_clip=5.0 actor.micro_batch_tokens=4096`` (a model path that is not built-in gets the
+recipe's real-model values otherwise), shipping its step 250.
+
 The held-out problems are the test split of ``arith_tools.generate_splits(4096, 512, seed)``; the
 SFT run trains on the train split only.
 """
