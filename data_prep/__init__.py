@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rlkit.data_prep import arith, countdown, gsm8k, hh_rlhf, math
+from rlkit.data_prep import arith, arith_tools, countdown, gsm8k, hh_rlhf, math
 from rlkit.errors import UserError
 
 MapFn = Callable[[dict[str, Any], int, str], dict[str, Any] | None]
@@ -81,6 +81,14 @@ DATASETS: tuple[DatasetEntry, ...] = (
         "Generated offline: short multi-digit arithmetic ('23+45=' -> 68); the embedded default's task",
         hub_id=None,
         generator=arith.generate_splits,
+        has_splits=False,
+        default_size=10_000,
+    ),
+    DatasetEntry(
+        "arith_tools",
+        "Generated offline: 3-digit x 2-digit products with the calculator tool ('123*45=' -> 5535); the tool-use task",
+        hub_id=None,
+        generator=arith_tools.generate_splits,
         has_splits=False,
         default_size=10_000,
     ),

@@ -92,8 +92,8 @@ class DataConfig:
     """Parquet files of training prompts (verl schema); empty = the synthetic task ``data.synthetic``."""
     val_files: list[str] = field(default_factory=list)
     """Parquet files of validation prompts; empty = a held-out split of the synthetic task when it is used."""
-    synthetic: str = choice("arith", "countdown")
-    """Task generated on the fly when ``data.train_files`` is empty (``arith`` or ``countdown``)."""
+    synthetic: str = choice("arith", "countdown", "arith_tools")
+    """Task generated on the fly when ``data.train_files`` is empty (``arith``, ``countdown``, or ``arith_tools``: products to solve with the calculator tool)."""
     synthetic_size: int = bounded(4096, ge=1)
     """Number of synthetic training prompts (validation gets an eighth of it)."""
     batch_size: int = bounded(16, ge=1, profile=True)

@@ -7,6 +7,9 @@
   It is ``builtin:tiny`` fine-tuned on the synthetic arith task, the warm start of the embedded RL
   default (``rlkit train grpo`` with no argument). docs/train.md says how it was made and how to
   rebuild it (``python scripts/build_tiny_arith.py``).
+- ``builtin:tiny-tools``: ``builtin:tiny-arith`` fine-tuned by ``rlkit sft`` on calculator
+  tool-call traces of the ``arith_tools`` task, the warm start of the tool-use RL recipe
+  (``rlkit/models/assets/tiny-tools/``; docs/tools.md, ``python scripts/build_tiny_tools.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 32, 384),
     "tiny-arith": (128, 4, 4, 2, 32, 384),
+    "tiny-tools": (128, 4, 4, 2, 32, 384),
 }
 # built-in models whose weights ship with the package (the others are random-init architectures)
-PACKAGED = ("tiny-arith",)
+PACKAGED = ("tiny-arith", "tiny-tools")
 
 
 def builtin_name(path: str) -> str:

@@ -12,7 +12,6 @@ a second pipe, which is how the trainer learns where an import or a sample hangs
 from __future__ import annotations
 
 import faulthandler
-import math
 import os
 import signal
 import threading
@@ -21,53 +20,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from rlkit.limits import arm_cpu_limit as _arm_cpu_limit
+from rlkit.limits import limit_memory as _limit_memory
 from rlkit.rewards import plain
 from rlkit.rewards.custom import CustomRewardFn
 
 OK, ERROR = "ok", "error"
 # faulthandler keeps the file descriptor, not the object: keep the pipe end alive here.
 _STACK_PIPE: list[Connection] = []
-
-
-def _limit_memory(memory_limit_mb: int | None) -> None:
-    """Cap the address space at what the worker maps now plus ``memory_limit_mb``."""
-    if memory_limit_mb is None:
-        return
-    try:
-        import resource
-    except ImportError:  # Windows: no rlimits
-        return
-    try:
-        with open("/proc/self/statm") as statm:
-            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        mapped = 0
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = mapped + memory_limit_mb * 2**20
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    except (ValueError, OSError):  # macOS rejects or ignores RLIMIT_AS
-        pass
-
-
-def _arm_cpu_limit(seconds: float) -> None:
-    """Let the next sample use ``seconds`` more CPU; past that the kernel ends the worker (SIGXCPU).
-
-    RLIMIT_CPU counts the process's whole life, so the soft limit is moved forward per sample.
-    """
-    try:
-        import resource
-
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-    except (ImportError, ValueError, OSError):
-        pass
 
 
 def _arm_stack_dumps(stack_pipe: Connection) -> None:

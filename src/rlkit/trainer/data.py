@@ -44,10 +44,10 @@ def _to_batch(columns: dict[str, Any]) -> Batch:
 
 
 def _synthetic_rows(cfg: RlkitConfig) -> dict[str, list[dict[str, Any]]]:
-    from rlkit.data_prep import arith, countdown
+    from rlkit.data_prep import arith, arith_tools, countdown
 
     size = cfg.data.synthetic_size
-    task = {"arith": arith, "countdown": countdown}[cfg.data.synthetic]
+    task = {"arith": arith, "countdown": countdown, "arith_tools": arith_tools}[cfg.data.synthetic]
     return task.generate_splits(size, max(size // 8, 1), cfg.trainer.seed)
 
 

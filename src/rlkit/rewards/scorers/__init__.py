@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlkit.errors import UserError
-from rlkit.rewards.scorers import arith, countdown, gsm8k, math
+from rlkit.rewards.scorers import arith, arith_tools, countdown, gsm8k, math
 
 #: ``data_source`` value -> scorer ``fn(solution_str, ground_truth) -> float | dict``.
 SCORERS: dict[str, Callable[..., float | dict[str, Any]]] = {
@@ -20,6 +20,7 @@ SCORERS: dict[str, Callable[..., float | dict[str, Any]]] = {
     "math": math.compute_score,
     "countdown": countdown.compute_score,
     "arith": arith.compute_score,
+    "arith_tools": arith_tools.compute_score,
 }
 
 
@@ -49,7 +50,7 @@ def default_compute_score(
     Args:
         data_source: Selects the scorer: ``openai/gsm8k``; ``lighteval/MATH``,
             ``DigitalLearningGmbH/MATH-lighteval``, ``HuggingFaceH4/MATH-500``, ``math``;
-            ``countdown``; ``arith``.
+            ``countdown``; ``arith``; ``arith_tools``.
         solution_str: The decoded response.
         ground_truth: The row's ``reward_model.ground_truth``.
         extra_info: The row's ``extra_info`` (unused by the built-in scorers).
@@ -74,4 +75,13 @@ def default_compute_score(
     return scorer(solution_str, ground_truth)
 
 
-__all__ = ["SCORERS", "check_data_sources", "default_compute_score", "arith", "countdown", "gsm8k", "math"]
+__all__ = [
+    "SCORERS",
+    "check_data_sources",
+    "default_compute_score",
+    "arith",
+    "arith_tools",
+    "countdown",
+    "gsm8k",
+    "math",
+]
