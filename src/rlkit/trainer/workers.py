@@ -27,7 +27,8 @@ from rlkit.data.batch import Batch
 from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine_from_path
-from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
+from rlkit.agents.setup import loop_settings
+from rlkit.trainer.rollout_batch import agent_rows, completions_to_batch, prompt_token_lists, trajectories_to_batch
 from rlkit.training import ActorRole, CriticRole, RefRole
 
 
@@ -133,8 +134,13 @@ class RolloutWorker:
         seed: int,
         options: dict[str, Any] | None = None,
         log_dir: str | None = None,
+        multi_turn: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         device = worker_context().device
+        self.multi_turn = multi_turn if multi_turn and multi_turn.get("enable") else None
+        self._agent: tuple[Any, ...] | None = None
+        self._tokenizer_path = tokenizer or model_path
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
         self.engine = build_engine_from_path(
             engine,
@@ -156,10 +162,39 @@ class RolloutWorker:
     ) -> Batch:
         """Samples for a shard of prompts (``prompts``/``prompt_attention_mask`` columns); rows are prompts x n."""
         sampling = SamplingParams(**params)
+        if self.multi_turn is not None:
+            return self._generate_with_agent(prompts, sampling, pad_id, max_response_length)
         token_lists = prompt_token_lists(prompts["prompts"], prompts["prompt_attention_mask"])
         completions = self.engine.generate(token_lists, sampling)
         return completions_to_batch(
             prompts, completions, pad_id=pad_id, max_response_length=max_response_length
+        )
+
+    def _generate_with_agent(
+        self, prompts: Batch, sampling: SamplingParams, pad_id: int, max_response_length: int
+    ) -> Batch:
+        """The agent loop's trajectories of a shard of prompts (``rollout.multi_turn.enable``)."""
+        from rlkit.agents.rollouts import run_rollouts
+        from rlkit.agents.setup import build_interactions, build_tools
+
+        mt = self.multi_turn
+        assert mt is not None
+        if self._agent is None:  # once per worker: tools may hold processes or indexes
+            self._agent = (load_tokenizer(self._tokenizer_path), build_tools(mt), build_interactions(mt))
+        tokenizer, tools, interactions = self._agent
+        groups, _ = run_rollouts(
+            self.engine,
+            agent_rows(prompts),
+            sampling,
+            agent=str(mt["agent"]),
+            tokenizer=tokenizer,
+            settings=loop_settings(mt, max_response_length),
+            tools=tools,
+            interactions=interactions,
+            max_wait_s=float(mt.get("max_wait_ms", 10.0)) / 1000.0,
+        )
+        return trajectories_to_batch(
+            prompts, groups, pad_id=pad_id, max_response_length=max_response_length, multi_turn=True
         )
 
     @dispatch("broadcast")
