@@ -79,7 +79,8 @@ class AgentLoop:
         self.ctx = ctx
 
     async def run(self, row: dict[str, Any], sampling: SamplingParams) -> Trajectory:
-        """One trajectory of ``row`` (keys: ``prompt_ids``, ``raw_prompt``, ``extra_info``, ``index``)."""
+        """One trajectory of ``row`` (keys: ``prompt_ids``, ``raw_prompt``, ``extra_info``, ``index``,
+        ``ground_truth``)."""
         raise NotImplementedError
 
     async def run_group(self, row: dict[str, Any], sampling: SamplingParams, key: int = 0) -> list[Trajectory]:
@@ -102,7 +103,12 @@ class SingleTurnLoop(AgentLoop):
     async def run_group(self, row: dict[str, Any], sampling: SamplingParams, key: int = 0) -> list[Trajectory]:
         async with self.ctx.live():
             completions = await self.ctx.generate(list(row["prompt_ids"]), sampling)
-        return [single_turn_trajectory(list(row["prompt_ids"]), c) for c in completions]
+        trajectories = [single_turn_trajectory(list(row["prompt_ids"]), c) for c in completions]
+        prompt = list(row.get("raw_prompt") or [])
+        for traj in trajectories:  # the answer as the reward function always read it
+            text = self.ctx.tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+            traj.messages = [*prompt, {"role": "assistant", "content": text}]
+        return trajectories
 
 
 def single_turn_trajectory(prompt: list[int], completion: Completion) -> Trajectory:
@@ -132,6 +138,8 @@ class ToolLoop(AgentLoop):
         extra = dict(row.get("extra_info") or {})
         session = ToolSession(self.ctx.tools, self.ctx.settings, extra, instance_id=uuid.uuid4().hex)
         interaction, interaction_kwargs = self._interaction(extra)
+        if row.get("ground_truth") is not None:  # what a "try again" user checks, unless the row says
+            interaction_kwargs.setdefault("ground_truth", row["ground_truth"])
         try:
             await session.start()
             if interaction is not None:

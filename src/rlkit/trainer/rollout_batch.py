@@ -34,9 +34,10 @@ def prompt_token_lists(prompts_NP: torch.Tensor, prompt_attention_mask_NP: torch
 
 
 def agent_rows(prompt_batch: Batch) -> list[dict[str, Any]]:
-    """The rows an agent loop reads: ``prompt_ids``, ``raw_prompt``, ``extra_info``, ``index``."""
+    """The rows an agent loop reads: ``prompt_ids``, ``raw_prompt``, ``extra_info``, ``index``, ``ground_truth``."""
     ids = prompt_token_lists(prompt_batch["prompts"], prompt_batch["prompt_attention_mask"])
-    columns = {k: prompt_batch[k] for k in ("raw_prompt", "extra_info", "index") if k in prompt_batch}
+    keys = ("raw_prompt", "extra_info", "index", "ground_truth")
+    columns = {k: prompt_batch[k] for k in keys if k in prompt_batch}
     return [{"prompt_ids": p, **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(ids)]
 
 

@@ -1,0 +1,70 @@
+"""Multi-turn GRPO through the CLI: the single_turn loop is today's rollout, the tool loop runs on
+the native and hf engines, and a resume in the middle of a multi-turn run is exact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from .test_resume import assert_same_metrics, metrics, train
+
+ENV = f"{Path(__file__).parent / '_agent_env.py'}:Counter"
+SHORT = ["trainer.val_every=0", "trainer.total_steps=2"]
+
+
+def _interactions(tmp_path: Path) -> Path:
+    path = tmp_path / "interaction.yaml"
+    path.write_text(
+        "interaction:\n  - name: retry\n    class_name: rlkit.agents.interactions.Gsm8kInteraction\n"
+        "    config: {retry_message: again}\n"
+    )
+    return path
+
+
+def _multi_turn(tmp_path: Path, engine: str) -> list[str]:
+    return [
+        "rollout.multi_turn.enable=true",
+        "rollout.multi_turn.agent=tool",
+        f"rollout.multi_turn.environment={ENV}",
+        f"rollout.multi_turn.interaction_config_path={_interactions(tmp_path)}",
+        "rollout.multi_turn.max_turns=2",
+        "data.max_response_length=64",
+        f"rollout.engine={engine}",
+    ]
+
+
+def test_the_single_turn_loop_gives_todays_results(ray_session: None, tmp_path: Path) -> None:
+    train("grpo", tmp_path / "direct", *SHORT)
+    train("grpo", tmp_path / "loop", *SHORT, "rollout.multi_turn.enable=true", "rollout.multi_turn.agent=single_turn")
+    direct, loop = metrics(tmp_path / "direct"), metrics(tmp_path / "loop")
+    for step in (1, 2):
+        agent = {k for k in loop[step] if k.startswith("agent/")}
+        assert loop[step]["agent/num_turns/mean"] == 1.0 and loop[step]["agent/tool_calls/total"] == 0.0
+        assert_same_metrics(direct[step], {k: v for k, v in loop[step].items() if k not in agent}, 0.0)
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
+def test_multi_turn_grpo_runs(engine: str, ray_session: None, tmp_path: Path) -> None:
+    out = tmp_path / engine
+    train("grpo", out, *SHORT, *_multi_turn(tmp_path, engine))
+    got = metrics(out)
+    for step in (1, 2):
+        m = got[step]
+        assert 1.0 <= m["agent/num_turns/mean"] <= 2.0 and m["agent/num_turns/max"] == 2.0
+        assert m["agent/template_mismatch/count"] == 0.0
+        assert m["agent/tokens/template_mean"] > 0 and m["agent/tokens/prompt_mean"] > m["prompt_length/mean"] / 2
+        assert math.isfinite(m["actor/pg_loss"])
+
+
+def test_resume_in_the_middle_of_a_multi_turn_run_is_exact(ray_session: None, tmp_path: Path) -> None:
+    mt = _multi_turn(tmp_path, "native")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train("grpo", straight, *mt, "trainer.val_every=0", "trainer.total_steps=3", "trainer.save_every=2")
+    train("grpo", resumed, *mt, "trainer.val_every=0", "trainer.total_steps=2")
+    log = train("grpo", resumed, *mt, "trainer.val_every=0", "trainer.total_steps=3")
+    assert "resuming from" in log
+    expected, got = metrics(straight), metrics(resumed)
+    assert got[3]["agent/num_turns/mean"] > 1.0
+    assert_same_metrics(expected[3], got[3], 1e-6)
