@@ -84,4 +84,5 @@ def check_multi_turn(multi_turn: Mapping[str, Any]) -> None:
             "rollout.multi_turn.agent=tool has no tools, environment or interactions",
             hint="set rollout.multi_turn.tools=[calculator] (or .environment / .interaction_config_path)",
         )
-    build_interactions(multi_turn)  # a bad file or class fails here, not in a worker
+    build_interactions(multi_turn)  # a bad file, class or tool name fails here, not in a worker
+    build_tools(multi_turn)
