@@ -106,8 +106,8 @@ class SingleTurnLoop(AgentLoop):
         trajectories = [single_turn_trajectory(list(row["prompt_ids"]), c) for c in completions]
         prompt = list(row.get("raw_prompt") or [])
         for traj in trajectories:  # the answer as the reward function always read it
-            text = self.ctx.tokenizer.decode(traj.response_ids, skip_special_tokens=True)
-            traj.messages = [*prompt, {"role": "assistant", "content": text}]
+            traj.response_text = self.ctx.tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+            traj.messages = [*prompt, {"role": "assistant", "content": traj.response_text}]
         return trajectories
 
 
@@ -205,6 +205,7 @@ class ToolLoop(AgentLoop):
         if s.turn_reward == "sum" and traj.turn_rewards:  # all of them on the last model token
             traj.turn_rewards = [(traj.last_model_position(), sum(r for _, r in traj.turn_rewards))]
         traj.template_mismatch |= not check_trajectory(tok, traj.context_ids, raw, schemas)
+        traj.response_text = tok.decode(traj.response_ids, skip_special_tokens=True)
         return traj
 
     def _split_end(self, completion: Completion) -> tuple[str, str]:

@@ -71,6 +71,8 @@ class Trajectory:
             (see :func:`rlkit.agents.template.check_trajectory`).
         truncated: The token budget cut the trajectory (a model turn or a tool / user turn).
         metrics: Extra numbers a loop or tool reports (summed over the batch's trajectories).
+        response_text: What the reward function scores (its ``solution_str``): the whole response
+            decoded, every turn, special tokens skipped; None: the last assistant message.
     """
 
     prompt_ids: list[int]
@@ -86,6 +88,7 @@ class Trajectory:
     template_mismatch: bool = False
     truncated: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    response_text: str | None = None
 
     def add_model_tokens(self, token_ids: list[int], logprobs: list[float] | None) -> None:
         """Append one model turn's tokens exactly as generated (loss mask 1)."""
@@ -123,8 +126,12 @@ class Trajectory:
             "template": len(self.response_ids) - model,
         }
 
+    def reward_text(self) -> str:
+        """The text the reward function scores: ``response_text``, else the last assistant message."""
+        return self.response_text if self.response_text is not None else self.final_text()
+
     def final_text(self) -> str:
-        """The content of the last assistant message (what an answer-scoring reward reads)."""
+        """The content of the last assistant message."""
         for message in reversed(self.messages):
             if message.get("role") == "assistant":
                 return str(message.get("content") or "")

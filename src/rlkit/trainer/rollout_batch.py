@@ -63,8 +63,9 @@ def trajectories_to_batch(
     Args:
         prompt_batch: ``prompts`` (N, P) and ``prompt_attention_mask`` (N, P); other columns are repeated.
         groups: Each prompt's ``n`` trajectories.
-        multi_turn: Also add what multi-turn rewards and metrics read: ``response_text`` (the last
-            assistant message), ``turn_scores`` (B, R: turn rewards on their turn's last model token,
+        multi_turn: Also add what multi-turn rewards and metrics read: ``response_text`` (the
+            whole response decoded, tool and user turns included: the reward's ``solution_str``),
+            ``turn_scores`` (B, R: turn rewards on their turn's last model token,
             the tools' trajectory reward on the last one), ``extra_info["agent"]`` (messages, tool
             calls, turn count) and the per-row ``agent_*`` metric columns.
 
@@ -128,7 +129,7 @@ def _set_multi_turn_columns(out: Batch, flat: list[Trajectory], width: int) -> N
         if last >= 0:
             turn_scores[i, last] += traj.final_reward
     out.set("turn_scores", turn_scores)
-    out.set("response_text", np.array([t.final_text() for t in flat], dtype=object))
+    out.set("response_text", np.array([t.reward_text() for t in flat], dtype=object))
     extras: list[dict[str, Any]] = []
     infos = out["extra_info"] if "extra_info" in out else [None] * len(flat)
     for info, traj in zip(infos, flat, strict=True):

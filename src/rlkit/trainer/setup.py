@@ -99,7 +99,7 @@ class RunContext:
     def score(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
         """Decode the responses, score them, and put each score on the last response token."""
         mask = batch["response_mask"].bool()
-        if "response_text" in batch:  # multi-turn: the answer is the last assistant message
+        if "response_text" in batch:  # multi-turn: every turn, the tool and user ones included
             texts = [str(t) for t in batch["response_text"]]
         else:
             texts = self.tokenizer.batch_decode(

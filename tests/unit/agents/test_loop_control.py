@@ -33,6 +33,7 @@ def test_a_tool_call_then_an_answer_keeps_ids_masks_and_messages() -> None:
     assert traj.messages[1]["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 2, "b": 3}}
     assert traj.messages[2]["content"] == "5"
     assert traj.final_text() == "The answer is 5."
+    assert "<tool_response>5</tool_response>" in traj.reward_text() and traj.reward_text().endswith("is 5.")
     # the model's tokens are exactly what the engine gave, with mask 1; template tokens have mask 0
     first = TOK.encode(CALL, add_special_tokens=False) + [IM_END]
     assert traj.response_ids[: len(first)] == first and traj.loss_mask[: len(first)] == [1] * len(first)
