@@ -45,10 +45,11 @@ def test_the_single_turn_loop_gives_todays_results(ray_session: None, tmp_path: 
         assert_same_metrics(direct[step], {k: v for k, v in loop[step].items() if k not in agent}, 0.0)
 
 
-@pytest.mark.parametrize("engine", ["native", "hf"])
-def test_multi_turn_grpo_runs(engine: str, ray_session: None, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("engine", "workers"), [("native", 1), ("hf", 2)])
+def test_multi_turn_grpo_runs(engine: str, workers: int, ray_session: None, tmp_path: Path) -> None:
     out = tmp_path / engine
-    train("grpo", out, *SHORT, *_multi_turn(tmp_path, engine))
+    # two workers: each renders its shard's prompts with the tools, and the shards still line up
+    train("grpo", out, *SHORT, *_multi_turn(tmp_path, engine), f"hardware.devices_per_node={workers}")
     got = metrics(out)
     for step in (1, 2):
         m = got[step]

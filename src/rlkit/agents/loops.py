@@ -83,6 +83,11 @@ class AgentLoop:
         ``ground_truth``)."""
         raise NotImplementedError
 
+    def prompt_overhead(self) -> int:
+        """Most tokens the loop's prompts add to a row's own (a tools preamble): the batch's prompt
+        columns are this much wider, the same on every worker."""
+        return 0
+
     async def run_group(self, row: dict[str, Any], sampling: SamplingParams, key: int = 0) -> list[Trajectory]:
         """``sampling.n`` trajectories of ``row``, each with its own seed (fixed by ``key`` and its index)."""
 
@@ -133,6 +138,14 @@ class ToolLoop(AgentLoop):
         super().__init__(ctx)
         self.parser = get_parser(ctx.settings.parser)
         self.stop_ids = set(getattr(ctx.tokenizer, "all_special_ids", []) or [])
+
+    def prompt_overhead(self) -> int:
+        schemas = [t.schema for t in self.ctx.tools.values()]
+        if not schemas:
+            return 0
+        probes = ([{"role": "user", "content": "x"}], [{"role": "system", "content": "x"}, {"role": "user", "content": "x"}])
+        tok = self.ctx.tokenizer
+        return max(len(prompt_ids(tok, p, schemas)) - len(prompt_ids(tok, p, None)) for p in probes)
 
     async def run(self, row: dict[str, Any], sampling: SamplingParams) -> Trajectory:
         extra = dict(row.get("extra_info") or {})

@@ -8,6 +8,7 @@ row's group concurrently in one event loop. :func:`trajectory_metrics` sums up w
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from typing import Any
 
 from rlkit.agents.interactions import Interaction
@@ -29,8 +30,10 @@ def run_rollouts(
     tools: dict[str, Tool] | None = None,
     interactions: dict[str, Interaction] | None = None,
     max_wait_s: float = 0.01,
+    executor: Executor | None = None,
 ) -> tuple[list[list[Trajectory]], dict[str, float]]:
-    """``sampling.n`` trajectories of every row (in row order) and the batcher's metrics.
+    """``sampling.n`` trajectories of every row (in row order), the batcher's metrics and the loop's
+    ``prompt_overhead`` (see :meth:`~rlkit.agents.loops.AgentLoop.prompt_overhead`).
 
     Args:
         engine: Any rollout engine.
@@ -41,9 +44,9 @@ def run_rollouts(
         settings: The ``rollout.multi_turn`` limits.
         tools: The tool set (see :func:`rlkit.agents.setup.build_tools`).
         interactions: Simulated users by name.
-        max_wait_s: See :class:`AsyncBatcher`.
+        max_wait_s, executor: See :class:`AsyncBatcher`.
     """
-    batcher = AsyncBatcher(engine, max_wait_s=max_wait_s)
+    batcher = AsyncBatcher(engine, max_wait_s=max_wait_s, executor=executor)
     ctx = LoopContext(
         tokenizer=tokenizer,
         generate=batcher.generate,
@@ -55,11 +58,19 @@ def run_rollouts(
     loop = loop_class(agent)(ctx)
 
     async def main() -> list[list[Trajectory]]:
-        return list(await asyncio.gather(*(loop.run_group(row, sampling, key=i) for i, row in enumerate(rows))))
+        # a row's seeds follow from its dataset index (not its place in a shard): the same on any
+        # number of workers, so a resume on another world size repeats the same samples
+        keys = [int(row.get("index", i)) for i, row in enumerate(rows)]
+        return list(await asyncio.gather(*(loop.run_group(r, sampling, key=k) for r, k in zip(rows, keys))))
 
     groups = asyncio.run(main())
     calls = max(batcher.calls, 1)
-    return groups, {"agent/engine_calls": float(batcher.calls), "agent/requests_per_call": batcher.requests / calls}
+    info = {
+        "agent/engine_calls": float(batcher.calls),
+        "agent/requests_per_call": batcher.requests / calls,
+        "prompt_overhead": float(loop.prompt_overhead()),
+    }
+    return groups, info
 
 
 def trajectory_metrics(trajectories: list[Trajectory]) -> dict[str, list[float]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -35,13 +36,24 @@ class AsyncBatcher:
         max_wait_s: Longest a request waits for more requests to join its batch while some live
             trajectory is not waiting on the engine (running a tool, say).
         max_batch: Most requests per engine call (None: all pending).
+        executor: Where the engine's blocking calls run (None: asyncio's default threads). A
+            caller that makes many batchers over one engine passes one single-thread executor,
+            so every call of the engine comes from the same thread.
 
     Use one batcher per event loop: ``async with batcher.live():`` around each trajectory, and
     ``await batcher.generate(ids, params)`` inside it.
     """
 
-    def __init__(self, engine: RolloutEngine, *, max_wait_s: float = 0.01, max_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        *,
+        max_wait_s: float = 0.01,
+        max_batch: int | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         self.engine = engine
+        self.executor = executor
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
         self._pending: list[_Request] = []
@@ -103,7 +115,8 @@ class AsyncBatcher:
             params = [r.params for r in batch]
             self.calls += 1
             self.requests += len(batch)
-            outputs = await asyncio.to_thread(self.engine.generate, prompts, params)
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.engine.generate, prompts, params)
         except BaseException as exc:  # every waiter sees the engine's failure
             for request in batch:
                 if not request.future.done():

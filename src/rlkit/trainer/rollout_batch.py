@@ -57,6 +57,7 @@ def trajectories_to_batch(
     pad_id: int,
     max_response_length: int,
     multi_turn: bool = False,
+    prompt_width: int | None = None,
 ) -> Batch:
     """Rows for every (prompt, sample): the prompt batch repeated n times (interleaved) plus responses.
 
@@ -68,6 +69,8 @@ def trajectories_to_batch(
             ``turn_scores`` (B, R: turn rewards on their turn's last model token,
             the tools' trajectory reward on the last one), ``extra_info["agent"]`` (messages, tool
             calls, turn count) and the per-row ``agent_*`` metric columns.
+        prompt_width: Where a loop renders its own prompts, the width of the prompt columns (the
+            same on every worker, so their shards concatenate); None: as wide as the longest.
 
     Shape:
         Returns ``responses``, ``response_mask`` (the loss mask), ``rollout_log_probs`` (B, R),
@@ -90,7 +93,7 @@ def trajectories_to_batch(
         present[i, : len(ids)] = 1
         logprobs[i, : len(ids)] = torch.tensor(traj.logprobs[: len(ids)], dtype=torch.float32)
     out = prompt_batch.repeat(n, interleave=True)
-    _set_prompts(out, flat, pad_id)
+    _set_prompts(out, flat, pad_id, prompt_width)
     attention_mask = torch.cat([out["prompt_attention_mask"].long(), present], dim=1)
     out.set("responses", responses)
     out.set("response_mask", loss_mask)
@@ -104,12 +107,14 @@ def trajectories_to_batch(
     return out
 
 
-def _set_prompts(out: Batch, flat: list[Trajectory], pad_id: int) -> None:
+def _set_prompts(out: Batch, flat: list[Trajectory], pad_id: int, prompt_width: int | None) -> None:
     """Replace the prompt columns where a loop's prompts differ from the batch's (rendered with tools)."""
     current = prompt_token_lists(out["prompts"], out["prompt_attention_mask"])
-    if all(c == t.prompt_ids for c, t in zip(current, flat, strict=True)):
+    same = all(c == t.prompt_ids for c, t in zip(current, flat, strict=True))
+    if same and (prompt_width is None or prompt_width == out["prompts"].shape[1]):
         return
-    width = max(out["prompts"].shape[1], max(len(t.prompt_ids) for t in flat))
+    longest = max(len(t.prompt_ids) for t in flat)
+    width = max(out["prompts"].shape[1], longest) if prompt_width is None else max(prompt_width, longest)
     prompts = torch.full((len(flat), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(flat), width, dtype=out["prompt_attention_mask"].dtype)
     for i, t in enumerate(flat):

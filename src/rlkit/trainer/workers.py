@@ -8,6 +8,7 @@ of them live in one process per device: the rollout engine takes the actor's wei
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,11 @@ class RolloutWorker:
         mt = self.multi_turn
         assert mt is not None
         if self._agent is None:  # once per worker: tools may hold processes or indexes
-            self._agent = (load_tokenizer(self._tokenizer_path), build_tools(mt), build_interactions(mt))
-        tokenizer, tools, interactions = self._agent
-        groups, _ = run_rollouts(
+            # one thread makes every engine call of the agent path (CUDA state stays on one thread)
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkit-engine")
+            self._agent = (load_tokenizer(self._tokenizer_path), build_tools(mt), build_interactions(mt), executor)
+        tokenizer, tools, interactions, executor = self._agent
+        groups, info = run_rollouts(
             self.engine,
             agent_rows(prompts),
             sampling,
@@ -192,10 +195,13 @@ class RolloutWorker:
             tools=tools,
             interactions=interactions,
             max_wait_s=float(mt.get("max_wait_ms", 10.0)) / 1000.0,
+            executor=executor,
         )
+        width = prompts["prompts"].shape[1] + int(info["prompt_overhead"])
         return trajectories_to_batch(
-            prompts, groups, pad_id=pad_id, max_response_length=max_response_length, multi_turn=True
-        )
+            prompts, groups, pad_id=pad_id, max_response_length=max_response_length, multi_turn=True,
+            prompt_width=width,
+        )  # fmt: skip
 
     @dispatch("broadcast")
     def sync_weights(self, source_role: str = "actor") -> None:
