@@ -103,3 +103,18 @@ def test_the_hermes_parser_reads_arguments_given_as_a_json_string() -> None:
     text = "thinking " + json.dumps({"name": "add", "arguments": json.dumps({"a": 1, "b": 2})})
     parsed = get_parser("hermes").parse(f"<tool_call>{text[9:]}</tool_call> ok")
     assert parsed.content == "ok" and parsed.calls[0].arguments == {"a": 1, "b": 2}
+
+
+def test_the_structural_check_catches_a_lost_separator_at_a_tool_boundary() -> None:
+    from rlkit.agents.template import check_trajectory
+
+    groups, _, _ = _run([CALL, "The answer is 5."])
+    traj = groups[0][0]
+    raw = [traj.messages[0], {"role": "assistant", "content": CALL}, traj.messages[2],
+           {"role": "assistant", "content": "The answer is 5."}]  # fmt: skip
+    schemas = [AddTool.schema]
+    assert check_trajectory(TOK, traj.context_ids, raw, schemas)
+    ids = list(traj.context_ids)
+    cut = len(traj.prompt_ids) + traj.loss_mask.index(0)  # the newline after the call's <|im_end|>
+    assert TOK.decode(ids[cut : cut + 1]) == "\n"
+    assert not check_trajectory(TOK, ids[:cut] + ids[cut + 1 :], raw, schemas)
