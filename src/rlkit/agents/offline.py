@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkit.agents.rollouts import run_rollouts, trajectory_metrics
-from rlkit.agents.setup import build_interactions, build_tools, check_multi_turn, loop_settings
+from rlkit.agents.setup import AgentRuntime, check_multi_turn, loop_settings
 from rlkit.agents.template import prompt_ids
 from rlkit.errors import UserError
 from rlkit.rollout.base import SamplingParams
@@ -62,7 +62,7 @@ def run_agent_generate(
         max_model_len=None,
         options={"url": server_url} if server_url else None,
     )
-    tools, interactions = build_tools(multi_turn), build_interactions(multi_turn)
+    runtime = AgentRuntime.build(multi_turn, tokenizer)
     settings = loop_settings(multi_turn, params.max_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -73,7 +73,8 @@ def run_agent_generate(
                 chunk = rows[lo : lo + batch_size]
                 groups, _ = run_rollouts(
                     rollout, chunk, params, agent=str(multi_turn.get("agent", "tool")), tokenizer=tokenizer,
-                    settings=settings, tools=tools, interactions=interactions,
+                    settings=settings, tools=runtime.tools, interactions=runtime.interactions,
+                    executor=runtime.executor,
                 )  # fmt: skip
                 for r, group in zip(chunk, groups, strict=True):
                     tokens += sum(len(t.response_ids) for t in group)
@@ -85,6 +86,7 @@ def run_agent_generate(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     finally:
+        runtime.close()
         rollout.close()
     summary = GenerateSummary(out, len(rows), len(everything), tokens, time.perf_counter() - start)
     per_row = trajectory_metrics(everything)

@@ -8,6 +8,8 @@ that need only the config run in :func:`check_multi_turn`, before Ray starts.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit.agents.environment import environment_tools
@@ -23,6 +25,37 @@ _SETTINGS_KEYS = (
     "max_turns", "max_tool_response_length", "truncation_side", "max_parallel_calls", "parser",
     "tool_timeout_s", "turn_reward",
 )  # fmt: skip
+
+
+@dataclass
+class AgentRuntime:
+    """What a rollout worker keeps between steps for its agent loop: built once, closed at the end.
+
+    Attributes:
+        tokenizer: The policy's tokenizer (its chat template renders tool and user turns).
+        tools: The tool set; a tool holding processes or indexes may have ``close()``.
+        interactions: Simulated users by name.
+        executor: The one thread that makes every engine call of the agent path (an engine's
+            device state stays on one thread).
+    """
+
+    tokenizer: Any
+    tools: dict[str, Tool]
+    interactions: dict[str, Interaction]
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkit-engine")
+    )
+
+    @classmethod
+    def build(cls, multi_turn: Mapping[str, Any], tokenizer: Any) -> AgentRuntime:
+        return cls(tokenizer, build_tools(multi_turn), build_interactions(multi_turn))
+
+    def close(self) -> None:
+        for tool in self.tools.values():
+            close = getattr(tool, "close", None)
+            if callable(close):
+                close()
+        self.executor.shutdown(wait=False)
 
 
 def build_tools(multi_turn: Mapping[str, Any]) -> dict[str, Tool]:

@@ -8,7 +8,6 @@ of them live in one process per device: the rollout engine takes the actor's wei
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +139,7 @@ class RolloutWorker:
     ) -> None:
         device = worker_context().device
         self.multi_turn = multi_turn if multi_turn and multi_turn.get("enable") else None
-        self._agent: tuple[Any, ...] | None = None
+        self._agent: Any = None  # rlkit.agents.setup.AgentRuntime, built at the first generation
         self._tokenizer_path = tokenizer or model_path
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
         self.engine = build_engine_from_path(
@@ -176,26 +175,24 @@ class RolloutWorker:
     ) -> Batch:
         """The agent loop's trajectories of a shard of prompts (``rollout.multi_turn.enable``)."""
         from rlkit.agents.rollouts import run_rollouts
-        from rlkit.agents.setup import build_interactions, build_tools
+        from rlkit.agents.setup import AgentRuntime
 
         mt = self.multi_turn
         assert mt is not None
         if self._agent is None:  # once per worker: tools may hold processes or indexes
-            # one thread makes every engine call of the agent path (CUDA state stays on one thread)
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkit-engine")
-            self._agent = (load_tokenizer(self._tokenizer_path), build_tools(mt), build_interactions(mt), executor)
-        tokenizer, tools, interactions, executor = self._agent
+            self._agent = AgentRuntime.build(mt, load_tokenizer(self._tokenizer_path))
+        agent = self._agent
         groups, info = run_rollouts(
             self.engine,
             agent_rows(prompts),
             sampling,
             agent=str(mt["agent"]),
-            tokenizer=tokenizer,
+            tokenizer=agent.tokenizer,
             settings=loop_settings(mt, max_response_length),
-            tools=tools,
-            interactions=interactions,
+            tools=agent.tools,
+            interactions=agent.interactions,
             max_wait_s=float(mt.get("max_wait_ms", 10.0)) / 1000.0,
-            executor=executor,
+            executor=agent.executor,
         )
         width = prompts["prompts"].shape[1] + int(info["prompt_overhead"])
         return trajectories_to_batch(
@@ -217,6 +214,9 @@ class RolloutWorker:
     @dispatch("broadcast")
     def close(self) -> None:
         """Close the engine: a vLLM server it started stops (killing the worker would leave it running)."""
+        if self._agent is not None:  # the agent path's engine thread, and tools holding processes
+            self._agent.close()
+            self._agent = None
         self.engine.close()
 
 
