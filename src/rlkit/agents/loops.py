@@ -248,7 +248,15 @@ class ToolLoop(AgentLoop):
         if interaction is None:
             traj.finish_reason = "stop"
             return None
-        done, reply, score, _ = await interaction.generate_response(session.instance_id, messages)
+        try:  # a simulated user has the tools' deadline
+            done, reply, score, _ = await asyncio.wait_for(
+                interaction.generate_response(session.instance_id, messages), timeout=self.ctx.settings.tool_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"agent loop: the interaction did not answer within rollout.multi_turn.tool_timeout_s="
+                f"{self.ctx.settings.tool_timeout_s:g} s"
+            ) from None
         if score:
             traj.turn_rewards.append((traj.last_model_position(), float(score)))
         if done:
