@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from .test_resume import assert_same_metrics, metrics, train
 
 ENV = f"{Path(__file__).parent / '_agent_env.py'}:Counter"
