@@ -35,7 +35,13 @@ def _multi_turn(tmp_path: Path, engine: str) -> list[str]:
 
 def test_the_single_turn_loop_gives_todays_results(ray_session: None, tmp_path: Path) -> None:
     train("grpo", tmp_path / "direct", *SHORT)
-    train("grpo", tmp_path / "loop", *SHORT, "rollout.multi_turn.enable=true", "rollout.multi_turn.agent=single_turn")
+    train(
+        "grpo",
+        tmp_path / "loop",
+        *SHORT,
+        "rollout.multi_turn.enable=true",
+        "rollout.multi_turn.agent=single_turn",
+    )
     direct, loop = metrics(tmp_path / "direct"), metrics(tmp_path / "loop")
     for step in (1, 2):
         agent = {k for k in loop[step] if k.startswith("agent/")}
@@ -53,7 +59,14 @@ def test_multi_turn_grpo_runs_with_the_hf_engine_on_two_workers(ray_session: Non
     native engine runs the same loop in the resume test below."""
     out = tmp_path / "hf"
     val = ["trainer.val_every=2", "data.val_batch_size=8"]
-    train("grpo", out, "trainer.total_steps=2", *val, *_multi_turn(tmp_path, "hf"), "hardware.devices_per_node=2")
+    train(
+        "grpo",
+        out,
+        "trainer.total_steps=2",
+        *val,
+        *_multi_turn(tmp_path, "hf"),
+        "hardware.devices_per_node=2",
+    )
     got = metrics(out)
     for step in (1, 2):
         _check_agent_metrics(got[step])

@@ -65,7 +65,9 @@ async def _maybe_await(value: Any) -> Any:
 class EnvironmentTool:
     """One public method of an environment class, as a :class:`~rlkit.agents.tools.base.Tool`."""
 
-    def __init__(self, instances: _Instances, method_name: str, schema: dict[str, Any], owns_reward: bool) -> None:
+    def __init__(
+        self, instances: _Instances, method_name: str, schema: dict[str, Any], owns_reward: bool
+    ) -> None:
         self._instances = instances
         self._method = method_name
         self.name = method_name
@@ -99,7 +101,8 @@ def environment_tools(factory: Any) -> dict[str, EnvironmentTool]:
     instances = _Instances(factory)
     probe = factory()  # to read the bound methods' signatures; never reset or used
     names = [
-        n for n, member in inspect.getmembers(probe, callable)
+        n
+        for n, member in inspect.getmembers(probe, callable)
         if not n.startswith("_") and n not in _RESERVED and inspect.ismethod(member)
     ]
     return {

@@ -58,7 +58,9 @@ class Gsm8kInteraction:
     async def generate_response(
         self, instance_id: str, messages: list[dict[str, Any]], **kwargs: Any
     ) -> tuple[bool, str, float, dict[str, Any]]:
-        reply = next((str(m.get("content") or "") for m in reversed(messages) if m["role"] == "assistant"), "")
+        reply = next(
+            (str(m.get("content") or "") for m in reversed(messages) if m["role"] == "assistant"), ""
+        )
         numbers = re.findall(r"-?\d+(?:\.\d+)?", reply.replace(",", ""))
         if numbers and numbers[-1] == self._answers.get(instance_id):
             return True, "Your answer is correct.", 1.0, {}
@@ -78,7 +80,9 @@ def load_interactions(path: str | None) -> dict[str, Interaction]:
         return {}
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"rollout.multi_turn.interaction_config_path: no such file {path}", hint="give a YAML file")
+        raise UserError(
+            f"rollout.multi_turn.interaction_config_path: no such file {path}", hint="give a YAML file"
+        )
     doc = yaml.safe_load(file.read_text()) or {}
     entries = doc.get("interaction") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:

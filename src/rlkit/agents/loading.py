@@ -25,13 +25,17 @@ def load_object(spec: str, *, key: str) -> Any:
     if not sep:
         target, _, name = spec.rpartition(".")
     if not target or not name:
-        raise UserError(f"{key}={spec!r} does not name a class", hint="use package.module:Class or file.py:Class")
+        raise UserError(
+            f"{key}={spec!r} does not name a class", hint="use package.module:Class or file.py:Class"
+        )
     try:
         module = _import(target)
     except UserError:
         raise
     except Exception as exc:  # a user's module may raise anything while importing
-        raise UserError(f"{key}={spec!r}: cannot import {target} ({exc})", hint="check the module path") from exc
+        raise UserError(
+            f"{key}={spec!r}: cannot import {target} ({exc})", hint="check the module path"
+        ) from exc
     if not hasattr(module, name):
         raise UserError(f"{key}={spec!r}: {target} has no {name!r}", hint="check the class name")
     return getattr(module, name)

@@ -88,7 +88,9 @@ class AgentLoop:
         columns are this much wider, the same on every worker."""
         return 0
 
-    async def run_group(self, row: dict[str, Any], sampling: SamplingParams, key: int = 0) -> list[Trajectory]:
+    async def run_group(
+        self, row: dict[str, Any], sampling: SamplingParams, key: int = 0
+    ) -> list[Trajectory]:
         """``sampling.n`` trajectories of ``row``, each with its own seed (fixed by ``key`` and its index)."""
 
         async def one(k: int) -> Trajectory:
@@ -105,7 +107,9 @@ class SingleTurnLoop(AgentLoop):
     async def run(self, row: dict[str, Any], sampling: SamplingParams) -> Trajectory:
         return (await self.run_group(row, replace(sampling, n=1)))[0]
 
-    async def run_group(self, row: dict[str, Any], sampling: SamplingParams, key: int = 0) -> list[Trajectory]:
+    async def run_group(
+        self, row: dict[str, Any], sampling: SamplingParams, key: int = 0
+    ) -> list[Trajectory]:
         async with self.ctx.live():
             completions = await self.ctx.generate(list(row["prompt_ids"]), sampling)
         trajectories = [single_turn_trajectory(list(row["prompt_ids"]), c) for c in completions]
@@ -143,7 +147,10 @@ class ToolLoop(AgentLoop):
         schemas = [t.schema for t in self.ctx.tools.values()]
         if not schemas:
             return 0
-        probes = ([{"role": "user", "content": "x"}], [{"role": "system", "content": "x"}, {"role": "user", "content": "x"}])
+        probes = (
+            [{"role": "user", "content": "x"}],
+            [{"role": "system", "content": "x"}, {"role": "user", "content": "x"}],
+        )
         tok = self.ctx.tokenizer
         return max(len(prompt_ids(tok, p, schemas)) - len(prompt_ids(tok, p, None)) for p in probes)
 
@@ -177,7 +184,11 @@ class ToolLoop(AgentLoop):
         return self.ctx.interactions[name], kwargs
 
     async def _turns(
-        self, row: dict[str, Any], sampling: SamplingParams, session: ToolSession, interaction: Interaction | None
+        self,
+        row: dict[str, Any],
+        sampling: SamplingParams,
+        session: ToolSession,
+        interaction: Interaction | None,
     ) -> Trajectory:
         tok, s = self.ctx.tokenizer, self.ctx.settings
         schemas = session.schemas()
@@ -250,7 +261,8 @@ class ToolLoop(AgentLoop):
             return None
         try:  # a simulated user has the tools' deadline
             done, reply, score, _ = await asyncio.wait_for(
-                interaction.generate_response(session.instance_id, messages), timeout=self.ctx.settings.tool_timeout_s
+                interaction.generate_response(session.instance_id, messages),
+                timeout=self.ctx.settings.tool_timeout_s,
             )
         except asyncio.TimeoutError:
             raise TimeoutError(

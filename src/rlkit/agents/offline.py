@@ -20,7 +20,14 @@ from rlkit.agents.setup import AgentRuntime, check_multi_turn, loop_settings
 from rlkit.agents.template import prompt_ids
 from rlkit.errors import UserError
 from rlkit.rollout.base import SamplingParams
-from rlkit.rollout.offline import GenerateSummary, load_engine, load_model_tokenizer, read_prompts, resolve_device, resolve_model
+from rlkit.rollout.offline import (
+    GenerateSummary,
+    load_engine,
+    load_model_tokenizer,
+    read_prompts,
+    resolve_device,
+    resolve_model,
+)
 
 
 def run_agent_generate(

@@ -61,7 +61,11 @@ def run_rollouts(
         # a row's seeds follow from its dataset index (not its place in a shard): the same on any
         # number of workers, so a resume on another world size repeats the same samples
         keys = [int(row.get("index", i)) for i, row in enumerate(rows)]
-        return list(await asyncio.gather(*(loop.run_group(r, sampling, key=k) for r, k in zip(rows, keys))))
+        return list(
+            await asyncio.gather(
+                *(loop.run_group(r, sampling, key=k) for r, k in zip(rows, keys, strict=True))
+            )
+        )
 
     groups = asyncio.run(main())
     calls = max(batcher.calls, 1)

@@ -78,7 +78,9 @@ def build_tools(multi_turn: Mapping[str, Any]) -> dict[str, Tool]:
         tools.update(load_tools(names))
     env = multi_turn.get("environment")
     if env:
-        for name, tool in environment_tools(load_object(str(env), key="rollout.multi_turn.environment")).items():
+        for name, tool in environment_tools(
+            load_object(str(env), key="rollout.multi_turn.environment")
+        ).items():
             if name in tools:
                 raise UserError(
                     f"the environment's method {name!r} has the name of a tool in rollout.multi_turn.tools",
@@ -111,7 +113,9 @@ def check_multi_turn(multi_turn: Mapping[str, Any]) -> None:
     agent = str(multi_turn.get("agent", "single_turn"))
     loop_class(agent)
     get_parser(str(multi_turn.get("parser", "hermes")))
-    has_any = multi_turn.get("tools") or multi_turn.get("environment") or multi_turn.get("interaction_config_path")
+    has_any = (
+        multi_turn.get("tools") or multi_turn.get("environment") or multi_turn.get("interaction_config_path")
+    )
     if agent == "tool" and not has_any:
         raise UserError(
             "rollout.multi_turn.agent=tool has no tools, environment or interactions",

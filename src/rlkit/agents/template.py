@@ -13,7 +13,9 @@ from typing import Any
 Messages = list[dict[str, Any]]
 
 
-def render(tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] | None, *, generation: bool) -> str:
+def render(
+    tokenizer: Any, messages: Messages, tools: list[dict[str, Any]] | None, *, generation: bool
+) -> str:
     """The template's text of ``messages`` (with the ``tools`` preamble when there are tools)."""
     text: str = tokenizer.apply_chat_template(
         messages, tools=tools or None, add_generation_prompt=generation, tokenize=False

@@ -38,7 +38,11 @@ class ToolSession:
     """The tools of one trajectory, created on :meth:`start` and released on :meth:`close`."""
 
     def __init__(
-        self, tools: dict[str, Tool], settings: MultiTurnSettings, extra_info: dict[str, Any], instance_id: str
+        self,
+        tools: dict[str, Tool],
+        settings: MultiTurnSettings,
+        extra_info: dict[str, Any],
+        instance_id: str,
     ) -> None:
         selection = extra_info.get("tool_selection")
         names = list(tools) if selection is None else [n for n in selection if n in tools]
@@ -118,7 +122,9 @@ class ToolSession:
         if call.error is not None:
             return ToolResult(text="", error=call.error)
         if over_limit:
-            return ToolResult(text="", error=f"at most {self.settings.max_parallel_calls} tool call(s) per turn")
+            return ToolResult(
+                text="", error=f"at most {self.settings.max_parallel_calls} tool call(s) per turn"
+            )
         tool = self.tools.get(call.name)
         if tool is None:
             known = ", ".join(self.tools) or "none"
@@ -128,6 +134,8 @@ class ToolSession:
                 tool.execute(self.instance_id, call.arguments), timeout=self.settings.tool_timeout_s
             )
         except asyncio.TimeoutError:
-            return ToolResult(text="", error=f"the call took longer than {self.settings.tool_timeout_s:g} s", timed_out=True)
+            return ToolResult(
+                text="", error=f"the call took longer than {self.settings.tool_timeout_s:g} s", timed_out=True
+            )
         except Exception as exc:  # a tool's bug is the model's error message, not the run's crash
             return ToolResult(text="", error=f"{type(exc).__name__}: {exc}")

@@ -57,7 +57,9 @@ def generate(
         None, "--tools", help="With --agent: tools, comma-separated (built-in names or a verl tools YAML)."
     ),
     environment: str | None = typer.Option(
-        None, "--environment", help="With --agent: a TRL-style environment class (module:Class or file.py:Class)."
+        None,
+        "--environment",
+        help="With --agent: a TRL-style environment class (module:Class or file.py:Class).",
     ),
     interactions: str | None = typer.Option(
         None, "--interactions", help="With --agent: a verl-layout interaction YAML file."
@@ -91,7 +93,9 @@ def generate(
             batch_size=batch_size, engine=engine, server_url=server_url,
         )  # fmt: skip
         console.print(", ".join(f"{k} {v:.3g}" for k, v in agent_metrics.items()))
-        console.print(f"wrote {summary.prompts} rows ({summary.completions} trajectories) to [bold]{summary.out}[/]")
+        console.print(
+            f"wrote {summary.prompts} rows ({summary.completions} trajectories) to [bold]{summary.out}[/]"
+        )
         return
     summary = run_generate(
         model,

@@ -46,7 +46,9 @@ def completions_to_batch(
 ) -> Batch:
     """Rows for every (prompt, sample) of single-turn completions (see :func:`trajectories_to_batch`)."""
     prompts = prompt_token_lists(prompt_batch["prompts"], prompt_batch["prompt_attention_mask"])
-    groups = [[single_turn_trajectory(p, c) for c in group] for p, group in zip(prompts, completions, strict=True)]
+    groups = [
+        [single_turn_trajectory(p, c) for c in group] for p, group in zip(prompts, completions, strict=True)
+    ]
     return trajectories_to_batch(prompt_batch, groups, pad_id=pad_id, max_response_length=max_response_length)
 
 

@@ -116,7 +116,10 @@ class RunContext:
             response_lengths=mask.sum(-1),
             max_response_length=self.cfg.data.max_response_length,
         )
-        batch.set("token_level_scores", _with_turn_scores(batch, token_level_scores(out.scores, batch["response_mask"])))
+        batch.set(
+            "token_level_scores",
+            _with_turn_scores(batch, token_level_scores(out.scores, batch["response_mask"])),
+        )
         batch.set("seq_score", out.scores)
         return batch, dict(out.metrics)
 
@@ -125,7 +128,9 @@ class RunContext:
         prompts = [_last_user_message(messages) for messages in batch["raw_prompt"]]
         columns = Batch(non_tensors={"prompt_text": prompts, "response_text": texts})
         scores = self.group.role("reward_model").score(columns)["rm_scores"]
-        batch.set("token_level_scores", _with_turn_scores(batch, token_level_scores(scores, batch["response_mask"])))
+        batch.set(
+            "token_level_scores", _with_turn_scores(batch, token_level_scores(scores, batch["response_mask"]))
+        )
         batch.set("seq_score", scores)
         return batch, {}
 

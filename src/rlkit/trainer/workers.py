@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rlkit.agents.setup import loop_settings
 from rlkit.ckpt import (
     load_frozen_role,
     load_role_state,
@@ -27,8 +28,12 @@ from rlkit.data.batch import Batch
 from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine_from_path
-from rlkit.agents.setup import loop_settings
-from rlkit.trainer.rollout_batch import agent_rows, completions_to_batch, prompt_token_lists, trajectories_to_batch
+from rlkit.trainer.rollout_batch import (
+    agent_rows,
+    completions_to_batch,
+    prompt_token_lists,
+    trajectories_to_batch,
+)
 from rlkit.training import ActorRole, CriticRole, RefRole
 
 

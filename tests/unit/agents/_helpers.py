@@ -26,7 +26,10 @@ class AddTool:
         "function": {
             "name": "add",
             "description": "add two integers",
-            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            },
         },
     }
 
@@ -46,7 +49,9 @@ class AddTool:
             await asyncio.sleep(self.delay_s)
         self.calls[instance_id] += 1
         try:
-            return ToolResult(text=str(int(arguments["a"]) + int(arguments["b"])), reward=self.reward_per_call)
+            return ToolResult(
+                text=str(int(arguments["a"]) + int(arguments["b"])), reward=self.reward_per_call
+            )
         except (KeyError, TypeError, ValueError) as exc:
             return ToolResult(text="", error=f"bad arguments: {exc}")
 
@@ -69,7 +74,11 @@ class ScriptedEngine:
         self.batches: list[int] = []
 
     def generate(
-        self, prompt_token_ids: list[list[int]], params: SamplingParams | list[SamplingParams], *, progress: Any = None
+        self,
+        prompt_token_ids: list[list[int]],
+        params: SamplingParams | list[SamplingParams],
+        *,
+        progress: Any = None,
     ) -> list[list[Completion]]:
         plist = params if isinstance(params, list) else [params] * len(prompt_token_ids)
         self.batches.append(len(prompt_token_ids))
@@ -95,4 +104,9 @@ class ScriptedEngine:
 
 def row(question: str = "what is 2+3?", **extra: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": question}]
-    return {"prompt_ids": prompt_ids(TOK, messages, None), "raw_prompt": messages, "extra_info": dict(extra), "index": 0}
+    return {
+        "prompt_ids": prompt_ids(TOK, messages, None),
+        "raw_prompt": messages,
+        "extra_info": dict(extra),
+        "index": 0,
+    }

@@ -28,7 +28,9 @@ def _prompts(rows: list[list[int]]) -> Batch:
     for i, r in enumerate(rows):
         prompts[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
     extra = np.array([{"k": i} for i in range(len(rows))], dtype=object)
-    return Batch(tensors={"prompts": prompts, "prompt_attention_mask": mask}, non_tensors={"extra_info": extra})
+    return Batch(
+        tensors={"prompts": prompts, "prompt_attention_mask": mask}, non_tensors={"extra_info": extra}
+    )
 
 
 def _two_turns(prompt: list[int]) -> Trajectory:
@@ -46,7 +48,9 @@ def test_a_multi_turn_response_attends_to_every_token_and_trains_on_the_model_s(
     prompts = _prompts([[1, 2, 3], [4, 5]])
     single = Trajectory(prompt_ids=[4, 5])
     single.add_model_tokens([21, 22, 23, 24], [-1.0] * 4)
-    batch = trajectories_to_batch(prompts, [[_two_turns([1, 2, 3])], [single]], pad_id=PAD, max_response_length=6, multi_turn=True)
+    batch = trajectories_to_batch(
+        prompts, [[_two_turns([1, 2, 3])], [single]], pad_id=PAD, max_response_length=6, multi_turn=True
+    )
     assert batch["responses"].tolist() == [[11, 12, 90, 91, 92, 13], [21, 22, 23, 24, PAD, PAD]]
     assert batch["response_mask"].tolist() == [[1, 1, 0, 0, 0, 1], [1, 1, 1, 1, 0, 0]]
     assert batch["attention_mask"][:, 3:].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from ._helpers import IM_END, TOK, AddTool, ScriptedEngine, row
-
 from rlkit.agents.loops import MultiTurnSettings
 from rlkit.agents.rollouts import run_rollouts
 from rlkit.agents.template import render
 from rlkit.rollout.base import SamplingParams
+
+from ._helpers import IM_END, TOK, AddTool, ScriptedEngine, row
 
 CALL = '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
 
@@ -18,8 +18,13 @@ def _run(script: list[str], tools: dict | None = None, n: int = 1, rows: list | 
     engine = ScriptedEngine(script)
     s = MultiTurnSettings(**{"max_response_length": 400, **settings})
     groups, info = run_rollouts(
-        engine, rows or [row()], SamplingParams(n=n, seed=1, max_tokens=400), agent="tool",
-        tokenizer=TOK, settings=s, tools=tools if tools is not None else {"add": AddTool()},
+        engine,
+        rows or [row()],
+        SamplingParams(n=n, seed=1, max_tokens=400),
+        agent="tool",
+        tokenizer=TOK,
+        settings=s,
+        tools=tools if tools is not None else {"add": AddTool()},
     )
     return groups, engine, info
 
@@ -37,8 +42,10 @@ def test_a_tool_call_then_an_answer_keeps_ids_masks_and_messages() -> None:
     # the model's tokens are exactly what the engine gave, with mask 1; template tokens have mask 0
     first = TOK.encode(CALL, add_special_tokens=False) + [IM_END]
     assert traj.response_ids[: len(first)] == first and traj.loss_mask[: len(first)] == [1] * len(first)
-    template = TOK.decode([t for t, m in zip(traj.response_ids, traj.loss_mask) if m == 0])
-    assert template == "\n<|im_start|>user\n<tool_response>5</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    template = TOK.decode([t for t, m in zip(traj.response_ids, traj.loss_mask, strict=True) if m == 0])
+    assert (
+        template == "\n<|im_start|>user\n<tool_response>5</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
     assert traj.logprobs == [-0.5 if m else 0.0 for m in traj.loss_mask]
     # token continuity: prompt + response read back as the template's rendering, tools included
     expected = render(TOK, traj.messages, [tool.schema], generation=False)
@@ -57,7 +64,7 @@ def test_max_turns_and_the_length_budget_stop_a_trajectory() -> None:
 
 
 def test_malformed_calls_become_error_messages_and_metrics() -> None:
-    bad = ['<tool_call>{"name": "add", "arguments": {"a": 2,}}</tool_call>', "<tool_call>{\"name\"", "5"]
+    bad = ['<tool_call>{"name": "add", "arguments": {"a": 2,}}</tool_call>', '<tool_call>{"name"', "5"]
     groups, _, _ = _run(bad)
     traj = groups[0][0]
     assert traj.num_turns == 3
@@ -72,7 +79,9 @@ def test_malformed_calls_become_error_messages_and_metrics() -> None:
 
 def test_parallel_call_limit_long_results_and_rewards() -> None:
     two = CALL + CALL
-    groups, _, _ = _run([two, "5"], {"add": AddTool(reward_per_call=0.25)}, max_tool_response_length=1, truncation_side="left")
+    groups, _, _ = _run(
+        [two, "5"], {"add": AddTool(reward_per_call=0.25)}, max_tool_response_length=1, truncation_side="left"
+    )
     traj = groups[0][0]
     assert [c.error for c in traj.tool_calls] == [None, "at most 1 tool call(s) per turn"]
     assert traj.tool_calls[1].result.startswith("E") and "truncated" in traj.tool_calls[1].result

@@ -10,11 +10,11 @@ import torch
 from rlkit.agents.interactions import Gsm8kInteraction, load_interactions
 from rlkit.agents.loops import MultiTurnSettings
 from rlkit.agents.rollouts import run_rollouts
+from rlkit.data.batch import Batch
 from rlkit.models import load_causal_lm
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine
 from rlkit.trainer.rollout_batch import completions_to_batch, trajectories_to_batch
-from rlkit.data.batch import Batch
 
 from ._helpers import TOK, row
 
@@ -40,12 +40,21 @@ def test_single_turn_through_the_batcher_is_the_direct_engine_call(model, engine
     params = SamplingParams(n=3, temperature=1.0, max_tokens=24, seed=11)
     direct = engine.generate([r["prompt_ids"] for r in rows], params)
     groups, info = run_rollouts(
-        engine, rows, params, agent="single_turn", tokenizer=TOK, settings=MultiTurnSettings(max_response_length=24)
+        engine,
+        rows,
+        params,
+        agent="single_turn",
+        tokenizer=TOK,
+        settings=MultiTurnSettings(max_response_length=24),
     )
     assert info["agent/engine_calls"] == 1
     for d_group, t_group in zip(direct, groups, strict=True):
         for d, t in zip(d_group, t_group, strict=True):
-            assert t.response_ids == d.token_ids and t.logprobs == d.logprobs and t.loss_mask == [1] * len(d.token_ids)
+            assert (
+                t.response_ids == d.token_ids
+                and t.logprobs == d.logprobs
+                and t.loss_mask == [1] * len(d.token_ids)
+            )
     prompts = _prompt_batch(rows)
     old = completions_to_batch(prompts, direct, pad_id=256, max_response_length=24)
     new = trajectories_to_batch(prompts, groups, pad_id=256, max_response_length=24)
@@ -65,7 +74,9 @@ def _prompt_batch(rows: list[dict]) -> Batch:
     import numpy as np
 
     extra = np.array([dict(r["extra_info"]) for r in rows], dtype=object)
-    return Batch(tensors={"prompts": prompts, "prompt_attention_mask": mask}, non_tensors={"extra_info": extra})
+    return Batch(
+        tensors={"prompts": prompts, "prompt_attention_mask": mask}, non_tensors={"extra_info": extra}
+    )
 
 
 @pytest.mark.parametrize("engine_name", ["native", "hf"])
@@ -73,7 +84,9 @@ def test_an_interaction_drives_real_multi_turn_trajectories(model, engine_name, 
     """A "try again" user who is never satisfied: every trajectory runs to max_turns, and the
     model's log-probs over the whole trajectory, recomputed in one pass, are the rollout's."""
     engine = build_engine(engine_name, model, max_num_seqs=16, tokenizer=TOK)
-    rows = [dict(r, extra_info={"interaction_kwargs": {"name": "gsm8k", "ground_truth": "-1"}}) for r in _rows()]
+    rows = [
+        dict(r, extra_info={"interaction_kwargs": {"name": "gsm8k", "ground_truth": "-1"}}) for r in _rows()
+    ]
     settings = MultiTurnSettings(max_turns=3, max_response_length=200)
     groups, _ = run_rollouts(
         engine, rows, SamplingParams(n=2, max_tokens=200, seed=5), agent="tool", tokenizer=TOK,

@@ -110,7 +110,10 @@ def test_generate_with_an_agent_writes_whole_trajectories(tmp_path: Path) -> Non
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows][0] == "12+34=" and all(len(r["trajectories"]) == 2 for r in rows)
     traj = rows[1]["trajectories"][0]
-    assert traj["messages"][0] == {"role": "user", "content": "7*8="} and traj["messages"][1]["role"] == "assistant"
+    assert (
+        traj["messages"][0] == {"role": "user", "content": "7*8="}
+        and traj["messages"][1]["role"] == "assistant"
+    )
     assert len(traj["loss_mask"]) == len(traj["response_ids"]) == len(traj["logprobs"])
     assert "bump(by)" in TOK.decode(traj["prompt_ids"])  # the tools preamble
     assert "num_turns" in result.output

@@ -23,7 +23,9 @@ def _ready() -> bool:
     return "tiny-tools" in PACKAGED and importlib.util.find_spec("rlkit.agents.tools.registry") is not None
 
 
-pytestmark = pytest.mark.skipif(not _ready(), reason="needs builtin:tiny-tools and rlkit.agents.tools.registry")
+pytestmark = pytest.mark.skipif(
+    not _ready(), reason="needs builtin:tiny-tools and rlkit.agents.tools.registry"
+)
 LOGPROB_ATOL = 1e-4  # fp32 KV-cache decoding against one full pass (see test_loops_real_model)
 
 
