@@ -70,7 +70,6 @@ class Trajectory:
         template_mismatch: The ids differ from the chat template's rendering of ``messages``
             (see :func:`rlkit.agents.template.check_trajectory`).
         truncated: The token budget cut the trajectory (a model turn or a tool / user turn).
-        metrics: Extra numbers a loop or tool reports (summed over the batch's trajectories).
         response_text: What the reward function scores (its ``solution_str``): the whole response
             decoded, every turn, special tokens skipped; None: the last assistant message.
     """
@@ -87,7 +86,6 @@ class Trajectory:
     final_reward: float = 0.0
     template_mismatch: bool = False
     truncated: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)
     response_text: str | None = None
 
     def add_model_tokens(self, token_ids: list[int], logprobs: list[float] | None) -> None:
