@@ -19,9 +19,10 @@ from rlkit.config.fields import schema_fields
 
 
 def _ready() -> bool:
-    from rlkit.models.tiny import PACKAGED
+    from rlkit.models.tiny import ASSETS_DIR, PACKAGED
 
-    return "tiny-tools" in PACKAGED and "arith_tools" in schema_fields()["data.synthetic"].choices
+    shipped = "tiny-tools" in PACKAGED and (ASSETS_DIR / "tiny-tools" / "config.json").is_file()
+    return shipped and "arith_tools" in schema_fields()["data.synthetic"].choices
 
 
 @pytest.mark.skipif(not _ready(), reason="needs builtin:tiny-tools and data.synthetic=arith_tools")

@@ -18,9 +18,10 @@ from ._helpers import TOK, row
 
 
 def _ready() -> bool:
-    from rlkit.models.tiny import PACKAGED
+    from rlkit.models.tiny import ASSETS_DIR, PACKAGED
 
-    return "tiny-tools" in PACKAGED and importlib.util.find_spec("rlkit.agents.tools.registry") is not None
+    shipped = "tiny-tools" in PACKAGED and (ASSETS_DIR / "tiny-tools" / "config.json").is_file()
+    return shipped and importlib.util.find_spec("rlkit.agents.tools.registry") is not None
 
 
 pytestmark = pytest.mark.skipif(
