@@ -36,6 +36,12 @@ class Recipe:
 RECIPES: tuple[Recipe, ...] = (
     Recipe("ppo", "PPO", "PPO with a learned critic and GAE advantages", "ppo.yaml"),
     Recipe("grpo", "GRPO", "Group-relative advantages, no critic; the embedded default", "grpo.yaml"),
+    Recipe(
+        "grpo_tools",
+        "GRPO (multi-turn, tools)",
+        "GRPO over tool-calling trajectories: the tiny model learns to use a calculator",
+        "grpo_tools.yaml",
+    ),
     Recipe("drgrpo", "Dr. GRPO", "GRPO without std normalisation or length bias", "drgrpo.yaml"),
     Recipe("rloo", "RLOO", "Leave-one-out group baseline", "rloo.yaml"),
     Recipe(

@@ -47,6 +47,24 @@ def generate(
         "--server-url",
         help="With --engine server: the server (http://host:port); without, rlkit starts one and stops it.",
     ),
+    agent: str | None = typer.Option(
+        None,
+        "--agent",
+        help="Run an agent loop (tool, single_turn, or module:Class) and write whole trajectories "
+        "(messages, tool calls, ids, loss mask); --max-tokens is each trajectory's budget.",
+    ),
+    tools: str | None = typer.Option(
+        None, "--tools", help="With --agent: tools, comma-separated (built-in names or a verl tools YAML)."
+    ),
+    environment: str | None = typer.Option(
+        None,
+        "--environment",
+        help="With --agent: a TRL-style environment class (module:Class or file.py:Class).",
+    ),
+    interactions: str | None = typer.Option(
+        None, "--interactions", help="With --agent: a verl-layout interaction YAML file."
+    ),
+    max_turns: int = typer.Option(5, "--max-turns", help="With --agent: most model turns per trajectory."),
 ) -> None:
     """Generate completions for a file of prompts and write them as jsonl."""
     from rlkit.data.hub import resolve_model_path
@@ -60,6 +78,25 @@ def generate(
         n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed
     )
     console = Console(stderr=True)
+    if agent is not None:
+        from rlkit.agents.offline import run_agent_generate
+
+        multi_turn = {
+            "agent": agent,
+            "tools": [t for t in (tools or "").split(",") if t.strip()],
+            "environment": environment,
+            "interaction_config_path": interactions,
+            "max_turns": max_turns,
+        }
+        summary, agent_metrics = run_agent_generate(
+            model, prompts, out, params=params, multi_turn=multi_turn, device=device,
+            batch_size=batch_size, engine=engine, server_url=server_url,
+        )  # fmt: skip
+        console.print(", ".join(f"{k} {v:.3g}" for k, v in agent_metrics.items()))
+        console.print(
+            f"wrote {summary.prompts} rows ({summary.completions} trajectories) to [bold]{summary.out}[/]"
+        )
+        return
     summary = run_generate(
         model,
         prompts,

@@ -146,6 +146,48 @@ class ServerConfig:
 
 
 @dataclass
+class MultiTurnConfig:
+    enable: bool = False
+    """Roll out through an agent loop (``agent``): multi-turn trajectories with tools and
+    interactions. Off: one completion per sample, as always. See docs/agentic.md."""
+    agent: str = "single_turn"
+    """The agent loop: ``single_turn`` (one model turn, today's rollout), ``tool`` (the model calls
+    ``tools`` and answers an interaction turn by turn), or a class of your own as
+    ``package.module:Class`` or ``file.py:Class`` (a subclass of ``rlkit.agents.loops.AgentLoop``)."""
+    tools: list[str] = field(default_factory=list)
+    """The tools the ``tool`` loop offers: built-in tool names, and/or the path of a verl tools YAML
+    (``tool_config_path`` layout); rows narrow them with ``extra_info.tool_selection``."""
+    environment: str | None = None
+    """A TRL-style environment class (``package.module:Class`` or ``file.py:Class``): one instance
+    per trajectory, ``reset(**extra_info.env_kwargs)``, public methods as tools, ``get_reward()``
+    as the trajectory's reward."""
+    max_turns: int = bounded(5, ge=1)
+    """Most model turns per trajectory (the last one is kept even if it calls a tool)."""
+    max_tool_response_length: int = bounded(256, ge=1)
+    """Most characters of one tool result shown to the model (cut as ``truncation_side`` says)."""
+    truncation_side: str = choice("middle", "left", "right")
+    """Which part of a long tool result is kept: ``left`` (its start), ``right`` (its end) or
+    ``middle`` (both ends)."""
+    max_parallel_calls: int = bounded(1, ge=1)
+    """Most tool calls run per model turn; further calls get an error message."""
+    parser: str = choice("hermes")
+    """How tool calls are read from the model's text: ``hermes`` (Qwen2.5 / Hermes:
+    ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``)."""
+    tool_timeout_s: float = bounded(30.0, gt=0)
+    """Deadline of one tool call; on expiry the model gets an error message (counted as a timeout)."""
+    interaction_config_path: str | None = None
+    """A YAML file of interactions (simulated users) in verl's (<= 0.7) layout
+    ``interaction: [{name, class_name, config}]``; rows pick one with
+    ``extra_info.interaction_kwargs.name``."""
+    turn_reward: str = choice("last_token", "sum")
+    """Where per-turn rewards (interaction scores, tool-call rewards) go: ``last_token`` (on the
+    last model token of their turn) or ``sum`` (all on the trajectory's last model token)."""
+    max_wait_ms: float = bounded(10.0, ge=0)
+    """Longest a generation request waits for others to join its batch while some trajectory is
+    busy with a tool (requests go at once when every trajectory is waiting on the engine)."""
+
+
+@dataclass
 class RolloutConfig:
     engine: str = choice("auto", "native", "hf", "vllm", "server")
     """Rollout engine: ``auto`` (``native`` when the model is a Llama / Qwen-family model the native
@@ -180,6 +222,8 @@ class RolloutConfig:
     size from ``VLLM_CPU_KVCACHE_SPACE``, default 1 GiB)."""
     server: ServerConfig = field(default_factory=ServerConfig)
     """Settings of ``rollout.engine=server``."""
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
+    """Multi-turn rollouts with tools and interactions (agent loops); see docs/agentic.md."""
 
 
 @dataclass

@@ -166,7 +166,14 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "seed": cfg.trainer.seed,
         "options": engine_options(cfg),
         "log_dir": cfg.trainer.out_dir,
+        "multi_turn": _plain(cfg.rollout.multi_turn),
+        "tokenizer": cfg.model.tokenizer,
     }
+
+
+def _plain(group: Any) -> dict[str, Any]:
+    """A config group (a dataclass) as plain data for a worker's settings."""
+    return dataclasses.asdict(group)
 
 
 def _memory_fraction(value: float) -> float:

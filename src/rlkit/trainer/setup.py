@@ -9,6 +9,7 @@ config before any worker starts; the workers restore their shards right after th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rlkit import ckpt
+from rlkit.agents.setup import check_multi_turn
 from rlkit.algos import AdaptiveKLController, FixedKLController
 from rlkit.ckpt.lock import RunLock
 from rlkit.config.schema import RlkitConfig
@@ -97,10 +99,13 @@ class RunContext:
     def score(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
         """Decode the responses, score them, and put each score on the last response token."""
         mask = batch["response_mask"].bool()
-        texts = self.tokenizer.batch_decode(
-            [row[m].tolist() for row, m in zip(batch["responses"], mask, strict=True)],
-            skip_special_tokens=True,
-        )
+        if "response_text" in batch:  # multi-turn: every turn, the tool and user ones included
+            texts = [str(t) for t in batch["response_text"]]
+        else:
+            texts = self.tokenizer.batch_decode(
+                [row[m].tolist() for row, m in zip(batch["responses"], mask, strict=True)],
+                skip_special_tokens=True,
+            )
         if "reward_model" in self.group.roles:
             return self._score_with_model(batch, texts)
         out = self.reward(
@@ -111,7 +116,10 @@ class RunContext:
             response_lengths=mask.sum(-1),
             max_response_length=self.cfg.data.max_response_length,
         )
-        batch.set("token_level_scores", token_level_scores(out.scores, batch["response_mask"]))
+        batch.set(
+            "token_level_scores",
+            _with_turn_scores(batch, token_level_scores(out.scores, batch["response_mask"])),
+        )
         batch.set("seq_score", out.scores)
         return batch, dict(out.metrics)
 
@@ -120,7 +128,9 @@ class RunContext:
         prompts = [_last_user_message(messages) for messages in batch["raw_prompt"]]
         columns = Batch(non_tensors={"prompt_text": prompts, "response_text": texts})
         scores = self.group.role("reward_model").score(columns)["rm_scores"]
-        batch.set("token_level_scores", token_level_scores(scores, batch["response_mask"]))
+        batch.set(
+            "token_level_scores", _with_turn_scores(batch, token_level_scores(scores, batch["response_mask"]))
+        )
         batch.set("seq_score", scores)
         return batch, {}
 
@@ -210,6 +220,7 @@ def open_rl_run(cfg: RlkitConfig) -> RunStart:
     _ref_enabled(cfg)
     _critic_enabled(cfg)
     resolve_rollout_engine(cfg)  # `auto` -> the engine used, so the saved config.yaml names it
+    check_multi_turn(dataclasses.asdict(cfg.rollout.multi_turn))
     return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))
 
 
@@ -324,6 +335,13 @@ def _trained_hf_configs(cfg: RlkitConfig) -> dict[str, dict[str, Any]]:
     if _ref_enabled(cfg) and cfg.ref.update_every > 0:
         hf["ref"] = hf["actor"]
     return hf
+
+
+def _with_turn_scores(batch: Batch, scores_BR: torch.Tensor) -> torch.Tensor:
+    """Add a multi-turn batch's turn rewards (``turn_scores``, on each turn's last model token)."""
+    if "turn_scores" not in batch:
+        return scores_BR
+    return scores_BR + batch["turn_scores"].to(scores_BR.dtype)
 
 
 def _last_user_message(messages: Any) -> str:

@@ -46,7 +46,45 @@ def batch_metrics(batch: Batch) -> dict[str, float]:
     if old is not None and rollout is not None and old is not rollout:  # the same tensor in bypass mode
         out["rollout/logprob_gap_abs"] = _masked_mean((old - rollout).abs(), mask)
         out["rollout/logprob_gap_k3"] = _masked_mean(kl_penalty(rollout, old, "k3"), mask)
+    out.update(agent_metrics(batch))
     return out
+
+
+def agent_metrics(batch: Batch, prefix: str = "agent/") -> dict[str, float]:
+    """Multi-turn metrics from a batch's per-row ``agent_*`` columns (none in single-turn batches).
+
+    Per trajectory (means): turns, tool calls, tokens by role (prompt / model / template);
+    fractions of trajectories: truncated; counts: template mismatches; per call: errors,
+    timeouts, malformed calls, success rate and latency.
+    """
+    if "agent_num_turns" not in batch:
+        return {}
+    col = {name: batch[f"agent_{name}"].float() for name in _AGENT_COLUMNS}
+    calls = float(col["tool_calls"].sum())
+    per_call = max(calls, 1.0)
+    failed = float(col["tool_errors"].sum() + col["tool_timeouts"].sum())
+    return {
+        f"{prefix}num_turns/mean": float(col["num_turns"].mean()),
+        f"{prefix}num_turns/max": float(col["num_turns"].max()),
+        f"{prefix}tool_calls/mean": float(col["tool_calls"].mean()),
+        f"{prefix}tool_calls/total": calls,
+        f"{prefix}tool_errors/rate": float(col["tool_errors"].sum()) / per_call,
+        f"{prefix}tool_timeouts/rate": float(col["tool_timeouts"].sum()) / per_call,
+        f"{prefix}tool_malformed/rate": float(col["tool_malformed"].sum()) / per_call,
+        f"{prefix}tool_success/rate": (calls - failed) / per_call if calls else 0.0,
+        f"{prefix}tool_latency_s/mean": float(col["tool_latency_s"].sum()) / per_call,
+        f"{prefix}tokens/prompt_mean": float(col["tokens_prompt"].mean()),
+        f"{prefix}tokens/model_mean": float(col["tokens_model"].mean()),
+        f"{prefix}tokens/template_mean": float(col["tokens_template"].mean()),
+        f"{prefix}truncated/rate": float(col["truncated"].mean()),
+        f"{prefix}template_mismatch/count": float(col["template_mismatch"].sum()),
+    }
+
+
+_AGENT_COLUMNS = (
+    "num_turns", "tool_calls", "tool_errors", "tool_timeouts", "tool_malformed", "tool_latency_s",
+    "tokens_prompt", "tokens_model", "tokens_template", "truncated", "template_mismatch",
+)  # fmt: skip
 
 
 def validation_metrics(batch: Batch) -> dict[str, float]:
@@ -61,4 +99,5 @@ def validation_metrics(batch: Batch) -> dict[str, float]:
         by_source[str(source)].append(float(score))
     for source, values in by_source.items():
         out[f"val/reward/{source}"] = float(np.mean(values))
+    out.update(agent_metrics(batch, prefix="val/agent/"))
     return out

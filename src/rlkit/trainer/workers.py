@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlkit.agents.setup import loop_settings
 from rlkit.ckpt import (
     load_frozen_role,
     load_role_state,
@@ -29,7 +30,12 @@ from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine_from_path
 from rlkit.rollout.weight_sync import ChecksumTap, check_push
-from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
+from rlkit.trainer.rollout_batch import (
+    agent_rows,
+    completions_to_batch,
+    prompt_token_lists,
+    trajectories_to_batch,
+)
 from rlkit.training import ActorRole, CriticRole, RefRole
 
 
@@ -135,8 +141,13 @@ class RolloutWorker:
         seed: int,
         options: dict[str, Any] | None = None,
         log_dir: str | None = None,
+        multi_turn: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         device = worker_context().device
+        self.multi_turn = multi_turn if multi_turn and multi_turn.get("enable") else None
+        self._agent: Any = None  # rlkit.agents.setup.AgentRuntime, built at the first generation
+        self._tokenizer_path = tokenizer or model_path
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
         self.engine = build_engine_from_path(
             engine,
@@ -159,6 +170,8 @@ class RolloutWorker:
     ) -> Batch:
         """Samples for a shard of prompts (``prompts``/``prompt_attention_mask`` columns); rows are prompts x n."""
         sampling = SamplingParams(**params)
+        if self.multi_turn is not None:
+            return self._generate_with_agent(prompts, sampling, pad_id, max_response_length)
         token_lists = prompt_token_lists(prompts["prompts"], prompts["prompt_attention_mask"])
         started = time.perf_counter()
         completions = self.engine.generate(token_lists, sampling)
@@ -168,6 +181,36 @@ class RolloutWorker:
         return completions_to_batch(
             prompts, completions, pad_id=pad_id, max_response_length=max_response_length
         )
+
+    def _generate_with_agent(
+        self, prompts: Batch, sampling: SamplingParams, pad_id: int, max_response_length: int
+    ) -> Batch:
+        """The agent loop's trajectories of a shard of prompts (``rollout.multi_turn.enable``)."""
+        from rlkit.agents.rollouts import run_rollouts
+        from rlkit.agents.setup import AgentRuntime
+
+        mt = self.multi_turn
+        assert mt is not None
+        if self._agent is None:  # once per worker: tools may hold processes or indexes
+            self._agent = AgentRuntime.build(mt, load_tokenizer(self._tokenizer_path))
+        agent = self._agent
+        groups, info = run_rollouts(
+            self.engine,
+            agent_rows(prompts),
+            sampling,
+            agent=str(mt["agent"]),
+            tokenizer=agent.tokenizer,
+            settings=loop_settings(mt, max_response_length),
+            tools=agent.tools,
+            interactions=agent.interactions,
+            max_wait_s=float(mt.get("max_wait_ms", 10.0)) / 1000.0,
+            executor=agent.executor,
+        )
+        width = prompts["prompts"].shape[1] + int(info["prompt_overhead"])
+        return trajectories_to_batch(
+            prompts, groups, pad_id=pad_id, max_response_length=max_response_length, multi_turn=True,
+            prompt_width=width,
+        )  # fmt: skip
 
     @dispatch("broadcast")
     def sync_weights(self, step: int = 0, source_role: str = "actor") -> dict[str, Any]:
@@ -210,6 +253,9 @@ class RolloutWorker:
     @dispatch("broadcast")
     def close(self) -> None:
         """Close the engine: a vLLM server it started stops (killing the worker would leave it running)."""
+        if self._agent is not None:  # the agent path's engine thread, and tools holding processes
+            self._agent.close()
+            self._agent = None
         self.engine.close()
 
 
