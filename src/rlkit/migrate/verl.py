@@ -212,6 +212,14 @@ def _as_list(target: str, value: Any, known: dict[str, Any]) -> Any:
     return value
 
 
+_SHELL_VAR = re.compile(r"\$\{?(\w+)\}?")
+
+
+def _unquoted(value: Any) -> str:
+    """``value`` as the shell would pass it, its variables as bare names (``$HOME`` -> ``HOME``)."""
+    return _SHELL_VAR.sub(r"\1", render(value).strip("'"))
+
+
 def _drop_recipe_defaults(migration: Migration) -> None:
     """Leave out overrides equal to the recipe's own value; compose the rest to check them."""
     from omegaconf import OmegaConf
@@ -231,7 +239,8 @@ def _drop_recipe_defaults(migration: Migration) -> None:
                     f"{key} is {render(current)} in the {migration.recipe} recipe",
                 )
             )
-    overrides = [f"{k}={render(v).strip(chr(39))}" for k, v in migration.overrides.items()]
+    # shell variables left for the user's shell ($HOME, ${DATA}) would read as OmegaConf interpolations
+    overrides = [f"{k}={_unquoted(v)}" for k, v in migration.overrides.items()]
     try:
         load_config(migration.recipe, profile=None, config_file=None, overrides=overrides, command="train")
     except UserError as exc:

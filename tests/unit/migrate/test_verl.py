@@ -101,8 +101,12 @@ def test_verl_example_converts(name: str) -> None:
 
 def test_multi_turn_keys_map_where_the_schema_has_them() -> None:
     result = migrate(ASSETS / "gsm8k_multiturn_grpo.yaml")
-    if "rollout.multi_turn.max_turns" in schema_fields():
-        assert result.overrides["rollout.multi_turn.max_turns"] == 5
+    if "rollout.multi_turn.max_turns" in schema_fields():  # 5 is also rlkit's default: left out as such
+        assert result.overrides.get("rollout.multi_turn.max_turns", 5) == 5
+        assert "rollout.multi_turn.max_turns" in result.overrides or any(
+            "max_assistant_turns" in k for k, _ in result.recipe_default
+        )
+        assert result.overrides["rollout.multi_turn.enable"] is True
     else:
         assert any(
             "max_assistant_turns" in k and "has no rollout.multi_turn.max_turns" in why
