@@ -16,6 +16,7 @@ from rlkit.algos.advantages import (
     AdvantageFn,
     advantage_estimators,
     compute_gae_advantage_return,
+    compute_gdpo_outcome_advantage,
     compute_gpg_outcome_advantage,
     compute_grpo_outcome_advantage,
     compute_grpo_passk_outcome_advantage,
@@ -40,6 +41,8 @@ from rlkit.algos.policy_losses import (
     PolicyLossFn,
     compute_policy_loss_cispo,
     compute_policy_loss_clip_cov,
+    compute_policy_loss_dppo_kl,
+    compute_policy_loss_dppo_tv,
     compute_policy_loss_geo_mean,
     compute_policy_loss_gpg,
     compute_policy_loss_gspo,
@@ -66,6 +69,7 @@ from rlkit.algos.rollout_correction import (
     compute_rollout_correction_weights,
     compute_rollout_rejection_mask,
 )
+from rlkit.algos.token_baseline import compute_optimal_token_baseline_advantage
 from rlkit.algos.value import compute_value_loss
 
 __all__ = [
@@ -85,6 +89,7 @@ __all__ = [
     "apply_kl_penalty",
     "compute_entropy_loss",
     "compute_gae_advantage_return",
+    "compute_gdpo_outcome_advantage",
     "compute_gpg_outcome_advantage",
     "compute_grpo_outcome_advantage",
     "compute_grpo_passk_outcome_advantage",
@@ -93,8 +98,11 @@ __all__ = [
     "compute_online_dpo_weights",
     "compute_onlinedpo_pref",
     "compute_opo_outcome_advantage",
+    "compute_optimal_token_baseline_advantage",
     "compute_policy_loss_cispo",
     "compute_policy_loss_clip_cov",
+    "compute_policy_loss_dppo_kl",
+    "compute_policy_loss_dppo_tv",
     "compute_policy_loss_geo_mean",
     "compute_policy_loss_gpg",
     "compute_policy_loss_gspo",
