@@ -97,6 +97,26 @@ def _reward(cfg: DictConfig) -> None:
         )
 
 
+def _gdpo_and_rollout_correction(cfg: DictConfig) -> None:
+    # algos/advantages.compute_gdpo_outcome_advantage takes one weight per component;
+    # algos/rollout_correction.parse_rollout_is_threshold needs lower <= upper.
+    algo = cfg.algo
+    weights, keys = algo.gdpo_reward_weights, list(algo.gdpo_reward_keys)
+    if weights is not None and len(weights) != len(keys):
+        raise UserError(
+            f"algo.gdpo_reward_weights has {len(weights)} weights for {len(keys)} algo.gdpo_reward_keys",
+            hint="give one weight per reward key, or algo.gdpo_reward_weights=null for 1 each",
+        )
+    rc = algo.rollout_correction
+    lower = rc.rollout_is_threshold_lower
+    if lower is not None and lower > rc.rollout_is_threshold:
+        raise UserError(
+            f"algo.rollout_correction.rollout_is_threshold_lower={lower} exceeds "
+            f"rollout_is_threshold={rc.rollout_is_threshold}",
+            hint="IcePop keeps weights in [lower, upper]: e.g. lower 0.5, upper 5.0",
+        )
+
+
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -115,7 +135,14 @@ def _sft_columns_and_task(cfg: DictConfig) -> None:
 
 #: The rules each command relies on (``sft`` uses neither mini-batches nor rewards nor profiling windows).
 RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
-    "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward),
+    "train": (
+        _mini_batches,
+        _workers,
+        _profile_steps,
+        _reference_and_critic,
+        _reward,
+        _gdpo_and_rollout_correction,
+    ),
     "sft": (_sft_columns_and_task,),
 }
 

@@ -34,6 +34,7 @@ from rlkit.logging import MetricsLogger
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
+from rlkit.trainer.algo_inputs import apply_rollout_correction, estimator_extras
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.run_start import RunStart
@@ -201,7 +202,8 @@ class RLTrainer:
             with timer("values"):
                 batch = batch.union(run.critic.compute_values(batch))
         with timer("adv"):
-            metrics = self._advantages(run, batch)
+            metrics = apply_rollout_correction(cfg, batch)
+            metrics.update(self._advantages(run, batch))
             metrics.update(self.hooks.before_update(run, batch))
         if run.critic is not None:
             with timer("update_critic"):
@@ -292,6 +294,7 @@ class RLTrainer:
             lam=algo.lam,
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
             sppo_beta=algo.sppo_beta,
+            **estimator_extras(self.cfg, batch),
         )
         batch.set("advantages", advantages)
         batch.set("returns", returns)

@@ -113,6 +113,9 @@ class RunContext:
         )
         batch.set("token_level_scores", token_level_scores(out.scores, batch["response_mask"]))
         batch.set("seq_score", out.scores)
+        for key in self.cfg.algo.gdpo_reward_keys:  # GDPO's components, as verl keeps them: columns
+            if key in out.extra and key not in batch:
+                batch.set(key, np.array(out.extra[key], dtype=object))
         return batch, dict(out.metrics)
 
     def _score_with_model(self, batch: Batch, texts: list[str]) -> tuple[Batch, dict[str, float]]:

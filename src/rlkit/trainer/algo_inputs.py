@@ -1,0 +1,62 @@
+"""Inputs that some algorithms need beyond the common ones, read from config (never from a recipe name).
+
+- :func:`apply_rollout_correction`: ``algo.rollout_correction`` (TIS or IcePop) turns the trainer's and
+  the rollout engine's log-probs into ``rollout_is_weights``, which the actor's policy loss multiplies in.
+- :func:`estimator_extras`: GDPO's reward components (``algo.gdpo_reward_keys``, the keys of the dicts
+  ``compute_score`` returned, stored as batch columns when the batch was scored).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlkit.algos import compute_rollout_correction_and_rejection_mask
+from rlkit.config.schema import RlkitConfig
+from rlkit.data.batch import Batch
+from rlkit.errors import UserError
+
+
+def apply_rollout_correction(cfg: RlkitConfig, batch: Batch) -> dict[str, float]:
+    """Set ``rollout_is_weights`` from ``old_log_probs`` and ``rollout_log_probs``; their metrics.
+
+    A no-op (no metrics) with ``algo.rollout_correction.rollout_is=none``.
+    """
+    rc = cfg.algo.rollout_correction
+    if rc.rollout_is == "none":
+        return {}
+    weights, _, metrics = compute_rollout_correction_and_rejection_mask(
+        batch["old_log_probs"],
+        batch["rollout_log_probs"],
+        batch["response_mask"],
+        rollout_is=rc.rollout_is,
+        rollout_is_threshold=rc.rollout_is_threshold,
+        rollout_is_threshold_lower=rc.rollout_is_threshold_lower,
+    )
+    assert weights is not None
+    batch.set("rollout_is_weights", weights)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:
+    """Keywords for the advantage estimator beyond the common set (empty when none apply).
+
+    Raises:
+        UserError: A key of ``algo.gdpo_reward_keys`` that the reward function did not return.
+    """
+    keys = list(cfg.algo.gdpo_reward_keys)
+    if not keys:
+        return {}
+    components = {}
+    for key in keys:
+        if key not in batch:
+            raise UserError(
+                f"algo.gdpo_reward_keys: the reward function returned no {key!r} for this batch",
+                hint="return a dict with 'score' and each GDPO key from compute_score",
+            )
+        values = [np.nan if v is None else float(v) for v in batch[key]]
+        components[key] = torch.tensor(values, dtype=torch.float32).nan_to_num(0.0)
+    weights = cfg.algo.gdpo_reward_weights
+    return {"reward_components": components, "reward_weights": None if weights is None else list(weights)}
