@@ -27,6 +27,12 @@ from rlkit.algos.advantages import (
     compute_rloo_outcome_advantage,
 )
 from rlkit.algos.aggregation import AGG_KWARGS, LOSS_AGG_MODES, agg_loss
+from rlkit.algos.distill import (
+    GKD_LOSSES,
+    compute_distill_reverse_kl_advantage,
+    compute_gkd_loss,
+    gkd_divergence,
+)
 from rlkit.algos.entropy import compute_entropy_loss, entropy_from_logits
 from rlkit.algos.kl import (
     KL_PENALTIES,
@@ -74,6 +80,7 @@ from rlkit.algos.value import compute_value_loss
 
 __all__ = [
     "AGG_KWARGS",
+    "GKD_LOSSES",
     "KL_PENALTIES",
     "LOSS_AGG_MODES",
     "ROLLOUT_IS_LEVELS",
@@ -87,7 +94,9 @@ __all__ = [
     "advantage_estimators",
     "agg_loss",
     "apply_kl_penalty",
+    "compute_distill_reverse_kl_advantage",
     "compute_entropy_loss",
+    "compute_gkd_loss",
     "compute_gae_advantage_return",
     "compute_gdpo_outcome_advantage",
     "compute_gpg_outcome_advantage",
@@ -122,6 +131,7 @@ __all__ = [
     "compute_sppo_outcome_advantage",
     "compute_value_loss",
     "entropy_from_logits",
+    "gkd_divergence",
     "group_ids",
     "kl_penalty",
     "make_kl_controller",
