@@ -75,6 +75,12 @@ RECIPES: tuple[Recipe, ...] = (
         hooks="spin",
     ),
     Recipe(
+        "distill",
+        "On-policy distillation",
+        "The student samples, a frozen teacher scores its tokens (reverse KL or GKD top-k)",
+        "distill.yaml",
+    ),
+    Recipe(
         "sppo",
         "SPPO",
         "Self-play preference optimisation: log-ratios regressed on centred rewards",

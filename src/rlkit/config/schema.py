@@ -315,6 +315,29 @@ class RolloutCorrectionConfig:
 
 
 @dataclass
+class DistillConfig:
+    teachers: list[str] = field(default_factory=list)
+    """Teacher models of on-policy distillation (model folders, hub ids or ``builtin:`` names), each
+    optionally ``name=path``; empty: no distillation. Rows pick one by ``algo.distill.teacher_key``."""
+    teacher_key: str = "teacher"
+    """Data column naming each row's teacher (a ``teachers`` name; missing or empty: the first)."""
+    loss: str = choice("pg_reverse_kl", "forward_kl", "reverse_kl", "jsd")
+    """``pg_reverse_kl``: ``log pi_teacher - log pi_student`` of each sampled token added to the advantages
+    (policy-gradient form); ``forward_kl`` / ``reverse_kl`` / ``jsd``: GKD divergence over the teacher's
+    top-k added to the actor loss."""
+    coef: float = bounded(1.0, ge=0)
+    """Weight of the distillation term (per-token advantage or GKD loss)."""
+    task_coef: float = bounded(1.0, ge=0)
+    """Weight of the task reward's advantages next to the distillation term (0: distillation only)."""
+    topk: int = bounded(32, ge=1)
+    """Teacher log-probs kept per position (the GKD support)."""
+    beta: float = bounded(0.5, ge=0, le=1)
+    """Generalised JSD's beta (0: forward KL, 1: reverse KL)."""
+    advantage_clip: float | None = bounded(None, gt=0)
+    """Bound on ``|log pi_teacher - log pi_student|`` in the ``pg_reverse_kl`` advantage (null: none)."""
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = choice(
         "grpo",
@@ -353,6 +376,8 @@ class AlgoConfig:
     """Dynamic sampling (DAPO)."""
     rollout_correction: RolloutCorrectionConfig = field(default_factory=lambda: RolloutCorrectionConfig())
     """Importance weights between the rollout engine's and the trainer's log-probs (TIS, IcePop)."""
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())
+    """On-policy distillation from frozen teacher models."""
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 - :func:`apply_rollout_correction`: ``algo.rollout_correction`` (TIS or IcePop) turns the trainer's and
   the rollout engine's log-probs into ``rollout_is_weights``, which the actor's policy loss multiplies in.
+- :func:`apply_distillation`: ``algo.distill`` weighs the task advantages and, in the policy-gradient
+  form, adds the per-token reverse-KL advantage against the teacher (the GKD forms are actor losses).
 - :func:`estimator_extras`: GDPO's reward components (``algo.gdpo_reward_keys``, the keys of the dicts
   ``compute_score`` returned, stored as batch columns when the batch was scored).
 """
@@ -13,7 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlkit.algos import compute_rollout_correction_and_rejection_mask
+from rlkit.algos import (
+    compute_distill_reverse_kl_advantage,
+    compute_rollout_correction_and_rejection_mask,
+    masked_mean,
+)
 from rlkit.config.schema import RlkitConfig
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
@@ -60,3 +66,25 @@ def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:
         components[key] = torch.tensor(values, dtype=torch.float32).nan_to_num(0.0)
     weights = cfg.algo.gdpo_reward_weights
     return {"reward_components": components, "reward_weights": None if weights is None else list(weights)}
+
+
+def apply_distillation(cfg: RlkitConfig, batch: Batch) -> dict[str, float]:
+    """``advantages <- task_coef * advantages (+ coef * (log pi_teacher - log pi_student)))``; metrics.
+
+    A no-op without ``algo.distill.teachers``. The student's log-probs are the batch's ``old_log_probs``
+    (the policy that sampled, as the trainer computes them).
+    """
+    d = cfg.algo.distill
+    if not d.teachers:
+        return {}
+    mask = batch["response_mask"]
+    gap = compute_distill_reverse_kl_advantage(batch["old_log_probs"], batch["teacher_log_prob"], mask)
+    advantages = batch["advantages"] * d.task_coef
+    if d.loss == "pg_reverse_kl":
+        bounded = compute_distill_reverse_kl_advantage(
+            batch["old_log_probs"], batch["teacher_log_prob"], mask, clip=d.advantage_clip
+        )
+        advantages = advantages + d.coef * bounded
+    batch.set("advantages", advantages)
+    # the sampled-token estimate of KL(student || teacher), whatever the loss: the distillation curve
+    return {"distill/reverse_kl": float(masked_mean(-gap, mask))}

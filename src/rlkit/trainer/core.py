@@ -1,7 +1,7 @@
 """The one RL trainer core: the step loop every RL recipe runs (design.md §3).
 
     prompts -> rollout (n samples each) -> rewards -> old log-probs -> ref log-probs (KL terms)
-    -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
+    -> teacher log-probs and top-k (distillation) -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
     -> weight sync to the rollout engine -> metrics, validation, checkpoint
 
 Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch filter, extra
@@ -34,7 +34,7 @@ from rlkit.logging import MetricsLogger
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
-from rlkit.trainer.algo_inputs import apply_rollout_correction, estimator_extras
+from rlkit.trainer.algo_inputs import apply_distillation, apply_rollout_correction, estimator_extras
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.run_start import RunStart
@@ -198,12 +198,16 @@ class RLTrainer:
         if run.ref is not None:
             with timer("ref"):
                 batch = batch.union(run.ref.compute_ref_log_prob(batch, temperature))
+        if run.teacher is not None:
+            with timer("teacher"):
+                batch = batch.union(run.teacher.compute_teacher(batch, temperature, cfg.algo.distill.topk))
         if run.critic is not None:
             with timer("values"):
                 batch = batch.union(run.critic.compute_values(batch))
         with timer("adv"):
             metrics = apply_rollout_correction(cfg, batch)
             metrics.update(self._advantages(run, batch))
+            metrics.update(apply_distillation(cfg, batch))
             metrics.update(self.hooks.before_update(run, batch))
         if run.critic is not None:
             with timer("update_critic"):

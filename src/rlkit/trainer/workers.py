@@ -28,7 +28,7 @@ from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.registry import build_engine_from_path
 from rlkit.trainer.rollout_batch import completions_to_batch, prompt_token_lists
-from rlkit.training import ActorRole, CriticRole, RefRole
+from rlkit.training import ActorRole, CriticRole, RefRole, Teachers
 
 
 class ActorWorker:
@@ -92,6 +92,17 @@ class RefWorker:
     @dispatch("broadcast")
     def load_checkpoint(self, step_dir: str) -> str | None:
         return load_frozen_role(self.role.module, Path(step_dir) / "ref")
+
+
+class TeacherWorker:
+    """The frozen teacher models of on-policy distillation (each row scored by its own teacher)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.role = Teachers(**settings)
+
+    @dispatch("shard")
+    def compute_teacher(self, batch: Batch, temperature: float, topk: int) -> Batch:
+        return self.role.compute_teacher(batch, temperature=temperature, topk=topk)
 
 
 class CriticWorker:
