@@ -79,3 +79,51 @@ def test_new_recipes_compose(recipe: str, key: str, value: str) -> None:
     assert (
         _cfg("grpo", "actor.loss_agg_mode=token-sum", "actor.loss_mode=dppo_kl").actor.loss_mode == "dppo_kl"
     )
+
+
+def test_teachers_are_checked_before_ray(tmp_path) -> None:
+    from rlkit.models import CausalLM, init_weights, save_hf
+    from dataclasses import replace
+
+    from rlkit.models.shapes import TINY
+    from rlkit.trainer.preflight import preflight
+    from rlkit.trainer.settings import teacher_names
+
+    other = CausalLM(replace(TINY, vocab_size=300))  # another vocabulary than the built-in tokenizer's
+    init_weights(other, seed=0)
+    save_hf(other, tmp_path / "teacher")
+    cfg = _cfg(
+        "grpo", f"algo.distill.teachers=[{tmp_path / 'teacher'}]", f"trainer.out_dir={tmp_path / 'run'}"
+    )
+    with pytest.raises(UserError, match="vocab_size"):
+        preflight(cfg)
+    ok = _cfg("grpo", "algo.distill.teachers=[builtin:tiny]", f"trainer.out_dir={tmp_path / 'run'}")
+    assert any(line.startswith("teachers: builtin:tiny") for line in preflight(ok))
+    with pytest.raises(UserError, match="algo.distill.teachers: no such folder"):
+        preflight(_cfg("grpo", "algo.distill.teachers=[/nonexistent/teacher]"))
+    named = _cfg("grpo", 'algo.distill.teachers=["a=builtin:tiny","builtin:tiny-arith"]')
+    assert teacher_names(named) == {"a": "builtin:tiny", "builtin:tiny-arith": "builtin:tiny-arith"}
+
+
+def test_distillation_weighs_the_task_advantages_and_adds_the_reverse_kl() -> None:
+    from rlkit.trainer.algo_inputs import apply_distillation
+
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    batch = Batch(
+        tensors={
+            "response_mask": mask,
+            "advantages": torch.tensor([[1.0, 1.0, 0.0]]),
+            "old_log_probs": torch.log(torch.tensor([[0.5, 0.25, 1.0]])),
+            "teacher_log_prob": torch.log(torch.tensor([[0.5, 0.5, 1.0]])),
+        }
+    )
+    teachers = "algo.distill.teachers=[builtin:tiny]"
+    metrics = apply_distillation(
+        _cfg("distill", teachers, "algo.distill.task_coef=0.5", "algo.distill.coef=2"), batch
+    )
+    expected = torch.tensor([[0.5, 0.5 + 2 * math.log(2.0), 0.0]])
+    assert torch.allclose(batch["advantages"], expected)
+    assert metrics["distill/reverse_kl"] == pytest.approx(-math.log(2.0) / 2)
+    gkd = Batch(tensors={k: v.clone() for k, v in batch.tensors.items()})
+    apply_distillation(_cfg("distill", teachers, "algo.distill.loss=jsd", "algo.distill.task_coef=0"), gkd)
+    assert torch.equal(gkd["advantages"], torch.zeros_like(mask))  # GKD: the divergence is an actor loss
