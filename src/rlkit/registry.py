@@ -57,6 +57,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("opo", "OPO", "Length-weighted optimal baseline within each group", "opo.yaml"),
     Recipe("gpg", "GPG", "Group policy gradient (no ratio, no clipping)", "gpg.yaml"),
     Recipe("gdpo", "GDPO", "Each reward component normalised within its group, then summed", "gdpo.yaml"),
+    Recipe("otb", "OTB", "Per-position baseline weighted by each path's gradient variance", "otb.yaml"),
     Recipe(
         "dppo", "DPPO", "Trust region on the binary TV divergence of each token, not the ratio", "dppo.yaml"
     ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from rlkit.algos._groups import GroupIndex, group_ids
 from rlkit.algos._masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlkit.algos.advantages import (
+    ESTIMATOR_INPUTS,
     AdvantageFn,
     advantage_estimators,
     compute_gae_advantage_return,
@@ -80,6 +81,7 @@ from rlkit.algos.value import compute_value_loss
 
 __all__ = [
     "AGG_KWARGS",
+    "ESTIMATOR_INPUTS",
     "GKD_LOSSES",
     "KL_PENALTIES",
     "LOSS_AGG_MODES",

@@ -27,6 +27,7 @@ from rlkit.algos.token_baseline import compute_optimal_token_baseline_advantage
 from rlkit.errors import UserError
 
 __all__ = [
+    "ESTIMATOR_INPUTS",
     "AdvantageFn",
     "advantage_estimators",
     "compute_gae_advantage_return",
@@ -473,3 +474,8 @@ advantage_estimators: dict[str, AdvantageFn] = {
     "optimal_token_baseline": compute_optimal_token_baseline_advantage,
 }
 """Advantage estimators by verl name (``algo.advantage``)."""
+
+ESTIMATOR_INPUTS: dict[str, tuple[str, ...]] = {
+    "optimal_token_baseline": ("old_log_probs", "sum_pi_squared"),
+}
+"""Batch columns an estimator needs beyond the common keywords (the trainer computes and passes them)."""

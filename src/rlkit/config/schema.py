@@ -351,9 +351,11 @@ class AlgoConfig:
         "grpo_passk",
         "sppo",
         "gdpo",
+        "optimal_token_baseline",
     )
     """Advantage estimator: gae, grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo,
-    gpg, grpo_passk, sppo, gdpo (per-component group normalisation of ``algo.gdpo_reward_keys``)."""
+    gpg, grpo_passk, sppo, gdpo (per-component group normalisation of ``algo.gdpo_reward_keys``),
+    optimal_token_baseline (OTB: a per-position baseline weighted by each path's gradient variance)."""
     gdpo_reward_keys: list[str] = field(default_factory=list)
     """GDPO's reward components: keys of the dicts ``compute_score`` returns (empty: the one summed score)."""
     gdpo_reward_weights: list[float] | None = unbounded(None, "any real weight, negative ones included")

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlkit.models.logprobs import _chunk_logits
 
-__all__ = ["token_logprobs_at", "token_topk_logprobs"]
+__all__ = ["token_logprobs_at", "token_sum_pi_squared", "token_topk_logprobs"]
 
 
 def _check(temperature: float, chunk_tokens: int) -> None:
@@ -68,6 +68,29 @@ def token_topk_logprobs(
         logp[rows] = log_probs.gather(-1, labels_N[rows].long().unsqueeze(-1)).squeeze(-1)
         top_logp[rows], top_ids[rows] = log_probs.topk(k, dim=-1)
     return logp, top_logp, top_ids
+
+
+@torch.no_grad()
+def token_sum_pi_squared(
+    hidden_ND: torch.Tensor,
+    weight_VD: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_tokens: int = 1024,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """``sum_v pi(v)^2`` of the temperature-scaled distribution at each position (OTB's input), fp32.
+
+    Shape:
+        hidden_ND: (N, D); weight_VD: (V, D); returns (N,).
+    """
+    _check(temperature, chunk_tokens)
+    out = torch.empty(hidden_ND.shape[0], dtype=torch.float32, device=hidden_ND.device)
+    for start in range(0, hidden_ND.shape[0], chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        probs = torch.softmax(_chunk_logits(hidden_ND[rows], weight_VD, temperature, softcap), -1)
+        out[rows] = probs.square().sum(-1)
+    return out
 
 
 def _chunk_at(

@@ -5,7 +5,8 @@
 - :func:`apply_distillation`: ``algo.distill`` weighs the task advantages and, in the policy-gradient
   form, adds the per-token reverse-KL advantage against the teacher (the GKD forms are actor losses).
 - :func:`estimator_extras`: GDPO's reward components (``algo.gdpo_reward_keys``, the keys of the dicts
-  ``compute_score`` returned, stored as batch columns when the batch was scored).
+  ``compute_score`` returned, stored as batch columns when the batch was scored), and the columns an
+  estimator declares in :data:`rlkit.algos.ESTIMATOR_INPUTS` (OTB's ``sum_pi_squared``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from rlkit.algos import (
+    ESTIMATOR_INPUTS,
     compute_distill_reverse_kl_advantage,
     compute_rollout_correction_and_rejection_mask,
     masked_mean,
@@ -52,9 +54,12 @@ def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:
     Raises:
         UserError: A key of ``algo.gdpo_reward_keys`` that the reward function did not return.
     """
+    extras: dict[str, Any] = {name: batch[name] for name in ESTIMATOR_INPUTS.get(cfg.algo.advantage, ())}
+    if extras and "rollout_is_weights" in batch:
+        extras["rollout_is_weights"] = batch["rollout_is_weights"]  # OTB scales its variances by rho^2
     keys = list(cfg.algo.gdpo_reward_keys)
     if not keys:
-        return {}
+        return extras
     components = {}
     for key in keys:
         if key not in batch:
@@ -65,7 +70,14 @@ def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:
         values = [np.nan if v is None else float(v) for v in batch[key]]
         components[key] = torch.tensor(values, dtype=torch.float32).nan_to_num(0.0)
     weights = cfg.algo.gdpo_reward_weights
-    return {"reward_components": components, "reward_weights": None if weights is None else list(weights)}
+    extras["reward_components"] = components
+    extras["reward_weights"] = None if weights is None else list(weights)
+    return extras
+
+
+def needs_sum_pi_squared(cfg: RlkitConfig) -> bool:
+    """Whether the advantage estimator needs ``sum_pi_squared`` from the old-log-prob pass (OTB)."""
+    return "sum_pi_squared" in ESTIMATOR_INPUTS.get(cfg.algo.advantage, ())
 
 
 def apply_distillation(cfg: RlkitConfig, batch: Batch) -> dict[str, float]:

@@ -34,7 +34,12 @@ from rlkit.logging import MetricsLogger
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
-from rlkit.trainer.algo_inputs import apply_distillation, apply_rollout_correction, estimator_extras
+from rlkit.trainer.algo_inputs import (
+    apply_distillation,
+    apply_rollout_correction,
+    estimator_extras,
+    needs_sum_pi_squared,
+)
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.run_start import RunStart
@@ -194,7 +199,7 @@ class RLTrainer:
             batch, gen_metrics = self._generate_training_batch(run, step)
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
-            batch = batch.union(run.actor.compute_log_prob(batch, temperature))
+            batch = batch.union(run.actor.compute_log_prob(batch, temperature, needs_sum_pi_squared(cfg)))
         if run.ref is not None:
             with timer("ref"):
                 batch = batch.union(run.ref.compute_ref_log_prob(batch, temperature))

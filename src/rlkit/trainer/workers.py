@@ -38,8 +38,10 @@ class ActorWorker:
         self.role = ActorRole(**settings)
 
     @dispatch("shard")
-    def compute_log_prob(self, batch: Batch, temperature: float) -> Batch:
-        return self.role.compute_log_prob(batch, temperature=temperature)
+    def compute_log_prob(self, batch: Batch, temperature: float, with_sum_pi_squared: bool = False) -> Batch:
+        return self.role.compute_log_prob(
+            batch, temperature=temperature, with_sum_pi_squared=with_sum_pi_squared
+        )
 
     @dispatch("shard")
     def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:

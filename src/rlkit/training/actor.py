@@ -86,14 +86,24 @@ class ActorRole:
     # ------------------------------------------------------------------ inference
 
     def compute_log_prob(
-        self, batch: Batch, temperature: float | None = None, with_entropy: bool = True
+        self,
+        batch: Batch,
+        temperature: float | None = None,
+        with_entropy: bool = True,
+        with_sum_pi_squared: bool = False,
     ) -> Batch:
         """Log-probs of the response tokens under the current policy (verl's ``old_log_probs``).
 
         Returns:
-            A Batch with ``old_log_probs`` (B, R) fp32 and, when asked, ``entropy`` (B, R) fp32.
+            A Batch with ``old_log_probs`` (B, R) fp32 and, when asked, ``entropy`` (B, R) fp32 and
+            ``sum_pi_squared`` (B, R) fp32 (``sum_v pi(v)^2`` per position, OTB's input).
         """
         require_columns(batch, _LOG_PROB_INPUTS, "compute_log_prob")
+        squares = (
+            torch.zeros(batch.tensors["responses"].shape, dtype=torch.float32)
+            if with_sum_pi_squared
+            else None
+        )
         self.engine.eval()
         logp, entropy = response_logprobs(
             self.engine.module,
@@ -103,10 +113,13 @@ class ActorRole:
             budget=self.micro_batch_tokens,
             chunk_tokens=self.chunk_tokens,
             device=self.engine.device,
+            sum_pi_squared=squares,
         )
         out = {"old_log_probs": logp}
         if entropy is not None:
             out["entropy"] = entropy
+        if squares is not None:
+            out["sum_pi_squared"] = squares
         return Batch(tensors=out)
 
     # ------------------------------------------------------------------ training

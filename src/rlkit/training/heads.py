@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rlkit.models.logprobs import token_logprobs
-from rlkit.models.topk import token_logprobs_at, token_topk_logprobs
+from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared, token_topk_logprobs
 
 
 class _AdoptChildren(nn.Module):
@@ -57,16 +57,18 @@ class PackedPolicy(_AdoptChildren):
         with_entropy: bool = False,
         chunk_tokens: int = 1024,
         support_NK: torch.Tensor | None = None,
+        with_sum_pi_squared: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """Log-probs of ``labels_N`` under the temperature-scaled policy at positions ``gather_idx_N``.
 
         With ``support_NK`` (token ids per position, e.g. a teacher's top-k) the log-probs of those
-        ids are returned too, as a third output (distillation's GKD losses).
+        ids are returned too, as a third output (distillation's GKD losses); with
+        ``with_sum_pi_squared`` then ``sum_v pi(v)^2`` per position (no gradient; OTB's input).
 
         Shape:
             input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,) int32;
             gather_idx_N, labels_N: (N,); support_NK: (N, K). Returns log-probs (N,) fp32, entropy
-            (N,) fp32 or None, and with a support its log-probs (N, K) fp32.
+            (N,) fp32 or None, then with a support its log-probs (N, K) fp32, then ``sum_v pi(v)^2`` (N,).
         """
         hidden_TD = self.inner.forward_packed(input_ids_T, position_ids_T, cu_seqlens)
         hidden_ND = hidden_TD.index_select(0, gather_idx_N)
@@ -82,17 +84,13 @@ class PackedPolicy(_AdoptChildren):
             with_entropy=with_entropy,
             softcap=softcap,
         )
-        if support_NK is None:
-            return logp_N, entropy_N
-        support = token_logprobs_at(
-            hidden_ND,
-            weight_VD,
-            support_NK,
-            temperature=temperature,
-            chunk_tokens=chunk_tokens,
-            softcap=softcap,
-        )
-        return logp_N, entropy_N, support
+        extras: list[torch.Tensor] = []
+        scaling = {"temperature": temperature, "chunk_tokens": chunk_tokens, "softcap": softcap}
+        if support_NK is not None:
+            extras.append(token_logprobs_at(hidden_ND, weight_VD, support_NK, **scaling))
+        if with_sum_pi_squared:
+            extras.append(token_sum_pi_squared(hidden_ND, weight_VD, **scaling))
+        return (logp_N, entropy_N, *extras)
 
 
 class PackedTopK(_AdoptChildren):

@@ -43,3 +43,11 @@ def test_logprobs_at_support_match_naive_in_value_and_gradient(chunk: int) -> No
     assert torch.allclose(ours, naive, atol=1e-5)
     assert h1.grad is not None and h2.grad is not None and w1.grad is not None and w2.grad is not None
     assert torch.allclose(h1.grad, h2.grad, atol=1e-5) and torch.allclose(w1.grad, w2.grad, atol=1e-5)
+
+
+def test_sum_pi_squared_matches_naive() -> None:
+    from rlkit.models.topk import token_sum_pi_squared
+
+    hidden, weight, _ = _inputs(3)
+    ours = token_sum_pi_squared(hidden, weight, temperature=1.3, chunk_tokens=4)
+    assert torch.allclose(ours, torch.softmax(hidden @ weight.T / 1.3, -1).square().sum(-1), atol=1e-6)

@@ -122,3 +122,12 @@ def test_gkd_pulls_the_student_toward_the_teacher(tiny_model_dir: Path, other_mo
     fresh = _actor(tiny_model_dir, 64)
     metrics = fresh.update(same, gkd={"loss": "reverse_kl", "coef": 1.0})
     assert metrics["distill/divergence"] < 1e-5 and metrics["actor/grad_norm"] < 1e-4
+
+
+def test_actor_returns_sum_pi_squared_for_otb(tiny_model_dir: Path) -> None:
+    batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=8)
+    out = _actor(tiny_model_dir, 16).compute_log_prob(batch, with_entropy=False, with_sum_pi_squared=True)
+    full = _padded_log_softmax(tiny_model_dir, batch).exp().square().sum(-1)
+    mask = batch["response_mask"].bool()
+    torch.testing.assert_close(out["sum_pi_squared"][mask], full[mask], atol=1e-5, rtol=1e-5)
+    assert torch.all(out["sum_pi_squared"][~mask] == 0)
