@@ -47,6 +47,15 @@ _LOSS_COLUMNS = (
 )
 
 
+def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
+    """The batch columns the GKD term reads (none without one); a UserError for an unknown loss."""
+    if gkd is None:
+        return []
+    if gkd.get("loss") not in GKD_LOSSES:
+        raise UserError(f"unknown GKD loss {gkd.get('loss')!r}; valid: {', '.join(GKD_LOSSES)}")
+    return ["teacher_topk_ids", "teacher_topk_log_probs"]
+
+
 class ActorRole:
     """The policy being trained, sharded with FSDP2.
 
@@ -174,10 +183,7 @@ class ActorRole:
             raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
         needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages"]
         needed += ["ref_log_prob"] if use_kl_loss else []
-        if gkd is not None:
-            if gkd.get("loss") not in GKD_LOSSES:
-                raise UserError(f"unknown GKD loss {gkd.get('loss')!r}; valid: {', '.join(GKD_LOSSES)}")
-            needed += ["teacher_topk_ids", "teacher_topk_log_probs"]
+        needed += _gkd_columns(gkd)
         require_columns(batch, needed, "actor update")
         settings = {
             "temperature": temperature_of(batch, temperature),
