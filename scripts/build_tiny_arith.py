@@ -3,9 +3,8 @@
     python scripts/build_tiny_arith.py [--name NAME] [--seed 1] [--out-dir DIR] [--step K] [--install]
         [KEY=VALUE ...]
 
-``--name tiny-arith-teacher`` builds the teacher of ``rlkit train distill`` instead: the wider
-``builtin:tiny-teacher`` architecture trained the same way for the whole run (``model.path`` and the
-step count come from the overrides recorded in its ``build.json``), installed in bf16.
+``--name tiny-arith-teacher --bf16`` builds the teacher of ``rlkit train distill`` instead: the same
+SFT run's final export (all 800 steps), installed in bf16.
 
 It runs the embedded SFT default (``rlkit sft``: ``builtin:tiny`` trained from scratch on the synthetic
 arith task as chat pairs, recipes/sft.yaml) with the given seed and overrides, measures the accuracy of

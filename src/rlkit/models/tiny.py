@@ -7,10 +7,10 @@
   It is ``builtin:tiny`` fine-tuned on the synthetic arith task, the warm start of the embedded RL
   default (``rlkit train grpo`` with no argument). docs/train.md says how it was made and how to
   rebuild it (``python scripts/build_tiny_arith.py``).
-- ``builtin:tiny-teacher``: a wider architecture (hidden 192, randomly initialised), and
-  ``builtin:tiny-arith-teacher``: it trained by ``rlkit sft`` on the same task for longer, shipped in
-  bf16 (``assets/tiny-arith-teacher/``): the teacher of the embedded distillation recipe
-  (``rlkit train distill``; ``python scripts/build_tiny_arith.py --name tiny-arith-teacher``).
+- ``builtin:tiny-arith-teacher``: the same architecture after the whole embedded SFT run (800 steps;
+  ``builtin:tiny-arith`` is its step 450), shipped in bf16 (``assets/tiny-arith-teacher/``): the
+  teacher of the embedded distillation recipe (``rlkit train distill``; rebuilt with
+  ``python scripts/build_tiny_arith.py --name tiny-arith-teacher --bf16 --install``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 32, 384),
     "tiny-arith": (128, 4, 4, 2, 32, 384),
-    "tiny-teacher": (192, 4, 4, 2, 48, 576),
-    "tiny-arith-teacher": (192, 4, 4, 2, 48, 576),
+    "tiny-arith-teacher": (128, 4, 4, 2, 32, 384),
 }
 # built-in models whose weights ship with the package (the others are random-init architectures)
 PACKAGED = ("tiny-arith", "tiny-arith-teacher")
