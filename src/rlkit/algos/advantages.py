@@ -447,7 +447,7 @@ def compute_gdpo_outcome_advantage(
     for weight, component in zip(weights, components, strict=True):
         rewards = torch.zeros_like(mask)
         rewards[:, -1] = component.to(mask.device).reshape(-1)  # GRPO sums over positions
-        advantage, _ = compute_grpo_outcome_advantage(
+        advantage, _returns = compute_grpo_outcome_advantage(
             token_level_rewards=rewards,
             response_mask=mask,
             index=index,

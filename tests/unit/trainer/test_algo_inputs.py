@@ -82,9 +82,9 @@ def test_new_recipes_compose(recipe: str, key: str, value: str) -> None:
 
 
 def test_teachers_are_checked_before_ray(tmp_path) -> None:
-    from rlkit.models import CausalLM, init_weights, save_hf
     from dataclasses import replace
 
+    from rlkit.models import CausalLM, init_weights, save_hf
     from rlkit.models.shapes import TINY
     from rlkit.trainer.preflight import preflight
     from rlkit.trainer.settings import teacher_names
