@@ -1,6 +1,10 @@
-"""Rebuild ``builtin:tiny-arith``, the packaged warm start of the embedded RL default.
+"""Rebuild ``builtin:tiny-arith``, the packaged warm start of the embedded RL default (or its teacher).
 
-    python scripts/build_tiny_arith.py [--seed 1] [--out-dir DIR] [--step K] [--install] [KEY=VALUE ...]
+    python scripts/build_tiny_arith.py [--name NAME] [--seed 1] [--out-dir DIR] [--step K] [--install]
+        [KEY=VALUE ...]
+
+``--name tiny-arith-teacher --bf16`` builds the teacher of ``rlkit train distill`` instead: the same
+SFT run's final export (all 800 steps), installed in bf16.
 
 It runs the embedded SFT default (``rlkit sft``: ``builtin:tiny`` trained from scratch on the synthetic
 arith task as chat pairs, recipes/sft.yaml) with the given seed and overrides, measures the accuracy of
@@ -33,7 +37,7 @@ from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.native import NativeEngine
 from rlkit.trainer.sft import run_sft
 
-ASSET = Path(__file__).resolve().parents[1] / "src" / "rlkit" / "models" / "assets" / "tiny-arith"
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "rlkit" / "models" / "assets"
 
 
 def accuracy(model_path: str, rows: list[dict[str, Any]], *, temperature: float, n: int) -> float:
@@ -57,9 +61,11 @@ def accuracy(model_path: str, rows: list[dict[str, Any]], *, temperature: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="tiny-arith", help="the built-in model to build (assets/NAME)")
     parser.add_argument("--seed", type=int, default=1, help="trainer.seed of the SFT run")
     parser.add_argument("--out-dir", default="/tmp/tiny-arith-sft", help="the SFT run folder")
-    parser.add_argument("--install", action="store_true", help=f"copy the export to {ASSET}")
+    parser.add_argument("--install", action="store_true", help=f"copy the export to {ASSETS}/NAME")
+    parser.add_argument("--bf16", action="store_true", help="install the weights in bf16 (half the size)")
     parser.add_argument(
         "--step", type=int, default=None, help="ship the checkpoint of this step (needs trainer.save_every)"
     )
@@ -79,6 +85,7 @@ def main() -> None:
     held_out = arith.generate_splits(4096, 512, args.seed)["test"]
     report = {
         "command": "rlkit sft " + " ".join(overrides),
+        "name": args.name,
         "shipped": str(hf_dir.relative_to(result.run_dir)),
         "seed": args.seed,
         "val_greedy_accuracy": accuracy(str(hf_dir), held_out, temperature=0.0, n=1),
@@ -86,10 +93,26 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.install:
-        shutil.rmtree(ASSET, ignore_errors=True)
-        shutil.copytree(hf_dir, ASSET)
-        (ASSET / "build.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"installed {ASSET}")
+        asset = ASSETS / args.name
+        shutil.rmtree(asset, ignore_errors=True)
+        shutil.copytree(hf_dir, asset)
+        if args.bf16:
+            _to_bf16(asset)
+        (asset / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"installed {asset}")
+
+
+def _to_bf16(folder: Path) -> None:
+    """Rewrite every safetensors file of ``folder`` in bf16 and record the dtype in config.json."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for file in folder.glob("*.safetensors"):
+        tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(file)).items()}
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 if __name__ == "__main__":

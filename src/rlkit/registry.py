@@ -62,6 +62,11 @@ RECIPES: tuple[Recipe, ...] = (
     ),
     Recipe("opo", "OPO", "Length-weighted optimal baseline within each group", "opo.yaml"),
     Recipe("gpg", "GPG", "Group policy gradient (no ratio, no clipping)", "gpg.yaml"),
+    Recipe("gdpo", "GDPO", "Each reward component normalised within its group, then summed", "gdpo.yaml"),
+    Recipe("otb", "OTB", "Per-position baseline weighted by each path's gradient variance", "otb.yaml"),
+    Recipe(
+        "dppo", "DPPO", "Trust region on the binary TV divergence of each token, not the ratio", "dppo.yaml"
+    ),
     Recipe(
         "dapo",
         "DAPO",
@@ -75,6 +80,12 @@ RECIPES: tuple[Recipe, ...] = (
         "Self-play fine-tuning: DPO of reference responses over the model's own samples",
         "spin.yaml",
         hooks="spin",
+    ),
+    Recipe(
+        "distill",
+        "On-policy distillation",
+        "The student samples, a frozen teacher scores its tokens (reverse KL or GKD top-k)",
+        "distill.yaml",
     ),
     Recipe(
         "sppo",

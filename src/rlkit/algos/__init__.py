@@ -13,9 +13,11 @@ from __future__ import annotations
 from rlkit.algos._groups import GroupIndex, group_ids
 from rlkit.algos._masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlkit.algos.advantages import (
+    ESTIMATOR_INPUTS,
     AdvantageFn,
     advantage_estimators,
     compute_gae_advantage_return,
+    compute_gdpo_outcome_advantage,
     compute_gpg_outcome_advantage,
     compute_grpo_outcome_advantage,
     compute_grpo_passk_outcome_advantage,
@@ -26,6 +28,12 @@ from rlkit.algos.advantages import (
     compute_rloo_outcome_advantage,
 )
 from rlkit.algos.aggregation import AGG_KWARGS, LOSS_AGG_MODES, agg_loss
+from rlkit.algos.distill import (
+    GKD_LOSSES,
+    compute_distill_reverse_kl_advantage,
+    compute_gkd_loss,
+    gkd_divergence,
+)
 from rlkit.algos.entropy import compute_entropy_loss, entropy_from_logits
 from rlkit.algos.kl import (
     KL_PENALTIES,
@@ -40,6 +48,8 @@ from rlkit.algos.policy_losses import (
     PolicyLossFn,
     compute_policy_loss_cispo,
     compute_policy_loss_clip_cov,
+    compute_policy_loss_dppo_kl,
+    compute_policy_loss_dppo_tv,
     compute_policy_loss_geo_mean,
     compute_policy_loss_gpg,
     compute_policy_loss_gspo,
@@ -66,10 +76,13 @@ from rlkit.algos.rollout_correction import (
     compute_rollout_correction_weights,
     compute_rollout_rejection_mask,
 )
+from rlkit.algos.token_baseline import compute_optimal_token_baseline_advantage
 from rlkit.algos.value import compute_value_loss
 
 __all__ = [
     "AGG_KWARGS",
+    "ESTIMATOR_INPUTS",
+    "GKD_LOSSES",
     "KL_PENALTIES",
     "LOSS_AGG_MODES",
     "ROLLOUT_IS_LEVELS",
@@ -83,8 +96,11 @@ __all__ = [
     "advantage_estimators",
     "agg_loss",
     "apply_kl_penalty",
+    "compute_distill_reverse_kl_advantage",
     "compute_entropy_loss",
+    "compute_gkd_loss",
     "compute_gae_advantage_return",
+    "compute_gdpo_outcome_advantage",
     "compute_gpg_outcome_advantage",
     "compute_grpo_outcome_advantage",
     "compute_grpo_passk_outcome_advantage",
@@ -93,8 +109,11 @@ __all__ = [
     "compute_online_dpo_weights",
     "compute_onlinedpo_pref",
     "compute_opo_outcome_advantage",
+    "compute_optimal_token_baseline_advantage",
     "compute_policy_loss_cispo",
     "compute_policy_loss_clip_cov",
+    "compute_policy_loss_dppo_kl",
+    "compute_policy_loss_dppo_tv",
     "compute_policy_loss_geo_mean",
     "compute_policy_loss_gpg",
     "compute_policy_loss_gspo",
@@ -114,6 +133,7 @@ __all__ = [
     "compute_sppo_outcome_advantage",
     "compute_value_loss",
     "entropy_from_logits",
+    "gkd_divergence",
     "group_ids",
     "kl_penalty",
     "make_kl_controller",

@@ -15,7 +15,7 @@ once and use ``index_add``/``bincount``; loops run over time steps only (GAE, di
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -23,12 +23,15 @@ from torch import Tensor
 from rlkit.algos._groups import GroupIndex, group_count, group_ids, group_mean, group_std, group_sum
 from rlkit.algos._masked import masked_whiten
 from rlkit.algos.preference import compute_sppo_outcome_advantage
+from rlkit.algos.token_baseline import compute_optimal_token_baseline_advantage
 from rlkit.errors import UserError
 
 __all__ = [
+    "ESTIMATOR_INPUTS",
     "AdvantageFn",
     "advantage_estimators",
     "compute_gae_advantage_return",
+    "compute_gdpo_outcome_advantage",
     "compute_gpg_outcome_advantage",
     "compute_grpo_outcome_advantage",
     "compute_grpo_passk_outcome_advantage",
@@ -386,6 +389,76 @@ def compute_gpg_outcome_advantage(
     return advantages, advantages
 
 
+@torch.no_grad()
+def compute_gdpo_outcome_advantage(
+    *,
+    token_level_rewards: Tensor,
+    response_mask: Tensor,
+    index: GroupIndex,
+    reward_components: Mapping[str, Tensor] | Sequence[Tensor] | None = None,
+    reward_weights: Sequence[float] | None = None,
+    epsilon: float = 1e-6,
+    norm_adv_by_std_in_grpo: bool = True,
+    **_: object,
+) -> tuple[Tensor, Tensor]:
+    """GDPO: normalise each reward component within its group, then sum and whiten over the batch.
+
+    Paper: GDPO (Group reward-Decoupled normalization Policy Optimization), https://arxiv.org/abs/2601.05242.
+
+    With components ``r_k`` (one score per response each), ``A_k`` is GRPO's advantage of ``r_k``
+    (``(r_k - mean_g) / (std_g + epsilon)``, or ``r_k - mean_g`` without std normalisation);
+    ``A = masked_whiten(sum_k w_k A_k)``, zero outside the mask. A component with a large scale no
+    longer drowns the others, as it does when GRPO normalises their sum. Without components the
+    single component is the summed token rewards (verl's fallback), i.e. whitened GRPO.
+
+    Args:
+        token_level_rewards: Per-token rewards (used only when no components are given).
+        response_mask: 0/1 response mask.
+        index: Group id per response.
+        reward_components: Per-response scores of each reward component (verl's ``gdpo_reward_keys``
+            columns), a mapping or a sequence of (B,) tensors.
+        reward_weights: ``w_k``, one per component (default 1 each).
+        epsilon: Added to each group std.
+        norm_adv_by_std_in_grpo: Divide by the group std in the per-component GRPO step.
+
+    Raises:
+        UserError: ``reward_weights`` does not have one weight per component.
+
+    Shape:
+        token_level_rewards: (B, L).
+        response_mask: (B, L).
+        reward_components: K x (B,).
+        advantages: (B, L).
+    """
+    if reward_components is None:
+        components = [_scores(token_level_rewards)]
+    elif isinstance(reward_components, Mapping):
+        components = [torch.as_tensor(v).float() for v in reward_components.values()]
+    else:
+        components = [torch.as_tensor(v).float() for v in reward_components]
+    weights = [1.0] * len(components) if reward_weights is None else [float(w) for w in reward_weights]
+    if len(weights) != len(components):
+        raise UserError(
+            f"GDPO has {len(components)} reward components but {len(weights)} weights",
+            hint="set algo.gdpo_reward_weights to one weight per algo.gdpo_reward_keys entry",
+        )
+    mask = response_mask.float()
+    total = torch.zeros_like(mask)
+    for weight, component in zip(weights, components, strict=True):
+        rewards = torch.zeros_like(mask)
+        rewards[:, -1] = component.to(mask.device).reshape(-1)  # GRPO sums over positions
+        advantage, _returns = compute_grpo_outcome_advantage(
+            token_level_rewards=rewards,
+            response_mask=mask,
+            index=index,
+            epsilon=epsilon,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        )
+        total = total + weight * advantage
+    advantages = masked_whiten(total, mask) * mask
+    return advantages, advantages
+
+
 advantage_estimators: dict[str, AdvantageFn] = {
     "gae": compute_gae_advantage_return,
     "grpo": compute_grpo_outcome_advantage,
@@ -397,5 +470,12 @@ advantage_estimators: dict[str, AdvantageFn] = {
     "gpg": compute_gpg_outcome_advantage,
     "grpo_passk": compute_grpo_passk_outcome_advantage,
     "sppo": compute_sppo_outcome_advantage,
+    "gdpo": compute_gdpo_outcome_advantage,
+    "optimal_token_baseline": compute_optimal_token_baseline_advantage,
 }
 """Advantage estimators by verl name (``algo.advantage``)."""
+
+ESTIMATOR_INPUTS: dict[str, tuple[str, ...]] = {
+    "optimal_token_baseline": ("old_log_probs", "sum_pi_squared"),
+}
+"""Batch columns an estimator needs beyond the common keywords (the trainer computes and passes them)."""

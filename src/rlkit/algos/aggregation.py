@@ -24,6 +24,7 @@ __all__ = ["AGG_KWARGS", "LOSS_AGG_MODES", "agg_loss", "pick_agg_kwargs"]
 
 LOSS_AGG_MODES: tuple[str, ...] = (
     "token-mean",
+    "token-sum",
     "seq-mean-token-sum",
     "seq-mean-token-mean",
     "seq-mean-token-sum-norm",
@@ -68,6 +69,10 @@ def agg_loss(
     Modes, with ``m`` the mask and ``S`` the sequences that have at least one valid token:
 
     - ``token-mean``: ``sum(L*m) / batch_num_tokens * dp_size``; ``batch_num_tokens`` defaults to ``sum(m)``.
+    - ``token-sum``: ``sum(L*m) * dp_size``: the plain sum over every valid token of the global batch
+      (FSDP's average over workers turns the per-worker sums back into the global sum). Used where the
+      per-token terms are already normalised, e.g. on-policy distillation's per-token KL; verl's
+      ``token-sum`` (https://github.com/volcengine/verl, ``core_algos.agg_loss``).
     - ``seq-mean-token-sum``: ``sum_{i in S} sum_t L*m / global_batch_size * dp_size``; the default
       ``global_batch_size`` is ``|S|``.
     - ``seq-mean-token-mean``: as above with each sequence's loss ``sum_t L*m / sum_t m``.
@@ -104,6 +109,8 @@ def agg_loss(
             loss_mask.float().sum() if batch_num_tokens is None else _as_tensor(batch_num_tokens, loss_mat)
         )
         return masked_sum(loss_mat, loss_mask) / safe_denominator(tokens) * dp_size
+    if loss_agg_mode == "token-sum":
+        return masked_sum(loss_mat, loss_mask) * dp_size
     seq_tokens = loss_mask.float().sum(dim=-1)
     seq_valid = (seq_tokens > 0).float()
     if loss_agg_mode == "seq-mean-token-sum":

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from rlkit.algos._masked import masked_mean, masked_sum, safe_denominator
 from rlkit.algos.aggregation import agg_loss, pick_agg_kwargs
+from rlkit.algos.dppo import compute_policy_loss_dppo_kl, compute_policy_loss_dppo_tv
 from rlkit.algos.preference import compute_sppo_loss
 from rlkit.algos.rollout_correction import compute_rollout_correction_and_rejection_mask
 
@@ -39,6 +40,8 @@ __all__ = [
     "PolicyLossFn",
     "compute_policy_loss_cispo",
     "compute_policy_loss_clip_cov",
+    "compute_policy_loss_dppo_kl",
+    "compute_policy_loss_dppo_tv",
     "compute_policy_loss_geo_mean",
     "compute_policy_loss_gpg",
     "compute_policy_loss_gspo",
@@ -405,6 +408,7 @@ _ROLLOUT_CORRECTION_KEYS = (
     "rollout_rs_threshold_lower",
     "rollout_token_veto_threshold",
     "rollout_is_batch_normalize",
+    "rollout_is_threshold_lower",
 )
 
 
@@ -511,5 +515,7 @@ policy_losses: dict[str, PolicyLossFn] = {
     "cispo": compute_policy_loss_cispo,
     "reinforce": compute_policy_loss_reinforce,
     "sppo": compute_policy_loss_sppo,
+    "dppo_tv": compute_policy_loss_dppo_tv,
+    "dppo_kl": compute_policy_loss_dppo_kl,
 }
 """Policy losses by verl name (``actor.policy_loss.loss_mode``)."""

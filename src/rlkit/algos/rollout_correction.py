@@ -11,6 +11,10 @@ https://fengyao.notion.site/off-policy-rl:
 - **TIS** (truncated IS, ``rollout_is``): weights ``w = pi_train / pi_rollout`` per token (``token``) or
   per sequence (``sequence``, the product over tokens), truncated at ``rollout_is_threshold`` and
   detached; the policy loss multiplies its per-token loss by them.
+- **IcePop** (``rollout_is_threshold_lower`` set, or verl's ``"lower_upper"`` threshold string): weights
+  outside ``[lower, upper]`` become 0 instead of being truncated, so tokens whose training and
+  inference probabilities disagree too much get no gradient at all (Ling team, "Small Leak Can Sink a
+  Great Ship: Boost RL Training on MoE with IcePop", https://ringtech.notion.site/icepop).
 - **MIS** (masked IS / rejection, ``rollout_rs``): tokens (``token``) or whole sequences
   (``sequence``: product of ratios; ``geometric``: geometric mean) whose ratio leaves
   ``[lower, upper]`` are removed from the response mask.
@@ -37,6 +41,7 @@ __all__ = [
     "compute_rollout_correction_and_rejection_mask",
     "compute_rollout_correction_weights",
     "compute_rollout_rejection_mask",
+    "parse_rollout_is_threshold",
 ]
 
 SAFETY_BOUND = 20.0
@@ -86,23 +91,64 @@ def _weight_stats(
     }
 
 
+def parse_rollout_is_threshold(
+    threshold: float | str, lower: float | None = None
+) -> tuple[float, float | None]:
+    """``(upper, lower)`` from a number or verl's ``"lower_upper"`` string (e.g. ``"0.5_5.0"``: IcePop).
+
+    Raises:
+        ValueError: an unparsable string, a non-positive bound, ``lower > upper``, or a lower bound given
+            both in the string and as ``lower``.
+    """
+    if isinstance(threshold, str):
+        parts = threshold.strip().split("_")
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            raise ValueError(
+                f"invalid rollout_is_threshold {threshold!r}: want a number or 'lower_upper'"
+            ) from None
+        if len(numbers) == 2:
+            if lower is not None:
+                raise ValueError("rollout_is_threshold gives a lower bound; do not also pass one")
+            lower, upper = numbers
+        elif len(numbers) == 1:
+            upper = numbers[0]
+        else:
+            raise ValueError(f"invalid rollout_is_threshold {threshold!r}: want a number or 'lower_upper'")
+    else:
+        upper = float(threshold)
+    if upper <= 0 or (lower is not None and lower <= 0):
+        raise ValueError(f"rollout_is_threshold bounds must be positive, got {threshold} (lower {lower})")
+    if lower is not None and lower > upper:
+        raise ValueError(f"rollout_is_threshold lower bound {lower} exceeds the upper bound {upper}")
+    return upper, lower
+
+
 @torch.no_grad()
 def compute_rollout_correction_weights(
     log_ratio: Tensor,
     response_mask: Tensor,
     rollout_is: str = "token",
-    rollout_is_threshold: float = 2.0,
+    rollout_is_threshold: float | str = 2.0,
     rollout_is_batch_normalize: bool = False,
+    rollout_is_threshold_lower: float | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """Truncated importance-sampling weights ``min(pi_train / pi_rollout, threshold)`` (TIS).
+    """Truncated importance-sampling weights ``min(pi_train / pi_rollout, threshold)`` (TIS), or IcePop.
+
+    With a lower bound (``rollout_is_threshold_lower``, or ``rollout_is_threshold="lower_upper"`` as in
+    verl) the weights are IcePop's: ``w`` where ``lower <= w <= upper``, else 0, and the metric
+    ``rollout_is_oob_ratio`` is the fraction of valid tokens outside the bounds.
 
     Args:
         log_ratio: ``log pi_train - log pi_rollout`` per token.
         response_mask: 0/1 response mask.
         rollout_is: ``token`` (one weight per token) or ``sequence`` (the product over the sequence).
-        rollout_is_threshold: Upper truncation (and, inverted, the lower bound used by the metrics).
+        rollout_is_threshold: Upper truncation (and, inverted, the lower bound used by the metrics), or
+            verl's ``"lower_upper"`` string.
         rollout_is_batch_normalize: Rescale the weights to mean 1 over this batch (tokens or
             sequences). The mean is local: across workers the caller must all-reduce it.
+        rollout_is_threshold_lower: IcePop's lower bound; None: TIS.
 
     Returns:
         ``(weights, metrics)``: detached float32 weights, zero outside the mask; metrics prefixed
@@ -114,14 +160,18 @@ def compute_rollout_correction_weights(
     """
     if rollout_is not in ROLLOUT_IS_LEVELS:
         raise ValueError(f"unknown rollout_is {rollout_is!r}; valid: {', '.join(ROLLOUT_IS_LEVELS)}")
-    if rollout_is_threshold <= 0:
-        raise ValueError(f"rollout_is_threshold must be positive, got {rollout_is_threshold}")
+    upper, lower = parse_rollout_is_threshold(rollout_is_threshold, rollout_is_threshold_lower)
     mask = response_mask.float()
     log_w = _aggregate_log_ratio(log_ratio.float(), mask, rollout_is)
     weights = torch.exp(log_w.clamp(-SAFETY_BOUND, SAFETY_BOUND)) * mask
-    bounds = (1.0 / rollout_is_threshold, rollout_is_threshold)
+    bounds = (1.0 / upper if lower is None else lower, upper)
     metrics = _weight_stats("rollout_is", weights, log_w, mask, bounds, per_sequence=rollout_is != "token")
-    weights = weights.clamp(max=rollout_is_threshold)
+    if lower is None:
+        weights = weights.clamp(max=upper)
+    else:
+        outside = (weights < lower) | (weights > upper)
+        weights = torch.where(outside, torch.zeros_like(weights), weights)
+        metrics["rollout_is_oob_ratio"] = masked_mean(outside.float(), mask)
     if rollout_is_batch_normalize:
         if rollout_is == "token":
             batch_mean = masked_mean(weights, mask)
@@ -243,12 +293,13 @@ def compute_rollout_correction_and_rejection_mask(
     rollout_log_prob: Tensor,
     response_mask: Tensor,
     rollout_is: str | None = None,
-    rollout_is_threshold: float = 2.0,
+    rollout_is_threshold: float | str = 2.0,
     rollout_rs: str | None = None,
     rollout_rs_threshold: float = 2.0,
     rollout_rs_threshold_lower: float | None = None,
     rollout_token_veto_threshold: float | None = None,
     rollout_is_batch_normalize: bool = False,
+    rollout_is_threshold_lower: float | None = None,
 ) -> tuple[Tensor | None, Tensor, Metrics]:
     """IS weights, rejection mask and mismatch metrics in one call (verl's helper of the same name).
 
@@ -257,12 +308,13 @@ def compute_rollout_correction_and_rejection_mask(
         rollout_log_prob: Log-probs reported by the rollout engine (``pi_rollout``).
         response_mask: 0/1 response mask.
         rollout_is: ``token``/``sequence`` TIS weights, or None for none.
-        rollout_is_threshold: TIS truncation.
+        rollout_is_threshold: TIS truncation, or verl's ``"lower_upper"`` string for IcePop.
         rollout_rs: ``token``/``sequence``/``geometric`` rejection, or None for none.
         rollout_rs_threshold: Upper ratio bound of the rejection.
         rollout_rs_threshold_lower: Lower ratio bound (``1 / upper`` when None).
         rollout_token_veto_threshold: Reject whole sequences with a token ratio below this; None: off.
         rollout_is_batch_normalize: Rescale IS weights to mean 1 over the batch.
+        rollout_is_threshold_lower: IcePop's lower bound (weights outside the bounds become 0).
 
     Returns:
         ``(is_weights or None, modified_response_mask, metrics)``: detached float32 weights (zero
@@ -284,7 +336,12 @@ def compute_rollout_correction_and_rejection_mask(
     weights = None
     if rollout_is is not None:
         weights, is_metrics = compute_rollout_correction_weights(
-            log_ratio, mask, rollout_is, rollout_is_threshold, rollout_is_batch_normalize
+            log_ratio,
+            mask,
+            rollout_is,
+            rollout_is_threshold,
+            rollout_is_batch_normalize,
+            rollout_is_threshold_lower,
         )
         metrics.update(is_metrics)
     modified = mask.clone()

@@ -97,6 +97,45 @@ def _reward(cfg: DictConfig) -> None:
         )
 
 
+def _gdpo_and_rollout_correction(cfg: DictConfig) -> None:
+    # algos/advantages.compute_gdpo_outcome_advantage takes one weight per component;
+    # algos/rollout_correction.parse_rollout_is_threshold needs lower <= upper.
+    algo = cfg.algo
+    weights, keys = algo.gdpo_reward_weights, list(algo.gdpo_reward_keys)
+    if weights is not None and len(weights) != len(keys):
+        raise UserError(
+            f"algo.gdpo_reward_weights has {len(weights)} weights for {len(keys)} algo.gdpo_reward_keys",
+            hint="give one weight per reward key, or algo.gdpo_reward_weights=null for 1 each",
+        )
+    rc = algo.rollout_correction
+    lower = rc.rollout_is_threshold_lower
+    if lower is not None and lower > rc.rollout_is_threshold:
+        raise UserError(
+            f"algo.rollout_correction.rollout_is_threshold_lower={lower} exceeds "
+            f"rollout_is_threshold={rc.rollout_is_threshold}",
+            hint="IcePop keeps weights in [lower, upper]: e.g. lower 0.5, upper 5.0",
+        )
+
+
+def _bypass(cfg: DictConfig) -> None:
+    # trainer/core: with actor.old_log_probs=rollout the old log-probs *are* the rollout log-probs, so
+    # rollout-correction weights exp(old - rollout) would all be 1, and no old-log-prob pass runs to
+    # give the optimal token baseline its sum of squared probabilities.
+    if cfg.actor.old_log_probs != "rollout":
+        return
+    if cfg.algo.rollout_correction.rollout_is != "none":
+        raise UserError(
+            "algo.rollout_correction.rollout_is needs the recomputed old log-probs; "
+            "actor.old_log_probs=rollout makes every weight 1",
+            hint="set actor.old_log_probs=recompute, or algo.rollout_correction.rollout_is=none",
+        )
+    if cfg.algo.advantage == "optimal_token_baseline":
+        raise UserError(
+            "algo.advantage=optimal_token_baseline needs the old-log-prob pass; actor.old_log_probs=rollout skips it",
+            hint="set actor.old_log_probs=recompute",
+        )
+
+
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -115,7 +154,15 @@ def _sft_columns_and_task(cfg: DictConfig) -> None:
 
 #: The rules each command relies on (``sft`` uses neither mini-batches nor rewards nor profiling windows).
 RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
-    "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward),
+    "train": (
+        _mini_batches,
+        _workers,
+        _profile_steps,
+        _reference_and_critic,
+        _reward,
+        _gdpo_and_rollout_correction,
+        _bypass,
+    ),
     "sft": (_sft_columns_and_task,),
 }
 

@@ -254,13 +254,26 @@ class ActorConfig:
     micro_batch_tokens: int = bounded(8192, ge=1, profile=True)
     """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
     loss_mode: str = choice(
-        "vanilla", "gspo", "gpg", "clip_cov", "kl_cov", "geo_mean", "cispo", "sapo", "reinforce", "sppo"
+        "vanilla",
+        "gspo",
+        "gpg",
+        "clip_cov",
+        "kl_cov",
+        "geo_mean",
+        "cispo",
+        "sapo",
+        "reinforce",
+        "sppo",
+        "dppo_tv",
+        "dppo_kl",
     )
-    """Policy loss: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, sapo, reinforce, sppo."""
+    """Policy loss: vanilla, gspo, gpg, clip_cov, kl_cov, geo_mean, cispo, sapo, reinforce, sppo, dppo_tv,
+    dppo_kl (DPPO: ``clip_ratio_low``/``clip_ratio_high`` are then divergence thresholds, e.g. 0.15 / 0.05)."""
     loss_agg_mode: str = choice(
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+        "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
     )
-    """Loss aggregation: token-mean, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm."""
+    """Loss aggregation: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean,
+    seq-mean-token-sum-norm."""
     clip_ratio_low: float = bounded(0.2, ge=0)
     """Lower PPO clip range (1 - low)."""
     clip_ratio_high: float = bounded(0.2, ge=0)
@@ -341,6 +354,39 @@ class FilterGroupsConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    rollout_is: str = choice("none", "token", "sequence")
+    """Rollout IS weights ``pi_train / pi_rollout`` on the policy loss: none, token or sequence level."""
+    rollout_is_threshold: float = bounded(2.0, gt=0)
+    """Upper bound of the IS weights (TIS truncates at it; IcePop zeroes weights above it)."""
+    rollout_is_threshold_lower: float | None = bounded(None, gt=0)
+    """IcePop's lower bound: weights outside ``[lower, rollout_is_threshold]`` become 0 (null: TIS)."""
+
+
+@dataclass
+class DistillConfig:
+    teachers: list[str] = field(default_factory=list)
+    """Teacher models of on-policy distillation (model folders, hub ids or ``builtin:`` names), each
+    optionally ``name=path``; empty: no distillation. Rows pick one by ``algo.distill.teacher_key``."""
+    teacher_key: str = "teacher"
+    """Data column naming each row's teacher (a ``teachers`` name; missing or empty: the first)."""
+    loss: str = choice("pg_reverse_kl", "forward_kl", "reverse_kl", "jsd")
+    """``pg_reverse_kl``: ``log pi_teacher - log pi_student`` of each sampled token added to the advantages
+    (policy-gradient form); ``forward_kl`` / ``reverse_kl`` / ``jsd``: GKD divergence over the teacher's
+    top-k added to the actor loss."""
+    coef: float = bounded(1.0, ge=0)
+    """Weight of the distillation term (per-token advantage or GKD loss)."""
+    task_coef: float = bounded(1.0, ge=0)
+    """Weight of the task reward's advantages next to the distillation term (0: distillation only)."""
+    topk: int = bounded(32, ge=1)
+    """Teacher log-probs kept per position (the GKD support)."""
+    beta: float = bounded(0.5, ge=0, le=1)
+    """Generalised JSD's beta (0: forward KL, 1: reverse KL)."""
+    advantage_clip: float | None = bounded(None, gt=0)
+    """Bound on ``|log pi_teacher - log pi_student|`` in the ``pg_reverse_kl`` advantage (null: none)."""
+
+
+@dataclass
 class AlgoConfig:
     advantage: str = choice(
         "grpo",
@@ -353,9 +399,16 @@ class AlgoConfig:
         "gpg",
         "grpo_passk",
         "sppo",
+        "gdpo",
+        "optimal_token_baseline",
     )
     """Advantage estimator: gae, grpo, rloo, reinforce_plus_plus, reinforce_plus_plus_baseline, remax, opo,
-    gpg, grpo_passk, sppo."""
+    gpg, grpo_passk, sppo, gdpo (per-component group normalisation of ``algo.gdpo_reward_keys``),
+    optimal_token_baseline (OTB: a per-position baseline weighted by each path's gradient variance)."""
+    gdpo_reward_keys: list[str] = field(default_factory=list)
+    """GDPO's reward components: keys of the dicts ``compute_score`` returns (empty: the one summed score)."""
+    gdpo_reward_weights: list[float] | None = unbounded(None, "any real weight, negative ones included")
+    """GDPO's weight of each component (null: 1 each); one per ``algo.gdpo_reward_keys`` entry."""
     gamma: float = bounded(1.0, ge=0, le=1)
     """Discount factor."""
     lam: float = bounded(1.0, ge=0, le=1)
@@ -372,6 +425,10 @@ class AlgoConfig:
     """KL coefficient controller of the in-reward penalty."""
     filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
     """Dynamic sampling (DAPO)."""
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=lambda: RolloutCorrectionConfig())
+    """Importance weights between the rollout engine's and the trainer's log-probs (TIS, IcePop)."""
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig())
+    """On-policy distillation from frozen teacher models."""
 
 
 @dataclass

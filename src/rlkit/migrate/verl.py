@@ -31,6 +31,8 @@ RECIPES = {
     "remax": "remax",
     "opo": "opo",
     "gpg": "gpg",
+    "gdpo": "gdpo",
+    "optimal_token_baseline": "otb",
 }
 #: estimators rlkit runs through ``algo.advantage`` on the grpo recipe
 _ON_GRPO = ("grpo_passk",)

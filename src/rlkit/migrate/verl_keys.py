@@ -154,10 +154,31 @@ RULES: tuple[Rule, ...] = (
         _filter_metric,
     ),
     Rule("algorithm.filter_groups.max_num_gen_batches", "map", "algo.filter_groups.max_num_gen_batches"),
+    Rule("algorithm.rollout_correction.rollout_is", "map", "algo.rollout_correction.rollout_is"),
+    Rule(
+        "algorithm.rollout_correction.rollout_is_threshold",
+        "map",
+        "algo.rollout_correction.rollout_is_threshold",
+        "IcePop's lower bound is algo.rollout_correction.rollout_is_threshold_lower",
+    ),
+    Rule(
+        "algorithm.rollout_correction.bypass_mode",
+        "map",
+        "actor.old_log_probs",
+        "true is actor.old_log_probs=rollout (the rollout log-probs as the PPO denominator)",
+        lambda value: [("actor.old_log_probs", "rollout" if _bool(value) else "recompute")],
+    ),
     Rule(
         "algorithm.rollout_correction.*",
         "none",
-        note="rlkit logs the rollout/trainer log-prob gap (rollout/logprob_gap_abs) but applies no importance-sampling correction",
+        note="rejection sampling and vetoes (rollout_rs, rollout_token_veto_threshold) are not implemented; rlkit has token/sequence IS weights with IcePop bounds",
+    ),
+    Rule("algorithm.gdpo_reward_keys", "map", "algo.gdpo_reward_keys", "`rlkit train gdpo`"),
+    Rule("algorithm.gdpo_reward_weights", "map", "algo.gdpo_reward_weights"),
+    Rule(
+        "distillation.*",
+        "none",
+        note="on-policy distillation is `rlkit train distill` with algo.distill.* keys (docs/distill.md); map the teacher by hand",
     ),
     # ------------------------------------------------------------------ data
     Rule("data.train_files", "map", "data.train_files", "lists: data.train_files=[a.parquet,b.parquet]"),

@@ -10,6 +10,10 @@
 - ``builtin:tiny-tools``: ``builtin:tiny-arith`` fine-tuned by ``rlkit sft`` on calculator
   tool-call traces of the ``arith_tools`` task, the warm start of the tool-use RL recipe
   (``rlkit/models/assets/tiny-tools/``; docs/tools.md, ``python scripts/build_tiny_tools.py``).
+- ``builtin:tiny-arith-teacher``: the same architecture after the whole embedded SFT run (800 steps;
+  ``builtin:tiny-arith`` is its step 450), shipped in bf16 (``assets/tiny-arith-teacher/``): the
+  teacher of the embedded distillation recipe (``rlkit train distill``; rebuilt with
+  ``python scripts/build_tiny_arith.py --name tiny-arith-teacher --bf16 --install``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 32, 384),
     "tiny-arith": (128, 4, 4, 2, 32, 384),
     "tiny-tools": (128, 4, 4, 2, 32, 384),
+    "tiny-arith-teacher": (128, 4, 4, 2, 32, 384),
 }
 # built-in models whose weights ship with the package (the others are random-init architectures)
-PACKAGED = ("tiny-arith", "tiny-tools")
+PACKAGED = ("tiny-arith", "tiny-tools", "tiny-arith-teacher")
 
 
 def builtin_name(path: str) -> str:
@@ -83,6 +88,6 @@ def packaged_checkpoint(name: str = "tiny") -> Path | None:
     if not (folder / "config.json").is_file():
         raise UserError(
             f"model.path: the weights of {BUILTIN_PREFIX}{name} are missing from this install ({folder})",
-            hint="reinstall rlkit, or rebuild them with `python scripts/build_tiny_arith.py`",
+            hint=f"reinstall rlkit, or rebuild them with `python scripts/build_tiny_arith.py --name {name}`",
         )
     return folder

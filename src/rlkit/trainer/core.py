@@ -1,7 +1,7 @@
 """The one RL trainer core: the step loop every RL recipe runs (design.md §3).
 
     prompts -> rollout (n samples each) -> rewards -> old log-probs -> ref log-probs (KL terms)
-    -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
+    -> teacher log-probs and top-k (distillation) -> values (critic) -> KL in reward -> advantages -> critic update -> actor update
     -> weight sync to the rollout engine -> metrics, validation, checkpoint
 
 Recipes change the loop only through :class:`~rlkit.trainer.hooks.Hooks` (batch filter, extra
@@ -35,6 +35,12 @@ from rlkit.logging.traces import TraceWriter
 from rlkit.profiling.profiler import ProfileWindow
 from rlkit.profiling.timers import StageTimer
 from rlkit.trainer import stats
+from rlkit.trainer.algo_inputs import (
+    apply_distillation,
+    apply_rollout_correction,
+    estimator_extras,
+    needs_sum_pi_squared,
+)
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
@@ -217,15 +223,20 @@ class RLTrainer:
             if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
                 batch.set("old_log_probs", batch["rollout_log_probs"])
             else:
-                batch = batch.union(run.actor.compute_log_prob(batch, temperature))
+                batch = batch.union(run.actor.compute_log_prob(batch, temperature, needs_sum_pi_squared(cfg)))
         if run.ref is not None:
             with timer("ref"):
                 batch = batch.union(run.ref.compute_ref_log_prob(batch, temperature))
+        if run.teacher is not None:
+            with timer("teacher"):
+                batch = batch.union(run.teacher.compute_teacher(batch, temperature, cfg.algo.distill.topk))
         if run.critic is not None:
             with timer("values"):
                 batch = batch.union(run.critic.compute_values(batch))
         with timer("adv"):
-            metrics = self._advantages(run, batch)
+            metrics = apply_rollout_correction(cfg, batch)
+            metrics.update(self._advantages(run, batch))
+            metrics.update(apply_distillation(cfg, batch))
             metrics.update(self.hooks.before_update(run, batch))
         if run.critic is not None:
             with timer("update_critic"):
@@ -355,6 +366,7 @@ class RLTrainer:
             lam=algo.lam,
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
             sppo_beta=algo.sppo_beta,
+            **estimator_extras(self.cfg, batch),
         )
         batch.set("advantages", advantages)
         batch.set("returns", returns)

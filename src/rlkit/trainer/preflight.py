@@ -59,6 +59,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
         checks = [
             _hardware,
             _model_readable,
+            _teachers,
             _rollout_engine,
             _rl_data_and_scorers,
             _loggers,
@@ -94,6 +95,32 @@ def _model_readable(cfg: RlkitConfig) -> str:
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
     return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+
+
+def _teachers(cfg: RlkitConfig) -> str:
+    """Each distillation teacher is readable and shares the student's vocabulary (top-k ids index it)."""
+    from rlkit.trainer.settings import teacher_names
+
+    teachers = teacher_names(cfg)
+    if not teachers:
+        return "teachers: none (no distillation)"
+    student = model_config_json(cfg.model.path)
+    for name, path in teachers.items():
+        hf = model_config_json(path, key="algo.distill.teachers")
+        if hf is None or student is None:
+            continue
+        if hf.get("vocab_size") != student.get("vocab_size"):
+            raise UserError(
+                f"algo.distill.teachers: teacher {name!r} has vocab_size {hf.get('vocab_size')} but the "
+                f"student ({cfg.model.path}) has {student.get('vocab_size')}",
+                hint="distillation compares token ids: pick a teacher with the student's tokenizer",
+            )
+        if cfg.algo.distill.topk > int(hf.get("vocab_size", cfg.algo.distill.topk)):
+            raise UserError(
+                f"algo.distill.topk={cfg.algo.distill.topk} exceeds teacher {name!r}'s vocabulary",
+                hint="e.g. algo.distill.topk=32",
+            )
+    return f"teachers: {', '.join(teachers)} (loss {cfg.algo.distill.loss}, top-{cfg.algo.distill.topk})"
 
 
 def _rollout_engine(cfg: RlkitConfig) -> str:

@@ -91,7 +91,32 @@ def actor_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
         "kl_loss_type": a.kl_loss_type,
         # loss modes read the keywords they use and ignore the rest
         "loss_kwargs": {"sppo_eta": a.sppo_eta},
+        "gkd": _gkd(cfg),
     }
+
+
+def _gkd(cfg: RlkitConfig) -> dict[str, Any] | None:
+    """The actor's GKD term (``algo.distill`` with a top-k divergence), or None."""
+    d = cfg.algo.distill
+    if not d.teachers or d.loss == "pg_reverse_kl":
+        return None
+    return {"loss": d.loss, "coef": d.coef, "beta": d.beta}
+
+
+def teacher_names(cfg: RlkitConfig) -> dict[str, str]:
+    """``algo.distill.teachers`` as name -> model path (an entry without ``name=`` is its own name)."""
+    named: dict[str, str] = {}
+    for entry in cfg.algo.distill.teachers:
+        name, sep, path = str(entry).partition("=")
+        named[name if sep else entry] = path if sep else entry
+    return named
+
+
+def teacher_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
+    """The teachers' role settings: the reference role's, with each teacher's own model path."""
+    settings = ref_settings(cfg, device)
+    del settings["model_path"]
+    return {"teachers": teacher_names(cfg), "column": cfg.algo.distill.teacher_key, **settings}
 
 
 def ref_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:

@@ -43,8 +43,16 @@ from rlkit.trainer.settings import (
     resolve_rollout_engine,
     reward_model_settings,
     rollout_settings,
+    teacher_settings,
 )
-from rlkit.trainer.workers import ActorWorker, CriticWorker, RefWorker, RewardModelWorker, RolloutWorker
+from rlkit.trainer.workers import (
+    ActorWorker,
+    CriticWorker,
+    RefWorker,
+    RewardModelWorker,
+    RolloutWorker,
+    TeacherWorker,
+)
 
 
 @dataclass
@@ -68,6 +76,7 @@ class RunContext:
         self.actor = self.group.role("actor")
         self.rollout = self.group.role("rollout")
         self.ref = self.group.role("ref") if "ref" in self.group.roles else None
+        self.teacher = self.group.role("teacher") if "teacher" in self.group.roles else None
         self.critic = self.group.role("critic") if "critic" in self.group.roles else None
         self.profiler = self.group.role("profiler") if "profiler" in self.group.roles else None
         self.actor_update_settings = actor_update_settings(cfg)
@@ -121,6 +130,9 @@ class RunContext:
             _with_turn_scores(batch, token_level_scores(out.scores, batch["response_mask"])),
         )
         batch.set("seq_score", out.scores)
+        for key in self.cfg.algo.gdpo_reward_keys:  # GDPO's components, as verl keeps them: columns
+            if key in out.extra and key not in batch:
+                batch.set(key, np.array(out.extra[key], dtype=object))
         return batch, dict(out.metrics)
 
     def _score_with_model(self, batch: Batch, texts: list[str]) -> tuple[Batch, dict[str, float]]:
@@ -271,6 +283,8 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
     }
     if _ref_enabled(cfg):
         roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
+    if cfg.algo.distill.teachers:
+        roles["teacher"], init["teacher"] = TeacherWorker, teacher_settings(cfg, device)
     if _critic_enabled(cfg):
         roles["critic"], init["critic"] = CriticWorker, critic_settings(cfg, device)
     if cfg.reward.model_path:

@@ -84,6 +84,11 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
         f"[bold]data[/]     {len(run.data.train)} train / {val} val prompts; "
         f"{cfg.data.batch_size} prompts x {cfg.rollout.n} samples per step",
     ]
+    if cfg.algo.distill.teachers:
+        teachers = ", ".join(str(t) for t in cfg.algo.distill.teachers)
+        lines.append(
+            f"[bold]teacher[/]  {teachers} (frozen; {cfg.algo.distill.loss}, top-{cfg.algo.distill.topk})"
+        )
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ from rlkit.trainer.rollout_batch import (
     prompt_token_lists,
     trajectories_to_batch,
 )
-from rlkit.training import ActorRole, CriticRole, RefRole
+from rlkit.training import ActorRole, CriticRole, RefRole, Teachers
 
 
 class ActorWorker:
@@ -46,8 +46,10 @@ class ActorWorker:
         self.role = ActorRole(**settings)
 
     @dispatch("shard")
-    def compute_log_prob(self, batch: Batch, temperature: float) -> Batch:
-        return self.role.compute_log_prob(batch, temperature=temperature)
+    def compute_log_prob(self, batch: Batch, temperature: float, with_sum_pi_squared: bool = False) -> Batch:
+        return self.role.compute_log_prob(
+            batch, temperature=temperature, with_sum_pi_squared=with_sum_pi_squared
+        )
 
     @dispatch("shard")
     def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
@@ -100,6 +102,17 @@ class RefWorker:
     @dispatch("broadcast")
     def load_checkpoint(self, step_dir: str) -> str | None:
         return load_frozen_role(self.role.module, Path(step_dir) / "ref")
+
+
+class TeacherWorker:
+    """The frozen teacher models of on-policy distillation (each row scored by its own teacher)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.role = Teachers(**settings)
+
+    @dispatch("shard")
+    def compute_teacher(self, batch: Batch, temperature: float, topk: int) -> Batch:
+        return self.role.compute_teacher(batch, temperature=temperature, topk=topk)
 
 
 class CriticWorker:

@@ -1,4 +1,4 @@
-"""FSDP2 training engine: the actor, reference and critic roles, packed micro-batches by token budget.
+"""FSDP2 training engine: the actor, reference, teacher and critic roles, packed micro-batches by token budget.
 
 The role classes are plain Python objects constructed inside a worker process (the controller
 hosts and dispatches them); each method works on the rank's shard of the batch and is collective.
@@ -16,6 +16,8 @@ _EXPORTS = {
     "ActorRole": "rlkit.training.actor",
     "CriticRole": "rlkit.training.critic",
     "RefRole": "rlkit.training.ref",
+    "TeacherRole": "rlkit.training.teacher",
+    "Teachers": "rlkit.training.teacher",
     "FSDPEngine": "rlkit.training.engine",
     "named_full_tensors": "rlkit.training.engine",
     "resolve_dtype": "rlkit.training.engine",

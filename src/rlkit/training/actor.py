@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlkit.algos import agg_loss, kl_penalty, policy_losses
+from rlkit.algos import GKD_LOSSES, agg_loss, compute_gkd_loss, kl_penalty, policy_losses
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
@@ -37,7 +37,23 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 _LOG_PROB_INPUTS = ("input_ids", "attention_mask", "responses")
-_LOSS_COLUMNS = ("response_mask", "advantages", "old_log_probs", "ref_log_prob", "rollout_is_weights")
+_LOSS_COLUMNS = (
+    "response_mask",
+    "advantages",
+    "old_log_probs",
+    "ref_log_prob",
+    "rollout_is_weights",
+    "teacher_topk_log_probs",
+)
+
+
+def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
+    """The batch columns the GKD term reads (none without one); a UserError for an unknown loss."""
+    if gkd is None:
+        return []
+    if gkd.get("loss") not in GKD_LOSSES:
+        raise UserError(f"unknown GKD loss {gkd.get('loss')!r}; valid: {', '.join(GKD_LOSSES)}")
+    return ["teacher_topk_ids", "teacher_topk_log_probs"]
 
 
 class ActorRole:
@@ -79,14 +95,24 @@ class ActorRole:
     # ------------------------------------------------------------------ inference
 
     def compute_log_prob(
-        self, batch: Batch, temperature: float | None = None, with_entropy: bool = True
+        self,
+        batch: Batch,
+        temperature: float | None = None,
+        with_entropy: bool = True,
+        with_sum_pi_squared: bool = False,
     ) -> Batch:
         """Log-probs of the response tokens under the current policy (verl's ``old_log_probs``).
 
         Returns:
-            A Batch with ``old_log_probs`` (B, R) fp32 and, when asked, ``entropy`` (B, R) fp32.
+            A Batch with ``old_log_probs`` (B, R) fp32 and, when asked, ``entropy`` (B, R) fp32 and
+            ``sum_pi_squared`` (B, R) fp32 (``sum_v pi(v)^2`` per position, OTB's input).
         """
         require_columns(batch, _LOG_PROB_INPUTS, "compute_log_prob")
+        squares = (
+            torch.zeros(batch.tensors["responses"].shape, dtype=torch.float32)
+            if with_sum_pi_squared
+            else None
+        )
         self.engine.eval()
         logp, entropy = response_logprobs(
             self.engine.module,
@@ -96,10 +122,13 @@ class ActorRole:
             budget=self.micro_batch_tokens,
             chunk_tokens=self.chunk_tokens,
             device=self.engine.device,
+            sum_pi_squared=squares,
         )
         out = {"old_log_probs": logp}
         if entropy is not None:
             out["entropy"] = entropy
+        if squares is not None:
+            out["sum_pi_squared"] = squares
         return Batch(tensors=out)
 
     # ------------------------------------------------------------------ training
@@ -122,6 +151,7 @@ class ActorRole:
         kl_loss_coef: float = 0.001,
         kl_loss_type: str = "low_var_kl",
         loss_kwargs: dict[str, Any] | None = None,
+        gkd: dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """One RL step of policy optimisation: an optimizer step per mini-batch per epoch.
 
@@ -131,14 +161,17 @@ class ActorRole:
         detached, so the ratio is exactly 1, as verl does for on-policy updates; a trainer that
         skips the old-log-prob pass for on-policy steps gets this and saves a forward pass.
         ``rollout_is_weights`` (B, R), when in the batch, multiplies the per-token policy loss.
-        Micro-batch losses carry the global-batch keywords (token and sequence counts of the whole
+        With ``gkd`` (``{"loss": forward_kl | reverse_kl | jsd, "coef": c, "beta": b}``) the loss adds
+        ``c`` times the GKD divergence between the student and the teacher over the teacher's top-k
+        (the batch's ``teacher_topk_ids`` / ``teacher_topk_log_probs``, see
+        :func:`rlkit.algos.compute_gkd_loss`), aggregated like the policy loss. Micro-batch losses carry the global-batch keywords (token and sequence counts of the whole
         mini-batch over all ranks), so the update does not depend on how the batch is cut.
 
         Returns:
             verl-named metrics averaged over the step's mini-batches: ``actor/pg_loss``,
             ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (those the loss
             reports), ``actor/entropy`` (when ``entropy_coeff`` != 0), ``actor/kl_loss`` (with
-            ``use_kl_loss``), ``actor/grad_norm``, ``actor/lr`` (the rate this step used) and
+            ``use_kl_loss``), ``distill/*`` (with ``gkd``), ``actor/grad_norm``, ``actor/lr`` (the rate this step used) and
             ``actor/skipped_steps`` (optimizer steps skipped for a non-finite gradient norm).
         """
         if loss_mode not in policy_losses:
@@ -150,6 +183,7 @@ class ActorRole:
             raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
         needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages"]
         needed += ["ref_log_prob"] if use_kl_loss else []
+        needed += _gkd_columns(gkd)
         require_columns(batch, needed, "actor update")
         settings = {
             "temperature": temperature_of(batch, temperature),
@@ -164,6 +198,7 @@ class ActorRole:
             "entropy_coeff": entropy_coeff,
             "kl": (kl_loss_coef, kl_loss_type) if use_kl_loss else None,
             "loss_kwargs": dict(loss_kwargs or {}),
+            "gkd": gkd,
         }
         lr = self.engine.lr()
         skipped_before = self.engine.skipped_steps
@@ -191,10 +226,13 @@ class ActorRole:
         # The per-token columns go to the device once, before the loop (no copies between passes).
         names = [n for n in _LOSS_COLUMNS if n in mini.tensors]
         columns = {n: mini.tensors[n].to(device, torch.float32, non_blocking=True) for n in names}
+        if s["gkd"] is not None:
+            columns["teacher_topk_ids"] = mini.tensors["teacher_topk_ids"].to(device, non_blocking=True)
         stats = MiniBatchStats(device)
         for mb in packed_micro_batches(mini, self.micro_batch_tokens, device):
             col = {n: t[rows_on(mb, device)] for n, t in columns.items()}
-            lp_N, ent_N = self.engine.module(
+            support = None if s["gkd"] is None else col["teacher_topk_ids"][mb.resp_row_N, mb.resp_col_N]
+            lp_N, ent_N, *support_N = self.engine.module(
                 mb.input_ids_T,
                 mb.position_ids_T,
                 mb.cu_seqlens,
@@ -203,6 +241,7 @@ class ActorRole:
                 temperature=s["temperature"],
                 with_entropy=s["entropy_coeff"] != 0,
                 chunk_tokens=self.chunk_tokens,
+                support_NK=support,
             )
             log_prob = mb.scatter(lp_N, width)
             pg_loss, pg_metrics = s["loss_fn"](
@@ -234,12 +273,43 @@ class ActorRole:
                 loss = loss + coef * kl
                 if not mb.is_padding:
                     stats.add_share("actor/kl_loss", kl)
+            if s["gkd"] is not None:
+                loss = loss + self._gkd_term(mb, support_N[0], col, s, agg, stats, mask)
             # A padding micro-batch still runs backward so every rank joins the same collectives.
             (loss * 0.0 if mb.is_padding else loss).backward()
         grad_norm, _ = self.engine.optimizer_step()
         metrics = stats.reduce()
         metrics["actor/grad_norm"] = grad_norm
         return metrics
+
+    def _gkd_term(
+        self,
+        mb: Any,
+        support_NK: torch.Tensor,
+        col: dict[str, torch.Tensor],
+        s: dict[str, Any],
+        agg: dict[str, Any],
+        stats: MiniBatchStats,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``coef`` x the GKD divergence of this micro-batch (and its metrics)."""
+        gkd = s["gkd"]
+        student = mb.scatter(support_NK, col["response_mask"].shape[-1])
+        value, metrics = compute_gkd_loss(
+            student,
+            col["teacher_topk_log_probs"],
+            col["response_mask"],
+            loss=gkd["loss"],
+            beta=float(gkd.get("beta", 0.5)),
+            loss_agg_mode=s["loss_agg_mode"],
+            **agg,
+        )
+        if not mb.is_padding:
+            stats.add_share("distill/gkd_loss", value)
+            weight = float(mask[mb.rows].sum())
+            for key, metric in metrics.items():
+                stats.add_mean(key, metric, weight)
+        return float(gkd.get("coef", 1.0)) * value
 
     # ------------------------------------------------------------------ weights and checkpoints
 

@@ -71,9 +71,9 @@ class PackedMicroBatch:
         Differentiable in ``values_N``.
 
         Shape:
-            values_N: (N,). Returns (len(rows), R) in the dtype of ``values_N``.
+            values_N: (N, ...). Returns (len(rows), R, ...) in the dtype of ``values_N``.
         """
-        out = values_N.new_zeros(len(self.rows), response_len)
+        out = values_N.new_zeros(len(self.rows), response_len, *values_N.shape[1:])
         return out.index_put((self.resp_row_N, self.resp_col_N), values_N)
 
 

@@ -79,12 +79,14 @@ def response_logprobs(
     budget: int,
     chunk_tokens: int,
     device: torch.device,
+    sum_pi_squared: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of every response token, in micro-batches; padding gets 0.
 
     Args:
         module: a sharded :class:`rlkit.training.heads.PackedPolicy`.
         batch: the rank's batch (``input_ids``, ``attention_mask``, ``responses``, optionally ``position_ids``).
+        sum_pi_squared: a (B, R) CPU tensor to fill with ``sum_v pi(v)^2`` per position, or None.
 
     Returns:
         log-probs (B, R) fp32 on the CPU and entropies (B, R) fp32 or None.
@@ -93,8 +95,9 @@ def response_logprobs(
     # Results stay on the device until the end: a host copy per micro-batch would stall the loop.
     logp = torch.zeros(num_rows, width, dtype=torch.float32, device=device)
     entropy = torch.zeros(num_rows, width, dtype=torch.float32, device=device) if with_entropy else None
+    squares = None if sum_pi_squared is None else torch.zeros_like(logp)
     for mb in packed_micro_batches(batch, budget, device):
-        lp_N, ent_N = module(
+        lp_N, ent_N, *extra = module(
             mb.input_ids_T,
             mb.position_ids_T,
             mb.cu_seqlens,
@@ -103,6 +106,7 @@ def response_logprobs(
             temperature=temperature,
             with_entropy=with_entropy,
             chunk_tokens=chunk_tokens,
+            with_sum_pi_squared=squares is not None,
         )
         if mb.is_padding:
             continue
@@ -110,6 +114,10 @@ def response_logprobs(
         logp[rows] = mb.scatter(lp_N.float(), width)
         if entropy is not None and ent_N is not None:
             entropy[rows] = mb.scatter(ent_N.float(), width)
+        if squares is not None:
+            squares[rows] = mb.scatter(extra[0].float(), width)
+    if sum_pi_squared is not None and squares is not None:
+        sum_pi_squared.copy_(squares.cpu())
     return logp.cpu(), (entropy.cpu() if entropy is not None else None)
 
 

@@ -19,7 +19,7 @@ from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
 from rlkit.training.distributed import ensure_process_group, training_device
 from rlkit.training.engine import resolve_dtype, shard_module
-from rlkit.training.heads import PackedPolicy
+from rlkit.training.heads import PackedPolicy, PackedTopK
 from rlkit.training.passes import require_columns, response_logprobs, temperature_of
 
 
@@ -35,6 +35,9 @@ class RefRole:
         logprob_chunk_tokens: rows of LM-head logits computed at once.
         init, seed: as for :class:`rlkit.training.actor.ActorRole` (same seed, same weights).
     """
+
+    head: type[PackedPolicy] | type[PackedTopK] = PackedPolicy
+    """The root module wrapped around the model (a subclass may compute other outputs at the head)."""
 
     def __init__(
         self,
@@ -57,7 +60,7 @@ class RefRole:
         model = load_causal_lm(model_path, dtype=compute_dtype, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
         model.requires_grad_(False)
         self.module = shard_module(
-            PackedPolicy(model),
+            self.head(model),
             compute_dtype=compute_dtype,
             param_offload=param_offload,
             torch_compile=torch_compile,

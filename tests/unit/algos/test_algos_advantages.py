@@ -34,6 +34,8 @@ def test_registry_names() -> None:
         "gpg",
         "grpo_passk",
         "sppo",
+        "gdpo",
+        "optimal_token_baseline",
     }
 
 
@@ -51,7 +53,8 @@ def test_every_estimator_accepts_one_common_keyword_set() -> None:
         norm_adv_by_std_in_grpo=True,
         reward_baselines=torch.randn(bs),
         config=None,  # verl passes its config object; rlkit ignores unknown keywords
-        sum_pi_squared=None,
+        old_log_probs=-torch.rand(bs, length),
+        sum_pi_squared=torch.rand(bs, length) * 0.5 + 0.1,
     )
     for name, estimator in advantage_estimators.items():
         advantages, returns = estimator(**common)
@@ -264,6 +267,8 @@ def test_bf16_inputs_match_fp32(name: str) -> None:
         reward_baselines=torch.randn(8),
         gamma=1.0,
         lam=1.0,
+        old_log_probs=-torch.rand(8, 6),
+        sum_pi_squared=torch.rand(8, 6) * 0.5,
     )
     fp32, _ = advantage_estimators[name](token_level_rewards=rewards, **kwargs)
     bf16, _ = advantage_estimators[name](

@@ -15,6 +15,7 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # last
     ("mode", "expected"),
     [
         ("token-mean", 7.0 / 3.0),  # (1 + 2 + 4) / 3 tokens
+        ("token-sum", 7.0),  # 1 + 2 + 4
         ("seq-mean-token-sum", 3.5),  # (3 + 4) / 2 non-empty sequences
         ("seq-mean-token-mean", 2.75),  # (1.5 + 4) / 2
         ("seq-mean-token-sum-norm", 7.0 / 3.0),  # 7 / L with L = 3
@@ -31,6 +32,7 @@ def test_global_arguments_by_hand() -> None:
     assert agg_loss(LOSS, MASK, "seq-mean-token-mean", global_batch_size=11).item() == pytest.approx(0.5)
     assert agg_loss(LOSS, MASK, "seq-mean-token-sum-norm", loss_scale_factor=14).item() == pytest.approx(0.5)
     assert agg_loss(LOSS, MASK, "seq-mean-token-sum-norm", dp_size=2, loss_scale_factor=14).item() == 1.0
+    assert agg_loss(LOSS, MASK, "token-sum", dp_size=2, batch_num_tokens=14).item() == 14.0  # 7 * dp_size
     assert agg_loss(LOSS, MASK, "token-mean", batch_num_tokens=torch.tensor(14.0)).item() == pytest.approx(
         0.5
     )
@@ -38,7 +40,7 @@ def test_global_arguments_by_hand() -> None:
 
 def test_unknown_mode_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="seq-mean-token-sum-norm"):
-        agg_loss(LOSS, MASK, "token-sum")
+        agg_loss(LOSS, MASK, "token-total")
 
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)

@@ -61,6 +61,8 @@ def test_estimators_match_cpu(name: str, dtype: torch.dtype) -> None:
             reward_baselines=b["baselines"],
             gamma=0.99,
             lam=0.95,
+            old_log_probs=b["old"],
+            sum_pi_squared=torch.exp(b["old"].float()) ** 2,
         )
         assert adv.device.type == device and adv.dtype == torch.float32
         results.append((adv.cpu(), ret.cpu()))

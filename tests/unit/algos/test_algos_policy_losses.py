@@ -28,6 +28,8 @@ def test_registry_names() -> None:
         "cispo",
         "reinforce",
         "sppo",
+        "dppo_tv",
+        "dppo_kl",
     }
 
 
@@ -274,7 +276,7 @@ def test_bf16_inputs(mode: str) -> None:
         assert loss.item() == pytest.approx(reference.item(), rel=1e-5, abs=1e-6)
 
 
-INVARIANT_MODES = ["vanilla", "gspo", "sapo", "gpg", "geo_mean", "cispo", "reinforce"]
+INVARIANT_MODES = ["vanilla", "gspo", "sapo", "gpg", "geo_mean", "cispo", "reinforce", "dppo_tv", "dppo_kl"]
 
 
 @pytest.mark.parametrize("mode", INVARIANT_MODES)
