@@ -97,6 +97,17 @@ def _reward(cfg: DictConfig) -> None:
         )
 
 
+def _lora_in_rl(cfg: DictConfig) -> None:
+    # training/actor.ActorRole trains every weight: only the SFT trainer (training/sft.py) injects
+    # LoRA adapters, so model.lora_rank in an RL run would be silently ignored.
+    if cfg.model.lora_rank > 0:
+        raise UserError(
+            f"model.lora_rank={cfg.model.lora_rank}: LoRA works in rlkit sft only; RL recipes train all "
+            "weights of the actor",
+            hint="drop model.lora_rank (or set it to 0) for rlkit train, or use LoRA with rlkit sft",
+        )
+
+
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -115,7 +126,7 @@ def _sft_columns_and_task(cfg: DictConfig) -> None:
 
 #: The rules each command relies on (``sft`` uses neither mini-batches nor rewards nor profiling windows).
 RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
-    "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward),
+    "train": (_mini_batches, _workers, _profile_steps, _reference_and_critic, _reward, _lora_in_rl),
     "sft": (_sft_columns_and_task,),
 }
 
