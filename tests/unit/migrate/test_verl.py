@@ -94,7 +94,7 @@ def test_verl_example_converts(name: str) -> None:
         # LoRA works in rlkit sft only: the printed command carries rlkit's one-line refusal
         assert result.compose_error and "model.lora_rank" in result.compose_error, result.compose_error
     else:
-        assert result.compose_error is None, result.compose_error  # the printed command is a valid rlkit config
+        assert result.compose_error is None, result.compose_error  # the printed command is valid
     # every verl setting of the file is accounted for, once
     _, pairs, other = read_verl(ASSETS / name)
     accounted = len(result.not_mapped) + len(result.not_needed) + len(result.recipe_default)
