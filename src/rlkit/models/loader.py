@@ -231,3 +231,33 @@ def load_causal_lm(
     return HFCausalLM.load(
         path, _hf_config_object(hf, path), dtype=dtype, device=device, init=init, seed=seed
     )
+
+
+def export_builtin(
+    path: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> str:
+    """Write a built-in model (``builtin:NAME``) as a Hugging Face folder an outside engine can load.
+
+    The folder gets ``config.json``, safetensors weights (the packaged ones, or the seeded random
+    init of a random-init built-in, as :func:`load_causal_lm` gives them for ``seed``) and the
+    built-in tokenizer with its chat template (``save_pretrained``).
+
+    Args:
+        path: ``builtin:NAME``.
+        out_dir: the folder to write (replaced if it exists).
+        dtype: dtype of the weights written.
+        seed: seed of a random-init built-in's weights.
+
+    Returns:
+        The folder written, as a string.
+    """
+    from rlkit.models.hf_io import save_hf
+    from rlkit.models.tokenizer import build_tokenizer
+
+    builtin_name(path)  # validates the name
+    model = load_causal_lm(path, dtype=dtype, device="cpu", seed=seed)
+    return str(save_hf(model, out_dir, tokenizer=build_tokenizer(), dtype=dtype))

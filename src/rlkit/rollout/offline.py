@@ -38,7 +38,6 @@ from rlkit.rollout.base import RolloutEngine, SamplingParams
 from rlkit.rollout.registry import (
     build_engine,
     build_engine_from_path,
-    check_model_path,
     loads_checkpoint,
     resolve_engine,
 )
@@ -238,8 +237,8 @@ def load_engine(
     """The rollout engine ``engine`` (``auto``: native for its family, else hf) over a resolved model
     or checkpoint folder (bf16 on GPU, fp32 on CPU).
 
-    Engines that load the folder themselves (``vllm``, ``server``) need a Hugging Face folder and
-    get ``max_model_len`` (longest prompt + completion) and ``options`` (e.g. a server's ``url``).
+    Engines that load the folder themselves (``vllm``, ``server``) need a Hugging Face folder or a
+    built-in model (exported to a temporary folder for them) and get ``max_model_len`` (longest prompt + completion) and ``options`` (e.g. a server's ``url``).
 
     Raises:
         UserError: ``engine`` cannot run this model (the message names the engines that can), or
@@ -250,7 +249,6 @@ def load_engine(
 
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     if engine != "auto" and loads_checkpoint(engine):
-        check_model_path(engine, path)
         if is_checkpoint_dir(path):
             raise UserError(
                 f"--engine {engine} loads a Hugging Face folder and {path} is an rlkit checkpoint",

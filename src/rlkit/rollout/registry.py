@@ -14,6 +14,10 @@ the trainer's rollout worker and ``rlkit generate`` build engines through this m
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,20 +143,46 @@ def loads_checkpoint(name: str) -> bool:
     return name != AUTO and bool(getattr(engine_class(name), "loads_checkpoint", False))
 
 
-def check_model_path(name: str, model_path: str) -> None:
-    """An engine that loads the folder itself cannot load a built-in model (``builtin:NAME``).
+def _own_folder(engine: RolloutEngine, folder: str) -> RolloutEngine:
+    """Remove ``folder`` when ``engine`` closes (or is collected, or the process exits)."""
+    cleanup = weakref.finalize(engine, shutil.rmtree, folder, True)
+    close = engine.close
 
-    Raises:
-        UserError: it is asked to, naming the engines that can.
+    def close_and_clean() -> None:
+        try:
+            close()
+        finally:
+            cleanup()
+
+    engine.close = close_and_clean  # type: ignore[method-assign]
+    return engine
+
+
+def _from_checkpoint(
+    cls: Any, model_path: str, dtype: torch.dtype, seed: int, **settings: Any
+) -> RolloutEngine:
+    """``cls.from_checkpoint`` on a folder; a built-in model (``builtin:NAME``) is first exported.
+
+    The built-in model is written as a Hugging Face folder (weights as ``load_causal_lm`` gives them
+    for ``seed``, the built-in tokenizer and chat template) in a temporary folder the engine's
+    ``close`` removes; the trainer's first weight push replaces the weights anyway.
     """
     from rlkit.models.tokenizer import BUILTIN_PREFIX
 
-    if loads_checkpoint(name) and str(model_path).startswith(BUILTIN_PREFIX):
-        raise UserError(
-            f"rollout.engine={name} loads the model folder itself and cannot load the built-in "
-            f"model {model_path} (it is not a Hugging Face folder)",
-            hint=f"use rollout.engine={' or '.join([AUTO, *AUTO_ENGINES])}, or a Hugging Face model folder",
-        )
+    common = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, **settings}
+    if not str(model_path).startswith(BUILTIN_PREFIX):
+        engine: RolloutEngine = cls.from_checkpoint(model_path, **common)
+        return engine
+    from rlkit.models.loader import export_builtin
+
+    folder = tempfile.mkdtemp(prefix="rlkit-builtin-")
+    try:
+        exported = export_builtin(model_path, Path(folder) / "model", dtype=dtype, seed=seed)
+        engine = cls.from_checkpoint(exported, **common)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return _own_folder(engine, folder)
 
 
 def build_engine_from_path(
@@ -170,7 +200,7 @@ def build_engine_from_path(
     options: dict[str, Any] | None = None,
     log_dir: str | None = None,
 ) -> RolloutEngine:
-    """Build engine ``name`` (resolved) for a Hugging Face folder: the one way the trainer builds one.
+    """Build engine ``name`` (resolved) for a model folder or ``builtin:NAME``: how the trainer builds one.
 
     Engines over rlkit's model get it loaded here (:func:`build_engine`, ``gpu_memory_utilization``
     as the fraction of *free* device memory for the KV cache); engines that load the folder
@@ -179,18 +209,18 @@ def build_engine_from_path(
     """
     cls = engine_class(name)
     if loads_checkpoint(name):
-        engine: RolloutEngine = cls.from_checkpoint(
+        return _from_checkpoint(
+            cls,
             model_path,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype,
+            seed,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             cuda_graphs=cuda_graphs,
-            seed=seed,
             log_dir=log_dir,
             **(options or {}),
         )
-        return engine
     from rlkit.models import load_causal_lm
 
     model = load_causal_lm(model_path, dtype=dtype, device=device or "cpu", seed=seed)

@@ -101,10 +101,7 @@ def cpu_head_size_reason(hf_config: dict[str, Any]) -> str | None:
     head = int(hf_config.get("head_dim") or int(hf_config.get("hidden_size", 0)) // heads)
     if head >= MIN_CPU_HEAD_SIZE or not vllm_runs_on_cpu():
         return None
-    return (
-        f"head size {head}: vLLM's CPU attention needs at least {MIN_CPU_HEAD_SIZE}, "
-        "so rlkit's built-in tiny models cannot run on it"
-    )
+    return f"head size {head}: vLLM's CPU attention needs at least {MIN_CPU_HEAD_SIZE}"
 
 
 class VllmEngine(VersionedWeights):

@@ -125,11 +125,10 @@ def _teachers(cfg: RlkitConfig) -> str:
 
 def _rollout_engine(cfg: RlkitConfig) -> str:
     """``rollout.engine`` against the model: package installed, model runnable, its own keys."""
-    from rlkit.rollout.registry import AUTO, check_model_path, resolve_engine
+    from rlkit.rollout.registry import AUTO, resolve_engine
     from rlkit.trainer.settings import engine_options
 
     name = cfg.rollout.engine
-    check_model_path(name, cfg.model.path)
     hf = model_config_json(cfg.model.path)
     if hf is None:
         return f"rollout engine: {name} (checked against the model when the run fetches it)"

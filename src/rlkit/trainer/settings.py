@@ -162,9 +162,8 @@ def resolve_rollout_engine(cfg: RlkitConfig) -> str:
         UserError: the model folder has no readable config.json, or the engine cannot run the model.
     """
     from rlkit.models import load_hf_config
-    from rlkit.rollout.registry import check_model_path, resolve_engine
+    from rlkit.rollout.registry import resolve_engine
 
-    check_model_path(cfg.rollout.engine, cfg.model.path)
     cfg.rollout.engine = resolve_engine(
         cfg.rollout.engine, load_hf_config(cfg.model.path), engine_options(cfg)
     )

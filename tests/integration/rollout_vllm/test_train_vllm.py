@@ -1,7 +1,9 @@
-"""``rlkit train grpo`` end to end with ``rollout.engine=vllm`` (a tiny Phi-3) and ``server`` (a tiny Qwen2).
+"""``rlkit train grpo`` end to end with ``rollout.engine=vllm`` (a tiny Phi-3) and ``server`` (a tiny Qwen2),
+and both on the embedded default (``builtin:tiny-arith``, exported to a temporary folder for vLLM).
 
-The ``vllm`` run starts vLLM inside the rollout worker (~10-30 s on a 2-core CPU, then ~1 s a step);
-the ``server`` run uses the folder's rlkit-started server by URL (conftest.py). Both check that the run ends,
+The ``vllm`` runs start vLLM inside the rollout worker (~10-30 s on a 2-core CPU, then ~1 s a step);
+the ``server`` run on the Qwen2 uses the folder's rlkit-started server by URL (conftest.py), the one on
+the embedded default starts its own (~50 s), as a user's run does. All check that the run ends,
 that metrics.jsonl has the steps, and that the rollout/trainer log-prob gap after the weight pushes
 is the fp32 summation-order gap (the pushed weights are the trained ones).
 """
@@ -9,6 +11,7 @@ is the fp32 summation-order gap (the pushed weights are the trained ones).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +28,11 @@ from .tiny_vllm_model import hf_tensors, save_tiny_phi3
 GAP_ATOL = 1e-4
 
 
-def _train(model: Path, out: Path, tiny_run: list[str], *overrides: str) -> list[dict]:
+def _train(model: Path | None, out: Path, tiny_run: list[str], *overrides: str) -> list[dict]:
+    """Run ``rlkit train grpo`` (``model`` None: the embedded default); overrides[0] names the engine."""
+    args = [f"model.path={model}"] if model is not None else []
     result = CliRunner().invoke(
-        app, ["train", "grpo", f"model.path={model}", *tiny_run, *overrides, f"trainer.out_dir={out}"]
+        app, ["train", "grpo", *args, *tiny_run, *overrides, f"trainer.out_dir={out}"]
     )
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -68,6 +73,31 @@ def test_grpo_trains_with_the_server_engine(
     assert [row["step"] for row in steps] == [1, 2]
     for row in steps:
         assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
+
+
+def _exported_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("rlkit-builtin-*"))
+
+
+@pytest.mark.parametrize("engine", ["vllm", "server"])
+def test_grpo_trains_the_embedded_default(
+    engine: str, tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
+    """``rlkit train grpo rollout.engine=vllm|server``: the built-in model goes to vLLM as a folder
+    (the server one rlkit starts), the pushed weights are the trained ones, and the folder is gone."""
+    before = _exported_folders()
+    # recompute: the embedded default's bypass mode would take vLLM's log-probs as the trainer's and
+    # log no rollout/trainer gap
+    overrides = (f"rollout.engine={engine}", "actor.old_log_probs=recompute")
+    steps = _train(None, tmp_path / "run", tiny_run, *overrides)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["path"] == "builtin:tiny-arith"
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
+    if engine == "server":
+        assert (tmp_path / "run" / "vllm_server.log").is_file()
+    assert _exported_folders() <= before  # the engine's close removed its export
 
 
 @pytest.mark.slow

@@ -89,6 +89,34 @@ def test_packaged_builtin_checkpoint_is_loaded(tmp_path: Path, monkeypatch: pyte
         load_causal_lm("builtin:tiny-arith")
 
 
+@pytest.mark.parametrize("name", ["builtin:tiny-arith", "builtin:tiny"])
+def test_export_builtin_writes_a_folder_transformers_loads(name: str, tmp_path: Path) -> None:
+    """What the vLLM engines load for a built-in model: same weights, the tokenizer and its template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.models.loader import export_builtin
+    from rlkit.models.tokenizer import build_tokenizer
+
+    folder = Path(export_builtin(name, tmp_path / "m", seed=3))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["head_dim"] == 32  # vLLM's CPU attention needs >= 32
+    ours = load_causal_lm(name, seed=3).state_dict()
+    theirs = load_state_dict(folder)
+    assert set(theirs) <= set(ours) and all(torch.equal(ours[k], theirs[k]) for k in theirs)  # bit-identical
+    tok = AutoTokenizer.from_pretrained(folder)
+    chat = [{"role": "user", "content": "1+1="}]
+    assert tok.apply_chat_template(chat, tokenize=False) == build_tokenizer().apply_chat_template(
+        chat, tokenize=False
+    )
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids, _ = _batch()
+    mask = torch.ones_like(ids)  # unpadded: both sides number positions the same way
+    with torch.no_grad():
+        expected = load_causal_lm(name, seed=3)(ids, mask)
+        got = hf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # fp32, summation order only
+
+
 def test_shipped_tiny_arith_answers_some_problems() -> None:
     """The packaged warm start ships with the package and loads as the tiny architecture."""
     from rlkit.models.tiny import packaged_checkpoint
