@@ -112,6 +112,7 @@ class ToolSession:
             latency_s=time.perf_counter() - started,
             turn=turn,
             malformed=call.error is not None,
+            metrics={k: float(v) for k, v in (result.metrics or {}).items()},
         )
         s = self.settings
         text = f"Error: {result.error}" if result.error else result.text
