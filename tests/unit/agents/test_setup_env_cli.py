@@ -121,3 +121,21 @@ def test_generate_with_an_agent_writes_whole_trajectories(tmp_path: Path) -> Non
     assert len(traj["loss_mask"]) == len(traj["response_ids"]) == len(traj["logprobs"])
     assert "bump(by)" in TOK.decode(traj["prompt_ids"])  # the tools preamble
     assert "num_turns" in result.output
+
+
+class _Opaque:
+    pass
+
+
+class _BadEnv:
+    def reset(self) -> None: ...
+
+    def use(self, thing: _Opaque) -> str:
+        """Use a thing."""
+        return "ok"
+
+
+def test_an_environment_method_json_cannot_describe_is_one_line_naming_it() -> None:
+    with pytest.raises(UserError) as err:
+        environment_tools(_BadEnv)
+    assert "method 'use' cannot be a tool" in err.value.message
