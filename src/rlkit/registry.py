@@ -42,6 +42,12 @@ RECIPES: tuple[Recipe, ...] = (
         "GRPO over tool-calling trajectories: the tiny model learns to use a calculator",
         "grpo_tools.yaml",
     ),
+    Recipe(
+        "grpo_gsm8k_tools",
+        "GRPO (multi-turn, tools)",
+        "GSM8K with a sandboxed Python code interpreter, for real instruction models",
+        "grpo_gsm8k_tools.yaml",
+    ),
     Recipe("drgrpo", "Dr. GRPO", "GRPO without std normalisation or length bias", "drgrpo.yaml"),
     Recipe("rloo", "RLOO", "Leave-one-out group baseline", "rloo.yaml"),
     Recipe(

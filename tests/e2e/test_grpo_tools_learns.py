@@ -1,9 +1,12 @@
 """The tool recipe learns: `rlkit train grpo_tools` raises the reward and the calculator's success.
 
-Issue #21's check, run in CI like the embedded default's: the run's last fifth of steps must beat
-its first fifth in reward (final-answer accuracy) and in the rate of trajectories whose calls all
-succeed. It needs the tool-use warm start (``builtin:tiny-tools``) and the ``arith_tools`` task,
-which the tools side of issue #21 ships; until both are installed the test is skipped.
+Issue #21's check, run in CI like the embedded default's: the run's last fifth of steps (30 steps
+of 8 prompts x 8 samples, ~3 minutes on an idle 2-core CPU) must beat its first fifth in reward
+(final-answer accuracy) and in calculator calls per trajectory, with calls that still succeed.
+Measured (one run, 2 threads, shared machine): reward 0.16 -> 0.32 (peak steps near 0.5), calls per
+trajectory 0.64 -> 0.99, every call well formed; the thresholds sit well below those rises, since a
+fifth's mean over 384 samples alone varies by about 0.03. It needs the tool-use warm start
+(``builtin:tiny-tools``) and the ``arith_tools`` task; until both are installed it is skipped.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def test_rlkit_train_grpo_tools_learns_to_use_the_calculator(tmp_path: Path, ray
         return sum(values[:fifth]) / fifth, sum(values[-fifth:]) / fifth
 
     reward, success = gain("reward/mean"), gain("agent/tool_success/rate")
+    calls = gain("agent/tool_calls/mean")
     print(f"grpo_tools: {len(steps)} steps, reward {reward[0]:.3f} -> {reward[1]:.3f}, "
-          f"tool success {success[0]:.3f} -> {success[1]:.3f}")  # fmt: skip
-    assert reward[1] - reward[0] >= 0.15, reward
-    assert success[1] > success[0] or success[1] >= 0.95, success
-    assert steps[-1]["agent/tool_calls/mean"] > 0.5
+          f"calls {calls[0]:.3f} -> {calls[1]:.3f}, tool success {success[0]:.3f} -> {success[1]:.3f}")  # fmt: skip
+    assert reward[1] - reward[0] >= 0.06, reward
+    assert calls[1] - calls[0] >= 0.15 and calls[1] >= 0.8, calls
+    assert success[1] > success[0] or success[1] >= 0.9, success

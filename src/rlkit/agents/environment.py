@@ -2,43 +2,23 @@
 
 An environment class (TRL's ``environment_factory`` shape) is built once per trajectory with no
 arguments; ``reset(**kwargs)`` starts it (``kwargs``: the row's ``extra_info.env_kwargs``); each
-public method other than ``reset`` / ``get_reward`` is a tool whose schema comes from its type
-hints and docstring; an optional ``get_reward()`` is the trajectory's reward. A method's return
-value is the tool message; an exception it raises becomes the error shown to the model.
+public method other than ``reset`` / ``get_reward`` is a tool, made by
+:func:`rlkit.agents.tools.function_tool` (schema from its type hints and Google docstring, the
+model's arguments checked against it); an optional ``get_reward()`` is the trajectory's reward. A
+method's return value is the tool message; bad arguments or an exception it raises become the error
+shown to the model.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, get_type_hints
+from typing import Any
 
 from rlkit.agents.tools.base import ToolResult
+from rlkit.agents.tools.function import function_tool
+from rlkit.errors import UserError
 
-_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "object"}
 _RESERVED = {"reset", "get_reward"}
-
-
-def method_schema(method: Any) -> dict[str, Any]:
-    """The OpenAI function schema of a bound method (types from its hints, text from its docstring)."""
-    hints = get_type_hints(method)
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for name, param in inspect.signature(method).parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        hint = hints.get(name, str)
-        properties[name] = {"type": _JSON_TYPES.get(getattr(hint, "__origin__", hint), "string")}
-        if param.default is param.empty:
-            required.append(name)
-    doc = inspect.getdoc(method) or ""
-    return {
-        "type": "function",
-        "function": {
-            "name": method.__name__,
-            "description": doc.split("\n\n")[0].replace("\n", " "),
-            "parameters": {"type": "object", "properties": properties, "required": required},
-        },
-    }
 
 
 class _Instances:
@@ -79,11 +59,8 @@ class EnvironmentTool:
 
     async def execute(self, instance_id: str, arguments: dict[str, Any]) -> ToolResult:
         env = await self._instances.get(instance_id)
-        try:
-            value = await _maybe_await(getattr(env, self._method)(**arguments))
-        except Exception as exc:  # the model's call failed: it sees why
-            return ToolResult(text="", error=f"{type(exc).__name__}: {exc}")
-        return ToolResult(text="" if value is None else str(value))
+        # the bound method of this trajectory's instance, checked and called as a function tool
+        return await function_tool(getattr(env, self._method), name=self.name).execute(instance_id, arguments)
 
     async def reward(self, instance_id: str) -> float:
         env = self._instances.envs.get(instance_id)
@@ -97,7 +74,11 @@ class EnvironmentTool:
 
 
 def environment_tools(factory: Any) -> dict[str, EnvironmentTool]:
-    """The tools of an environment class: one per public method (schema from its type hints)."""
+    """The tools of an environment class: one per public method (schema from its type hints).
+
+    Raises:
+        UserError: a method has a parameter that JSON cannot describe, or ``*args`` / ``**kwargs``.
+    """
     instances = _Instances(factory)
     probe = factory()  # to read the bound methods' signatures; never reset or used
     names = [
@@ -105,7 +86,14 @@ def environment_tools(factory: Any) -> dict[str, EnvironmentTool]:
         for n, member in inspect.getmembers(probe, callable)
         if not n.startswith("_") and n not in _RESERVED and inspect.ismethod(member)
     ]
-    return {
-        n: EnvironmentTool(instances, n, method_schema(getattr(probe, n)), owns_reward=i == 0)
-        for i, n in enumerate(names)
-    }
+    tools = {}
+    for i, n in enumerate(names):
+        try:
+            schema = function_tool(getattr(probe, n)).schema
+        except TypeError as exc:
+            raise UserError(
+                f"rollout.multi_turn.environment: method {n!r} cannot be a tool ({exc})",
+                hint="type its parameters with str, int, float, bool, list, dict, Literal or Optional",
+            ) from exc
+        tools[n] = EnvironmentTool(instances, n, schema, owns_reward=i == 0)
+    return tools

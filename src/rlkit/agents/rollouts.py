@@ -2,12 +2,15 @@
 
 :func:`run_rollouts` is what the rollout worker and ``rlkit generate --agent`` call: it builds the
 loop over an :class:`~rlkit.rollout.async_batcher.AsyncBatcher` of the engine and runs every
-row's group concurrently in one event loop. :func:`trajectory_metrics` sums up what the loops did.
+row's group concurrently in one event loop. :func:`trajectory_metrics` sums up what the loops did,
+:func:`tool_metric_sums` what the tools reported (``ToolResult.metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
@@ -103,3 +106,17 @@ def trajectory_metrics(trajectories: list[Trajectory]) -> dict[str, list[float]]
         for name, value in zip(names, values, strict=True):
             out[name].append(float(value))
     return out
+
+
+def tool_metric_sums(calls: Iterable[Mapping[str, Any]], prefix: str = "agent/tool/") -> dict[str, float]:
+    """The tools' own numbers (``ToolResult.metrics``) summed over ``calls``, as ``PREFIX<tool>/<key>``.
+
+    Args:
+        calls: Tool-call records as dicts (:meth:`~rlkit.agents.trajectory.ToolCallRecord.as_dict`).
+        prefix: The metric names' prefix.
+    """
+    sums: dict[str, float] = defaultdict(float)
+    for call in calls:
+        for key, value in (call.get("metrics") or {}).items():
+            sums[f"{prefix}{call.get('name')}/{key}"] += float(value)
+    return dict(sums)

@@ -18,6 +18,7 @@ from rlkit.agents.loading import load_object
 from rlkit.agents.loops import MultiTurnSettings, loop_class
 from rlkit.agents.parsers import get_parser
 from rlkit.agents.tools.base import Tool
+from rlkit.agents.tools.registry import load_tools
 from rlkit.errors import UserError
 
 #: The ``rollout.multi_turn`` keys that :class:`MultiTurnSettings` takes.
@@ -62,19 +63,11 @@ def build_tools(multi_turn: Mapping[str, Any]) -> dict[str, Tool]:
     """The tools of ``rollout.multi_turn``: its ``tools`` (names / YAML paths) and ``environment``.
 
     Raises:
-        UserError: the tool registry is not installed, a tool cannot be built, or two tools share
-            a name.
+        UserError: a tool cannot be built, or two tools share a name.
     """
     tools: dict[str, Tool] = {}
     names = list(multi_turn.get("tools") or [])
     if names:
-        try:
-            from rlkit.agents.tools.registry import load_tools
-        except ImportError as exc:
-            raise UserError(
-                f"rollout.multi_turn.tools={names} needs rlkit's tool registry, which this install lacks ({exc})",
-                hint="update rlkit, or pass your tools through rollout.multi_turn.environment",
-            ) from exc
         tools.update(load_tools(names))
     env = multi_turn.get("environment")
     if env:

@@ -1,8 +1,10 @@
 """One trajectory's tools: their life cycle (create / execute / reward / release) and its calls.
 
-The row picks its tools (``extra_info.tool_selection``, a list of names: default all) and their
-per-trajectory arguments (``extra_info.tools_kwargs[name]``: verl's ``{"create_kwargs": {...}}``
-or the kwargs themselves; an environment's ``extra_info.env_kwargs`` otherwise). A call that
+The row picks its tools (``extra_info.tool_selection``, a list of names: default all; a name that
+is not loaded is refused) and their per-trajectory arguments (``extra_info.tools_kwargs[name]``:
+verl's ``{"create_kwargs": {...}}`` or the kwargs themselves; an environment's
+``extra_info.env_kwargs`` otherwise), both read by the helpers of
+:mod:`rlkit.agents.tools.registry`. A call that
 cannot run (unknown tool, bad JSON, too many calls in one turn, an exception, a deadline) becomes
 an error message to the model, recorded and counted, never a crash.
 """
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlkit.agents.parsers import ParsedCall, ParsedTurn
 from rlkit.agents.tools.base import Tool, ToolResult
+from rlkit.agents.tools.registry import create_kwargs, select_tools
 from rlkit.agents.trajectory import ToolCallRecord
 
 if TYPE_CHECKING:
@@ -44,9 +47,7 @@ class ToolSession:
         extra_info: dict[str, Any],
         instance_id: str,
     ) -> None:
-        selection = extra_info.get("tool_selection")
-        names = list(tools) if selection is None else [n for n in selection if n in tools]
-        self.tools = {n: tools[n] for n in names}
+        self.tools = select_tools(tools, extra_info)
         self.settings = settings
         self.extra_info = extra_info
         self.instance_id = instance_id
@@ -63,9 +64,8 @@ class ToolSession:
             self._created.append(tool)
 
     def _create_kwargs(self, name: str) -> dict[str, Any]:
-        per_tool = (self.extra_info.get("tools_kwargs") or {}).get(name)
-        if isinstance(per_tool, dict):
-            return dict(per_tool.get("create_kwargs", per_tool))
+        if name in (self.extra_info.get("tools_kwargs") or {}):
+            return create_kwargs(self.extra_info, name)
         return dict(self.extra_info.get("env_kwargs") or {})
 
     async def final_reward(self) -> float:
@@ -112,6 +112,7 @@ class ToolSession:
             latency_s=time.perf_counter() - started,
             turn=turn,
             malformed=call.error is not None,
+            metrics={k: float(v) for k, v in (result.metrics or {}).items()},
         )
         s = self.settings
         text = f"Error: {result.error}" if result.error else result.text

@@ -25,6 +25,8 @@ class ToolCallRecord:
         latency_s: Wall-clock seconds the call took.
         turn: The model turn (0-based) that made the call.
         malformed: The call did not parse (bad JSON, no name, an unclosed tag).
+        metrics: The numbers the tool reported (``ToolResult.metrics``), logged summed per step
+            as ``agent/tool/<name>/<key>``.
     """
 
     name: str
@@ -35,6 +37,7 @@ class ToolCallRecord:
     latency_s: float = 0.0
     turn: int = 0
     malformed: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class ToolCallRecord:
             "latency_s": self.latency_s,
             "turn": self.turn,
             "malformed": self.malformed,
+            "metrics": dict(self.metrics),
         }
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from rlkit.agents.rollouts import tool_metric_sums
 from rlkit.algos import kl_penalty
 from rlkit.data.batch import Batch
 
@@ -55,7 +56,8 @@ def agent_metrics(batch: Batch, prefix: str = "agent/") -> dict[str, float]:
 
     Per trajectory (means): turns, tool calls, tokens by role (prompt / model / template);
     fractions of trajectories: truncated; counts: template mismatches; per call: errors,
-    timeouts, malformed calls, success rate and latency.
+    timeouts, malformed calls, success rate and latency; summed over the batch: the numbers
+    each tool reported (``PREFIX tool/<name>/<key>``, from the rows' ``extra_info.agent``).
     """
     if "agent_num_turns" not in batch:
         return {}
@@ -63,7 +65,7 @@ def agent_metrics(batch: Batch, prefix: str = "agent/") -> dict[str, float]:
     calls = float(col["tool_calls"].sum())
     per_call = max(calls, 1.0)
     failed = float(col["tool_errors"].sum() + col["tool_timeouts"].sum())
-    return {
+    return _tool_reported(batch, prefix) | {
         f"{prefix}num_turns/mean": float(col["num_turns"].mean()),
         f"{prefix}num_turns/max": float(col["num_turns"].max()),
         f"{prefix}tool_calls/mean": float(col["tool_calls"].mean()),
@@ -79,6 +81,19 @@ def agent_metrics(batch: Batch, prefix: str = "agent/") -> dict[str, float]:
         f"{prefix}truncated/rate": float(col["truncated"].mean()),
         f"{prefix}template_mismatch/count": float(col["template_mismatch"].sum()),
     }
+
+
+def _tool_reported(batch: Batch, prefix: str) -> dict[str, float]:
+    """The tools' own metrics summed over the batch's trajectories (none without ``extra_info``)."""
+    if "extra_info" not in batch:
+        return {}
+    records = (
+        call
+        for info in batch["extra_info"]
+        if isinstance(info, dict)
+        for call in (info.get("agent") or {}).get("tool_calls") or ()
+    )
+    return tool_metric_sums(records, prefix=f"{prefix}tool/")
 
 
 _AGENT_COLUMNS = (

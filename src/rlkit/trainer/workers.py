@@ -207,6 +207,7 @@ class RolloutWorker:
         if self._agent is None:  # once per worker: tools may hold processes or indexes
             self._agent = AgentRuntime.build(mt, load_tokenizer(self._tokenizer_path))
         agent = self._agent
+        started = time.perf_counter()
         groups, info = run_rollouts(
             self.engine,
             agent_rows(prompts),
@@ -219,6 +220,10 @@ class RolloutWorker:
             max_wait_s=float(mt.get("max_wait_ms", 10.0)) / 1000.0,
             executor=agent.executor,
         )
+        # the same gauges as the single-turn path: trajectories, and the model's own tokens
+        self._tally["seconds"] += time.perf_counter() - started
+        self._tally["sequences"] += sum(len(group) for group in groups)
+        self._tally["tokens"] += sum(sum(t.loss_mask) for group in groups for t in group)
         width = prompts["prompts"].shape[1] + int(info["prompt_overhead"])
         return trajectories_to_batch(
             prompts, groups, pad_id=pad_id, max_response_length=max_response_length, multi_turn=True,

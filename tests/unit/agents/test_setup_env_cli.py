@@ -43,7 +43,10 @@ def test_an_environment_s_public_methods_become_tools_with_one_instance_per_traj
     assert list(tools) == ["bump"]
     fn = tools["bump"].schema["function"]
     assert fn["description"] == "Add ``by`` to the counter."
-    assert fn["parameters"]["properties"] == {"by": {"type": "integer"}, "note": {"type": "string"}}
+    assert fn["parameters"]["properties"] == {
+        "by": {"type": "integer", "description": "How much."},
+        "note": {"type": "string", "default": ""},
+    }
     assert fn["parameters"]["required"] == ["by"]
     call = '<tool_call>{"name": "bump", "arguments": {"by": 2}}</tool_call>'
     rows = [row(env_kwargs={"start": 10}), row()]
@@ -58,7 +61,8 @@ def test_an_environment_s_public_methods_become_tools_with_one_instance_per_traj
         ScriptedEngine([bad, "done"]), [row()], SamplingParams(seed=0, max_tokens=300), agent="tool",
         tokenizer=TOK, settings=MultiTurnSettings(max_response_length=300), tools=environment_tools(Counter),
     )  # fmt: skip
-    assert groups[0][0].tool_calls[0].error.startswith("TypeError")
+    assert groups[0][0].tool_calls[0].error.startswith("bump: ")  # checked against the schema
+    assert "what" in groups[0][0].tool_calls[0].error
 
 
 def test_a_user_loop_class_from_a_file(tmp_path: Path) -> None:
@@ -117,3 +121,21 @@ def test_generate_with_an_agent_writes_whole_trajectories(tmp_path: Path) -> Non
     assert len(traj["loss_mask"]) == len(traj["response_ids"]) == len(traj["logprobs"])
     assert "bump(by)" in TOK.decode(traj["prompt_ids"])  # the tools preamble
     assert "num_turns" in result.output
+
+
+class _Opaque:
+    pass
+
+
+class _BadEnv:
+    def reset(self) -> None: ...
+
+    def use(self, thing: _Opaque) -> str:
+        """Use a thing."""
+        return "ok"
+
+
+def test_an_environment_method_json_cannot_describe_is_one_line_naming_it() -> None:
+    with pytest.raises(UserError) as err:
+        environment_tools(_BadEnv)
+    assert "method 'use' cannot be a tool" in err.value.message
