@@ -116,3 +116,15 @@ def test_real_model_gets_the_schema_defaults(tmp_path: Path) -> None:
         assert real.actor.lr == 1e-6 and tiny.actor.lr > 1e-6, recipe
     assert load_config("ppo", overrides=[f"model.path={tmp_path}"]).critic.lr == 1e-5
     assert load_config("dapo", overrides=[f"model.path={tmp_path}"]).reward.overlong.buffer_len == 100
+
+
+def test_bypass_mode_is_refused_where_the_old_log_prob_pass_is_needed() -> None:
+    with pytest.raises(UserError, match="rollout_is needs the recomputed old log-probs"):
+        load_config(
+            "grpo", overrides=["actor.old_log_probs=rollout", "algo.rollout_correction.rollout_is=token"]
+        )
+    with pytest.raises(UserError, match="optimal_token_baseline needs the old-log-prob pass"):
+        load_config("otb", overrides=["actor.old_log_probs=rollout"])
+    assert load_config("otb").actor.old_log_probs == "recompute"
+    assert load_config("grpo").actor.old_log_probs == "rollout"  # the built-in model's value
+    assert load_config("grpo", overrides=["model.path=/some/real/model"]).actor.old_log_probs == "recompute"

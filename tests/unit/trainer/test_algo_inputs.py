@@ -29,7 +29,11 @@ def _batch() -> Batch:
 
 def test_icepop_keys_set_zeroed_weights_and_tis_truncates() -> None:
     batch = _batch()
-    keys = ("algo.rollout_correction.rollout_is=token", "algo.rollout_correction.rollout_is_threshold=2.5")
+    keys = (
+        "actor.old_log_probs=recompute",  # the correction compares recomputed and rollout log-probs
+        "algo.rollout_correction.rollout_is=token",
+        "algo.rollout_correction.rollout_is_threshold=2.5",
+    )
     metrics = apply_rollout_correction(
         _cfg("grpo", *keys, "algo.rollout_correction.rollout_is_threshold_lower=0.5"), batch
     )
