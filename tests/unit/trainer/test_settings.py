@@ -4,7 +4,6 @@ and engine."""
 from __future__ import annotations
 
 import importlib.util
-
 from pathlib import Path
 
 import pytest
