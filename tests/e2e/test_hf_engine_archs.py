@@ -64,9 +64,9 @@ def test_grpo_trains_the_embedded_default_through_the_hf_engine(
 ) -> None:
     """``rollout.engine=hf`` on the built-in model (rebuilt as its transformers class, same weights)."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(
-        app, ["train", "grpo", "rollout.engine=hf", *tiny_run, f"trainer.out_dir={out}"]
-    )
+    # recompute: the embedded default's bypass mode reuses the engine's log-probs and logs no gap
+    args = ["train", "grpo", "rollout.engine=hf", "actor.old_log_probs=recompute", *tiny_run]
+    result = CliRunner().invoke(app, [*args, f"trainer.out_dir={out}"])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((out / "config.yaml").read_text())["rollout"]["engine"] == "hf"
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
