@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(
 def test_torch_profile_of_two_steps(tmp_path: Path, ray_session: None, tiny_run: list[str]) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(
-        app, ["profile", "--torch", "--steps", "1-2", "train", "grpo", *tiny_run, f"trainer.out_dir={out}"]
+        app,
+        ["profile", "--torch", "--steps", "1-2", "train", "grpo", "actor.old_log_probs=recompute", *tiny_run]
+        + [f"trainer.out_dir={out}"],
     )
     assert result.exit_code == 0, result.output
     traces = sorted((out / "profile").glob("torch_rank*_steps1-2.pt.trace.json"))
