@@ -21,6 +21,7 @@ did not land raises :class:`WeightSyncError` instead of training on stale rollou
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,6 +59,30 @@ def require_vllm() -> Any:
     except ImportError as exc:
         raise UserError(f"rollout.engine=vllm needs the vllm package ({exc})", hint=INSTALL_HINT) from exc
     return vllm
+
+
+def _let_vllm_scan_llvmlite() -> None:
+    """Make llvmlite's ctypes wrapper safe for vLLM's start-up scan of every loaded module.
+
+    vLLM 0.32 walks ``sys.modules`` when it starts a worker and calls ``vars(x).get(...)`` on each
+    module attribute that has a ``__dict__``. llvmlite's ``ffi.lib`` (loaded whenever numba is, e.g.
+    by bm25s in the retrieval tool) has ``__slots__`` and a catch-all ``__getattr__`` that wraps any
+    name as a C function, ``__dict__`` included, so vLLM dies with ``'_lib_fn_wrapper' object has no
+    attribute 'get'``. Here dunder names are no longer looked up as C functions (llvmlite's own are
+    all ``LLVMPY_*``), so ``lib`` has no ``__dict__`` and vLLM skips it.
+    """
+    cls = type(getattr(sys.modules.get("llvmlite.binding.ffi"), "lib", None))
+    lookup = getattr(cls, "__getattr__", None)
+    if lookup is None or getattr(lookup, "_rlkit_guarded", False):
+        return
+
+    def __getattr__(self: Any, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lookup(self, name)
+
+    __getattr__._rlkit_guarded = True  # type: ignore[attr-defined]
+    cls.__getattr__ = __getattr__
 
 
 def vllm_version() -> str | None:
@@ -205,6 +230,7 @@ class VllmEngine(VersionedWeights):
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.bucket_bytes = bucket_bytes
         self.max_model_len = max_model_len
+        _let_vllm_scan_llvmlite()
         self.llm = vllm.LLM(
             model=model_path,
             dtype=dtype,

@@ -41,7 +41,14 @@ def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="package")
 def vllm_engine(tiny_paths: tuple[Path, Path]) -> Iterator[object]:
-    """One in-process engine on checkpoint ``a`` for the whole folder (start-up costs ~1 min on CPU)."""
+    """One in-process engine on checkpoint ``a`` for the whole folder (start-up costs ~1 min on CPU).
+
+    numba is loaded first when it is installed, as the retrieval tool's bm25s loads it: vLLM's
+    start-up scan of loaded modules once died on llvmlite's wrapper (``_let_vllm_scan_llvmlite``).
+    """
+    if importlib.util.find_spec("numba") is not None:
+        import numba  # noqa: F401
+
     from rlkit.rollout.vllm_engine import VllmEngine
 
     engine = VllmEngine(
