@@ -18,7 +18,7 @@ def render() -> str:
     lines = [
         "# Config reference",
         "",
-        "Generated from `src/rlkit/config/schema.py` by `python -m rlkit.config.docs`; do not edit by hand.",
+        "Generated from the schema (`src/rlkit/config/schema.py`) by `python -m rlkit.config.docs`; do not edit by hand.",
         "Values are applied in this order: recipe, `--profile`, `--config FILE`, then `KEY=VALUE`.",
         "Keys marked *profile* are the hardware, parallelism, batch and memory keys a profile may set.",
         "A value outside a key's valid range, or not one of its choices, fails at compose time.",

@@ -29,11 +29,11 @@ class FieldInfo:
     profile: bool
     choices: tuple[str, ...]
     bounds: dict[str, float] = dataclasses.field(default_factory=dict)
-    """The valid range of a numeric key: any of ``ge``, ``gt``, ``le``, ``lt`` (see ``schema.bounded``)."""
+    """The valid range of a numeric key: any of ``ge``, ``gt``, ``le``, ``lt`` (see ``keys.bounded``)."""
     allow: tuple[float, ...] = ()
     """Special values accepted outside ``bounds`` (``rollout.top_k=-1``: off)."""
     unbounded: str = ""
-    """Why a numeric key has no range (``schema.unbounded``); empty for the others."""
+    """Why a numeric key has no range (``keys.unbounded``); empty for the others."""
 
     @property
     def numeric(self) -> bool:

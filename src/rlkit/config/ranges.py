@@ -1,4 +1,4 @@
-"""Valid ranges of numeric keys (declared with ``schema.bounded``): the check and its one-line refusal.
+"""Valid ranges of numeric keys (declared with ``keys.bounded``): the check and its one-line refusal.
 
 Every numeric key of the schema declares its range once; :func:`check_ranges` runs at compose time,
 so ``rollout.top_p=2`` fails before anything starts with

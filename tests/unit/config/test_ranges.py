@@ -37,7 +37,7 @@ def _typed(value: float, info: FieldInfo) -> str:
 def test_every_numeric_key_declares_its_range() -> None:
     missing = [k for k, i in NUMERIC.items() if not (i.bounds or i.unbounded)]
     assert not missing, (
-        f"declare these with bounded(...) (or unbounded(default, why)) in schema.py: {missing}"
+        f"declare these with bounded(...) (or unbounded(default, why)) in config/schema.py or the group modules it imports: {missing}"
     )
     assert len(NUMERIC) > 50  # the walk below really covers the schema
 

@@ -106,7 +106,9 @@ def test_chat_template_renders_tool_calls_and_results_in_qwen_format() -> None:
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12*34"}}}],
+            "tool_calls": [
+                {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12*34"}}}
+            ],
         },
         {"role": "tool", "content": "408"},
         {"role": "tool", "content": "ok"},
@@ -126,4 +128,7 @@ def test_chat_template_renders_tool_calls_and_results_in_qwen_format() -> None:
 def test_chat_template_without_tools_is_plain_chatml() -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1="}]
     text = build_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n"
+    )
