@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -79,8 +80,6 @@ def generate(
     )
     console = Console(stderr=True)
     if agent is not None:
-        from rlkit.agents.offline import run_agent_generate
-
         multi_turn = {
             "agent": agent,
             "tools": [t for t in (tools or "").split(",") if t.strip()],
@@ -88,14 +87,10 @@ def generate(
             "interaction_config_path": interactions,
             "max_turns": max_turns,
         }
-        summary, agent_metrics = run_agent_generate(
-            model, prompts, out, params=params, multi_turn=multi_turn, device=device,
-            batch_size=batch_size, engine=engine, server_url=server_url,
+        _generate_trajectories(
+            model, prompts, out, params, multi_turn, console,
+            device=device, batch_size=batch_size, engine=engine, server_url=server_url,
         )  # fmt: skip
-        console.print(", ".join(f"{k} {v:.3g}" for k, v in agent_metrics.items()))
-        console.print(
-            f"wrote {summary.prompts} rows ({summary.completions} trajectories) to [bold]{summary.out}[/]"
-        )
         return
     summary = run_generate(
         model,
@@ -112,4 +107,25 @@ def generate(
     console.print(
         f"wrote {summary.prompts} rows ({summary.completions} completions, {summary.tokens} tokens, "
         f"{summary.tokens_per_s:,.0f} tok/s) to [bold]{summary.out}[/]"
+    )
+
+
+def _generate_trajectories(
+    model: str,
+    prompts: Path,
+    out: Path,
+    params: Any,
+    multi_turn: dict[str, Any],
+    console: Console,
+    **engine_args: Any,
+) -> None:
+    """``--agent``: run the agent loop on every prompt and write whole trajectories."""
+    from rlkit.agents.offline import run_agent_generate
+
+    summary, agent_metrics = run_agent_generate(
+        model, prompts, out, params=params, multi_turn=multi_turn, **engine_args
+    )
+    console.print(", ".join(f"{k} {v:.3g}" for k, v in agent_metrics.items()))
+    console.print(
+        f"wrote {summary.prompts} rows ({summary.completions} trajectories) to [bold]{summary.out}[/]"
     )
