@@ -316,8 +316,7 @@ def test_run_report_in_browser(cpu_run: tuple[Path, list[str]], tmp_path: Path) 
 
 
 # ------------------------------------------------------------------------ rollout replay
-# actor/entropy comes from the old-log-prob pass, which the embedded default's bypass mode skips
-COMPARED = ("actor/pg_loss", "actor/grad_norm", "reward/mean", "advantages/mean")
+COMPARED = ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "reward/mean", "advantages/mean")
 
 
 def _train(*args: str) -> str:

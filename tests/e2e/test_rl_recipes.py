@@ -85,3 +85,4 @@ def test_rollout_log_probs_as_old_log_probs_match_recomputed_ones_on_cpu(
     assert "rollout/logprob_gap_abs" not in bypassed  # the gap of a tensor with itself says nothing
     assert bypassed["reward/mean"] == recomputed["reward/mean"]  # the same samples
     assert abs(bypassed["actor/pg_loss"] - recomputed["actor/pg_loss"]) < 1e-4
+    assert "actor/entropy" in bypassed  # from the update's forward pass (test_actor checks its value)

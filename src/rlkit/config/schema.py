@@ -97,8 +97,8 @@ class ActorConfig:
     """The PPO ratio's denominator: ``recompute`` (a trainer forward pass before the update, verl's
     default) or ``rollout`` (the rollout engine's log-probs of the sampled tokens, verl's rollout
     correction bypass mode: no extra forward pass; exact where the engine computes in the trainer's
-    precision, as on CPU in fp32; the rollout/trainer gap metrics and ``actor/entropy``, which that
-    pass computes, are then not logged)."""
+    precision, as on CPU in fp32; the rollout/trainer gap metrics, which that pass computes, are
+    then not logged, and ``actor/entropy`` comes from the update's forward pass)."""
     micro_batch_tokens: int = bounded(8192, ge=1, profile=True)
     """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
     loss_mode: str = choice(

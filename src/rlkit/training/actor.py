@@ -147,6 +147,7 @@ class ActorRole:
         clip_ratio_high: float = 0.2,
         clip_ratio_c: float = 3.0,
         entropy_coeff: float = 0.0,
+        entropy_metric: bool = False,
         use_kl_loss: bool = False,
         kl_loss_coef: float = 0.001,
         kl_loss_type: str = "low_var_kl",
@@ -170,7 +171,9 @@ class ActorRole:
         Returns:
             verl-named metrics averaged over the step's mini-batches: ``actor/pg_loss``,
             ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (those the loss
-            reports), ``actor/entropy`` (when ``entropy_coeff`` != 0), ``actor/kl_loss`` (with
+            reports), ``actor/entropy`` (when ``entropy_coeff`` != 0, aggregated like the loss, or
+            with ``entropy_metric``: the token mean, for a trainer that skipped the old-log-prob pass
+            that otherwise reports it), ``actor/kl_loss`` (with
             ``use_kl_loss``), ``distill/*`` (with ``gkd``), ``actor/grad_norm``, ``actor/lr`` (the rate this step used) and
             ``actor/skipped_steps`` (optimizer steps skipped for a non-finite gradient norm).
         """
@@ -196,6 +199,7 @@ class ActorRole:
                 "clip_ratio_c": clip_ratio_c,
             },
             "entropy_coeff": entropy_coeff,
+            "entropy_metric": entropy_metric,
             "kl": (kl_loss_coef, kl_loss_type) if use_kl_loss else None,
             "loss_kwargs": dict(loss_kwargs or {}),
             "gkd": gkd,
@@ -239,7 +243,7 @@ class ActorRole:
                 mb.gather_idx_N,
                 mb.labels_N,
                 temperature=s["temperature"],
-                with_entropy=s["entropy_coeff"] != 0,
+                with_entropy=s["entropy_coeff"] != 0 or s["entropy_metric"],
                 chunk_tokens=self.chunk_tokens,
                 support_NK=support,
             )
@@ -266,6 +270,10 @@ class ActorRole:
                 loss = loss - s["entropy_coeff"] * entropy
                 if not mb.is_padding:
                     stats.add_share("actor/entropy", entropy)
+            elif s["entropy_metric"] and ent_N is not None and not mb.is_padding:
+                ent = mb.scatter(ent_N.detach(), width)
+                tokens = float(mask[mb.rows].sum())
+                stats.add_mean("actor/entropy", (ent * col["response_mask"]).sum() / max(tokens, 1.0), tokens)
             if s["kl"] is not None:
                 coef, kind = s["kl"]
                 kld = kl_penalty(log_prob, col["ref_log_prob"], kind)

@@ -89,6 +89,19 @@ def test_one_sample_per_micro_batch_equals_one_micro_batch(tiny_model_dir: Path,
         torch.testing.assert_close(p_small[name], p_big[name], atol=1e-5, rtol=1e-5)
 
 
+def test_update_reports_the_entropy_the_skipped_pass_would(tiny_model_dir: Path) -> None:
+    """``entropy_metric`` (bypass mode): the update's first forward sees the old pass's weights, so
+    its token-mean entropy equals the old pass's; the two differ only in fp32 summation order."""
+    batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=4)
+    actor = _actor(tiny_model_dir)
+    old = actor.compute_log_prob(batch)
+    mask = batch["response_mask"].float()
+    expected = float((old["entropy"] * mask).sum() / mask.sum())
+    metrics = actor.update(batch, entropy_metric=True)
+    assert metrics["actor/entropy"] == pytest.approx(expected, rel=1e-5)
+    assert "actor/entropy" not in actor.update(batch)
+
+
 def test_update_moves_logprobs_along_the_advantage(tiny_model_dir: Path) -> None:
     batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=2)
     actor = _actor(tiny_model_dir, lr=3e-3)
