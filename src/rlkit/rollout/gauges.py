@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rlkit.rollout.base import EngineGauges
 
@@ -21,22 +21,22 @@ RATE_WINDOW_S = 2.0
 class TokenRate:
     """Tokens per second over the last :data:`RATE_WINDOW_S` seconds, fed by the generating thread."""
 
-    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
-        self.window_s = window_s
+    def __init__(self, window_s: float = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
         self._events: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
     def add(self, tokens: int) -> None:
         """Note ``tokens`` generated just now."""
         if tokens:
-            now = time.monotonic()
+            now = self.clock()
             with self._lock:
                 self._events.append((now, tokens))
                 self._trim(now)
 
     def per_s(self) -> float:
         """Tokens of the last window divided by its length (0 after a window without tokens)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self._trim(now)
             return sum(n for _, n in self._events) / self.window_s
@@ -53,14 +53,14 @@ class CounterRate:
     scrape every second and one every ten both get a rate over what they last saw.
     """
 
-    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
-        self.window_s = window_s
+    def __init__(self, window_s: float = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.clock = window_s, clock
         self._readings: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
 
     def per_s(self, total: float) -> float:
         """The counter's rate, given its value now (0 on the first reading)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self._readings.append((now, total))
             while len(self._readings) > 2 and self._readings[1][0] <= now - self.window_s:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from rlkit.rollout import EngineGauges
-from rlkit.rollout import gauges as gauges_module
 from rlkit.rollout.gauges import CounterRate, TokenRate, parse_vllm_metrics, vllm_gauges
 from rlkit.trainer.stats import merge_rank_gauges
 
@@ -19,14 +18,12 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(gauges_module.time, "monotonic", fake)
-    return fake
+def clock() -> Clock:
+    return Clock()
 
 
 def test_token_rate_covers_the_last_window(clock: Clock) -> None:
-    rate = TokenRate(window_s=2.0)
+    rate = TokenRate(window_s=2.0, clock=clock)
     assert rate.per_s() == 0.0
     rate.add(30)
     clock.now += 1.0
@@ -39,7 +36,7 @@ def test_token_rate_covers_the_last_window(clock: Clock) -> None:
 
 
 def test_counter_rate_compares_with_a_reading_a_window_old(clock: Clock) -> None:
-    rate = CounterRate(window_s=2.0)
+    rate = CounterRate(window_s=2.0, clock=clock)
     assert rate.per_s(1000.0) == 0.0  # nothing to compare with yet
     clock.now += 1.0
     assert rate.per_s(1100.0) == 100.0
@@ -69,7 +66,7 @@ def test_a_vllm_metrics_page_becomes_gauges(clock: Clock) -> None:
     values = parse_vllm_metrics(VLLM_PAGE)
     assert values["vllm:num_requests_running"] == 7.0 and values["vllm:generation_tokens"] == 1200.0
     assert not any(name.startswith("python") for name in values)
-    rate = CounterRate()
+    rate = CounterRate(clock=clock)
     first = vllm_gauges(values, rate)
     assert first == EngineGauges(running=7, waiting=2, kv_cache_used_fraction=0.25, tokens_per_s=0.0)
     clock.now += 2.0
