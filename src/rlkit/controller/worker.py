@@ -232,7 +232,7 @@ class WorkerHost:
         dashboard, and must never fail the run that it watches.
         """
         fn = getattr(self._roles.get(role), method, None)
-        if not getattr(fn, PROBE_ATTR, False):
+        if fn is None or not getattr(fn, PROBE_ATTR, False):
             return None
         try:
             return _to_cpu(fn())
