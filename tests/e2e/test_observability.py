@@ -1,8 +1,9 @@
 """Seeing a run: traces, `rlkit report` in a real headless Chromium (no console error, curves drawn,
 the sample table filters and sorts, a screenshot that is not blank), the Prometheus endpoint scraped
-during a real CPU run, and rollout replay (the replayed run's losses equal the recorded run's).
+during a real CPU run (step metrics and the engine's live gauges), and rollout replay (the replayed run's losses equal the recorded run's).
 
-The tests skip with one reason where no Chromium is installed (Debian: ``apt-get install chromium``).
+The browser tests skip with one reason where no Chromium is installed (``scripts/install_test_browser.sh``
+installs Debian's as root).
 Every fetch outside the page fails (``--host-resolver-rules``), so a page that needs the network shows
 a console error.
 """
@@ -16,6 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -34,6 +36,10 @@ _FLAGS = (
     "--no-sandbox",
     "--disable-gpu",
     "--no-first-run",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--hide-scrollbars",
     "--host-resolver-rules=MAP * ~NOTFOUND",
     "--enable-logging=stderr",
@@ -47,12 +53,16 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("no headless Chromium installed (Debian/Ubuntu: apt-get install -y chromium)")
+    pytest.skip(
+        "no headless Chromium installed (as root on Debian/Ubuntu: bash scripts/install_test_browser.sh)"
+    )
 
 
 def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    """One Chromium launch with a fresh profile folder (no state carried between loads)."""
     env = {**os.environ, "HOME": str(profile)}
-    cmd = [chromium(), *_FLAGS, f"--user-data-dir={profile / 'chrome'}", *args]
+    user_data = tempfile.mkdtemp(prefix="chrome-", dir=profile)
+    cmd = [chromium(), *_FLAGS, f"--user-data-dir={user_data}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
@@ -298,6 +308,21 @@ def test_run_serves_prometheus_while_it_runs(cpu_run: tuple[Path, list[str]]) ->
         assert f'{name}{{run="run"}}' in last, name
     sequences = re.search(r'rlkit_rollout_engine_sequences\{run="run"\} (\S+)', last)
     assert sequences and float(sequences.group(1)) == 8.0  # 4 prompts x 2 samples, validation not counted
+    # the engine's live gauges, read from the rollout worker at each scrape: they move while it runs
+    live = [text for text in seen if _gauge(text, "rollout_engine_running_seqs") is not None]
+    assert live, f"no scrape had the engine's live gauges ({len(seen)} scrapes)"
+    rates = [_gauge(text, "rollout_engine_tokens_per_s") for text in live]
+    assert max(rates) > 0 and len(set(rates)) >= 2, rates  # type: ignore[type-var, arg-type]
+    for text in live:
+        waiting = _gauge(text, "rollout_engine_waiting_seqs")
+        used = _gauge(text, "rollout_engine_kv_cache_used_fraction")
+        assert waiting is not None and waiting >= 0 and used is not None and 0.0 <= used <= 1.0
+
+
+def _gauge(text: str, name: str) -> float | None:
+    """The value of ``rlkit_<name>{run="run"}`` in a scraped page, or None."""
+    found = re.search(rf'^rlkit_{name}\{{run="run"\}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 def test_run_report_in_browser(cpu_run: tuple[Path, list[str]], tmp_path: Path) -> None:

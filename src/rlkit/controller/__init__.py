@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlkit.controller.dispatch import DispatchMode, dispatch, reduce_metrics
+from rlkit.controller.dispatch import DispatchMode, dispatch, probe, reduce_metrics
 from rlkit.controller.group import RoleHandle, WorkerGroup
 from rlkit.controller.pool import ResourcePool, start_ray, stop_ray
 from rlkit.controller.worker import WorkerContext, WorkerError, WorkerUserError, worker_context
@@ -16,6 +16,7 @@ __all__ = [
     "WorkerGroup",
     "WorkerUserError",
     "dispatch",
+    "probe",
     "reduce_metrics",
     "start_ray",
     "stop_ray",

@@ -12,6 +12,10 @@ A role method is callable from the controller only when it declares its mode wit
   Padding rows are real rows to the method, so metrics averaged over ranks include them.
 - ``"rank0"``: every rank gets the arguments (so collectives inside the method work); the
   result is rank 0's.
+
+A method marked :func:`probe` instead takes no arguments and only reads: the controller may call it
+while the same worker runs another call (:meth:`~rlkit.controller.group.WorkerGroup.probe`), e.g.
+the rollout engine's live gauges while it generates.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rlkit.data.batch import Batch, values_equal
 DispatchMode = Literal["broadcast", "shard", "rank0"]
 MODES: tuple[str, ...] = get_args(DispatchMode)
 DISPATCH_ATTR = "__rlkit_dispatch__"
+PROBE_ATTR = "__rlkit_probe__"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,6 +52,18 @@ def dispatch(mode: DispatchMode) -> Callable[[F], F]:
         return fn
 
     return mark
+
+
+def probe(fn: F) -> F:
+    """Mark a role method as a probe: no arguments, reads state without changing it, answers at once,
+    and is safe to run on a second thread while the worker's current call runs."""
+    setattr(fn, PROBE_ATTR, True)
+    return fn
+
+
+def is_probe(cls: type, method: str) -> bool:
+    """Whether ``cls.method`` is marked with :func:`probe`."""
+    return bool(getattr(getattr(cls, method, None), PROBE_ATTR, False))
 
 
 def dispatch_mode(cls: type, method: str) -> DispatchMode:

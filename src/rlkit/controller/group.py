@@ -31,7 +31,7 @@ from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlkit.controller.causes import first_line
-from rlkit.controller.dispatch import collect, dispatch_mode, shard_payloads
+from rlkit.controller.dispatch import collect, dispatch_mode, is_probe, shard_payloads
 from rlkit.controller.pool import ResourcePool
 from rlkit.controller.worker import (
     CPU_THREADS_ENV,
@@ -52,6 +52,8 @@ _FAILURE_GRACE_S = 2.0
 _STACK_DUMP_TIMEOUT_S = 10.0
 # The longest the driver blocks in one ray.wait, so signal handlers run in between.
 _WAIT_SLICE_S = 0.5
+# How long a probe waits for the ranks' answers (a Prometheus scrape waits meanwhile).
+PROBE_TIMEOUT_S = 1.0
 # The config keys named when a deadline passes.
 STAGE_KEY = "hardware.stage_timeout_s"
 START_KEY = "hardware.worker_start_timeout_s"
@@ -104,7 +106,7 @@ class WorkerGroup:
                 num_cpus=1,
                 num_gpus=1 if resource == "GPU" else 0,
                 resources={resource: 1} if resource not in (None, "GPU") else None,
-                max_concurrency=2,
+                max_concurrency=3,  # a call, dump_stacks while it hangs, a probe while it runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
             ).remote()
             for pg, i in pool.slots
@@ -197,6 +199,31 @@ class WorkerGroup:
             refs = [a.execute.remote(role, method, shared) for a in self._actors]
         results = self._gather(refs, role, method, timeout_s, timeout_key)
         return collect(mode, results, pad)
+
+    def probe(self, role: str, method: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[Any]:
+        """Every rank's answer to the :func:`~rlkit.controller.dispatch.probe` method ``role.method``,
+        without waiting for the call the ranks may be running.
+
+        A rank that does not answer within ``timeout_s`` (busy in native code, dead) or whose probe
+        raised gives None; a probe never raises for a worker and never marks the group broken.
+
+        Raises:
+            AttributeError: ``role.method`` is not marked as a probe.
+        """
+        if not is_probe(self.roles[role], method):
+            raise AttributeError(f"{role}.{method} is not a probe: mark it with @probe")
+        actors = list(self._actors)
+        if self._broken or not actors:
+            return [None] * self.world_size
+        refs = [actor.probe.remote(role, method) for actor in actors]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=timeout_s)[0])
+        answers: list[Any] = []
+        for ref in refs:
+            try:
+                answers.append(ray.get(ref) if ref in ready else None)
+            except RayError:
+                answers.append(None)
+        return answers
 
     def _gather(
         self,

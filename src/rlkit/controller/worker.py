@@ -2,8 +2,9 @@
 
 :class:`WorkerHost` is the body of the Ray actor (:class:`~rlkit.controller.group.WorkerGroup`
 makes it remote). It sets the rank and device environment, joins ``torch.distributed``, builds the
-role objects, and runs the role methods the controller calls. Its actors run with two threads
-(``max_concurrency=2``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck.
+role objects, and runs the role methods the controller calls. Its actors run with three threads
+(``max_concurrency=3``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck, and
+:meth:`WorkerHost.probe` (live gauges) while one runs.
 
 Exceptions inside role code (any ``BaseException`` but an exit or interrupt: torch's
 ``CheckpointException`` is one) are caught here and returned as a :class:`RemoteFailure` (type,
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from rlkit.controller.causes import describe
-from rlkit.controller.dispatch import DISPATCH_ATTR
+from rlkit.controller.dispatch import DISPATCH_ATTR, PROBE_ATTR
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
@@ -223,6 +224,20 @@ class WorkerHost:
             raise
         except BaseException as exc:  # torch's CheckpointException is a BaseException
             return self._failure(exc)
+
+    def probe(self, role: str, method: str) -> Any:
+        """``role.method()`` of a :func:`~rlkit.controller.dispatch.probe` method, on a spare thread.
+
+        None if the role is not built yet or the probe raised: a probe reads gauges for a
+        dashboard, and must never fail the run that it watches.
+        """
+        fn = getattr(self._roles.get(role), method, None)
+        if fn is None or not getattr(fn, PROBE_ATTR, False):
+            return None
+        try:
+            return _to_cpu(fn())
+        except Exception:
+            return None
 
     def dump_stacks(self) -> str:
         """The Python stack of every thread of this process except the one running this method."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,6 +176,7 @@ class MetricsLogger:
         console_every: int | None = 1,
         prometheus_port: int = 9464,
         prometheus_host: str = "127.0.0.1",
+        live_gauges: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         """Open the backends named in ``loggers``.
 
@@ -183,6 +185,8 @@ class MetricsLogger:
                 :func:`log_interval`'s default for ``total_steps``.
             prometheus_port: Port of the ``prometheus`` logger's HTTP server (0: any free port).
             prometheus_host: Address it listens on.
+            live_gauges: Read by the ``prometheus`` logger at every scrape (the rollout engines'
+                gauges while they generate); ignored by the other loggers.
         """
         unknown = [name for name in loggers if name not in LOGGERS]
         if unknown:
@@ -199,7 +203,9 @@ class MetricsLogger:
         if "prometheus" in loggers:
             from rlkit.logging.prometheus import PrometheusBackend
 
-            prom = PrometheusBackend(port=prometheus_port, host=prometheus_host, run=run_dir.name)
+            prom = PrometheusBackend(
+                port=prometheus_port, host=prometheus_host, run=run_dir.name, live=live_gauges
+            )
             self.backends.append(prom)
             _console_err.print(f"[dim]prometheus metrics on http://{prometheus_host}:{prom.port}/metrics[/]")
         if "console" in loggers:

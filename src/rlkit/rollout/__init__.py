@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from rlkit.rollout.base import Completion, FinishReason, ProgressFn, RolloutEngine, SamplingParams
+from rlkit.rollout.base import (
+    Completion,
+    EngineGauges,
+    FinishReason,
+    ProgressFn,
+    RolloutEngine,
+    SamplingParams,
+)
 from rlkit.rollout.hf import HFEngine
 from rlkit.rollout.native import EngineStats, NativeEngine
 from rlkit.rollout.registry import ENGINES, build_engine, resolve_engine
@@ -12,6 +19,7 @@ from rlkit.rollout.tensors import completions_to_tensors
 __all__ = [
     "ENGINES",
     "Completion",
+    "EngineGauges",
     "EngineStats",
     "FinishReason",
     "HFEngine",

@@ -1,8 +1,9 @@
 """The one interface every rollout engine implements (native, and vLLM / SGLang where installed).
 
 A trainer's rollout role and ``rlkit generate`` talk to engines only through :class:`RolloutEngine`:
-token ids in, :class:`Completion` lists out, weights pushed in by Hugging Face parameter name, and
-``sleep`` / ``wake`` around the training phase of a colocated step.
+token ids in, :class:`Completion` lists out, weights pushed in by Hugging Face parameter name,
+``sleep`` / ``wake`` around the training phase of a colocated step, and :meth:`RolloutEngine.gauges`
+(what the engine is doing right now, for the live Prometheus endpoint).
 """
 
 from __future__ import annotations
@@ -103,6 +104,36 @@ class Completion:
     finish_reason: FinishReason
 
 
+@dataclass(frozen=True)
+class EngineGauges:
+    """What a rollout engine is doing at this moment; ``None`` where the engine cannot know.
+
+    Read by another thread while ``generate`` runs (the trainer's Prometheus endpoint asks at each
+    scrape), so an engine answers from counters it keeps anyway, without touching the device.
+
+    Attributes:
+        running: Sequences being decoded now.
+        waiting: Sequences queued for a free place in the running batch.
+        kv_cache_used_fraction: Share of the KV cache's token capacity holding keys, in [0, 1].
+        tokens_per_s: Tokens generated per second over the last few seconds (0 when idle).
+    """
+
+    running: int | None = None
+    waiting: int | None = None
+    kv_cache_used_fraction: float | None = None
+    tokens_per_s: float | None = None
+
+    def as_metrics(self) -> dict[str, float]:
+        """The known gauges by metric name (``running_seqs``, ``waiting_seqs``, ...), unknown ones left out."""
+        named = {
+            "running_seqs": self.running,
+            "waiting_seqs": self.waiting,
+            "kv_cache_used_fraction": self.kv_cache_used_fraction,
+            "tokens_per_s": self.tokens_per_s,
+        }
+        return {name: float(value) for name, value in named.items() if value is not None}
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer and ``rlkit generate`` need from a rollout engine."""
@@ -140,6 +171,10 @@ class RolloutEngine(Protocol):
 
     def close(self) -> None:
         """Release everything the engine holds on the device."""
+        ...
+
+    def gauges(self) -> EngineGauges:
+        """The engine's live gauges; cheap, and safe to call from another thread during ``generate``."""
         ...
 
 

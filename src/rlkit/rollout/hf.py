@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from rlkit import hardware
-from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
+from rlkit.rollout.base import Completion, EngineGauges, ProgressFn, SamplingParams, default_stop_ids
+from rlkit.rollout.gauges import TokenRate
 from rlkit.rollout.native import EngineStats
 from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
@@ -108,6 +109,10 @@ class HFEngine(VersionedWeights):
         self.ledger = WeightLedger()
         self._checked = checksum_names(self.model.state_dict())
         self._asleep = False
+        self._rate = TokenRate()
+        # the current generate call's batch and the samples after it, for gauges()
+        self._batch: list[Sequence] = []
+        self._queued = 0
         # transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before).
         forward_args = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
@@ -158,9 +163,14 @@ class HFEngine(VersionedWeights):
             for sample in range(sp.n)
         ]
         tally = [0, 0]
-        with torch.no_grad():
-            for lo in range(0, len(seqs), self.max_num_seqs):
-                self._run_batch(seqs[lo : lo + self.max_num_seqs], tally, progress)
+        try:
+            with torch.no_grad():
+                for lo in range(0, len(seqs), self.max_num_seqs):
+                    self._batch = seqs[lo : lo + self.max_num_seqs]
+                    self._queued = max(0, len(seqs) - lo - self.max_num_seqs)
+                    self._run_batch(self._batch, tally, progress)
+        finally:
+            self._batch, self._queued = [], 0
         results: list[list[Completion]] = [[] for _ in prompt_token_ids]
         for seq in seqs:
             results[seq.request].append(seq.completion())
@@ -188,6 +198,16 @@ class HFEngine(VersionedWeights):
 
     def close(self) -> None:
         hardware.empty_cache()
+
+    def gauges(self) -> EngineGauges:
+        """Unfinished samples of the batch being decoded and those of later batches; the KV cache
+        grows with the batch (transformers' own), so it has no share in use to report."""
+        batch = self._batch
+        return EngineGauges(
+            running=sum(not seq.finished for seq in batch),
+            waiting=self._queued,
+            tokens_per_s=self._rate.per_s(),
+        )
 
     # ------------------------------------------------------------------ the decode loop
 
@@ -285,6 +305,7 @@ class HFEngine(VersionedWeights):
             tally[0] += seq.finished
         tally[1] += len(rows)
         self.stats.generated_tokens += len(rows)
+        self._rate.add(len(rows))
         return tokens_B
 
 

@@ -44,9 +44,10 @@ from rlkit import hardware
 from rlkit.errors import UserError
 from rlkit.hardware.kernels import use_triton
 from rlkit.models.decoder import CausalLM
-from rlkit.rollout.base import Completion, ProgressFn, SamplingParams, default_stop_ids
+from rlkit.rollout.base import Completion, EngineGauges, ProgressFn, SamplingParams, default_stop_ids
 from rlkit.rollout.forward import decode_forward, prefill_forward
 from rlkit.rollout.fused import FusedLayer, fuse_layers
+from rlkit.rollout.gauges import TokenRate
 from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
 from rlkit.rollout.kv_cache import KVCache
 from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
@@ -154,6 +155,8 @@ class NativeEngine(VersionedWeights):
         self.stats = EngineStats()
         self.ledger = WeightLedger()
         self._checked = checksum_names(self.model.state_dict())
+        self._rate = TokenRate()
+        self._sched: Scheduler | None = None  # the running generate call's, for gauges()
         self._cache: KVCache | None = None
         self._buf: _Buffers | None = None
         self._graphs: DecodeGraphs | None = None
@@ -210,7 +213,10 @@ class NativeEngine(VersionedWeights):
         needed = max(len(p) + sp.max_tokens for p, sp in zip(prompt_token_ids, per_prompt, strict=True))
         with torch.no_grad():
             self._ensure_cache(needed)
-            return self._run(prompt_token_ids, per_prompt, progress)
+            try:
+                return self._run(prompt_token_ids, per_prompt, progress)
+            finally:
+                self._sched = None
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy weights into the model in place, by Hugging Face name; bumps :attr:`weight_version`.
@@ -239,6 +245,21 @@ class NativeEngine(VersionedWeights):
     def close(self) -> None:
         self._release()
 
+    def gauges(self) -> EngineGauges:
+        """Running and waiting samples of the current ``generate`` call, and the share of the cache's
+        tokens (slots x max_len) that hold keys: a slot reserves ``max_len`` tokens whatever its
+        sequence's length, so this is below ``running / slots`` when sequences are short."""
+        sched, cache = self._sched, self._cache
+        used = 0.0
+        if sched is not None and cache is not None:
+            used = min(1.0, sched.cached_tokens() / (cache.num_slots * cache.max_len))
+        return EngineGauges(
+            running=sched.num_running if sched is not None else 0,
+            waiting=sched.num_waiting if sched is not None else 0,
+            kv_cache_used_fraction=used,
+            tokens_per_s=self._rate.per_s(),
+        )
+
     @property
     def num_slots(self) -> int:
         """KV-cache slots currently allocated (0 before the first ``generate`` or while asleep)."""
@@ -254,6 +275,7 @@ class NativeEngine(VersionedWeights):
         for i, (prompt, sp) in enumerate(zip(prompts, per_prompt, strict=True)):
             max_new = min(sp.max_tokens, self._cache.max_len - len(prompt))
             sched.add(i, list(prompt), sp, max_new, stop_ids(sp, self.default_stop_ids))
+        self._sched = sched
         results: list[list[Completion | None]] = [[None] * sp.n for sp in per_prompt]
         tally = [0, 0]  # finished sequences, generated tokens
         pending: deque[_Record] = deque()
@@ -405,6 +427,7 @@ class NativeEngine(VersionedWeights):
                 tally[0] += 1
         tally[1] += appended
         self.stats.generated_tokens += appended
+        self._rate.add(appended)
 
     # ------------------------------------------------------------------ sampling state
 

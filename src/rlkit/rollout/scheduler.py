@@ -132,6 +132,7 @@ class Scheduler:
         self.device = device
         self.waiting: deque[_Group] = deque()
         self.slots: list[Sequence | None] = [None] * num_slots
+        self.num_waiting = 0  # samples not started yet (read by the engine's gauges from another thread)
         self._free = list(range(num_slots))
         # Admitting costs an eager prefill, so with many slots wait until a few are free at once.
         self.admit_threshold = max(1, num_slots // 16)
@@ -140,6 +141,7 @@ class Scheduler:
         self, request: int, prompt: list[int], params: SamplingParams, max_new: int, stop_ids: frozenset[int]
     ) -> None:
         self.waiting.append(_Group(request, prompt, params, max_new, stop_ids, deque(range(params.n))))
+        self.num_waiting += params.n
 
     @property
     def num_running(self) -> int:
@@ -153,7 +155,7 @@ class Scheduler:
         free = len(self._free)
         if not self.waiting or free == 0:
             return []
-        if self.num_running > 0 and free < min(self.admit_threshold, self._waiting_samples()):
+        if self.num_running > 0 and free < min(self.admit_threshold, self.num_waiting):
             return []
         batch: list[tuple[list[int], list[Sequence]]] = []
         tokens = 0
@@ -170,8 +172,9 @@ class Scheduler:
             tokens += len(group.prompt)
         return batch
 
-    def _waiting_samples(self) -> int:
-        return sum(len(g.samples) for g in self.waiting)
+    def cached_tokens(self) -> int:
+        """Tokens whose keys the running sequences hold in their slots (prompt + launched tokens)."""
+        return sum(len(seq.prompt) + seq.launched for seq in list(self.slots) if seq is not None)
 
     def _start(self, group: _Group, sample: int) -> Sequence:
         generator, key = sample_stream(group.params, sample, self.device)
@@ -180,6 +183,7 @@ class Scheduler:
         )
         seq.slot = heapq.heappop(self._free)
         self.slots[seq.slot] = seq
+        self.num_waiting -= 1
         return seq
 
     def release(self, seq: Sequence) -> None:

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from rlkit.errors import UserError
-from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.base import Completion, EngineGauges, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.gauges import CounterRate, parse_vllm_metrics, vllm_gauges
 from rlkit.rollout.guard import guarded_popen
 from rlkit.rollout.vllm_engine import (
     EXTENSION,
@@ -60,6 +61,8 @@ from rlkit.rollout.weight_sync import (
 
 # Seconds a stopped server gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 20.0
+# Deadline of one read of the server's /metrics page (gauges are read while a scrape waits).
+METRICS_TIMEOUT_S = 2.0
 
 
 def free_port() -> int:
@@ -240,6 +243,7 @@ class ServerEngine(VersionedWeights):
         self.ledger = WeightLedger()
         self._checked: list[str] | None = None
         self._asleep = False
+        self._generated = CounterRate()
 
     loads_checkpoint = True
 
@@ -392,6 +396,18 @@ class ServerEngine(VersionedWeights):
         if self.sleep_mode and self._asleep:
             self._post("/wake_up")
         self._asleep = False
+
+    def gauges(self) -> EngineGauges:
+        """The server's own gauges from its Prometheus page (``GET /metrics``: vLLM's running and
+        waiting requests, KV-cache use, generated-token counter); all None if it has none or does
+        not answer within :data:`METRICS_TIMEOUT_S`. A server shared with other clients counts
+        their requests too."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/metrics", timeout=METRICS_TIMEOUT_S) as resp:
+                text = resp.read().decode(errors="replace")
+        except (urllib.error.URLError, TimeoutError, OSError):
+            return EngineGauges()
+        return vllm_gauges(parse_vllm_metrics(text), self._generated)
 
     def close(self) -> None:
         """Stop the server if this engine started it (a server given by URL is left alone)."""

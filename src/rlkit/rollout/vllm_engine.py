@@ -30,7 +30,8 @@ import torch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_tokenizer, stop_token_ids
-from rlkit.rollout.base import Completion, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.base import Completion, EngineGauges, FinishReason, ProgressFn, SamplingParams
+from rlkit.rollout.gauges import CounterRate, vllm_gauges
 from rlkit.rollout.weight_sync import (
     Checksums,
     VersionedWeights,
@@ -242,7 +243,7 @@ class VllmEngine(VersionedWeights):
             enforce_eager=enforce_eager,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION,
-            **(extra or {}),
+            **{"disable_log_stats": False, **(extra or {})},  # vLLM's own stat loggers feed gauges()
         )
         self.tokenizer = load_tokenizer(model_path)
         self.default_stop_ids = stop_token_ids(self.tokenizer)
@@ -251,6 +252,7 @@ class VllmEngine(VersionedWeights):
         self._names = self._rpc("rlkit_param_names")
         self._checked = checksum_names(self._names)
         self._asleep = False
+        self._generated = CounterRate()
 
     # ------------------------------------------------------------------ RolloutEngine
 
@@ -320,6 +322,20 @@ class VllmEngine(VersionedWeights):
             self.llm.wake_up(tags=["weights"])
             self.llm.wake_up(tags=["kv_cache"])
         self._asleep = False
+
+    def gauges(self) -> EngineGauges:
+        """vLLM's own scheduler gauges (running and waiting requests, KV-cache use) and the rate of
+        its generated-token counter, from the metrics its stat loggers keep (all None with
+        ``disable_log_stats`` passed in ``extra``)."""
+        llm = self.llm
+        if llm is None or not getattr(llm.llm_engine, "log_stats", False):
+            return EngineGauges()
+        values: dict[str, float] = {}
+        for metric in llm.get_metrics():
+            value = getattr(metric, "value", None)
+            if isinstance(value, (int, float)):
+                values[metric.name] = values.get(metric.name, 0.0) + float(value)
+        return vllm_gauges(values, self._generated)
 
     def close(self) -> None:
         """Shut vLLM's engine down and drop the model."""

@@ -165,6 +165,7 @@ class RLTrainer:
             console_every=cfg.trainer.log_every,
             prometheus_port=cfg.trainer.prometheus_port,
             prometheus_host=cfg.trainer.prometheus_host,
+            live_gauges=lambda: self._live_engine_gauges(run),
         )
         self._tracer = TraceWriter(
             run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
@@ -261,17 +262,20 @@ class RLTrainer:
         return metrics
 
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
-        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged;
-        rates as ``throughput/rollout_engine_<gauge>``)."""
-        per_rank = [g for g in run.rollout.gauges() if g]
+        """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; rates as
+        ``throughput/rollout_engine_<gauge>``: wall-clock rates go with the others, a resumed run
+        differs only there)."""
         out: dict[str, float] = {}
-        for name in sorted({k for g in per_rank for k in g}):
-            values = [g[name] for g in per_rank if name in g]
-            fraction = name.endswith(("_usage", "_frac", "_ratio"))
-            # wall-clock rates go under throughput/ with the others (a resumed run differs only there)
-            key = f"throughput/rollout_engine_{name}" if name.endswith("_per_s") else f"rollout/engine/{name}"
-            out[key] = sum(values) / len(values) if fraction else sum(values)
+        for name, value in stats.merge_rank_gauges(run.rollout.gauges()).items():
+            prefix = "throughput/rollout_engine_" if name.endswith("_per_s") else "rollout/engine/"
+            out[prefix + name] = value
         return out
+
+    @staticmethod
+    def _live_engine_gauges(run: RunContext) -> dict[str, float]:
+        """``rollout/engine/<gauge>`` of the engines right now (the Prometheus endpoint's, per scrape)."""
+        merged = stats.merge_rank_gauges(run.group.probe("rollout", "live_gauges"))
+        return {f"rollout/engine/{name}": value for name, value in merged.items()}
 
     def _trace(self, run: RunContext, step: int, batch: Batch) -> None:
         """A sample of ``step``'s rollouts to ``RUN/traces`` every ``trainer.trace_every`` steps."""

@@ -116,3 +116,15 @@ def validation_metrics(batch: Batch) -> dict[str, float]:
         out[f"val/reward/{source}"] = float(np.mean(values))
     out.update(agent_metrics(batch, prefix="val/agent/"))
     return out
+
+
+def merge_rank_gauges(per_rank: list[dict[str, float] | None]) -> dict[str, float]:
+    """The gauges of every rank as one set: counts and rates summed, fractions (``*_fraction``,
+    ``*_usage``, ``*_frac``, ``*_ratio``) averaged; ranks that did not answer (None) left out."""
+    answered = [g for g in per_rank if g]
+    out: dict[str, float] = {}
+    for name in sorted({k for g in answered for k in g}):
+        values = [g[name] for g in answered if name in g]
+        fraction = name.endswith(("_fraction", "_usage", "_frac", "_ratio"))
+        out[name] = sum(values) / len(values) if fraction else sum(values)
+    return out

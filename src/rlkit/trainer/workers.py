@@ -23,7 +23,7 @@ from rlkit.ckpt import (
     save_role_state,
     save_worker_rng,
 )
-from rlkit.controller.dispatch import dispatch
+from rlkit.controller.dispatch import dispatch, probe
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
 from rlkit.models import load_tokenizer, write_hf_folder
@@ -252,17 +252,18 @@ class RolloutWorker:
 
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:
-        """What this worker generated since the last call (``sequences``, ``tokens``,
-        ``tokens_per_s``) and the engine's own gauges (``running_seqs``, ``waiting_seqs``, ``kv_cache_usage``, ...) where it
-        has a ``gauges()`` method."""
+        """What this worker generated since the last call: ``sequences``, ``tokens``, ``tokens_per_s``."""
         tally, self._tally = self._tally, {"seconds": 0.0, "sequences": 0, "tokens": 0}
         out = {"sequences": float(tally["sequences"]), "tokens": float(tally["tokens"])}
         if tally["seconds"] > 0:
             out["tokens_per_s"] = tally["tokens"] / tally["seconds"]
-        read = getattr(self.engine, "gauges", None)
-        if callable(read):
-            out.update({str(k): float(v) for k, v in read().items()})
         return out
+
+    @probe
+    def live_gauges(self) -> dict[str, float]:
+        """The engine's gauges now (``running_seqs``, ``waiting_seqs``, ``kv_cache_used_fraction``,
+        ``tokens_per_s``, where it knows them), read while a generation may be running."""
+        return self.engine.gauges().as_metrics()
 
     @dispatch("broadcast")
     def sleep(self) -> None:

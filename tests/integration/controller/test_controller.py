@@ -17,7 +17,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch, worker_context
+from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch, probe, worker_context
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import current_device
@@ -31,6 +31,7 @@ class Toy:
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
         self.shared = torch.zeros(3)
+        self.ticks = 0
 
     @dispatch("broadcast")
     def rank_sum(self) -> float:
@@ -88,6 +89,21 @@ class Toy:
     @dispatch("broadcast")
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    @dispatch("broadcast")
+    def tick(self, times: int, every_s: float) -> int:
+        for _ in range(times):
+            self.ticks += 1
+            time.sleep(every_s)
+        return self.ticks
+
+    @probe
+    def read_ticks(self) -> int:
+        return self.ticks
+
+    @probe
+    def broken_probe(self) -> int:
+        raise RuntimeError("a probe that fails")
 
     def undecorated(self) -> None:
         """Not callable from the controller."""
@@ -162,6 +178,27 @@ def test_undecorated_methods_are_refused(group: WorkerGroup) -> None:
         group.call("toy", "missing")
     with pytest.raises(KeyError, match="critic"):
         group.role("critic")
+
+
+def test_probes_answer_while_a_call_runs(group: WorkerGroup) -> None:
+    """A probe reads a role's state on the worker's spare thread while a long call changes it."""
+    import threading
+
+    start = group.probe("toy", "read_ticks")
+    call = threading.Thread(target=group.role("toy").tick, args=(40, 0.05))
+    call.start()
+    seen = []
+    while call.is_alive():
+        seen.append(group.probe("toy", "read_ticks"))
+        time.sleep(0.1)
+    call.join()
+    during = [ticks for ticks in seen if ticks[0] is not None and start[0] < ticks[0] < start[0] + 40]
+    assert len({tuple(t) for t in during}) >= 2, seen  # several values seen in mid-call
+    assert group.probe("toy", "read_ticks") == [start[0] + 40, start[1] + 40]
+    assert group.probe("toy", "broken_probe") == [None, None]  # a failing probe is no failure
+    with pytest.raises(AttributeError, match="not a probe"):
+        group.probe("toy", "rank_sum")
+    assert group.role("toy").rank_sum() == [1.0, 1.0]  # the group is fine
 
 
 def test_colocated_roles_share_process_and_objects(group: WorkerGroup) -> None:

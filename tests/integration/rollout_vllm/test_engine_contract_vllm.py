@@ -3,13 +3,15 @@
 The same items, on the engines that load a Hugging Face folder themselves: greedy == transformers
 token for token, log-probs == the trainer's recomputation (atol 1e-4, fp32), sampled frequencies
 vs ``softmax(logits / T)``, n samples per prompt, seeds reproduce and ignore batch-mates, stop
-tokens, sleep / wake. (Pushed weights == loaded weights: ``test_vllm_engine.py`` and
+tokens, sleep / wake, live gauges read while a generation runs. (Pushed weights == loaded weights: ``test_vllm_engine.py`` and
 ``test_server_engine.py``.) Where vLLM cannot meet an item it says so here, as a strict xfail with
 the reason. ``vllm`` shares the folder's one in-process engine, ``server`` the folder's one server.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import cache
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 import torch
 
 from rlkit.models import load_causal_lm
-from rlkit.rollout.base import RolloutEngine, SamplingParams
+from rlkit.rollout.base import EngineGauges, RolloutEngine, SamplingParams
 from rlkit.training.heads import PackedPolicy
 
 from .tiny_vllm_model import hf_greedy
@@ -134,3 +136,32 @@ def test_sleep_and_wake_leave_outputs_unchanged(engine: RolloutEngine) -> None:
     engine.wake()
     after = engine.generate(PROMPTS, params)
     assert [[c.token_ids for c in g] for g in after] == [[c.token_ids for c in g] for g in before]
+
+
+def test_gauges_follow_the_generation(engine: RolloutEngine) -> None:
+    """vLLM's own gauges, read from another thread as a scrape would: requests run while it
+    generates, the token rate rises, the KV-cache share is a fraction; idle, nothing runs."""
+    seen: list[EngineGauges] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            seen.append(engine.gauges())
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        engine.generate(
+            PROMPTS * 4, SamplingParams(n=4, temperature=1.0, max_tokens=48, ignore_eos=True, seed=2)
+        )
+        time.sleep(0.3)  # a reading after the last step
+    finally:
+        done.set()
+        poller.join(timeout=10)
+    assert seen and all(g.running is not None and g.waiting is not None for g in seen)
+    assert max(g.running or 0 for g in seen) > 0, seen
+    assert max(g.tokens_per_s or 0.0 for g in seen) > 0, seen
+    assert all(g.kv_cache_used_fraction is not None and 0 <= g.kv_cache_used_fraction <= 1 for g in seen)
+    idle = engine.gauges()
+    assert (idle.running, idle.waiting) == (0, 0)

@@ -18,7 +18,7 @@ import torch
 
 from rlkit.models import build_tokenizer, load_causal_lm, load_hf_config
 from rlkit.models.tiny_foreign import FOREIGN_ARCHS, tiny_foreign_config, tiny_foreign_model
-from rlkit.rollout import RolloutEngine, SamplingParams
+from rlkit.rollout import EngineGauges, RolloutEngine, SamplingParams
 from rlkit.rollout.registry import ENGINES, build_engine, engine_class, loads_checkpoint, resolve_engine
 from rlkit.training.heads import PackedPolicy
 
@@ -220,6 +220,36 @@ def test_sleep_and_wake_leave_outputs_unchanged(name: str, root: str) -> None:
     engine.wake()
     after = engine.generate(PROMPTS, params)
     assert [[c.token_ids for c in g] for g in after] == [[c.token_ids for c in g] for g in before]
+
+
+@pytest.mark.parametrize("name", MODEL_ENGINES)
+def test_gauges_follow_the_generation(name: str, root: str) -> None:
+    """Read as the engine reports progress (what a scrape on another thread sees): every sample is
+    running, waiting or finished; the rate and the cache share are real numbers; idle, all is 0."""
+    engine = _engine(name, "qwen2", root)
+    engine.max_num_seqs = 4  # type: ignore[attr-defined]  # 6 samples: some must wait at first
+    total = 2 * len(PROMPTS)
+    seen: list[tuple[int, EngineGauges]] = []
+    engine.generate(
+        PROMPTS,
+        SamplingParams(n=2, temperature=1.0, max_tokens=12, ignore_eos=True, seed=1),
+        progress=lambda finished, _tokens: seen.append((finished, engine.gauges())),
+    )
+    for finished, g in seen:
+        assert g.running is not None and g.waiting is not None
+        assert g.running + g.waiting + finished == total, (finished, g)
+        assert g.tokens_per_s is not None and g.tokens_per_s >= 0
+        assert g.kv_cache_used_fraction is None or 0.0 <= g.kv_cache_used_fraction <= 1.0
+    assert max(g.running for _, g in seen) >= 2 and max(g.waiting for _, g in seen) >= 1
+    assert max(g.tokens_per_s for _, g in seen) > 0
+    idle = engine.gauges()
+    assert (idle.running, idle.waiting) == (0, 0) and idle.kv_cache_used_fraction in (None, 0.0)
+    assert set(idle.as_metrics()) <= {
+        "running_seqs",
+        "waiting_seqs",
+        "kv_cache_used_fraction",
+        "tokens_per_s",
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
