@@ -8,7 +8,8 @@
 # line why, and exits 0 (the browser tests then skip with their own reason); likewise where apt has no
 # `chromium` package (Ubuntu ships Chromium as a snap, which does not run in containers). Safe to
 # run again: with a Chromium on PATH it only names it. Quiet: apt's output goes to a log file, shown
-# (and exit 1) only when apt-get fails.
+# only when apt-get fails (still exit 0: a package mirror's hiccup skips the browser tests, with
+# their reason in pytest's summary, rather than failing the whole test command).
 # Measured on the 2-core CI machine (Debian 12, bookworm): 35 s (Chromium 156 and its libraries).
 set -euo pipefail
 
@@ -45,10 +46,10 @@ fi
 
 log="$(mktemp "${TMPDIR:-/tmp}/install_test_browser.XXXXXX.log")"
 started=$SECONDS
-apt_failed() {
+apt_failed() {  # the browser tests then skip, each with its reason in pytest's summary
     tail -n 20 "$log" >&2
-    echo "install_test_browser.sh: apt-get $1 failed (full log: $log)" >&2
-    exit 1
+    echo "install_test_browser.sh: apt-get $1 failed, Chromium not installed (full log: $log)" >&2
+    exit 0
 }
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >"$log" 2>&1 || apt_failed update
