@@ -33,7 +33,7 @@ from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_max, all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
-from rlkit.training.lora import ALL_LINEAR, inject_lora, is_lora_name, merge_lora_tensors
+from rlkit.training.lora import ALL_LINEAR, inject_lora, is_lora_name, iter_merged
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
 from rlkit.training.passes import require_columns, response_len, rows_on
 from rlkit.training.stats import MiniBatchStats
@@ -252,15 +252,13 @@ class SFTRole:
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Hugging Face names and full tensors of the model, LoRA adapters merged in (collective).
 
-        Without LoRA the tensors come one at a time; with LoRA they are gathered in fp32 first (the
-        merge needs each adapter next to its base weight), merged, then cast to ``dtype``.
+        Without LoRA the tensors come one at a time; with LoRA they are gathered in fp32 (the merge
+        needs each adapter next to its base weight), merged layer by layer, then cast to ``dtype``.
         """
         if not self.lora_targets:
             yield from self.engine.named_full_tensors(dtype)
             return
-        merged = merge_lora_tensors(dict(self.engine.named_full_tensors(None)), self.lora_scaling)
-        for name, tensor in merged.items():
-            yield name, (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor)
+        yield from iter_merged(self.engine.named_full_tensors(None), self.lora_scaling, dtype)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The full fp32 LoRA tensors by their PEFT-injected names (collective; empty without LoRA)."""
