@@ -106,7 +106,7 @@ class HFEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
-        self._checked = checksum_names(self.model.state_dict())
+        self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._asleep = False
         # transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before).
         forward_args = inspect.signature(self.model.forward).parameters

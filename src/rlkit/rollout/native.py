@@ -153,7 +153,7 @@ class NativeEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
-        self._checked = checksum_names(self.model.state_dict())
+        self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._cache: KVCache | None = None
         self._buf: _Buffers | None = None
         self._graphs: DecodeGraphs | None = None

@@ -29,18 +29,23 @@ class WeightSyncError(RuntimeError):
     """The engine does not hold the weights that were pushed (its checksum disagrees)."""
 
 
-def checksum_names(hf_names: Iterable[str]) -> list[str]:
+def checksum_names(hf_names: Iterable[str], *, linear: bool = False) -> list[str]:
     """The few parameters a checksum reads: embeddings, lm_head, the final and the last layer's norms.
 
     These are the parameters vLLM keeps under their Hugging Face names and layout on every
     platform (the CPU backend repacks linear weights into opaque buffers, so those cannot be read
-    back). A LoRA adapter push is checked on its ``lora_A`` / ``lora_B`` tensors instead.
+    back). ``linear`` adds the last layer's projection weights (``*_proj.weight``), for engines
+    that hold them under their Hugging Face names (native, hf): a LoRA run changes nothing but
+    linear weights, so only these show that its merged push landed.
     """
     names = sorted(set(hf_names))
     keep = [n for n in names if "embed_tokens" in n or n.startswith("lm_head") or n == "model.norm.weight"]
     norms = [n for n in names if n.endswith("layernorm.weight")]
     last = max((_layer_index(n) for n in norms), default=None)
     keep += [n for n in norms if _layer_index(n) == last]
+    if linear:
+        last = max((_layer_index(n) for n in names), default=None)
+        keep += [n for n in names if n.endswith("_proj.weight") and _layer_index(n) == last]
     return keep
 
 
@@ -170,13 +175,13 @@ class ChecksumTap:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self._source:
-            if checksum_names([name]) or ".lora_" in name:
+            if checksum_names([name], linear=True) or ".lora_" in name:
                 self._sums[name] = checksum_of(tensor)
             yield name, tensor
 
     def checksums(self) -> Checksums:
         """The checksums of the tensors a checksum reads (call after the pairs were consumed)."""
-        keep = set(checksum_names(self._sums)) | {n for n in self._sums if ".lora_" in n}
+        keep = set(checksum_names(self._sums, linear=True)) | {n for n in self._sums if ".lora_" in n}
         return {n: s for n, s in self._sums.items() if n in keep}
 
 
