@@ -9,7 +9,7 @@ Shape legend: B = rows of the rank's batch, R = response length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,7 +22,7 @@ from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
-from rlkit.training.lora import ALL_LINEAR, adapters_disabled, inject_lora, is_lora_name, iter_merged
+from rlkit.training.lora import ALL_LINEAR, LoraRole, adapters_disabled
 from rlkit.training.passes import (
     mini_batches,
     packed_micro_batches,
@@ -57,7 +57,7 @@ def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
     return ["teacher_topk_ids", "teacher_topk_log_probs"]
 
 
-class ActorRole:
+class ActorRole(LoraRole):
     """The policy being trained, sharded with FSDP2.
 
     Args:
@@ -94,20 +94,13 @@ class ActorRole:
         if micro_batch_tokens <= 0:
             raise UserError(f"actor.micro_batch_tokens must be positive, got {micro_batch_tokens}")
         model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
-        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
-        self.lora_targets = (
-            inject_lora(model, lora_rank, lora_alpha, list(lora_target_modules)) if lora_rank > 0 else []
-        )
+        self.add_lora(model, lora_rank, lora_alpha, lora_target_modules)
         engine.setdefault("lr", 1e-6)
         self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
         self.seed = seed
-
-    @property
-    def lora_scaling(self) -> float:
-        return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
 
     # ------------------------------------------------------------------ inference
 
@@ -357,24 +350,6 @@ class ActorRole:
         return float(gkd.get("coef", 1.0)) * value
 
     # ------------------------------------------------------------------ weights and checkpoints
-
-    def named_full_tensors(
-        self, dtype: torch.dtype | None = torch.bfloat16
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Hugging Face names and full tensors, one at a time (collective: all ranks iterate together).
-
-        With LoRA each adapted weight comes merged (``W + scale * B @ A``, computed in fp32, then
-        cast to ``dtype``) under the base model's name: what every rollout engine loads.
-        """
-        if not self.lora_targets:
-            return self.engine.named_full_tensors(dtype)
-        return iter_merged(self.engine.named_full_tensors(None), self.lora_scaling, dtype)
-
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The full fp32 LoRA tensors by their PEFT-injected names (collective; empty without LoRA)."""
-        if not self.lora_targets:
-            return {}
-        return {n: t for n, t in self.engine.named_full_tensors(None) if is_lora_name(n)}
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """Sharded model/optimizer state, schedule and counters (for DCP)."""

@@ -192,6 +192,47 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
+class LoraRole:
+    """What a trained role with optional LoRA adapters (``SFTRole``, ``ActorRole``) shares.
+
+    The role calls :meth:`add_lora` on its model before the engine shards it, and sets
+    ``self.engine``; :meth:`named_full_tensors` then gives the model's weights with the adapters
+    merged in, which is what exports and rollout engines load.
+    """
+
+    engine: Any  # rlkit.training.engine.FSDPEngine (not imported: this module stays a tensor utility)
+    lora_rank: int
+    lora_alpha: int
+    lora_targets: list[str]
+
+    def add_lora(self, model: nn.Module, rank: int, alpha: int, targets: Sequence[str]) -> None:
+        """Inject adapters into ``model`` when ``rank`` > 0 (see :func:`inject_lora`)."""
+        self.lora_rank, self.lora_alpha = rank, alpha
+        self.lora_targets = inject_lora(model, rank, alpha, list(targets)) if rank > 0 else []
+
+    @property
+    def lora_scaling(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
+
+    def named_full_tensors(
+        self, dtype: torch.dtype | None = torch.bfloat16
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Hugging Face names and full tensors, one at a time (collective: all ranks iterate together).
+
+        With LoRA each adapted weight comes merged (``W + scale * B @ A``; the tensors are gathered
+        in fp32, merged layer by layer, then cast to ``dtype``) under the base model's name.
+        """
+        if not self.lora_targets:
+            return self.engine.named_full_tensors(dtype)  # type: ignore[no-any-return]
+        return iter_merged(self.engine.named_full_tensors(None), self.lora_scaling, dtype)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The full fp32 LoRA tensors by their PEFT-injected names (collective; empty without LoRA)."""
+        if not self.lora_targets:
+            return {}
+        return {n: t for n, t in self.engine.named_full_tensors(None) if is_lora_name(n)}
+
+
 def adapter_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter tensors under the keys PEFT saves (``base_model.model.X.lora_A.weight``)."""
     return {

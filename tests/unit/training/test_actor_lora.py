@@ -25,7 +25,12 @@ LORA = {"lora_rank": 4, "lora_alpha": 8, "lora_target_modules": ["all-linear"]}
 def trained(tiny_model_dir: Path, process_group: None) -> ActorRole:
     """A LoRA actor after three policy updates (so every ``B`` has left zero)."""
     actor = ActorRole(
-        str(tiny_model_dir), lr=1e-2, total_steps=10, micro_batch_tokens=64, seed=3, **LORA  # type: ignore[arg-type]
+        str(tiny_model_dir),
+        lr=1e-2,
+        total_steps=10,
+        micro_batch_tokens=64,
+        seed=3,
+        **LORA,  # type: ignore[arg-type]
     )
     batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=2)
     for _ in range(3):
