@@ -101,6 +101,7 @@ def test_grpo_trains_the_embedded_default(
     assert _exported_folders() <= before  # the engine's close removed its export
 
 
+@pytest.mark.slow  # ~5 min here; vLLM gets an ordinary full push, which the default-run tests cover
 def test_lora_grpo_pushes_merged_weights_to_vllm(
     tmp_path: Path, ray_session: None, tiny_run: list[str]
 ) -> None:
