@@ -166,23 +166,36 @@ class ChecksumTap:
     """Passes ``(name, tensor)`` pairs through and keeps the checksums of every tensor a checksum may read.
 
     Which names :func:`checksum_names` picks depends on all names (the last layer), so the tap
-    keeps every candidate and :meth:`checksums` filters at the end.
+    keeps every small candidate's sums and :meth:`checksums` filters at the end. The projection
+    weights (``linear=True``) are large: the tap holds only those of the highest layer seen so far
+    and sums them at the end, instead of summing every layer's.
     """
 
     def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._source = named_tensors
         self._sums: Checksums = {}
+        self._last_layer: dict[str, torch.Tensor] = {}
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self._source:
-            if checksum_names([name], linear=True) or ".lora_" in name:
+            if checksum_names([name]) or ".lora_" in name:
                 self._sums[name] = checksum_of(tensor)
+            elif checksum_names([name], linear=True):
+                self._hold_if_last(name, tensor)
             yield name, tensor
+
+    def _hold_if_last(self, name: str, tensor: torch.Tensor) -> None:
+        held = _layer_index(next(iter(self._last_layer))) if self._last_layer else -1
+        if _layer_index(name) > held:
+            self._last_layer = {}
+        if _layer_index(name) >= held:
+            self._last_layer[name] = tensor
 
     def checksums(self) -> Checksums:
         """The checksums of the tensors a checksum reads (call after the pairs were consumed)."""
-        keep = set(checksum_names(self._sums, linear=True)) | {n for n in self._sums if ".lora_" in n}
-        return {n: s for n, s in self._sums.items() if n in keep}
+        sums = {**self._sums, **{n: checksum_of(t) for n, t in self._last_layer.items()}}
+        keep = set(checksum_names(sums, linear=True)) | {n for n in sums if ".lora_" in n}
+        return {n: s for n, s in sums.items() if n in keep}
 
 
 def check_push(step: int, engine: Any, version_before: int, pushed: Checksums) -> dict[str, Any]:

@@ -139,3 +139,16 @@ def test_the_tap_passes_every_tensor_through_and_keeps_the_checked_ones() -> Non
     tap = ChecksumTap(pairs)
     assert [name for name, _ in tap] == NAMES
     assert sorted(tap.checksums()) == sorted(checksum_names(NAMES))
+
+
+def test_the_tap_sums_only_the_last_layers_projections() -> None:
+    names = [
+        f"model.layers.{i}.{p}"
+        for i in range(3)
+        for p in ("input_layernorm.weight", "self_attn.o_proj.weight")
+    ]
+    pairs = [(name, torch.full((2, 2), float(i))) for i, name in enumerate(names)]
+    tap = ChecksumTap(pairs)
+    assert [name for name, _ in tap] == names
+    assert tap.checksums() == tensor_checksums(pairs, checksum_names(names, linear=True))
+    assert "model.layers.2.self_attn.o_proj.weight" in tap.checksums()
