@@ -2,7 +2,7 @@
 
 The shards of every rank are read with DCP in this one process, without a process group, into
 full CPU tensors allocated from the checkpoint's own metadata; names are already Hugging Face's
-(the training roots keep the model's parameter names). LoRA adapters (SFT with ``lora_rank`` > 0)
+(the training roots keep the model's parameter names). LoRA adapters (``lora_rank`` > 0, SFT or RL)
 are folded into their base weights (``W + alpha / r * B @ A``), or exported as a PEFT adapter
 folder. The role's ``config.json`` and the tokenizer come from the checkpoint itself, so merging
 needs nothing but the checkpoint folder.

@@ -51,7 +51,7 @@ def _module_hf_config(module: Any) -> dict[str, Any]:
 
 
 def role_lora(role: Any) -> dict[str, Any] | None:
-    """LoRA settings of a role that has adapters (``SFTRole`` with ``lora_rank`` > 0), else None."""
+    """LoRA settings of a role that has adapters (``SFTRole`` or ``ActorRole`` with ``lora_rank`` > 0), else None."""
     rank = int(getattr(role, "lora_rank", 0) or 0)
     if rank <= 0:
         return None

@@ -136,17 +136,6 @@ def _bypass(cfg: DictConfig) -> None:
         )
 
 
-def _lora_in_rl(cfg: DictConfig) -> None:
-    # training/actor.ActorRole trains every weight: only the SFT trainer (training/sft.py) injects
-    # LoRA adapters, so model.lora_rank in an RL run would be silently ignored.
-    if cfg.model.lora_rank > 0:
-        raise UserError(
-            f"model.lora_rank={cfg.model.lora_rank}: LoRA works in rlkit sft only; RL recipes train all "
-            "weights of the actor",
-            hint="drop model.lora_rank (or set it to 0) for rlkit train, or use LoRA with rlkit sft",
-        )
-
-
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -173,7 +162,6 @@ RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
         _reward,
         _gdpo_and_rollout_correction,
         _bypass,
-        _lora_in_rl,
     ),
     "sft": (_sft_columns_and_task,),
 }

@@ -107,7 +107,7 @@ class HFEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
-        self._checked = checksum_names(self.model.state_dict())
+        self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._asleep = False
         self._rate = TokenRate()
         # the current generate call's batch and the samples after it, for gauges()

@@ -154,7 +154,7 @@ class NativeEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
-        self._checked = checksum_names(self.model.state_dict())
+        self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._rate = TokenRate()
         self._sched: Scheduler | None = None  # the running generate call's, for gauges()
         self._cache: KVCache | None = None

@@ -29,18 +29,23 @@ class WeightSyncError(RuntimeError):
     """The engine does not hold the weights that were pushed (its checksum disagrees)."""
 
 
-def checksum_names(hf_names: Iterable[str]) -> list[str]:
+def checksum_names(hf_names: Iterable[str], *, linear: bool = False) -> list[str]:
     """The few parameters a checksum reads: embeddings, lm_head, the final and the last layer's norms.
 
     These are the parameters vLLM keeps under their Hugging Face names and layout on every
     platform (the CPU backend repacks linear weights into opaque buffers, so those cannot be read
-    back). A LoRA adapter push is checked on its ``lora_A`` / ``lora_B`` tensors instead.
+    back). ``linear`` adds the last layer's projection weights (``*_proj.weight``), for engines
+    that hold them under their Hugging Face names (native, hf): a LoRA run changes nothing but
+    linear weights, so only these show that its merged push landed.
     """
     names = sorted(set(hf_names))
     keep = [n for n in names if "embed_tokens" in n or n.startswith("lm_head") or n == "model.norm.weight"]
     norms = [n for n in names if n.endswith("layernorm.weight")]
     last = max((_layer_index(n) for n in norms), default=None)
     keep += [n for n in norms if _layer_index(n) == last]
+    if linear:
+        last = max((_layer_index(n) for n in names), default=None)
+        keep += [n for n in names if n.endswith("_proj.weight") and _layer_index(n) == last]
     return keep
 
 
@@ -161,23 +166,36 @@ class ChecksumTap:
     """Passes ``(name, tensor)`` pairs through and keeps the checksums of every tensor a checksum may read.
 
     Which names :func:`checksum_names` picks depends on all names (the last layer), so the tap
-    keeps every candidate and :meth:`checksums` filters at the end.
+    keeps every small candidate's sums and :meth:`checksums` filters at the end. The projection
+    weights (``linear=True``) are large: the tap holds only those of the highest layer seen so far
+    and sums them at the end, instead of summing every layer's.
     """
 
     def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._source = named_tensors
         self._sums: Checksums = {}
+        self._last_layer: dict[str, torch.Tensor] = {}
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self._source:
             if checksum_names([name]) or ".lora_" in name:
                 self._sums[name] = checksum_of(tensor)
+            elif checksum_names([name], linear=True):
+                self._hold_if_last(name, tensor)
             yield name, tensor
+
+    def _hold_if_last(self, name: str, tensor: torch.Tensor) -> None:
+        held = _layer_index(next(iter(self._last_layer))) if self._last_layer else -1
+        if _layer_index(name) > held:
+            self._last_layer = {}
+        if _layer_index(name) >= held:
+            self._last_layer[name] = tensor
 
     def checksums(self) -> Checksums:
         """The checksums of the tensors a checksum reads (call after the pairs were consumed)."""
-        keep = set(checksum_names(self._sums)) | {n for n in self._sums if ".lora_" in n}
-        return {n: s for n, s in self._sums.items() if n in keep}
+        sums = {**self._sums, **{n: checksum_of(t) for n, t in self._last_layer.items()}}
+        keep = set(checksum_names(sums, linear=True)) | {n for n in sums if ".lora_" in n}
+        return {n: s for n, s in sums.items() if n in keep}
 
 
 def check_push(step: int, engine: Any, version_before: int, pushed: Checksums) -> dict[str, Any]:

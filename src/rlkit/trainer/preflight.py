@@ -54,11 +54,12 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
         UserError: The first problem found, in one line with its fix.
     """
     if command == "sft":
-        checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _sft_data, _loggers]
+        checks: list[Callable[[RlkitConfig], str]] = [_hardware, _model_readable, _lora, _sft_data, _loggers]
     else:
         checks = [
             _hardware,
             _model_readable,
+            _lora,
             _teachers,
             _rollout_engine,
             _rl_data_and_scorers,
@@ -95,6 +96,21 @@ def _model_readable(cfg: RlkitConfig) -> str:
     _tokenizer_exists(cfg.model.tokenizer)
     family = "native architecture" if reason is None else f"transformers fallback: {reason}"
     return f"model: {path} ({hf.get('model_type', '?')}, {family})"
+
+
+def _lora(cfg: RlkitConfig) -> str:
+    """``model.lora_target_modules`` name linear layers of the model (native models: their structure on meta)."""
+    m = cfg.model
+    if m.lora_rank == 0:
+        return "LoRA: off (every weight of the actor trains)"
+    hf = model_config_json(m.path)
+    if hf is None or native_unsupported_reason(hf) is not None:
+        return f"LoRA: rank {m.lora_rank} (target modules checked when the model loads)"
+    from rlkit.models import load_causal_lm
+    from rlkit.training.lora import resolve_target_modules
+
+    targets = resolve_target_modules(load_causal_lm(m.path, device="meta"), list(m.lora_target_modules))
+    return f"LoRA: rank {m.lora_rank}, alpha {m.lora_alpha}, on {', '.join(targets)}"
 
 
 def _teachers(cfg: RlkitConfig) -> str:

@@ -57,7 +57,20 @@ def actor_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "min_lr_ratio": a.min_lr_ratio,
         "grad_clip": a.grad_clip,
         "micro_batch_tokens": a.micro_batch_tokens,
+        "lora_rank": cfg.model.lora_rank,
+        "lora_alpha": cfg.model.lora_alpha,
+        "lora_target_modules": list(cfg.model.lora_target_modules),
     }
+
+
+def ref_is_actor_base(cfg: RlkitConfig) -> bool:
+    """Whether the reference policy is the actor's own frozen base (LoRA, never refreshed).
+
+    A LoRA actor trains only its adapters, so its base weights stay the initial policy: its log-probs
+    with the adapters off are the reference's, and no second model is built. A reference that
+    ``ref.update_every`` refreshes from the actor is a separate role (it takes the merged weights).
+    """
+    return cfg.model.lora_rank > 0 and cfg.ref.update_every == 0
 
 
 def _optimizer_steps(cfg: RlkitConfig) -> int:

@@ -38,6 +38,7 @@ from rlkit.trainer.settings import (
     actor_update_settings,
     critic_settings,
     critic_update_settings,
+    ref_is_actor_base,
     ref_settings,
     resolve_device,
     resolve_rollout_engine,
@@ -76,6 +77,8 @@ class RunContext:
         self.actor = self.group.role("actor")
         self.rollout = self.group.role("rollout")
         self.ref = self.group.role("ref") if "ref" in self.group.roles else None
+        if self.ref is None and _ref_enabled(cfg) and ref_is_actor_base(cfg):
+            self.ref = self.actor  # its base under the LoRA adapters (compute_ref_log_prob)
         self.teacher = self.group.role("teacher") if "teacher" in self.group.roles else None
         self.critic = self.group.role("critic") if "critic" in self.group.roles else None
         self.profiler = self.group.role("profiler") if "profiler" in self.group.roles else None
@@ -281,7 +284,7 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         "actor": actor_settings(cfg, device),
         "rollout": rollout_settings(cfg, device),
     }
-    if _ref_enabled(cfg):
+    if _ref_enabled(cfg) and not ref_is_actor_base(cfg):
         roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
     if cfg.algo.distill.teachers:
         roles["teacher"], init["teacher"] = TeacherWorker, teacher_settings(cfg, device)

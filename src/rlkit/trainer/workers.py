@@ -52,6 +52,11 @@ class ActorWorker:
         )
 
     @dispatch("shard")
+    def compute_ref_log_prob(self, batch: Batch, temperature: float) -> Batch:
+        """The reference log-probs of a LoRA actor (its base model, adapters off)."""
+        return self.role.compute_ref_log_prob(batch, temperature=temperature)
+
+    @dispatch("shard")
     def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
         return self.role.update(batch, **settings)
 

@@ -9,7 +9,7 @@ Shape legend: B = rows of the rank's batch, R = response length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +22,7 @@ from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
+from rlkit.training.lora import ALL_LINEAR, LoraRole, adapters_disabled
 from rlkit.training.passes import (
     mini_batches,
     packed_micro_batches,
@@ -56,7 +57,7 @@ def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
     return ["teacher_topk_ids", "teacher_topk_log_probs"]
 
 
-class ActorRole:
+class ActorRole(LoraRole):
     """The policy being trained, sharded with FSDP2.
 
     Args:
@@ -67,7 +68,12 @@ class ActorRole:
         micro_batch_tokens: most real tokens per micro-batch (per forward/backward pass).
         logprob_chunk_tokens: rows of LM-head logits computed at once (memory vs. speed).
         init: ``"pretrained"`` or ``"random"`` (benchmarks).
-        seed: seeds the random init and the mini-batch shuffle.
+        seed: seeds the random init, the LoRA ``A`` matrices and the mini-batch shuffle.
+        lora_rank: LoRA rank; 0 trains every weight. With adapters only they train and sit in the
+            optimizer, the rollout engines get merged weights (:meth:`named_full_tensors`) and the
+            frozen base under them is the reference policy (:meth:`compute_ref_log_prob`).
+        lora_alpha: LoRA scale numerator (scale = alpha / rank).
+        lora_target_modules: ``all-linear`` or module names (``q_proj``, ...).
     """
 
     def __init__(
@@ -78,6 +84,9 @@ class ActorRole:
         logprob_chunk_tokens: int = 1024,
         init: str = "pretrained",
         seed: int = 0,
+        lora_rank: int = 0,
+        lora_alpha: int = 16,
+        lora_target_modules: Sequence[str] = (ALL_LINEAR,),
         **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
@@ -85,6 +94,7 @@ class ActorRole:
         if micro_batch_tokens <= 0:
             raise UserError(f"actor.micro_batch_tokens must be positive, got {micro_batch_tokens}")
         model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
+        self.add_lora(model, lora_rank, lora_alpha, lora_target_modules)
         engine.setdefault("lr", 1e-6)
         self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
@@ -130,6 +140,34 @@ class ActorRole:
         if squares is not None:
             out["sum_pi_squared"] = squares
         return Batch(tensors=out)
+
+    def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
+        """Log-probs under the reference policy of a LoRA actor: this model with its adapters off.
+
+        The base weights never train, so the base model *is* the initial policy; no second copy
+        of the model is needed (verl computes its LoRA reference the same way).
+
+        Returns:
+            A Batch with ``ref_log_prob`` (B, R) fp32.
+
+        Raises:
+            ValueError: The actor has no LoRA adapters (its reference is a separate role).
+        """
+        if not self.lora_targets:
+            raise ValueError("only a LoRA actor holds its reference policy (the base under its adapters)")
+        require_columns(batch, _LOG_PROB_INPUTS, "compute_ref_log_prob")
+        self.engine.eval()
+        with adapters_disabled(self.engine.module):
+            logp, _ = response_logprobs(
+                self.engine.module,
+                batch,
+                temperature=temperature_of(batch, temperature),
+                with_entropy=False,
+                budget=self.micro_batch_tokens,
+                chunk_tokens=self.chunk_tokens,
+                device=self.engine.device,
+            )
+        return Batch(tensors={"ref_log_prob": logp})
 
     # ------------------------------------------------------------------ training
 
@@ -320,12 +358,6 @@ class ActorRole:
         return float(gkd.get("coef", 1.0)) * value
 
     # ------------------------------------------------------------------ weights and checkpoints
-
-    def named_full_tensors(
-        self, dtype: torch.dtype | None = torch.bfloat16
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Hugging Face names and full tensors, one at a time (collective: all ranks iterate together)."""
-        return self.engine.named_full_tensors(dtype)
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """Sharded model/optimizer state, schedule and counters (for DCP)."""

@@ -17,7 +17,8 @@ Shape legend: O = output features, I = input features, r = LoRA rank.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,25 +123,114 @@ def merge_lora_tensors(tensors: Mapping[str, torch.Tensor], scaling: float) -> d
         ``X.lora_A.default.weight``: (r, I); ``X.lora_B.default.weight``: (O, r);
         ``X.base_layer.weight``: (O, I) (``nn.Linear``) or (I, O) (``Conv1D``, stored transposed).
     """
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        if is_lora_name(name):
-            continue
-        if ".base_layer." not in name:
-            out[name] = tensor
-            continue
-        prefix, leaf = name.split(".base_layer.", 1)
-        a_name = f"{prefix}.lora_A.{ADAPTER_NAME}.weight"
-        if leaf != "weight" or a_name not in tensors:
-            out[f"{prefix}.{leaf}"] = tensor
-            continue
-        a = tensors[a_name].float()
-        b = tensors[f"{prefix}.lora_B.{ADAPTER_NAME}.weight"].float()
-        delta = scaling * (b @ a)
-        if delta.shape != tensor.shape:
-            delta = delta.T  # Conv1D keeps its weight as (in, out)
-        out[f"{prefix}.weight"] = (tensor.float() + delta).to(tensor.dtype)
-    return out
+    return dict(iter_merged(tensors.items(), scaling))
+
+
+def iter_merged(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], scaling: float, dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """:func:`merge_lora_tensors` as a stream: each merged weight as soon as its ``A`` and ``B`` came.
+
+    A PEFT layer lists its ``base_layer`` tensors, then ``lora_A``, then ``lora_B``, so at most one
+    base weight waits at a time: a weight push of a LoRA model never holds the whole model twice.
+    ``dtype`` (floating tensors only) is applied after the fp32 merge.
+    """
+    waiting: dict[str, dict[str, torch.Tensor]] = {}  # layer prefix -> its base weight, A and B so far
+    for name, tensor in named_tensors:
+        if ".base_layer." in name:
+            prefix, leaf = name.split(".base_layer.", 1)
+            if leaf == "weight":
+                waiting.setdefault(prefix, {})["weight"] = tensor
+                yield from _fold_ready(waiting, prefix, scaling, dtype)
+            else:  # a bias: adapters do not touch it
+                yield f"{prefix}.{leaf}", _cast(tensor, dtype)
+        elif is_lora_name(name):
+            prefix, rest = name.split(".lora_", 1)
+            waiting.setdefault(prefix, {})[rest[0]] = tensor  # "A" or "B"
+            yield from _fold_ready(waiting, prefix, scaling, dtype)
+        else:
+            yield name, _cast(tensor, dtype)
+    for prefix, parts in waiting.items():  # a base weight whose adapter never came stays as it is
+        if "weight" in parts:
+            yield f"{prefix}.weight", _cast(parts["weight"], dtype)
+
+
+def _fold_ready(
+    waiting: dict[str, dict[str, torch.Tensor]], prefix: str, scaling: float, dtype: torch.dtype | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    parts = waiting[prefix]
+    if not {"weight", "A", "B"} <= parts.keys():
+        return
+    del waiting[prefix]
+    weight = parts["weight"]
+    delta = scaling * (parts["B"].float() @ parts["A"].float())
+    if delta.shape != weight.shape:
+        delta = delta.T  # Conv1D keeps its weight as (in, out)
+    yield f"{prefix}.weight", (weight.float() + delta).to(dtype or weight.dtype)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+@contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as its base model: every LoRA layer skips its adapter (verl's reference policy).
+
+    PEFT's ``enable_adapters`` also sets the adapters' ``requires_grad`` (off, then back on), so
+    the trainable set is the same afterwards.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+class LoraRole:
+    """What a trained role with optional LoRA adapters (``SFTRole``, ``ActorRole``) shares.
+
+    The role calls :meth:`add_lora` on its model before the engine shards it, and sets
+    ``self.engine``; :meth:`named_full_tensors` then gives the model's weights with the adapters
+    merged in, which is what exports and rollout engines load.
+    """
+
+    engine: Any  # rlkit.training.engine.FSDPEngine (not imported: this module stays a tensor utility)
+    lora_rank: int
+    lora_alpha: int
+    lora_targets: list[str]
+
+    def add_lora(self, model: nn.Module, rank: int, alpha: int, targets: Sequence[str]) -> None:
+        """Inject adapters into ``model`` when ``rank`` > 0 (see :func:`inject_lora`)."""
+        self.lora_rank, self.lora_alpha = rank, alpha
+        self.lora_targets = inject_lora(model, rank, alpha, list(targets)) if rank > 0 else []
+
+    @property
+    def lora_scaling(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
+
+    def named_full_tensors(
+        self, dtype: torch.dtype | None = torch.bfloat16
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Hugging Face names and full tensors, one at a time (collective: all ranks iterate together).
+
+        With LoRA each adapted weight comes merged (``W + scale * B @ A``; the tensors are gathered
+        in fp32, merged layer by layer, then cast to ``dtype``) under the base model's name.
+        """
+        if not self.lora_targets:
+            return self.engine.named_full_tensors(dtype)  # type: ignore[no-any-return]
+        return iter_merged(self.engine.named_full_tensors(None), self.lora_scaling, dtype)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The full fp32 LoRA tensors by their PEFT-injected names (collective; empty without LoRA)."""
+        if not self.lora_targets:
+            return {}
+        return {n: t for n, t in self.engine.named_full_tensors(None) if is_lora_name(n)}
 
 
 def adapter_state_dict(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

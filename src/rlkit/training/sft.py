@@ -19,7 +19,7 @@ Shape legend: B = rows of the rank's batch, L = padded conversation length, R = 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_max, all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
-from rlkit.training.lora import ALL_LINEAR, inject_lora, is_lora_name, merge_lora_tensors
+from rlkit.training.lora import ALL_LINEAR, LoraRole
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
 from rlkit.training.passes import require_columns, response_len, rows_on
 from rlkit.training.stats import MiniBatchStats
@@ -131,7 +131,7 @@ def sft_micro_batches(batch: Batch, budget: int, device: torch.device) -> list[P
     return out
 
 
-class SFTRole:
+class SFTRole(LoraRole):
     """A causal LM fine-tuned on conversations, sharded with FSDP2; LoRA adapters when ``lora_rank`` > 0.
 
     Args:
@@ -168,19 +168,12 @@ class SFTRole:
         model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
         to_hf = getattr(model, "hf_config_dict", None)
         self.hf_config: dict[str, Any] = to_hf() if callable(to_hf) else model.config.to_hf()
-        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
-        self.lora_targets = (
-            inject_lora(model, lora_rank, lora_alpha, list(lora_target_modules)) if lora_rank > 0 else []
-        )
+        self.add_lora(model, lora_rank, lora_alpha, lora_target_modules)
         engine.setdefault("lr", 1e-5)
         self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
-
-    @property
-    def lora_scaling(self) -> float:
-        return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
 
     # ------------------------------------------------------------------ training and evaluation
 
@@ -246,27 +239,6 @@ class SFTRole:
         return metrics
 
     # ------------------------------------------------------------------ weights and checkpoints
-
-    def named_full_tensors(
-        self, dtype: torch.dtype | None = torch.bfloat16
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Hugging Face names and full tensors of the model, LoRA adapters merged in (collective).
-
-        Without LoRA the tensors come one at a time; with LoRA they are gathered in fp32 first (the
-        merge needs each adapter next to its base weight), merged, then cast to ``dtype``.
-        """
-        if not self.lora_targets:
-            yield from self.engine.named_full_tensors(dtype)
-            return
-        merged = merge_lora_tensors(dict(self.engine.named_full_tensors(None)), self.lora_scaling)
-        for name, tensor in merged.items():
-            yield name, (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor)
-
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The full fp32 LoRA tensors by their PEFT-injected names (collective; empty without LoRA)."""
-        if not self.lora_targets:
-            return {}
-        return {n: t for n, t in self.engine.named_full_tensors(None) if is_lora_name(n)}
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """Sharded model/optimizer state, schedule and counters (for DCP)."""

@@ -1,5 +1,6 @@
 """``rlkit train grpo`` end to end with ``rollout.engine=vllm`` (a tiny Phi-3) and ``server`` (a tiny Qwen2),
-and both on the embedded default (``builtin:tiny-arith``, exported to a temporary folder for vLLM).
+and both on the embedded default (``builtin:tiny-arith``, exported to a temporary folder for vLLM),
+which also trains with LoRA on ``vllm`` (merged weights pushed).
 
 The ``vllm`` runs start vLLM inside the rollout worker (~10-30 s on a 2-core CPU, then ~1 s a step);
 the ``server`` run on the Qwen2 uses the folder's rlkit-started server by URL (conftest.py), the one on
@@ -98,6 +99,22 @@ def test_grpo_trains_the_embedded_default(
     if engine == "server":
         assert (tmp_path / "run" / "vllm_server.log").is_file()
     assert _exported_folders() <= before  # the engine's close removed its export
+
+
+@pytest.mark.slow  # ~5 min here; vLLM gets an ordinary full push, which the default-run tests cover
+def test_lora_grpo_pushes_merged_weights_to_vllm(
+    tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
+    """``model.lora_rank=8`` on the embedded default: vLLM gets the merged weights of the trained
+    adapters (the gap is at fp32 rounding after the adapters moved the policy)."""
+    lora = ("model.lora_rank=8", "actor.lr=2e-3", "actor.warmup_steps=0", "actor.use_kl_loss=true")
+    steps = _train(
+        None, tmp_path / "run", tiny_run, "rollout.engine=vllm", "actor.old_log_probs=recompute", *lora
+    )
+    assert [row["step"] for row in steps] == [1, 2]
+    assert steps[-1]["actor/kl_loss"] > 0.0  # the policy left its base (the reference)
+    for row in steps:
+        assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
 
 
 @pytest.mark.slow

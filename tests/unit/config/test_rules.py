@@ -33,7 +33,6 @@ from rlkit.errors import UserError
             ["reward.overlong.enable=true", "reward.overlong.buffer_len=64"],
             "longer than data.max_response_length=32",
         ),
-        (["model.lora_rank=8"], "model.lora_rank=8: LoRA works in rlkit sft only"),
     ],
 )
 def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:
@@ -58,6 +57,7 @@ def test_rules_that_hold() -> None:
     load_config("grpo", overrides=["hardware.devices_per_node=2", "trainer.total_steps=1"])
     load_config("ppo", overrides=["data.batch_size=4", "actor.mini_batch_size=2"])
     load_config("spin", overrides=["data.batch_size=6"])  # mini_batch_size follows ${data.batch_size}
+    load_config("grpo", overrides=["model.lora_rank=8"])  # LoRA trains the RL actor's adapters
     # SFT uses neither mini-batches nor rewards: their rules do not apply to it
     load_config("sft", overrides=["data.batch_size=10"], command="sft")
     load_config("sft", overrides=["model.lora_rank=4"], command="sft")  # LoRA is an SFT feature

@@ -44,6 +44,10 @@ def test_checksum_names_pick_embeddings_and_the_last_layers_norms() -> None:
         "model.layers.10.post_attention_layernorm.weight",
     ]
     assert "lm_head.weight" in checksum_names([*NAMES, "lm_head.weight"])
+    projections = ["model.layers.1.mlp.down_proj.weight", "model.layers.10.self_attn.o_proj.weight"]
+    # linear: the last layer's projections too (all a LoRA run changes)
+    assert checksum_names([*NAMES, *projections], linear=True)[-1:] == projections[-1:]
+    assert not set(projections) & set(checksum_names([*NAMES, *projections]))
 
 
 def test_checksums_match_themselves_and_catch_a_stale_tensor() -> None:
@@ -102,8 +106,9 @@ def test_every_engine_reports_version_and_checksum_of_a_push(kind: str) -> None:
     engine.update_weights(tap)
     report = check_push(1, engine, 0, tap.checksums())
     assert report["version"] == engine.weight_version == 1
-    want = tensor_checksums(new, checksum_names(name for name, _ in new))
+    want = tensor_checksums(new, checksum_names((name for name, _ in new), linear=True))
     assert report["checksum"].keys() == want.keys() and "model.norm.weight" in want
+    assert any(name.endswith("o_proj.weight") for name in want)
     engine.verify_weights()
     for name, sums in want.items():
         assert report["checksum"][name] == pytest.approx(sums, rel=1e-9)
@@ -134,3 +139,16 @@ def test_the_tap_passes_every_tensor_through_and_keeps_the_checked_ones() -> Non
     tap = ChecksumTap(pairs)
     assert [name for name, _ in tap] == NAMES
     assert sorted(tap.checksums()) == sorted(checksum_names(NAMES))
+
+
+def test_the_tap_sums_only_the_last_layers_projections() -> None:
+    names = [
+        f"model.layers.{i}.{p}"
+        for i in range(3)
+        for p in ("input_layernorm.weight", "self_attn.o_proj.weight")
+    ]
+    pairs = [(name, torch.full((2, 2), float(i))) for i, name in enumerate(names)]
+    tap = ChecksumTap(pairs)
+    assert [name for name, _ in tap] == names
+    assert tap.checksums() == tensor_checksums(pairs, checksum_names(names, linear=True))
+    assert "model.layers.2.self_attn.o_proj.weight" in tap.checksums()

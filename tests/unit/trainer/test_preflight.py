@@ -136,6 +136,16 @@ def test_native_engine_needs_a_native_architecture(tmp_path: Path, monkeypatch: 
     assert any("checked when the run fetches it" in line for line in lines)
 
 
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_lora_target_modules_name_linear_layers(command: str) -> None:
+    assert any(line == "LoRA: off (every weight of the actor trains)" for line in _check(command=command))
+    lines = _check("model.lora_rank=8", "model.lora_target_modules=[q_proj,v_proj]", command=command)
+    assert "LoRA: rank 8, alpha 16, on q_proj, v_proj" in lines
+    with pytest.raises(UserError, match="no linear module named 'lm_head'") as err:
+        _check("model.lora_rank=8", "model.lora_target_modules=[lm_head]", command=command)
+    assert "\n" not in err.value.message and "q_proj" in str(err.value.hint)
+
+
 def test_sft_data_columns(tmp_path: Path) -> None:
     file = _parquet_as_is(tmp_path / "chat.parquet", [{"messages": [{"role": "user", "content": "hi"}]}])
     assert any("columns messages" in line for line in _check(f"data.train_files={file}", command="sft"))

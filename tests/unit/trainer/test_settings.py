@@ -69,3 +69,15 @@ def test_rollout_engine_is_resolved_before_the_workers_are_built(tmp_path: Path)
     vllm = rollout_settings(_cfg("rollout.engine=vllm", "rollout.vllm.bucket_mb=8"), "cpu")
     assert vllm["options"] == {"kv_cache_gib": 1, "enable_sleep_mode": True, "bucket_mb": 8}
     assert rollout_settings(_cfg(), "cpu")["options"] is None  # native has no group of its own
+
+
+def test_a_lora_actor_is_its_own_reference_unless_the_reference_refreshes() -> None:
+    from rlkit.trainer.settings import ref_is_actor_base
+
+    cfg = _cfg("model.lora_rank=8", "model.lora_alpha=32", "model.lora_target_modules=[q_proj,v_proj]")
+    settings = actor_settings(cfg, "cpu")
+    assert (settings["lora_rank"], settings["lora_alpha"]) == (8, 32)
+    assert settings["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert ref_is_actor_base(cfg)  # its base under the adapters: no second model
+    assert not ref_is_actor_base(_cfg("model.lora_rank=8", "ref.update_every=2"))  # refreshed: a model
+    assert not ref_is_actor_base(_cfg()) and actor_settings(_cfg(), "cpu")["lora_rank"] == 0
