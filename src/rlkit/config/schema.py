@@ -523,6 +523,17 @@ class TrainerConfig:
     """Experiment name (wandb, tensorboard)."""
     critic_warmup: int = bounded(0, ge=0)
     """Steps that update only the critic."""
+    mode: str = choice("sync", "one_step_off", "async")
+    """How rollouts are scheduled against updates (docs/async.md): ``sync`` (each step's rollouts
+    come from the weights it trains), ``one_step_off`` (the rollouts of step t+1 are generated before
+    step t's update, one policy version behind), ``async`` (up to ``trainer.rollout_queue_size``
+    batches generated ahead, at most ``trainer.max_staleness`` versions behind)."""
+    max_staleness: int = bounded(1, ge=0)
+    """``async``: most policy versions the weights that generated a trajectory may lag the weights
+    it trains (0: the same as ``sync``). The rollout waits rather than exceed it; a queued batch
+    beyond it (a resume with a lower bound) is generated again from its prompts."""
+    rollout_queue_size: int = bounded(2, ge=1)
+    """``async``: most generated batches waiting ahead of the trainer."""
     profile: str = choice("none", "torch", "npu", "memory", "nsight")
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)

@@ -41,6 +41,7 @@ from rlkit.trainer.algo_inputs import (
     estimator_extras,
     needs_sum_pi_squared,
 )
+from rlkit.trainer.feed import RolloutFeed, feed_depth, staleness_bound, staleness_metrics
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
@@ -170,6 +171,7 @@ class RLTrainer:
             run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
         )
         self._replay = open_replay(cfg, run.run_dir)
+        run.feed = self._open_feed(run)
         try:
             self._sync_weights(run, start)
             if (
@@ -203,6 +205,24 @@ class RLTrainer:
         finally:
             logger.close()
 
+    def _open_feed(self, run: RunContext) -> RolloutFeed:
+        """The schedule of ``trainer.mode``, holding the resume point's queued draws if any."""
+
+        def draw_prompts() -> Batch:
+            prompts = run.next_prompts()
+            prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
+            return prompts
+
+        def generate(prompts: Batch, step: int, round_: int) -> Batch:
+            # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
+            seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + round_) % 2**31
+            return self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, round_)
+
+        feed = RolloutFeed(feed_depth(self.cfg), staleness_bound(self.cfg), draw_prompts, generate)
+        if run.queued is not None and run.queued[1]:
+            feed.load(*run.queued)
+        return feed
+
     def _after_step(self, run: RunContext, step: int, metrics: dict[str, Any]) -> None:
         """Note ``step``'s metrics for the closing summary; stop here if a signal asked to."""
         assert self.summary is not None
@@ -218,6 +238,12 @@ class RLTrainer:
         gen_s = time.perf_counter() - started
         gen_metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
         gen_metrics.update(self._engine_gauges(run))
+        assert run.feed is not None
+        if cfg.trainer.mode != "sync":
+            gen_metrics.update(staleness_metrics(batch, step - 1))
+            with timer("gen_ahead"):  # the next steps' rollouts, with the weights this step trains
+                run.feed.fill(step + 1, step - 1)
+            gen_metrics.update(run.feed.metrics())
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
             if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
@@ -294,13 +320,12 @@ class RLTrainer:
         kept: list[Batch] = []
         kept_prompts, rounds, drawn = 0, 0, 0
         metrics: dict[str, float] = {}
+        assert run.feed is not None
         while kept_prompts < cfg.data.batch_size:
             rounds += 1
-            prompts = run.next_prompts()
-            prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
-            # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
-            seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + rounds) % 2**31
-            batch = self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, rounds)
+            # the weights of version step - 1 (after that step's update) train this step
+            draw = run.feed.take(step, rounds, step - 1)
+            prompts, batch = draw.prompts, draw.rollouts
             batch = self.hooks.after_generate(run, prompts, batch)
             batch, reward_metrics = run.score(batch)
             metrics.update(reward_metrics)

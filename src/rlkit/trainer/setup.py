@@ -31,6 +31,7 @@ from rlkit.models import load_hf_config, load_tokenizer, stop_token_ids
 from rlkit.profiling.profiler import ProfilerRole, ProfileWindow
 from rlkit.rewards import build_reward_manager, token_level_scores
 from rlkit.trainer.data import TrainData, build_train_data
+from rlkit.trainer.feed import RolloutFeed
 from rlkit.trainer.lifecycle import deadlines
 from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
@@ -70,6 +71,8 @@ class RunContext:
     start_step: int = 0
     config_dict: dict[str, Any] = field(default_factory=dict)
     run_lock: RunLock | None = None
+    feed: RolloutFeed | None = None  # the draws generated ahead (set by the trainer core)
+    queued: tuple[Path, list[dict[str, Any]]] | None = None  # the resume point's queued draws, to load
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -164,6 +167,8 @@ class RunContext:
         def write_roles(folder: Path) -> None:
             for handle in self.trained_roles.values():
                 handle.save_checkpoint(str(folder))
+            if self.feed is not None:  # the draws generated ahead belong to the run's state
+                self.feed.save(folder)
 
         keep_last = self.cfg.trainer.keep_last
         assert keep_last is not None, "open_run settles trainer.keep_last"
@@ -174,6 +179,7 @@ class RunContext:
                 "sampler": self.data.sampler.state_dict(),
                 "kl_ctrl": self.kl_ctrl.state_dict(),
                 "rng": ckpt.capture_rng(),
+                "rollout_queue": self.feed.state_dict() if self.feed is not None else [],
             },
             config=self.config_dict,
             tokenizer=self.tokenizer,
@@ -193,6 +199,7 @@ class RunContext:
         self.kl_ctrl.load_state_dict(point.state["kl_ctrl"])
         ckpt.restore_rng(point.state["rng"])
         self.start_step = point.step
+        self.queued = (point.path, list(point.state.get("rollout_queue", [])))
 
     def start_profiler(self, window: ProfileWindow) -> None:
         """Start ``window.kind`` in every worker; files go to ``RUN/profile/``."""
