@@ -356,8 +356,10 @@ class FilterGroupsConfig:
 
 @dataclass
 class RolloutCorrectionConfig:
-    rollout_is: str = choice("none", "token", "sequence")
-    """Rollout IS weights ``pi_train / pi_rollout`` on the policy loss: none, token or sequence level."""
+    rollout_is: str = choice("auto", "none", "token", "sequence")
+    """Rollout IS weights ``pi_train / pi_rollout`` on the policy loss: none, token or sequence level;
+    ``auto``: ``token`` when ``trainer.mode`` is ``one_step_off`` or ``async`` and the old log-probs
+    are recomputed (the rollouts come from older weights), else ``none``."""
     rollout_is_threshold: float = bounded(2.0, gt=0)
     """Upper bound of the IS weights (TIS truncates at it; IcePop zeroes weights above it)."""
     rollout_is_threshold_lower: float | None = bounded(None, gt=0)
@@ -586,7 +588,12 @@ class HardwareConfig:
     ray_address: str | None = profile_key(None)
     """Existing Ray cluster to join (``auto`` or host:port); null starts a local one (or uses RAY_ADDRESS)."""
     placement: str = choice("colocated", "split", profile=True)
-    """``colocated`` (actor, rollout and ref share each device) or ``split`` (a pool per role)."""
+    """``colocated`` (actor, rollout and ref share each device) or ``split`` (the rollout engine on
+    ``hardware.rollout_devices`` devices of its own, the trained roles on the rest; weights move
+    between them after every update, and ``trainer.mode=one_step_off|async`` overlaps the two)."""
+    rollout_devices: int = bounded(1, ge=1, profile=True)
+    """``split``: devices (workers on CPU) that run the rollout engine; the other
+    ``nodes x devices_per_node - rollout_devices`` train."""
     memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
     stage_timeout_s: float | None = bounded(None, gt=0, profile=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,7 @@ class RLTrainer:
         Every rollout worker checks that its engine took the weights of ``step`` (version and
         checksum) and fails the call with one line naming the step if it did not.
         """
-        limit = deadlines(self.cfg, run.group.device).sync_s
-        run.group.call(
-            "rollout", "sync_weights", step, timeout_s=limit, timeout_key="hardware.sync_timeout_s"
-        )
+        run.sync_weights(step, deadlines(self.cfg, run.group.device).sync_s)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, run: RunContext) -> None:
@@ -213,10 +211,11 @@ class RLTrainer:
             prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
             return prompts
 
-        def generate(prompts: Batch, step: int, round_: int) -> Batch:
+        def generate(prompts: Batch, step: int, round_: int) -> Future[Batch]:
             # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
             seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + round_) % 2**31
-            return self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, round_)
+            sampling = {**run.train_sampling, "seed": seed}
+            return run.lane.submit(self._rollouts, run, prompts, sampling, step, round_)
 
         feed = RolloutFeed(feed_depth(self.cfg), staleness_bound(self.cfg), draw_prompts, generate)
         if run.queued is not None and run.queued[1]:
@@ -268,9 +267,12 @@ class RLTrainer:
             with timer("update_critic"):
                 metrics.update(run.critic.update(batch, run.critic_update_settings))
         if step > cfg.trainer.critic_warmup:
-            run.rollout.sleep()
+            run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
+            if run.lane.concurrent:  # the rollouts generated beside this update finish on the old weights
+                with timer("wait_rollout"):
+                    run.feed.settle()
             with timer("sync"):
                 self._sync_weights(run, step)
             every = cfg.ref.update_every
@@ -289,7 +291,7 @@ class RLTrainer:
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
         """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; fractions averaged;
         rates as ``throughput/rollout_engine_<gauge>``)."""
-        per_rank = [g for g in run.rollout.gauges() if g]
+        per_rank = [g for g in run.rollout_gauges() if g]
         out: dict[str, float] = {}
         for name in sorted({k for g in per_rank for k in g}):
             values = [g[name] for g in per_rank if name in g]
@@ -399,9 +401,9 @@ class RLTrainer:
 
     def _validate(self, run: RunContext) -> dict[str, float]:
         with self.timer("val"):
-            batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
+            batches = [run.lane.run(run.generate, prompts, run.val_sampling) for prompts in run.val_batches()]
             scored = [run.score(b)[0] for b in batches]
-            run.rollout.gauges()  # the engine gauges of a step are its training generation's only
+            run.rollout_gauges()  # the engine gauges of a step are its training generation's only
         return stats.validation_metrics(Batch.concat(scored))
 
 

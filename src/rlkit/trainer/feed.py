@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ from rlkit.trainer.replay import load_batch, save_batch
 #: Folder of a checkpoint that holds the queued draws.
 QUEUE_DIR = "rollout_queue"
 
-#: ``generate(prompts, step, round_) -> rollouts``: the engine's samples of a draw, seeded by the
-#: (step, round) it is meant for.
-Generate = Callable[[Batch, int, int], Batch]
+#: ``generate(prompts, step, round_) -> future rollouts``: the engine's samples of a draw, seeded by
+#: the (step, round) it is meant for; they may still be generating when it returns (split placement).
+Generate = Callable[[Batch, int, int], "Future[Batch]"]
 
 
 @dataclass
@@ -49,10 +50,22 @@ class Draw:
     """One draw of prompts, the engine's (unscored) samples of them, and the policy version that sampled."""
 
     prompts: Batch
-    rollouts: Batch
+    pending: Future[Batch]
     version: int
     step: int
     round_: int
+    _rollouts: Batch | None = field(default=None, repr=False)
+
+    @property
+    def rollouts(self) -> Batch:
+        """The samples (waiting for them if they are still generating), each token stamped with ``version``."""
+        if self._rollouts is None:
+            batch = self.pending.result()
+            if "rollout_versions" not in batch:  # not a draw loaded from a checkpoint
+                versions = torch.full_like(batch["responses"], self.version, dtype=torch.int64)
+                batch.set("rollout_versions", versions)
+            self._rollouts = batch
+        return self._rollouts
 
 
 def feed_depth(cfg: RlkitConfig) -> int:
@@ -104,10 +117,13 @@ class RolloutFeed:
         while len(self.queue) < self.depth:
             self.queue.append(self._new_draw(self._draw_prompts(), next_step + len(self.queue), 1, version))
 
+    def settle(self) -> None:
+        """Wait for the queued draws still generating (before the rollout engine's weights change)."""
+        for draw in self.queue:
+            draw.rollouts  # noqa: B018 -- waits, and raises the generation's error if it failed
+
     def _new_draw(self, prompts: Batch, step: int, round_: int, version: int) -> Draw:
-        rollouts = self._generate(prompts, step, round_)
-        rollouts.set("rollout_versions", torch.full_like(rollouts["responses"], version, dtype=torch.int64))
-        return Draw(prompts, rollouts, version, step, round_)
+        return Draw(prompts, self._generate(prompts, step, round_), version, step, round_)
 
     def metrics(self) -> dict[str, float]:
         """``async/queued`` and ``async/regenerated`` (since the last call)."""
@@ -121,7 +137,10 @@ class RolloutFeed:
         return [{"version": d.version, "step": d.step, "round": d.round_} for d in self.queue]
 
     def save(self, step_dir: Path) -> None:
-        """Write the queued draws into ``step_dir/rollout_queue/`` (nothing when the queue is empty)."""
+        """Write the queued draws into ``step_dir/rollout_queue/`` (nothing when the queue is empty).
+
+        A draw still generating is waited for: a checkpoint holds what was in flight, finished.
+        """
         if not self.queue:
             return
         folder = step_dir / QUEUE_DIR
@@ -133,16 +152,12 @@ class RolloutFeed:
     def load(self, step_dir: Path, state: list[dict[str, Any]]) -> None:
         """Queue the draws :meth:`save` wrote, as the trainer state ``state`` lists them."""
         folder = step_dir / QUEUE_DIR
-        self.queue = deque(
-            Draw(
-                load_batch(folder / f"draw_{i}_prompts"),
-                load_batch(folder / f"draw_{i}_rollouts"),
-                int(entry["version"]),
-                int(entry["step"]),
-                int(entry["round"]),
-            )
-            for i, entry in enumerate(state)
-        )
+        self.queue = deque()
+        for i, entry in enumerate(state):
+            rollouts: Future[Batch] = Future()
+            rollouts.set_result(load_batch(folder / f"draw_{i}_rollouts"))
+            prompts = load_batch(folder / f"draw_{i}_prompts")
+            self.queue.append(Draw(prompts, rollouts, int(entry["version"]), int(entry["step"]), int(entry["round"])))
 
 
 def staleness_metrics(batch: Batch, version: int) -> dict[str, float]:
