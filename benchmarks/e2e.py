@@ -102,7 +102,9 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace, mode
     keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/")) and k != "timing/save_s"}
     keys |= {k for r in steady for k in r if k == "async/staleness_mean"}
     for r in rows:
-        print(f"rlkit {mode} step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}")
+        print(
+            f"rlkit {mode} step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}"
+        )
     return {k: sum(r[k] for r in steady if k in r) / sum(k in r for r in steady) for k in sorted(keys)}
 
 
@@ -185,7 +187,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
     make_model(work / "model", TINY if args.tiny else QWEN25_05B)
     texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)
-    runs = {m: run_rlkit(work / "model", work / "train.parquet", work / f"run-{m}", args, m) for m in args.mode}
+    runs = {
+        m: run_rlkit(work / "model", work / "train.parquet", work / f"run-{m}", args, m) for m in args.mode
+    }
     rlkit = runs[args.mode[0]]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"\n## e2e GRPO step: {device}, torch {torch.__version__}, commit {args.commit or commit()}")
@@ -206,7 +210,9 @@ def main() -> None:
         for mode, got in runs.items():
             s = got["timing/step_s"]
             lag = got.get("async/staleness_mean", 0.0)
-            print(f"| {mode} | {s:.2f} | {got['throughput/tokens_per_s']:,.0f} | {lag:.2f} | {step / s:.2f}x |")
+            print(
+                f"| {mode} | {s:.2f} | {got['throughput/tokens_per_s']:,.0f} | {lag:.2f} | {step / s:.2f}x |"
+            )
     if args.vs == "trl":
         trl_step = run_trl(work / "model", texts, args)
         print(f"| TRL GRPOTrainer | {trl_step:.2f} | {tokens / trl_step:,.0f} |")

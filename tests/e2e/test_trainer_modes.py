@@ -37,7 +37,14 @@ def _without_async(row: dict[str, Any]) -> dict[str, Any]:
 
 def test_async_with_staleness_0_is_sync(ray_session: None, tmp_path: Path) -> None:
     train("grpo", tmp_path / "sync", "trainer.total_steps=3", NO_VAL)
-    train("grpo", tmp_path / "async", "trainer.total_steps=3", NO_VAL, "trainer.mode=async", "trainer.max_staleness=0")
+    train(
+        "grpo",
+        tmp_path / "async",
+        "trainer.total_steps=3",
+        NO_VAL,
+        "trainer.mode=async",
+        "trainer.max_staleness=0",
+    )
     expected, got = metrics(tmp_path / "sync"), metrics(tmp_path / "async")
     for step in (1, 2, 3):
         assert got[step]["async/staleness_max"] == 0.0 and got[step]["async/queued"] == 0.0
@@ -50,7 +57,10 @@ def test_one_step_off_on_split_pools_resumes_exactly(ray_session: None, tmp_path
     train("grpo", tmp_path / "straight", "trainer.total_steps=4", *mode)
     train("grpo", tmp_path / "resumed", "trainer.total_steps=2", *mode)
     queued = tmp_path / "resumed" / "checkpoints" / "step_2" / "rollout_queue"
-    assert sorted(p.name for p in queued.iterdir())[:2] == ["draw_0_prompts.json", "draw_0_prompts.safetensors"]
+    assert sorted(p.name for p in queued.iterdir())[:2] == [
+        "draw_0_prompts.json",
+        "draw_0_prompts.safetensors",
+    ]
     train("grpo", tmp_path / "resumed", "trainer.total_steps=4", *mode)
     expected, got = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
     for step in (1, 2, 3, 4):

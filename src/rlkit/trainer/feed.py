@@ -157,7 +157,9 @@ class RolloutFeed:
             rollouts: Future[Batch] = Future()
             rollouts.set_result(load_batch(folder / f"draw_{i}_rollouts"))
             prompts = load_batch(folder / f"draw_{i}_prompts")
-            self.queue.append(Draw(prompts, rollouts, int(entry["version"]), int(entry["step"]), int(entry["round"])))
+            self.queue.append(
+                Draw(prompts, rollouts, int(entry["version"]), int(entry["step"]), int(entry["round"]))
+            )
 
 
 def staleness_metrics(batch: Batch, version: int) -> dict[str, float]:

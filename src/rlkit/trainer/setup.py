@@ -56,7 +56,6 @@ from rlkit.trainer.workers import (
     TeacherWorker,
 )
 
-
 #: Size of one object of a split-placement weight transfer (:meth:`ActorWorker.export_weights`).
 WEIGHT_BUCKET_MB = 256.0
 
@@ -128,7 +127,11 @@ class RunContext:
             "actor", "export_weights", dtype, WEIGHT_BUCKET_MB, timeout_s=timeout_s, timeout_key=key
         )
         receivers = self.rollout_group
-        self.lane.run(lambda: receivers.call("rollout", "load_weights", step, export, timeout_s=timeout_s, timeout_key=key))
+        self.lane.run(
+            lambda: receivers.call(
+                "rollout", "load_weights", step, export, timeout_s=timeout_s, timeout_key=key
+            )
+        )
 
     def sleep_rollout(self) -> None:
         """Free the engine's KV cache for the update when it shares the trainer's devices."""
