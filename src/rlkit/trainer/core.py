@@ -236,13 +236,11 @@ class RLTrainer:
             batch, gen_metrics = self._generate_training_batch(run, step)
         gen_s = time.perf_counter() - started
         gen_metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
-        gen_metrics.update(self._engine_gauges(run))
-        assert run.feed is not None
-        if cfg.trainer.mode != "sync":
-            gen_metrics.update(staleness_metrics(batch, step - 1))
-            with timer("gen_ahead"):  # the next steps' rollouts, with the weights this step trains
-                run.feed.fill(step + 1, step - 1)
-            gen_metrics.update(run.feed.metrics())
+        off_policy = cfg.trainer.mode != "sync"
+        if off_policy:
+            gen_metrics.update(self._generate_ahead(run, step, batch))
+        else:
+            gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
             if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
@@ -270,7 +268,9 @@ class RLTrainer:
             run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
-            if run.lane.concurrent:  # the rollouts generated beside this update finish on the old weights
+            if (
+                run.lane.concurrent and run.feed is not None
+            ):  # those generated beside the update finish on the old weights
                 with timer("wait_rollout"):
                     run.feed.settle()
             with timer("sync"):
@@ -279,6 +279,8 @@ class RLTrainer:
             if run.ref is not None and every > 0 and step % every == 0:
                 with timer("ref_sync"):
                     run.ref.sync_from_actor()
+        if off_policy:  # what the engine generated for the steps ahead, whichever process it ran in
+            gen_metrics.update(self._engine_gauges(run))
         step_s = time.perf_counter() - started
         metrics.update(gen_metrics)
         metrics.update(stats.batch_metrics(batch))
@@ -286,6 +288,19 @@ class RLTrainer:
         metrics["throughput/tokens_per_s"] = float(batch["attention_mask"].sum()) / step_s
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
         self._trace(run, step, batch)
+        return metrics
+
+    def _generate_ahead(self, run: RunContext, step: int, batch: Batch) -> dict[str, float]:
+        """Queue the next steps' rollouts, sampled with the weights ``step`` trains (off-policy modes).
+
+        Returns the staleness of ``batch`` and the queue's metrics. With split placement the
+        rollouts generate beside this step's passes; colocated, they generate now.
+        """
+        assert run.feed is not None
+        metrics = staleness_metrics(batch, step - 1)
+        with self.timer("gen_ahead"):
+            run.feed.fill(step + 1, step - 1)
+        metrics.update(run.feed.metrics())
         return metrics
 
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
