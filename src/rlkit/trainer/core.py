@@ -268,9 +268,8 @@ class RLTrainer:
             run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
-            if (
-                run.lane.concurrent and run.feed is not None
-            ):  # those generated beside the update finish on the old weights
+            # the rollouts generated beside the update finish on the weights they started with
+            if run.lane.concurrent and run.feed is not None:
                 with timer("wait_rollout"):
                     run.feed.settle()
             with timer("sync"):

@@ -38,6 +38,7 @@ from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
     actor_settings,
     actor_update_settings,
+    compute_dtype,
     critic_settings,
     critic_update_settings,
     ref_settings,
@@ -122,7 +123,7 @@ class RunContext:
         if self.rollout_group is None:
             self.group.call("rollout", "sync_weights", step, timeout_s=timeout_s, timeout_key=key)
             return
-        dtype = rollout_settings(self.cfg, self.group.device)["dtype"]
+        dtype = compute_dtype(self.cfg, self.group.device)  # the rollout engine's, as it checksums
         export = self.group.call(
             "actor", "export_weights", dtype, WEIGHT_BUCKET_MB, timeout_s=timeout_s, timeout_key=key
         )
