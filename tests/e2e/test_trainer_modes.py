@@ -112,3 +112,17 @@ def test_multi_turn_runs_off_policy(ray_session: None, tmp_path: Path, mode: lis
     got = metrics(tmp_path)
     assert got[3]["async/staleness_max"] >= 1.0
     _check_agent_metrics(got[3])
+
+
+@pytest.mark.slow
+def test_a_weight_transfer_past_its_deadline_is_one_line_naming_the_stage(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """A deadline no transfer meets stands in for one that hangs: the stage and the key to raise."""
+    overrides = [*TINY, "trainer.mode=one_step_off", *SPLIT, NO_VAL, f"trainer.out_dir={tmp_path}"]
+    cfg = to_dataclass(load_config("grpo", overrides=[*overrides, "hardware.sync_timeout_s=0.001"]))
+    with pytest.raises(WorkerError) as err:
+        RLTrainer(cfg).fit()
+    line = str(err.value)
+    assert "weights overran its 0.001 s deadline" in line and "raise hardware.sync_timeout_s" in line
+    assert line.startswith(("stage actor.export_weights", "stage rollout.load_weights")) and "\n" not in line
