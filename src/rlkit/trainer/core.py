@@ -268,16 +268,15 @@ class RLTrainer:
             run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
-            # the rollouts generated beside the update finish on the weights they started with
-            if run.lane.concurrent and run.feed is not None:
-                with timer("wait_rollout"):
-                    run.feed.settle()
+            self._settle_rollouts(run)
             with timer("sync"):
                 self._sync_weights(run, step)
             every = cfg.ref.update_every
             if run.ref is not None and every > 0 and step % every == 0:
                 with timer("ref_sync"):
                     run.ref.sync_from_actor()
+        else:  # a critic-only step: the rollout workers are free again before the next step's hooks
+            self._settle_rollouts(run)
         if off_policy:  # what the engine generated for the steps ahead, whichever process it ran in
             gen_metrics.update(self._engine_gauges(run))
         step_s = time.perf_counter() - started
@@ -288,6 +287,13 @@ class RLTrainer:
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
         self._trace(run, step, batch)
         return metrics
+
+    def _settle_rollouts(self, run: RunContext) -> None:
+        """Wait for the rollouts generating beside the step (split placement): they finish on the
+        weights they started with, before the next push or any other call on the rollout workers."""
+        if run.lane.concurrent and run.feed is not None:
+            with self.timer("wait_rollout"):
+                run.feed.settle()
 
     def _generate_ahead(self, run: RunContext, step: int, batch: Batch) -> dict[str, float]:
         """Queue the next steps' rollouts, sampled with the weights ``step`` trains (off-policy modes).
