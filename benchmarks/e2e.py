@@ -7,6 +7,12 @@ per stage (rlkit), with TRL measured in the same process when ``--vs trl`` is gi
 
     python benchmarks/e2e.py --vs trl          # on a GPU machine
     python benchmarks/e2e.py --tiny            # CPU smoke test (tiny model, 2 steps)
+    python benchmarks/e2e.py --mode sync one_step_off async --placement split   # 2 GPUs: trainer.mode
+
+``--mode`` runs rlkit once per ``trainer.mode`` given (the first is the same-run baseline) and prints
+one row each with the mean staleness of the trained tokens; ``--placement split`` puts the rollout
+engine on a device of its own (``hardware.rollout_devices=1``; two devices unless ``--set`` or the
+profile says otherwise), which is what lets the off-policy modes overlap generation with the update.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ def make_prompts(path: Path, n: int, prompt_chars: int) -> list[str]:
     return texts
 
 
-def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace, mode: str) -> dict[str, float]:
     from rlkit.config.load import load_config
     from rlkit.trainer import run_rl
 
@@ -83,17 +89,32 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace) -> d
         f"trainer.out_dir={out}",
         "trainer.resume=never",
         "actor.lr=1e-6",
+        f"trainer.mode={mode}",
+        f"trainer.max_staleness={args.max_staleness}",
     ]
     if args.tiny:
         overrides.append("hardware.device=cpu")
+    overrides += placement_overrides(args)
     overrides += args.set
     run_rl(load_config("grpo", profile=args.profile, overrides=overrides))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = [r for r in rows if r["step"] > 1] or rows
     keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/")) and k != "timing/save_s"}
+    keys |= {k for r in steady for k in r if k == "async/staleness_mean"}
     for r in rows:
-        print(f"rlkit step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}")
+        print(
+            f"rlkit {mode} step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}"
+        )
     return {k: sum(r[k] for r in steady if k in r) / sum(k in r for r in steady) for k in sorted(keys)}
+
+
+def placement_overrides(args: argparse.Namespace) -> list[str]:
+    """``hardware.*`` of ``--placement``: split gives the rollout engine one device of its own."""
+    if args.placement == "colocated":
+        return []
+    given = " ".join(args.set)
+    devices = [] if args.profile or "hardware.devices_per_node=" in given else ["hardware.devices_per_node=2"]
+    return ["hardware.placement=split", "hardware.rollout_devices=1", *devices]
 
 
 def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
@@ -150,6 +171,12 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--response-tokens", type=int, default=256)
     parser.add_argument("--profile", default=None, help="rlkit hardware profile, e.g. h100x2")
+    parser.add_argument(
+        "--mode", nargs="+", default=["sync"], choices=["sync", "one_step_off", "async"],
+        help="trainer.mode values to run, one rlkit run each (the first is the baseline)",
+    )  # fmt: skip
+    parser.add_argument("--placement", choices=["colocated", "split"], default="colocated")
+    parser.add_argument("--max-staleness", type=int, default=1, help="trainer.max_staleness of --mode async")
     parser.add_argument("--commit", default=None, help="commit to print (the GPU machine has no .git)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra rlkit override (repeatable)"
@@ -160,7 +187,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
     make_model(work / "model", TINY if args.tiny else QWEN25_05B)
     texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)
-    rlkit = run_rlkit(work / "model", work / "train.parquet", work / "run", args)
+    runs = {
+        m: run_rlkit(work / "model", work / "train.parquet", work / f"run-{m}", args, m) for m in args.mode
+    }
+    rlkit = runs[args.mode[0]]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"\n## e2e GRPO step: {device}, torch {torch.__version__}, commit {args.commit or commit()}")
     print(
@@ -174,6 +204,15 @@ def main() -> None:
     if args.set:
         print(f"rlkit overrides: {' '.join(args.set)}")
     print(f"| rlkit | {step:.2f} | {rlkit['throughput/tokens_per_s_per_device']:,.0f} |")
+    if len(args.mode) > 1 or args.mode != ["sync"] or args.placement != "colocated":
+        print(f"\n| trainer.mode ({args.placement}) | s/step | tokens/s | staleness | vs {args.mode[0]} |")
+        print("|---|---|---|---|---|")
+        for mode, got in runs.items():
+            s = got["timing/step_s"]
+            lag = got.get("async/staleness_mean", 0.0)
+            print(
+                f"| {mode} | {s:.2f} | {got['throughput/tokens_per_s']:,.0f} | {lag:.2f} | {step / s:.2f}x |"
+            )
     if args.vs == "trl":
         trl_step = run_trl(work / "model", texts, args)
         print(f"| TRL GRPOTrainer | {trl_step:.2f} | {tokens / trl_step:,.0f} |")

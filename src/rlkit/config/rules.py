@@ -32,10 +32,20 @@ def _workers(cfg: DictConfig) -> None:
     # mini_batches needs every worker to hold at least one row of each mini-batch.
     hw = cfg.hardware
     world = hw.nodes * hw.devices_per_node
+    where = f"{world} workers (hardware.nodes={hw.nodes} x hardware.devices_per_node={hw.devices_per_node})"
+    if hw.placement == "split":
+        # trainer/setup: the rollout workers take hardware.rollout_devices slots, the trained roles the rest
+        if hw.rollout_devices >= world:
+            raise UserError(
+                f"hardware.placement=split gives hardware.rollout_devices={hw.rollout_devices} of {where} "
+                "to the rollout engine and none to training",
+                hint=f"raise hardware.devices_per_node, or set hardware.rollout_devices below {world}",
+            )
+        world -= hw.rollout_devices
+        where = f"{world} training workers (hardware.nodes x devices_per_node - rollout_devices)"
     if world == 1:
         return
     batch, n, mini = cfg.data.batch_size, cfg.rollout.n, cfg.actor.mini_batch_size
-    where = f"{world} workers (hardware.nodes={hw.nodes} x hardware.devices_per_node={hw.devices_per_node})"
     if (batch * n) % world:
         raise UserError(
             f"data.batch_size x rollout.n = {batch} x {n} = {batch * n} rows do not split evenly over {where}",
@@ -123,7 +133,7 @@ def _bypass(cfg: DictConfig) -> None:
     # give the optimal token baseline its sum of squared probabilities.
     if cfg.actor.old_log_probs != "rollout":
         return
-    if cfg.algo.rollout_correction.rollout_is != "none":
+    if cfg.algo.rollout_correction.rollout_is not in ("none", "auto"):
         raise UserError(
             "algo.rollout_correction.rollout_is needs the recomputed old log-probs; "
             "actor.old_log_probs=rollout makes every weight 1",

@@ -203,8 +203,10 @@ class FilterGroupsConfig:
 
 @dataclass
 class RolloutCorrectionConfig:
-    rollout_is: str = choice("none", "token", "sequence")
-    """Rollout IS weights ``pi_train / pi_rollout`` on the policy loss: none, token or sequence level."""
+    rollout_is: str = choice("auto", "none", "token", "sequence")
+    """Rollout IS weights ``pi_train / pi_rollout`` on the policy loss: none, token or sequence level;
+    ``auto``: ``token`` when ``trainer.mode`` is ``one_step_off`` or ``async`` and the old log-probs
+    are recomputed (the rollouts come from older weights), else ``none``."""
     rollout_is_threshold: float = bounded(2.0, gt=0)
     """Upper bound of the IS weights (TIS truncates at it; IcePop zeroes weights above it)."""
     rollout_is_threshold_lower: float | None = bounded(None, gt=0)
@@ -370,6 +372,17 @@ class TrainerConfig:
     """Experiment name (wandb, tensorboard)."""
     critic_warmup: int = bounded(0, ge=0)
     """Steps that update only the critic."""
+    mode: str = choice("sync", "one_step_off", "async")
+    """How rollouts are scheduled against updates (docs/async.md): ``sync`` (each step's rollouts
+    come from the weights it trains), ``one_step_off`` (the rollouts of step t+1 are generated before
+    step t's update, one policy version behind), ``async`` (up to ``trainer.rollout_queue_size``
+    batches generated ahead, at most ``trainer.max_staleness`` versions behind)."""
+    max_staleness: int = bounded(1, ge=0)
+    """``async``: most policy versions the weights that generated a trajectory may lag the weights
+    it trains (0: the same as ``sync``). The rollout waits rather than exceed it; a queued batch
+    beyond it (a resume with a lower bound) is generated again from its prompts."""
+    rollout_queue_size: int = bounded(2, ge=1)
+    """``async``: most generated batches waiting ahead of the trainer."""
     profile: str = choice("none", "torch", "npu", "memory", "nsight")
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
@@ -422,7 +435,12 @@ class HardwareConfig:
     ray_address: str | None = profile_key(None)
     """Existing Ray cluster to join (``auto`` or host:port); null starts a local one (or uses RAY_ADDRESS)."""
     placement: str = choice("colocated", "split", profile=True)
-    """``colocated`` (actor, rollout and ref share each device) or ``split`` (a pool per role)."""
+    """``colocated`` (actor, rollout and ref share each device) or ``split`` (the rollout engine on
+    ``hardware.rollout_devices`` devices of its own, the trained roles on the rest; weights move
+    between them after every update, and ``trainer.mode=one_step_off|async`` overlaps the two)."""
+    rollout_devices: int = bounded(1, ge=1, profile=True)
+    """``split``: devices (workers on CPU) that run the rollout engine; the other
+    ``nodes x devices_per_node - rollout_devices`` train."""
     memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
     stage_timeout_s: float | None = bounded(None, gt=0, profile=True)

@@ -30,22 +30,34 @@ from rlkit.errors import UserError
 def apply_rollout_correction(cfg: RlkitConfig, batch: Batch) -> dict[str, float]:
     """Set ``rollout_is_weights`` from ``old_log_probs`` and ``rollout_log_probs``; their metrics.
 
-    A no-op (no metrics) with ``algo.rollout_correction.rollout_is=none``.
+    A no-op (no metrics) when :func:`rollout_is_level` is ``none``.
     """
     rc = cfg.algo.rollout_correction
-    if rc.rollout_is == "none":
+    level = rollout_is_level(cfg)
+    if level == "none":
         return {}
     weights, _, metrics = compute_rollout_correction_and_rejection_mask(
         batch["old_log_probs"],
         batch["rollout_log_probs"],
         batch["response_mask"],
-        rollout_is=rc.rollout_is,
+        rollout_is=level,
         rollout_is_threshold=rc.rollout_is_threshold,
         rollout_is_threshold_lower=rc.rollout_is_threshold_lower,
     )
     assert weights is not None
     batch.set("rollout_is_weights", weights)
     return {key: float(value) for key, value in metrics.items()}
+
+
+def rollout_is_level(cfg: RlkitConfig) -> str:
+    """``algo.rollout_correction.rollout_is`` with ``auto`` resolved: ``token`` where the rollouts come
+    from older weights than the recomputed old log-probs (``trainer.mode`` one_step_off or async),
+    else ``none`` (bypass mode's ratio already divides by the rollout's log-probs)."""
+    level = cfg.algo.rollout_correction.rollout_is
+    if level != "auto":
+        return level
+    off_policy = cfg.trainer.mode != "sync" and cfg.actor.old_log_probs != "rollout"
+    return "token" if off_policy else "none"
 
 
 def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:

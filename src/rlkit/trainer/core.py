@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from rlkit.trainer.algo_inputs import (
     estimator_extras,
     needs_sum_pi_squared,
 )
+from rlkit.trainer.feed import RolloutFeed, feed_depth, staleness_bound, staleness_metrics
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
@@ -145,10 +147,7 @@ class RLTrainer:
         Every rollout worker checks that its engine took the weights of ``step`` (version and
         checksum) and fails the call with one line naming the step if it did not.
         """
-        limit = deadlines(self.cfg, run.group.device).sync_s
-        run.group.call(
-            "rollout", "sync_weights", step, timeout_s=limit, timeout_key="hardware.sync_timeout_s"
-        )
+        run.sync_weights(step, deadlines(self.cfg, run.group.device).sync_s)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, run: RunContext) -> None:
@@ -171,6 +170,7 @@ class RLTrainer:
             run.run_dir, every=cfg.trainer.trace_every, max_mb=cfg.trainer.trace_max_mb, start_step=start
         )
         self._replay = open_replay(cfg, run.run_dir)
+        run.feed = self._open_feed(run)
         try:
             self._sync_weights(run, start)
             if (
@@ -204,6 +204,25 @@ class RLTrainer:
         finally:
             logger.close()
 
+    def _open_feed(self, run: RunContext) -> RolloutFeed:
+        """The schedule of ``trainer.mode``, holding the resume point's queued draws if any."""
+
+        def draw_prompts() -> Batch:
+            prompts = run.next_prompts()
+            prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
+            return prompts
+
+        def generate(prompts: Batch, step: int, round_: int) -> Future[Batch]:
+            # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
+            seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + round_) % 2**31
+            sampling = {**run.train_sampling, "seed": seed}
+            return run.lane.submit(self._rollouts, run, prompts, sampling, step, round_)
+
+        feed = RolloutFeed(feed_depth(self.cfg), staleness_bound(self.cfg), draw_prompts, generate)
+        if run.queued is not None and run.queued[1]:
+            feed.load(*run.queued)
+        return feed
+
     def _after_step(self, run: RunContext, step: int, metrics: dict[str, Any]) -> None:
         """Note ``step``'s metrics for the closing summary; stop here if a signal asked to."""
         assert self.summary is not None
@@ -218,7 +237,11 @@ class RLTrainer:
             batch, gen_metrics = self._generate_training_batch(run, step)
         gen_s = time.perf_counter() - started
         gen_metrics["throughput/gen_tokens_per_s"] = float(batch["response_mask"].sum()) / max(gen_s, 1e-9)
-        gen_metrics.update(self._engine_gauges(run))
+        off_policy = cfg.trainer.mode != "sync"
+        if off_policy:
+            gen_metrics.update(self._generate_ahead(run, step, batch))
+        else:
+            gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
         with timer("old_log_prob"):
             if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
@@ -243,15 +266,20 @@ class RLTrainer:
             with timer("update_critic"):
                 metrics.update(run.critic.update(batch, run.critic_update_settings))
         if step > cfg.trainer.critic_warmup:
-            run.rollout.sleep()
+            run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
+            self._settle_rollouts(run)
             with timer("sync"):
                 self._sync_weights(run, step)
             every = cfg.ref.update_every
             if run.ref is not None and every > 0 and step % every == 0:
                 with timer("ref_sync"):
                     run.ref.sync_from_actor()
+        else:  # a critic-only step: the rollout workers are free again before the next step's hooks
+            self._settle_rollouts(run)
+        if off_policy:  # what the engine generated for the steps ahead, whichever process it ran in
+            gen_metrics.update(self._engine_gauges(run))
         step_s = time.perf_counter() - started
         metrics.update(gen_metrics)
         metrics.update(stats.batch_metrics(batch))
@@ -261,12 +289,32 @@ class RLTrainer:
         self._trace(run, step, batch)
         return metrics
 
+    def _settle_rollouts(self, run: RunContext) -> None:
+        """Wait for the rollouts generating beside the step (split placement): they finish on the
+        weights they started with, before the next push or any other call on the rollout workers."""
+        if run.lane.concurrent and run.feed is not None:
+            with self.timer("wait_rollout"):
+                run.feed.settle()
+
+    def _generate_ahead(self, run: RunContext, step: int, batch: Batch) -> dict[str, float]:
+        """Queue the next steps' rollouts, sampled with the weights ``step`` trains (off-policy modes).
+
+        Returns the staleness of ``batch`` and the queue's metrics. With split placement the
+        rollouts generate beside this step's passes; colocated, they generate now.
+        """
+        assert run.feed is not None
+        metrics = staleness_metrics(batch, step - 1)
+        with self.timer("gen_ahead"):
+            run.feed.fill(step + 1, step - 1)
+        metrics.update(run.feed.metrics())
+        return metrics
+
     def _engine_gauges(self, run: RunContext) -> dict[str, float]:
         """``rollout/engine/<gauge>`` of this step's generation (summed over ranks; rates as
         ``throughput/rollout_engine_<gauge>``: wall-clock rates go with the others, a resumed run
         differs only there)."""
         out: dict[str, float] = {}
-        for name, value in stats.merge_rank_gauges(run.rollout.gauges()).items():
+        for name, value in stats.merge_rank_gauges(run.rollout_gauges()).items():
             prefix = "throughput/rollout_engine_" if name.endswith("_per_s") else "rollout/engine/"
             out[prefix + name] = value
         return out
@@ -274,7 +322,8 @@ class RLTrainer:
     @staticmethod
     def _live_engine_gauges(run: RunContext) -> dict[str, float]:
         """``rollout/engine/<gauge>`` of the engines right now (the Prometheus endpoint's, per scrape)."""
-        merged = stats.merge_rank_gauges(run.group.probe("rollout", "live_gauges"))
+        group = run.rollout_group or run.group  # split placement: the rollout workers are their own group
+        merged = stats.merge_rank_gauges(group.probe("rollout", "live_gauges"))
         return {f"rollout/engine/{name}": value for name, value in merged.items()}
 
     def _trace(self, run: RunContext, step: int, batch: Batch) -> None:
@@ -298,13 +347,12 @@ class RLTrainer:
         kept: list[Batch] = []
         kept_prompts, rounds, drawn = 0, 0, 0
         metrics: dict[str, float] = {}
+        assert run.feed is not None
         while kept_prompts < cfg.data.batch_size:
             rounds += 1
-            prompts = run.next_prompts()
-            prompts.set("uid", np.array([uuid.uuid4().hex for _ in range(len(prompts))], dtype=object))
-            # a seed per (step, round) makes sampling reproducible, so a resumed run repeats exactly
-            seed = (self.cfg.trainer.seed * 1_000_003 + step * 1_009 + rounds) % 2**31
-            batch = self._rollouts(run, prompts, {**run.train_sampling, "seed": seed}, step, rounds)
+            # the weights of version step - 1 (after that step's update) train this step
+            draw = run.feed.take(step, rounds, step - 1)
+            prompts, batch = draw.prompts, draw.rollouts
             batch = self.hooks.after_generate(run, prompts, batch)
             batch, reward_metrics = run.score(batch)
             metrics.update(reward_metrics)
@@ -378,9 +426,9 @@ class RLTrainer:
 
     def _validate(self, run: RunContext) -> dict[str, float]:
         with self.timer("val"):
-            batches = [run.generate(prompts, run.val_sampling) for prompts in run.val_batches()]
+            batches = [run.lane.run(run.generate, prompts, run.val_sampling) for prompts in run.val_batches()]
             scored = [run.score(b)[0] for b in batches]
-            run.rollout.gauges()  # the engine gauges of a step are its training generation's only
+            run.rollout_gauges()  # the engine gauges of a step are its training generation's only
         return stats.validation_metrics(Batch.concat(scored))
 
 

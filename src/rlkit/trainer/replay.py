@@ -114,6 +114,21 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot record a value of type {type(value).__name__}")
 
 
+def save_batch(stem: Path, batch: Batch) -> None:
+    """Write ``batch`` as ``STEM.safetensors`` (tensor columns) and ``STEM.json`` (the rest; no pickle)."""
+    save_file({k: v.detach().cpu().clone() for k, v in batch.tensors.items()}, f"{stem}.safetensors.tmp")
+    os.replace(f"{stem}.safetensors.tmp", f"{stem}.safetensors")
+    other = {"non_tensors": {k: list(v) for k, v in batch.non_tensors.items()}, "meta": batch.meta}
+    Path(f"{stem}.json").write_text(json.dumps(other, default=_jsonable))
+
+
+def load_batch(stem: Path) -> Batch:
+    """The batch :func:`save_batch` wrote to ``stem``."""
+    tensors: dict[str, torch.Tensor] = load_file(f"{stem}.safetensors")
+    other = json.loads(Path(f"{stem}.json").read_text())
+    return Batch(tensors=tensors, non_tensors=other["non_tensors"], meta=other["meta"])
+
+
 class RolloutRecorder:
     """Writes every generation round's batch to the recording folder."""
 
@@ -128,11 +143,7 @@ class RolloutRecorder:
 
     def rollouts(self, step: int, round_: int, prompts: Batch, batch: Batch) -> Batch:
         """Record ``batch`` (generated for ``prompts``) and return it unchanged."""
-        stem = self.folder / f"step_{step:06d}_round_{round_}"
-        save_file({k: v.detach().cpu().clone() for k, v in batch.tensors.items()}, f"{stem}.safetensors.tmp")
-        os.replace(f"{stem}.safetensors.tmp", f"{stem}.safetensors")
-        other = {"non_tensors": {k: list(v) for k, v in batch.non_tensors.items()}, "meta": batch.meta}
-        Path(f"{stem}.json").write_text(json.dumps(other, default=_jsonable))
+        save_batch(self.folder / f"step_{step:06d}_round_{round_}", batch)
         rounds = self.index["steps"].setdefault(str(step), {})
         rounds[str(round_)] = _prompt_hash(prompts)
         tmp = self.folder / f".{_INDEX}.tmp"
@@ -161,10 +172,7 @@ class RolloutReplayer:
                 f"trainer.replay: step {step} drew other prompts than the recording in {self.folder}",
                 hint="the data or its order changed (data files, data.* keys, or a resume point): record again",
             )
-        stem = self.folder / f"step_{step:06d}_round_{round_}"
-        tensors: dict[str, torch.Tensor] = load_file(f"{stem}.safetensors")
-        other = json.loads(Path(f"{stem}.json").read_text())
-        return Batch(tensors=tensors, non_tensors=other["non_tensors"], meta=other["meta"])
+        return load_batch(self.folder / f"step_{step:06d}_round_{round_}")
 
 
 def open_replay(cfg: RlkitConfig, run_dir: Path) -> RolloutRecorder | RolloutReplayer | None:

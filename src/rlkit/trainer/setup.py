@@ -31,11 +31,14 @@ from rlkit.models import load_hf_config, load_tokenizer, stop_token_ids
 from rlkit.profiling.profiler import ProfilerRole, ProfileWindow
 from rlkit.rewards import build_reward_manager, token_level_scores
 from rlkit.trainer.data import TrainData, build_train_data
+from rlkit.trainer.feed import RolloutFeed
+from rlkit.trainer.lane import RolloutLane
 from rlkit.trainer.lifecycle import deadlines
 from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
     actor_settings,
     actor_update_settings,
+    compute_dtype,
     critic_settings,
     critic_update_settings,
     ref_is_actor_base,
@@ -55,6 +58,9 @@ from rlkit.trainer.workers import (
     TeacherWorker,
 )
 
+#: Size of one object of a split-placement weight transfer (:meth:`ActorWorker.export_weights`).
+WEIGHT_BUCKET_MB = 256.0
+
 
 @dataclass
 class RunContext:
@@ -71,11 +77,15 @@ class RunContext:
     start_step: int = 0
     config_dict: dict[str, Any] = field(default_factory=dict)
     run_lock: RunLock | None = None
+    rollout_group: WorkerGroup | None = None  # the rollout engine's own workers (split placement)
+    feed: RolloutFeed | None = None  # the draws generated ahead (set by the trainer core)
+    queued: tuple[Path, list[dict[str, Any]]] | None = None  # the resume point's queued draws, to load
 
     def __post_init__(self) -> None:
         cfg = self.cfg
         self.actor = self.group.role("actor")
-        self.rollout = self.group.role("rollout")
+        self.rollout = (self.rollout_group or self.group).role("rollout")
+        self.lane = RolloutLane(concurrent=self.rollout_group is not None)
         self.ref = self.group.role("ref") if "ref" in self.group.roles else None
         if self.ref is None and _ref_enabled(cfg) and ref_is_actor_base(cfg):
             self.ref = self.actor  # its base under the LoRA adapters (compute_ref_log_prob)
@@ -107,6 +117,34 @@ class RunContext:
 
     def generate(self, prompts: Batch, sampling: dict[str, Any]) -> Batch:
         return self.rollout.generate(prompts, sampling, self.data.pad_id, self.cfg.data.max_response_length)
+
+    def sync_weights(self, step: int, timeout_s: float) -> None:
+        """Actor -> rollout engine, after the rollouts submitted before; every receiver checks the
+        version and checksum. Split placement moves the weights through Ray's object store in
+        buckets; each leg has the deadline ``timeout_s`` (``hardware.sync_timeout_s``)."""
+        key = "hardware.sync_timeout_s"
+        if self.rollout_group is None:
+            self.group.call("rollout", "sync_weights", step, timeout_s=timeout_s, timeout_key=key)
+            return
+        dtype = compute_dtype(self.cfg, self.group.device)  # the rollout engine's, as it checksums
+        export = self.group.call(
+            "actor", "export_weights", dtype, WEIGHT_BUCKET_MB, timeout_s=timeout_s, timeout_key=key
+        )
+        receivers = self.rollout_group
+        self.lane.run(
+            lambda: receivers.call(
+                "rollout", "load_weights", step, export, timeout_s=timeout_s, timeout_key=key
+            )
+        )
+
+    def sleep_rollout(self) -> None:
+        """Free the engine's KV cache for the update when it shares the trainer's devices."""
+        if self.rollout_group is None:
+            self.rollout.sleep()
+
+    def rollout_gauges(self) -> list[dict[str, float]]:
+        """Every rollout rank's gauges since the last call (after the calls submitted before)."""
+        return self.lane.run(self.rollout.gauges)
 
     def score(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
         """Decode the responses, score them, and put each score on the last response token."""
@@ -167,6 +205,8 @@ class RunContext:
         def write_roles(folder: Path) -> None:
             for handle in self.trained_roles.values():
                 handle.save_checkpoint(str(folder))
+            if self.feed is not None:  # the draws generated ahead belong to the run's state
+                self.feed.save(folder)
 
         keep_last = self.cfg.trainer.keep_last
         assert keep_last is not None, "open_run settles trainer.keep_last"
@@ -177,6 +217,7 @@ class RunContext:
                 "sampler": self.data.sampler.state_dict(),
                 "kl_ctrl": self.kl_ctrl.state_dict(),
                 "rng": ckpt.capture_rng(),
+                "rollout_queue": self.feed.state_dict() if self.feed is not None else [],
             },
             config=self.config_dict,
             tokenizer=self.tokenizer,
@@ -196,6 +237,7 @@ class RunContext:
         self.kl_ctrl.load_state_dict(point.state["kl_ctrl"])
         ckpt.restore_rng(point.state["rng"])
         self.start_step = point.step
+        self.queued = (point.path, list(point.state.get("rollout_queue", [])))
 
     def start_profiler(self, window: ProfileWindow) -> None:
         """Start ``window.kind`` in every worker; files go to ``RUN/profile/``."""
@@ -209,8 +251,11 @@ class RunContext:
 
     def close(self) -> None:
         try:
+            self.lane.close()
             self._close_rollout()
             self.group.shutdown()
+            if self.rollout_group is not None:
+                self.rollout_group.shutdown()
             close = getattr(self.reward, "close", None)
             if close is not None:
                 close()
@@ -221,7 +266,7 @@ class RunContext:
     def _close_rollout(self) -> None:
         """Best effort: let the rollout engines close (a server one started stops) before the kill."""
         try:
-            self.group.role("rollout", timeout_s=60.0).close()
+            (self.rollout_group or self.group).role("rollout", timeout_s=60.0).close()
         except Exception:  # a broken group: its workers are gone or stuck; the kill follows
             pass
 
@@ -279,11 +324,22 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
     limits = deadlines(cfg, device)
     start_ray(cfg.hardware.ray_address, connect_timeout_s=limits.connect_s)
     pool = ResourcePool(cfg.hardware.nodes, cfg.hardware.devices_per_node, device)
-    roles: dict[str, type] = {"actor": ActorWorker, "rollout": RolloutWorker}
-    init: dict[str, dict[str, Any]] = {
-        "actor": actor_settings(cfg, device),
-        "rollout": rollout_settings(cfg, device),
-    }
+    split = cfg.hardware.placement == "split"
+    rollout_group: WorkerGroup | None = None
+    if split:  # the rollout engine's workers first: they take the pool's last slots
+        world -= cfg.hardware.rollout_devices
+        pool, rollout_pool = pool.split([world, cfg.hardware.rollout_devices])
+        rollout_group = WorkerGroup(
+            rollout_pool,
+            {"rollout": RolloutWorker},
+            {"rollout": rollout_settings(cfg, device)},
+            call_timeout_s=limits.stage_s,
+            start_timeout_s=limits.start_s,
+        )
+    roles: dict[str, type] = {"actor": ActorWorker}
+    init: dict[str, dict[str, Any]] = {"actor": actor_settings(cfg, device)}
+    if not split:
+        roles["rollout"], init["rollout"] = RolloutWorker, rollout_settings(cfg, device)
     if _ref_enabled(cfg) and not ref_is_actor_base(cfg):
         roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
     if cfg.algo.distill.teachers:
@@ -294,7 +350,12 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         roles["reward_model"], init["reward_model"] = RewardModelWorker, reward_model_settings(cfg, device)
     if cfg.trainer.profile != "none":
         roles["profiler"] = ProfilerRole
-    group = WorkerGroup(pool, roles, init, call_timeout_s=limits.stage_s, start_timeout_s=limits.start_s)
+    try:
+        group = WorkerGroup(pool, roles, init, call_timeout_s=limits.stage_s, start_timeout_s=limits.start_s)
+    except BaseException:
+        if rollout_group is not None:
+            rollout_group.shutdown()
+        raise
     kl = cfg.algo.kl_ctrl
     kl_ctrl = (
         AdaptiveKLController(kl.kl_coef, kl.target_kl, kl.horizon)
@@ -312,6 +373,7 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         world,
         config_dict=config_dict,
         run_lock=start.lock,
+        rollout_group=rollout_group,
     )
     if point is not None:
         try:

@@ -80,7 +80,7 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
         f"[bold]run[/]      {run.run_dir}  ({start})",
         f"[bold]model[/]    {cfg.model.path} ({cfg.model.dtype}); training {roles} with FSDP2, "
         f"rollout on the {cfg.rollout.engine} engine",
-        f"[bold]device[/]   {run.group.device} x {run.world_size} ({cfg.hardware.placement})",
+        f"[bold]device[/]   {run.group.device} x {run.world_size} ({_placement(cfg)}; trainer.mode={cfg.trainer.mode})",
         f"[bold]data[/]     {len(run.data.train)} train / {val} val prompts; "
         f"{cfg.data.batch_size} prompts x {cfg.rollout.n} samples per step",
     ]
@@ -142,3 +142,11 @@ class RunSummary:
             lines.append(f"           rlkit ckpt merge {self.checkpoint} --out {hf}")
             lines.append(f"           rlkit generate {hf} --prompts PROMPTS.parquet --out gen.jsonl")
         return "\n".join(lines)
+
+
+def _placement(cfg: RlkitConfig) -> str:
+    """``colocated``, or ``split`` with the devices the rollout engine has of its own."""
+    hw = cfg.hardware
+    return (
+        f"split: + {hw.rollout_devices} for the rollout engine" if hw.placement == "split" else hw.placement
+    )

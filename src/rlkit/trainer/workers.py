@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 
 from rlkit.agents.setup import loop_settings
@@ -37,6 +38,8 @@ from rlkit.trainer.rollout_batch import (
     trajectories_to_batch,
 )
 from rlkit.training import ActorRole, CriticRole, RefRole, Teachers
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class ActorWorker:
@@ -67,6 +70,31 @@ class ActorWorker:
         if worker_context().rank == 0:
             tokenizer = load_tokenizer(tokenizer_path)
             write_hf_folder(out_dir, self.role.config.to_hf(), tensors, tokenizer=tokenizer)
+
+    @dispatch("rank0")
+    def export_weights(self, dtype: str, bucket_mb: float) -> dict[str, Any]:
+        """The full weights in Ray's object store, for rollout workers in another pool (split placement).
+
+        Every rank gathers; rank 0 puts the tensors into buckets of about ``bucket_mb`` MiB and
+        returns ``{"buckets": [ObjectRef, ...], "checksums": ...}`` (the checksums the receiver's
+        engine must report after loading them, :func:`~rlkit.rollout.weight_sync.check_push`).
+        """
+        tap = ChecksumTap(self.role.named_full_tensors(dtype=_DTYPES[dtype]))
+        rank0 = worker_context().rank == 0
+        buckets: list[Any] = []
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size, limit = 0, bucket_mb * 2**20
+        for name, tensor in tap:
+            if not rank0:
+                continue
+            bucket.append((name, tensor.cpu()))
+            size += tensor.numel() * tensor.element_size()
+            if size >= limit:
+                buckets.append(ray.put(bucket))
+                bucket, size = [], 0
+        if bucket:
+            buckets.append(ray.put(bucket))
+        return {"buckets": buckets, "checksums": tap.checksums()} if rank0 else {}
 
     @dispatch("broadcast")
     def save_checkpoint(self, step_dir: str) -> None:
@@ -166,7 +194,7 @@ class RolloutWorker:
         self.multi_turn = multi_turn if multi_turn and multi_turn.get("enable") else None
         self._agent: Any = None  # rlkit.agents.setup.AgentRuntime, built at the first generation
         self._tokenizer_path = tokenizer or model_path
-        self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+        self.dtype = _DTYPES[dtype]
         self.engine = build_engine_from_path(
             engine,
             model_path,
@@ -256,6 +284,23 @@ class RolloutWorker:
         return check_push(step, self.engine, before, tap.checksums())
 
     @dispatch("broadcast")
+    def load_weights(self, step: int, export: dict[str, Any]) -> dict[str, Any]:
+        """Load the weights :meth:`ActorWorker.export_weights` put in the object store (split placement).
+
+        Returns and raises as :meth:`sync_weights` does: the engine's version must advance and its
+        checksum must be the sender's.
+        """
+        self.engine.wake()
+        before = self.engine.weight_version
+
+        def stream() -> Any:
+            for ref in export["buckets"]:
+                yield from ray.get(ref)
+
+        self.engine.update_weights(stream())
+        return check_push(step, self.engine, before, export["checksums"])
+
+    @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:
         """What this worker generated since the last call: ``sequences``, ``tokens``, ``tokens_per_s``."""
         tally, self._tally = self._tally, {"seconds": 0.0, "sequences": 0, "tokens": 0}
@@ -289,7 +334,7 @@ class RewardModelWorker:
     def __init__(self, *, model_path: str, dtype: str, max_length: int) -> None:
         from rlkit.rewards import RewardModelScorer
 
-        torch_dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+        torch_dtype = _DTYPES[dtype]
         self.scorer = RewardModelScorer(
             model_path, device=worker_context().device, dtype=torch_dtype, max_length=max_length
         )

@@ -33,6 +33,12 @@ from rlkit.errors import UserError
             ["reward.overlong.enable=true", "reward.overlong.buffer_len=64"],
             "longer than data.max_response_length=32",
         ),
+        (["hardware.placement=split"], "hardware.rollout_devices=1 of 1 workers"),
+        (
+            ["hardware.placement=split", "hardware.devices_per_node=4", "hardware.rollout_devices=1"],
+            "do not split evenly over 3 training workers",
+        ),
+        (["trainer.mode=offline"], "trainer.mode"),
     ],
 )
 def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:
@@ -128,3 +134,18 @@ def test_bypass_mode_is_refused_where_the_old_log_prob_pass_is_needed() -> None:
     assert load_config("otb").actor.old_log_probs == "recompute"
     assert load_config("grpo").actor.old_log_probs == "rollout"  # the built-in model's value
     assert load_config("grpo", overrides=["model.path=/some/real/model"]).actor.old_log_probs == "recompute"
+
+
+def test_rollout_correction_auto_is_on_only_where_rollouts_are_off_policy() -> None:
+    from rlkit.config.compose import to_dataclass
+    from rlkit.trainer.algo_inputs import rollout_is_level
+
+    def level(*overrides: str) -> str:
+        return rollout_is_level(to_dataclass(load_config("grpo", overrides=list(overrides))))
+
+    real = "model.path=/some/real/model"  # its old log-probs are recomputed
+    assert level(real) == "none"
+    assert level(real, "trainer.mode=one_step_off") == "token"
+    assert level(real, "trainer.mode=async", "algo.rollout_correction.rollout_is=sequence") == "sequence"
+    # bypass mode: the ratio already divides by the rollout's log-probs
+    assert level("trainer.mode=async") == "none"
