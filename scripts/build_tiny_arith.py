@@ -3,17 +3,19 @@
     python scripts/build_tiny_arith.py [--name NAME] [--seed 1] [--out-dir DIR] [--step K] [--install]
         [--bf16] [KEY=VALUE ...]
 
-``--name tiny-arith-teacher --bf16 model.path=builtin:tiny-teacher ...`` builds the teacher of
-``rlkit train distill`` instead: the larger ``builtin:tiny-teacher`` architecture (8 layers, 2.4x the
-student's parameters) trained from scratch by the same SFT recipe, installed in bf16; the exact
-command is in its ``build.json`` (docs/distill.md).
+``--name tiny-arith-teacher model.path=builtin:tiny-teacher`` builds the teacher of ``rlkit train
+distill`` instead: the larger ``builtin:tiny-teacher`` architecture (8 layers, 2.4x the student's
+parameters) trained from scratch by the same SFT recipe, in two runs of this script over one folder
+(the 800 steps of recipes/sft.yaml, then ``trainer.resume=auto trainer.total_steps=1200 --bf16
+--install``: the deeper model learns the carries later, and was still improving at step 800); the
+exact commands are in its ``build.json`` (docs/distill.md).
 
 It runs the embedded SFT default (``rlkit sft``: ``builtin:tiny`` trained from scratch on the synthetic
 arith task as chat pairs, recipes/sft.yaml) with the given seed and overrides, measures the accuracy of
 the final export (or of step ``K``'s, with ``trainer.save_every`` set) on the held-out problems (greedy,
 and sampled at temperature 1 with 8 samples per prompt, which is what the GRPO default sees), and with
 ``--install`` copies it to ``src/rlkit/models/assets/NAME/`` together with ``build.json``
-(command, steps, seed, data, parameter count, accuracies). The shipped model is
+(command, steps, seed, data, parameter count, accuracies). The shipped ``builtin:tiny-arith`` is
 ``--step 450 trainer.save_every=25 trainer.keep_last=0``: mid-way through the run, when it knows the
 format and part of the arithmetic (the full 800 steps reach ~97%, leaving RL nothing to show). About
 3 minutes on a 2-core CPU.
