@@ -1,17 +1,21 @@
 """Rebuild ``builtin:tiny-arith``, the packaged warm start of the embedded RL default (or its teacher).
 
     python scripts/build_tiny_arith.py [--name NAME] [--seed 1] [--out-dir DIR] [--step K] [--install]
-        [KEY=VALUE ...]
+        [--bf16] [KEY=VALUE ...]
 
-``--name tiny-arith-teacher --bf16`` builds the teacher of ``rlkit train distill`` instead: the same
-SFT run's final export (all 800 steps), installed in bf16.
+``--name tiny-arith-teacher model.path=builtin:tiny-teacher`` builds the teacher of ``rlkit train
+distill`` instead: the larger ``builtin:tiny-teacher`` architecture (8 layers, 2.4x the student's
+parameters) trained from scratch by the same SFT recipe, in two runs of this script over one folder
+(the 800 steps of recipes/sft.yaml, then ``trainer.resume=auto trainer.total_steps=1200 --bf16
+--install``: the deeper model learns the carries later, and was still improving at step 800); the
+exact commands are in its ``build.json`` (docs/distill.md).
 
 It runs the embedded SFT default (``rlkit sft``: ``builtin:tiny`` trained from scratch on the synthetic
 arith task as chat pairs, recipes/sft.yaml) with the given seed and overrides, measures the accuracy of
 the final export (or of step ``K``'s, with ``trainer.save_every`` set) on the held-out problems (greedy,
 and sampled at temperature 1 with 8 samples per prompt, which is what the GRPO default sees), and with
-``--install`` copies it to ``src/rlkit/models/assets/tiny-arith/`` together with ``build.json``
-(command, step, accuracies). The shipped model is
+``--install`` copies it to ``src/rlkit/models/assets/NAME/`` together with ``build.json``
+(command, steps, seed, data, parameter count, accuracies). The shipped ``builtin:tiny-arith`` is
 ``--step 450 trainer.save_every=25 trainer.keep_last=0``: mid-way through the run, when it knows the
 format and part of the arithmetic (the full 800 steps reach ~97%, leaving RL nothing to show). About
 3 minutes on a 2-core CPU.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,28 +83,38 @@ def main() -> None:
         "trainer.resume=never",
         *args.overrides,
     ]
-    result = run_sft(load_config("sft", overrides=overrides, command="sft"))
+    cfg = load_config("sft", overrides=overrides, command="sft")
+    result = run_sft(cfg)
     hf_dir = (
         result.hf_dir if args.step is None else result.run_dir / "checkpoints" / f"step_{args.step}" / "hf"
     )
+    shipped = hf_dir
+    if args.install:
+        shipped = ASSETS / args.name
+        shutil.rmtree(shipped, ignore_errors=True)
+        shutil.copytree(hf_dir, shipped)
+        if args.bf16:
+            _to_bf16(shipped)
     held_out = arith.generate_splits(4096, 512, args.seed)["test"]
     report = {
+        "build": "python scripts/build_tiny_arith.py " + " ".join(sys.argv[1:]),
         "command": "rlkit sft " + " ".join(overrides),
         "name": args.name,
-        "shipped": str(hf_dir.relative_to(result.run_dir)),
+        "model": cfg.model.path,
+        "parameters": sum(p.numel() for p in load_causal_lm(str(shipped)).parameters()),
+        "shipped": str(hf_dir.relative_to(result.run_dir)) + (" in bf16" if args.bf16 else ""),
+        "steps": args.step or cfg.trainer.total_steps,
         "seed": args.seed,
-        "val_greedy_accuracy": accuracy(str(hf_dir), held_out, temperature=0.0, n=1),
-        "val_sampled_accuracy_t1": accuracy(str(hf_dir), held_out, temperature=1.0, n=8),
+        "data": f"arith.generate_splits({cfg.data.synthetic_size}, {cfg.data.synthetic_size // 8}, seed="
+        f"{args.seed}): the training split as chat pairs, batch {cfg.data.batch_size}",
+        # measured on the weights as shipped (bf16 when --bf16 --install)
+        "val_greedy_accuracy": accuracy(str(shipped), held_out, temperature=0.0, n=1),
+        "val_sampled_accuracy_t1": accuracy(str(shipped), held_out, temperature=1.0, n=8),
     }
     print(json.dumps(report, indent=2))
     if args.install:
-        asset = ASSETS / args.name
-        shutil.rmtree(asset, ignore_errors=True)
-        shutil.copytree(hf_dir, asset)
-        if args.bf16:
-            _to_bf16(asset)
-        (asset / "build.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"installed {asset}")
+        (shipped / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"installed {shipped}")
 
 
 def _to_bf16(folder: Path) -> None:

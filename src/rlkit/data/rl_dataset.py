@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class PromptItem:
     """The chat messages of the prompt, as stored."""
     index: int
     """Position of the row among all rows read (before filtering)."""
+    columns: dict[str, Any] = field(default_factory=dict)
+    """The row's values of the dataset's ``columns`` (None where the row has none)."""
 
 
 class RLDataset(torch.utils.data.Dataset[PromptItem]):
@@ -54,6 +56,8 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         reward_fn_key: Column whose value selects the scorer (``data_source`` in verl).
         chat_template: Render prompts with the tokenizer's chat template (with the generation prompt);
             None uses it when the tokenizer has one, else the raw text.
+        columns: More top-level columns carried with each prompt into the batch, e.g. the one naming
+            a row's distillation teacher (a row without the column gets None).
 
     Raises:
         UserError: A missing file or column (the file and the columns present are named), no
@@ -69,6 +73,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         prompt_key: str = "prompt",
         reward_fn_key: str = "data_source",
         chat_template: bool | None = None,
+        columns: tuple[str, ...] = (),
     ) -> None:
         if isinstance(files, str):
             files = [files]
@@ -76,7 +81,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
             raise UserError(
                 "no data files given", hint="set data.train_files, or prepare some with `rlkit data`"
             )
-        self._configure(tokenizer, max_prompt_length, prompt_key, reward_fn_key, chat_template)
+        self._configure(tokenizer, max_prompt_length, prompt_key, reward_fn_key, chat_template, columns)
         required = (prompt_key, reward_fn_key, "reward_model")
         rows = [row for file in files for row in read_parquet_rows(file, required)]
         self._build(rows, ", ".join(map(str, files)))
@@ -91,10 +96,11 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         prompt_key: str = "prompt",
         reward_fn_key: str = "data_source",
         chat_template: bool | None = None,
+        columns: tuple[str, ...] = (),
     ) -> RLDataset:
         """A dataset over in-memory schema rows (e.g. ``rlkit.data_prep.arith.generate(...)``)."""
         self = cls.__new__(cls)
-        self._configure(tokenizer, max_prompt_length, prompt_key, reward_fn_key, chat_template)
+        self._configure(tokenizer, max_prompt_length, prompt_key, reward_fn_key, chat_template, columns)
         for i, row in enumerate(rows):
             missing = [k for k in (prompt_key, reward_fn_key, "reward_model") if k not in row]
             if missing:
@@ -111,11 +117,13 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
         prompt_key: str,
         reward_fn_key: str,
         chat_template: bool | None,
+        columns: tuple[str, ...],
     ) -> None:
         if max_prompt_length < 1:
             raise UserError(f"data.max_prompt_length must be at least 1, got {max_prompt_length}")
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
+        self.columns = tuple(columns)
         self.prompt_key = prompt_key
         self.reward_fn_key = reward_fn_key
         self.chat_template = use_chat_template(tokenizer, chat_template)
@@ -141,6 +149,7 @@ class RLDataset(torch.utils.data.Dataset[PromptItem]):
                 row.get("extra_info") or {},
                 conv,
                 i,
+                {name: row.get(name) for name in self.columns},
             )
             self.items.append(item)
         self.num_rows = len(rows)
@@ -190,8 +199,8 @@ def collate_prompts(items: list[PromptItem], pad_id: int) -> dict[str, torch.Ten
     Returns:
         ``prompts`` (long) and ``prompt_attention_mask`` (long, 1 on real tokens), left-padded so
         every prompt ends at the last column; non-tensor object arrays ``raw_prompt_ids`` (the
-        unpadded id lists), ``data_source``, ``ground_truth``, ``extra_info``, ``raw_prompt`` and
-        ``index``. Ready for ``Batch(tensors=..., non_tensors=...)``.
+        unpadded id lists), ``data_source``, ``ground_truth``, ``extra_info``, ``raw_prompt``,
+        ``index`` and the dataset's extra ``columns``. Ready for ``Batch(tensors=..., non_tensors=...)``.
 
     Shape:
         prompts, prompt_attention_mask: ``(B, P)``; every object array: ``(B,)``.
@@ -210,4 +219,6 @@ def collate_prompts(items: list[PromptItem], pad_id: int) -> dict[str, torch.Ten
     for name in ("raw_prompt_ids", "data_source", "ground_truth", "extra_info", "raw_prompt", "index"):
         attr = "prompt_ids" if name == "raw_prompt_ids" else name
         columns[name] = _object_array([getattr(item, attr) for item in items])
+    for name in items[0].columns:
+        columns[name] = _object_array([item.columns[name] for item in items])
     return columns

@@ -10,10 +10,12 @@
 - ``builtin:tiny-tools``: ``builtin:tiny-arith`` fine-tuned by ``rlkit sft`` on calculator
   tool-call traces of the ``arith_tools`` task, the warm start of the tool-use RL recipe
   (``rlkit/models/assets/tiny-tools/``; docs/tools.md, ``python scripts/build_tiny_tools.py``).
-- ``builtin:tiny-arith-teacher``: the same architecture after the whole embedded SFT run (800 steps;
-  ``builtin:tiny-arith`` is its step 450), shipped in bf16 (``assets/tiny-arith-teacher/``): the
-  teacher of the embedded distillation recipe (``rlkit train distill``; rebuilt with
-  ``python scripts/build_tiny_arith.py --name tiny-arith-teacher --bf16 --install``).
+- ``builtin:tiny-teacher``: a larger architecture (8 layers, intermediate 512: 2.0M parameters, 2.4x
+  the others' 0.83M; same tokenizer and vocabulary), randomly initialised.
+- ``builtin:tiny-arith-teacher``: ``builtin:tiny-teacher`` trained from scratch by the embedded SFT run
+  (``rlkit sft model.path=builtin:tiny-teacher``), shipped in bf16 (``assets/tiny-arith-teacher/``,
+  its build in ``build.json``): the teacher of the embedded distillation recipe (``rlkit train
+  distill``; docs/distill.md says how to rebuild it with ``scripts/build_tiny_arith.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ _SIZES: dict[str, tuple[int, int, int, int, int, int]] = {
     "tiny": (128, 4, 4, 2, 32, 384),
     "tiny-arith": (128, 4, 4, 2, 32, 384),
     "tiny-tools": (128, 4, 4, 2, 32, 384),
-    "tiny-arith-teacher": (128, 4, 4, 2, 32, 384),
+    "tiny-teacher": (128, 8, 4, 2, 32, 512),
+    "tiny-arith-teacher": (128, 8, 4, 2, 32, 512),
 }
 # built-in models whose weights ship with the package (the others are random-init architectures)
 PACKAGED = ("tiny-arith", "tiny-tools", "tiny-arith-teacher")

@@ -59,6 +59,8 @@ def build_train_data(cfg: RlkitConfig, tokenizer: Any) -> TrainData:
         "prompt_key": d.prompt_key,
         "reward_fn_key": d.reward_fn_key,
         "chat_template": d.chat_template,
+        # the column naming each row's distillation teacher travels with its prompt
+        "columns": (cfg.algo.distill.teacher_key,) if cfg.algo.distill.teachers else (),
     }
     if d.train_files:
         train = RLDataset(list(d.train_files), tokenizer, **opts)

@@ -152,3 +152,16 @@ def test_countdown_parquet_round_trip(tmp_path: Path) -> None:
     assert truth_type == pa.struct([("target", pa.int64()), ("numbers", pa.list_(pa.int64()))])
     dataset = RLDataset([str(f) for f in result.files], TOKENIZER, max_prompt_length=512)
     assert len(dataset) == 20 and dataset[0].ground_truth == result.sample["reward_model"]["ground_truth"]
+
+
+def test_extra_columns_travel_with_their_prompts(tmp_path: Path) -> None:
+    """``columns`` (e.g. the distillation teacher's name) reach the collated batch; a missing value is None."""
+    rows = arith.generate(3, seed=2)
+    rows[0]["teacher"], rows[2]["teacher"] = "math", ""
+    dataset = RLDataset(
+        [_write(tmp_path / "a.parquet", rows)], TOKENIZER, max_prompt_length=64, columns=("teacher",)
+    )
+    batch = collate_prompts([dataset[i] for i in range(3)], pad_id=TOKENIZER.pad_token_id)
+    assert batch["teacher"].dtype == object and list(batch["teacher"]) == ["math", None, ""]
+    plain = RLDataset.from_rows(rows, TOKENIZER, max_prompt_length=64)
+    assert "teacher" not in collate_prompts([plain[0]], pad_id=TOKENIZER.pad_token_id)

@@ -126,6 +126,19 @@ def test_shipped_tiny_arith_answers_some_problems() -> None:
     assert model.config.num_layers == 4 and model.config.hidden_size == 128
 
 
+def test_shipped_teacher_is_the_larger_architecture_with_the_students_vocabulary() -> None:
+    """builtin:tiny-arith-teacher: tiny_config's architecture (what `rlkit plan` reads) in bf16, 2-3x larger."""
+    from rlkit.models.tiny import tiny_config
+
+    teacher = load_causal_lm("builtin:tiny-arith-teacher")
+    assert teacher.config == tiny_config("tiny-arith-teacher")
+    assert teacher.config.vocab_size == tiny_config("tiny-arith").vocab_size
+    ratio = sum(p.numel() for p in teacher.parameters()) / sum(
+        p.numel() for p in load_causal_lm("builtin:tiny-arith").parameters()
+    )
+    assert 2.0 <= ratio <= 3.0, ratio
+
+
 def test_routing_native_vs_fallback() -> None:
     base = tiny_config().to_hf()
     assert native_unsupported_reason(base) is None
