@@ -3,7 +3,8 @@
 The cluster (:mod:`_loopback_cluster`) is its own process with its own Ray temp folder, and every
 ``rlkit`` command runs as a subprocess that joins it through ``RAY_ADDRESS``: the test session's
 shared Ray (``ray_session``) is never touched. The tests share the one cluster and run in file
-order; the last one kills the second node (``slow``: it starts a second run).
+order; the last one kills the second node. The first two are the CI check; the stall/resume and
+lost-node tests are ``slow`` (each starts more runs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 HELPER = Path(__file__).with_name("_loopback_cluster.py")
@@ -36,6 +38,7 @@ class LoopbackCluster:
     proc: subprocess.Popen[str]
     address: str
     node_ids: list[str]
+    second_raylet_pid: int
     env: dict[str, str]
 
     def rlkit(self, *args: str, timeout: float = _RUN_S) -> subprocess.CompletedProcess[str]:
@@ -78,7 +81,7 @@ def cluster() -> Iterator[LoopbackCluster]:
     try:
         info = json.loads(_read_line(proc, _CLUSTER_START_S))
         env["RAY_ADDRESS"] = info["address"]
-        yield LoopbackCluster(proc, info["address"], info["nodes"], env)
+        yield LoopbackCluster(proc, info["address"], info["nodes"], info["second_raylet_pid"], env)
     finally:
         proc.stdin.close()  # type: ignore[union-attr]  # end of input: the helper stops the cluster
         try:
@@ -126,6 +129,58 @@ def test_more_nodes_than_the_cluster_has_is_one_line(
     assert took < 90, f"took {took:.0f} s"  # data, imports and Ray's connect; the pool itself waits 5 s
 
 
+def _steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    text = path.read_text() if path.is_file() else ""
+    return [json.loads(line)["step"] for line in text.splitlines() if line.strip()]
+
+
+def _worker_on_second_node(cluster: LoopbackCluster) -> psutil.Process:
+    """The rlkit worker process (rank 1) that the second node's raylet started."""
+    raylet = psutil.Process(cluster.second_raylet_pid)
+    workers = [p for p in raylet.children(recursive=True) if "WorkerHost" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [p.cmdline() for p in workers]
+    return workers[0]
+
+
+@pytest.mark.slow  # two more runs' start-up (minutes on a loaded 2-core box)
+def test_a_stalled_rank_dumps_stacks_and_resume_continues(
+    cluster: LoopbackCluster, tmp_path: Path, tiny_run: list[str]
+) -> None:
+    run = tmp_path / "run"
+    args = [*tiny_run, "trainer.save_every=1", "hardware.stage_timeout_s=15", f"trainer.out_dir={run}"]
+    cmd = [sys.executable, "-m", "rlkit", "train", "grpo", "--nodes", "2", *args, "trainer.total_steps=500"]
+    train = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + _RUN_S
+        while not (run / "checkpoints" / "step_1").is_dir() or not _steps(run):
+            assert train.poll() is None, train.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+        stopped = _worker_on_second_node(cluster)
+        stopped.suspend()  # SIGSTOP: rank 1 stops answering; rank 0 waits in its collective
+        _, stderr = train.communicate(timeout=15 + 120)
+    finally:
+        if train.poll() is None:
+            train.kill()
+        if stopped is not None and stopped.is_running():
+            stopped.kill()
+    assert train.returncode == 1, stderr[-3000:]
+    (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert re.search(r"stage \w+\.\w+ overran its 15 s deadline on rank [\d, ]*1", line), line
+    assert "rank 1 did not answer" in line and "worker stacks: " in line
+    (stacks,) = run.glob("stacks-*.txt")
+    assert "rank 1: no answer" in stacks.read_text() and "Thread" in stacks.read_text()
+
+    # The stall may hit a step after its row was written but before its checkpoint: resume from the checkpoint.
+    done = max(int(c.name.removeprefix("step_")) for c in (run / "checkpoints").glob("step_*"))
+    proc = cluster.rlkit("train", "grpo", "--nodes", "2", *args, f"trainer.total_steps={done + 1}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming at step {done}" in proc.stderr
+    assert _steps(run)[-1] == done + 1
+
+
 @pytest.mark.slow  # a second run's start-up (a minute on a loaded 2-core box); the run above is the CI check
 def test_a_lost_node_is_reported_within_seconds(
     cluster: LoopbackCluster, tmp_path: Path, tiny_run: list[str]
@@ -152,4 +207,5 @@ def test_a_lost_node_is_reported_within_seconds(
     assert train.returncode == 1, stderr[-3000:]
     (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert "on rank 1: the worker process died" in line, line
+    print(f"lost node reported {took:.1f} s after it was killed")
     assert took < _LOST_NODE_S, f"reported {took:.0f} s after the node was lost"
