@@ -130,6 +130,8 @@ def _register() -> None:
         doctor,
         download,
         generate,
+        launch,
+        plan,
         plot,
         profile,
         profiles,
@@ -151,6 +153,8 @@ def _register() -> None:
     app.command("download", epilog=download.EPILOG)(download.download)
     app.command("generate", epilog=generate.EPILOG)(generate.generate)
     app.command("plot", epilog=plot.EPILOG)(plot.plot)
+    app.command("plan", epilog=plan.EPILOG)(plan.plan)
+    app.command("launch", epilog=launch.EPILOG)(launch.launch)
     app.command("report", epilog=report.EPILOG)(report.report)
     from rlkit.cli import ckpt, migrate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from rlkit.cli._checks import compose, dry_run
-from rlkit.cli._options import CONFIG, OVERRIDES, PROFILE
+from rlkit.cli._options import CONFIG, NODES, OVERRIDES, PROFILE, with_nodes
 
 EPILOG = (
     "Examples: [bold]rlkit sft[/] (the embedded default: tiny model, synthetic arith chats), "
@@ -18,6 +18,7 @@ def sft(
     overrides: list[str] = OVERRIDES,
     profile: str = PROFILE,
     config_file: str = CONFIG,
+    nodes: int = NODES,
     dry: bool = typer.Option(
         False, "--dry-run", help="Run every check that needs no Ray and no weights, print them, and stop."
     ),
@@ -26,6 +27,7 @@ def sft(
     overrides = list(overrides or [])
     if "=" in recipe:  # `rlkit sft KEY=VALUE ...`: the optional RECIPE was left out
         recipe, overrides = "sft", [recipe, *overrides]
+    overrides = with_nodes(overrides, nodes)
     cfg = compose(recipe, profile=profile, config_file=config_file, overrides=overrides, command="sft")
     if dry:
         dry_run(cfg, "sft")

@@ -124,26 +124,37 @@ class WorkerGroup:
         )
         self.node_ips: list[str] = [info["ip"] for info in infos]
         self.pids: list[int] = [info["pid"] for info in infos]
-        per_node = Counter(self.node_ips)
+        # Local ranks count per Ray node, not per address: nodes may share one (a loopback cluster).
+        self.node_ids: list[str] = [info["node_id"] for info in infos]
+        per_node = Counter(self.node_ids)
         seen: Counter[str] = Counter()
         refs = []
         driver = driver_identity()
-        for rank, (actor, ip) in enumerate(zip(self._actors, self.node_ips, strict=True)):
+        for rank, (actor, node) in enumerate(zip(self._actors, self.node_ids, strict=True)):
             env = {
                 "RANK": str(rank),
                 "WORLD_SIZE": str(self.world_size),
-                "LOCAL_RANK": str(seen[ip]),
-                "LOCAL_WORLD_SIZE": str(per_node[ip]),
+                "LOCAL_RANK": str(seen[node]),
+                "LOCAL_WORLD_SIZE": str(per_node[node]),
                 "MASTER_ADDR": infos[0]["ip"],
                 "MASTER_PORT": str(infos[0]["port"]),
             }
             if threads := os.environ.get("OMP_NUM_THREADS"):  # the user's choice; Ray would force 1
                 env[CPU_THREADS_ENV] = threads
-            seen[ip] += 1
+            seen[node] += 1
             refs.append(
                 actor.setup.remote(env, self._pool.device, self.roles, init_kwargs, dist_timeout_s, driver)
             )
         self._gather(refs, "worker", "setup", timeout, key)
+
+    def placement(self) -> str:
+        """Which ranks run on which node: ``node 5f3a9c (10.0.0.1): ranks 0-7; node 81be04 (...): ranks 8-15``."""
+        parts = []
+        for node in dict.fromkeys(self.node_ids):
+            ranks = [r for r, n in enumerate(self.node_ids) if n == node]
+            span = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+            parts.append(f"node {node[:6]} ({self.node_ips[ranks[0]]}): {span}")
+        return "; ".join(parts)
 
     # ----------------------------------------------------------------- calls
 

@@ -1,8 +1,9 @@
 """Starting or joining Ray, and reserving devices for worker groups (placement groups).
 
-A :class:`ResourcePool` is one Ray placement group per node with one bundle per device slot
-(``{"CPU": 1, "GPU": 1}``, ``{"CPU": 1, "NPU": 1}``, or ``{"CPU": 1}`` for a CPU slot), packed
-strictly onto the node. :meth:`ResourcePool.split` cuts a pool into sub-pools for split placement
+A :class:`ResourcePool` is one Ray placement group with one bundle per node, holding that node's
+device slots (``{"CPU": d, "GPU": d}``, ``{"CPU": d, "NPU": d}``, or ``{"CPU": d}`` for CPU
+slots), spread strictly: every bundle on a different node, so ``hardware.nodes=2`` really uses
+two nodes even when one of them could hold every slot. :meth:`ResourcePool.split` cuts a pool into sub-pools for split placement
 (a worker group per role); the placement groups are removed when the last worker group on them
 shuts down.
 
@@ -214,12 +215,13 @@ class ResourcePool:
             raise RuntimeError("Ray is not initialised: call rlkit.controller.start_ray() first")
         self.nodes, self.devices_per_node, self.device = nodes, devices_per_node, device
         self.resource = hw.ray_resource_name(device)
-        bundle = {"CPU": 1.0, **({self.resource: 1.0} if self.resource else {})}
-        self._pgs: list[PlacementGroup] = [
-            placement_group([dict(bundle)] * devices_per_node, strategy="STRICT_PACK") for _ in range(nodes)
-        ]
+        per_node = float(devices_per_node)
+        bundle = {"CPU": per_node, **({self.resource: per_node} if self.resource else {})}
+        pg = placement_group([dict(bundle) for _ in range(nodes)], strategy="STRICT_SPREAD")
+        self._pgs: list[PlacementGroup] = [pg]
+        # (placement group, bundle index): a worker takes one device of its node's bundle.
         self.slots: list[tuple[PlacementGroup, int]] = [
-            (pg, i) for pg in self._pgs for i in range(devices_per_node)
+            (pg, node) for node in range(nodes) for _ in range(devices_per_node)
         ]
         self._root = self
         self._ready = False
@@ -234,8 +236,8 @@ class ResourcePool:
     def wait(self, timeout_s: float = 120.0) -> None:
         """Block until Ray has placed every slot.
 
-        When the cluster as it is now could never hold the pool (too few devices in total or on
-        any one node), waits at most a few seconds, for nodes that are still joining, instead of
+        When the cluster as it is now could never hold the pool (fewer nodes than asked with enough
+        devices each), waits at most a few seconds, for nodes that are still joining, instead of
         the whole ``timeout_s``.
 
         Raises:
@@ -252,29 +254,31 @@ class ResourcePool:
         ready, _ = ray.wait([pg.ready() for pg in root._pgs], num_returns=len(root._pgs), timeout=timeout_s)
         if len(ready) < len(root._pgs):
             root.shutdown()
-            raise UserError(root._shortage_message(), hint="pick a smaller --profile or add nodes")
+            raise UserError(
+                root._shortage_message(),
+                hint="pick a smaller --profile or --nodes, or add nodes to the cluster (`ray status` lists them)",
+            )
         root._ready = True
 
-    def _per_node(self) -> list[float]:
-        """How many of this pool's resource each live node of the cluster has."""
+    def _per_node(self) -> dict[str, float]:
+        """Live node id -> how many of this pool's resource it has (what Ray reports now)."""
         name = self.resource or "CPU"
         nodes = ray.nodes()  # type: ignore[no-untyped-call]
-        return [float(n["Resources"].get(name, 0.0)) for n in nodes if n.get("Alive")]
+        return {n["NodeID"]: float(n["Resources"].get(name, 0.0)) for n in nodes if n.get("Alive")}
 
     def _cluster_can_hold(self) -> bool:
-        per_node = self._per_node()
-        return sum(per_node) >= self.world_size and max(per_node, default=0.0) >= self.devices_per_node
+        roomy = [count for count in self._per_node().values() if count >= self.devices_per_node]
+        return len(roomy) >= self.nodes
 
     def _shortage_message(self) -> str:
+        """``asked for 2 nodes x 1 CPU, Ray reports 1 live node: 5f3a9c 4 CPU`` (node ids shortened)."""
         name = self.resource or "CPU"
         per_node = self._per_node()
-        total = sum(per_node)
-        where = f"{self.nodes} node" + ("s" if self.nodes > 1 else "")
-        message = f"asked for {self.world_size} {name} on {where}, Ray sees {total:g} {name}"
-        if total >= self.world_size and max(per_node, default=0.0) < self.devices_per_node:
-            message += f" but at most {max(per_node):g} on one node"
-        elif total >= self.world_size:
-            message += " (held by other work)"
+        asked = f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.devices_per_node} {name}"
+        seen = ", ".join(f"{node[:6]} {count:g} {name}" for node, count in per_node.items()) or "none"
+        message = f"asked for {asked}, Ray reports {len(per_node)} live node{'s' if len(per_node) != 1 else ''}: {seen}"
+        if self._cluster_can_hold():
+            message += " (enough, but held by other work)"
         return message
 
     def split(self, sizes: Sequence[int]) -> list[ResourcePool]:

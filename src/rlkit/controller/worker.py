@@ -156,12 +156,13 @@ class WorkerHost:
         self._roles: dict[str, Any] = {}
 
     def node_info(self) -> dict[str, Any]:
-        """This process's node address, pid, and a free TCP port on the node (rank 0's is the master port)."""
+        """This process's node address and Ray node id, pid, and a free TCP port on the node (rank 0's is the master port)."""
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
         ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        return {"ip": ip, "pid": os.getpid(), "port": port}
+        node = ray.get_runtime_context().get_node_id()
+        return {"ip": ip, "node_id": node, "pid": os.getpid(), "port": port}
 
     def setup(
         self,

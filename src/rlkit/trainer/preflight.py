@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,20 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
 
 def _hardware(cfg: RlkitConfig) -> str:
     device = resolve_device(cfg)
-    profile = cfg.hardware.profile or "none (schema values)"
-    workers = cfg.hardware.nodes * cfg.hardware.devices_per_node
-    return f"hardware: profile {profile}, device {device} ({workers} worker(s))"
+    hw = cfg.hardware
+    profile = hw.profile or "none (schema values)"
+    workers = hw.nodes * hw.devices_per_node
+    address = hw.ray_address or os.environ.get("RAY_ADDRESS")
+    if hw.nodes > 1 and not address:
+        # A local Ray is one node: the pool could never be placed.
+        raise UserError(
+            f"hardware.nodes={hw.nodes} needs an existing Ray cluster, and neither hardware.ray_address "
+            "nor RAY_ADDRESS names one",
+            hint="start it with `ray start --head` / `ray start --address` (see `rlkit launch ray`), "
+            "then pass hardware.ray_address=HEAD:6379 or set RAY_ADDRESS",
+        )
+    where = f" on {hw.nodes} nodes of the Ray cluster at {address}" if hw.nodes > 1 else ""
+    return f"hardware: profile {profile}, device {device} ({workers} worker(s){where})"
 
 
 def _model_readable(cfg: RlkitConfig) -> str:

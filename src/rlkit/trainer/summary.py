@@ -7,6 +7,7 @@ keeps what the closing summary needs while the steps go by.
 
 from __future__ import annotations
 
+import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ def first_line(cfg: RlkitConfig) -> str:
     """Printed before anything slow: what is being started."""
     hw = cfg.hardware
     world = hw.nodes * hw.devices_per_node
-    where = f"the Ray cluster at {hw.ray_address}" if hw.ray_address else "a local Ray"
+    address = hw.ray_address or os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {address}" if address else "a local Ray"
     workers = f"{world} worker" + ("s" if world > 1 else "")
     return (
         f"[bold]rlkit train {cfg.recipe}[/]: loading data, starting {where} and {workers} on {hw.device} ..."
@@ -81,6 +83,7 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
         f"[bold]model[/]    {cfg.model.path} ({cfg.model.dtype}); training {roles} with FSDP2, "
         f"rollout on the {cfg.rollout.engine} engine",
         f"[bold]device[/]   {run.group.device} x {run.world_size} ({_placement(cfg)}; trainer.mode={cfg.trainer.mode})",
+        f"[bold]nodes[/]    {run.group.placement()}",
         f"[bold]data[/]     {len(run.data.train)} train / {val} val prompts; "
         f"{cfg.data.batch_size} prompts x {cfg.rollout.n} samples per step",
     ]

@@ -128,9 +128,14 @@ def test_summaries_say_what_happened(tmp_path: Path) -> None:
         start_step=2,
         world_size=1,
         data=SimpleNamespace(train=[0] * 64, val=None),
-        group=SimpleNamespace(roles={"actor": 0, "rollout": 0, "ref": 0}, device="cpu"),
+        group=SimpleNamespace(
+            roles={"actor": 0, "rollout": 0, "ref": 0},
+            device="cpu",
+            placement=lambda: "node 5f3a9c (127.0.0.1): rank 0",
+        ),
     )
     text = opening(cfg, run)
+    assert "node 5f3a9c (127.0.0.1): rank 0" in text
     assert f"{tmp_path}  (resuming at step 2 of 60)" in text and "64 train / 0 val prompts" in text
     assert "training actor, ref with FSDP2" in text
     summary = RunSummary(tmp_path, start_step=2)

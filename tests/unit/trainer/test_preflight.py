@@ -108,6 +108,18 @@ def test_logger_that_is_not_installed(name: str) -> None:
         _check(f"trainer.loggers=[console,{name}]")
 
 
+def test_several_nodes_need_a_cluster_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    two = ("hardware.device=cpu", "hardware.nodes=2")
+    with pytest.raises(UserError, match="hardware.nodes=2 needs an existing Ray cluster") as info:
+        _check(*two)
+    assert "ray start --head" in str(info.value.hint)
+    (line,) = [x for x in _check(*two, "hardware.ray_address=10.0.0.1:6379") if x.startswith("hardware:")]
+    assert line.endswith("(2 worker(s) on 2 nodes of the Ray cluster at 10.0.0.1:6379)")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert any("cluster at 10.0.0.2:6379" in x for x in _check(*two))
+
+
 def test_gpu_profile_without_a_gpu() -> None:
     import torch
 

@@ -1,0 +1,235 @@
+"""``rlkit plan``: what a run would do per step and per device, from the config and config.json alone.
+
+Nothing is started and no weight is read: the batch math follows the trainer's own rules (prompts,
+samples, mini-batches, token-budget micro-batches), the placement follows
+:class:`~rlkit.controller.pool.ResourcePool` (ranks in node order, every role on every rank), and
+memory comes from :mod:`rlkit.models.memory`. A phase that would not fit the profile's
+``hardware.memory_per_device_gb`` gets a warning naming the keys that fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rlkit.config.schema import RlkitConfig
+from rlkit.models import memory as mem
+from rlkit.trainer.preflight import model_config_json
+from rlkit.trainer.settings import compute_dtype
+
+GIB = 2**30
+# Rows of LM-head logits the actor and ref compute at once (rlkit.training.actor's default).
+LOGPROB_CHUNK_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class BatchMath:
+    """Per RL step, over the whole cluster and per device."""
+
+    prompts: int
+    samples: int
+    world: int
+    samples_per_device: int
+    mini_batches: int
+    optimizer_steps: int
+    rows_per_mini_batch_per_device: int
+    max_tokens_per_sample: int
+    micro_batches_per_mini_batch: int
+    """At most, when every sample is of full length (shorter ones pack more per micro-batch)."""
+    tokens_per_micro_batch: int
+
+
+@dataclass
+class Plan:
+    batch: BatchMath
+    placement: list[str]
+    phases: list[mem.PhaseMemory]
+    memory_gib: float | None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def batch_math(cfg: RlkitConfig) -> BatchMath:
+    """The step's batch sizes as the trainer cuts them (config/rules.py already checked they divide)."""
+    world = cfg.hardware.nodes * cfg.hardware.devices_per_node
+    prompts, n = cfg.data.batch_size, cfg.rollout.n
+    mini = cfg.actor.mini_batch_size
+    rows = max(1, mini * n // world)
+    length = cfg.data.max_prompt_length + cfg.data.max_response_length
+    budget = cfg.actor.micro_batch_tokens
+    per_micro = max(1, budget // length)  # a sample longer than the budget goes alone
+    return BatchMath(
+        prompts=prompts,
+        samples=prompts * n,
+        world=world,
+        samples_per_device=prompts * n // world,
+        mini_batches=prompts // mini,
+        optimizer_steps=prompts // mini * cfg.actor.epochs,
+        rows_per_mini_batch_per_device=rows,
+        max_tokens_per_sample=length,
+        micro_batches_per_mini_batch=math.ceil(rows / per_micro),
+        tokens_per_micro_batch=min(rows, per_micro) * length,
+    )
+
+
+def roles(cfg: RlkitConfig) -> list[str]:
+    """The roles every rank hosts (the trainer colocates them all on each device)."""
+    from rlkit.trainer.setup import _critic_enabled, _ref_enabled
+
+    out = ["actor", "rollout"]
+    out += ["ref"] if _ref_enabled(cfg) else []
+    out += ["critic"] if _critic_enabled(cfg) else []
+    out += ["reward_model"] if cfg.reward.model_path else []
+    return out
+
+
+def placement(cfg: RlkitConfig, device: str) -> list[str]:
+    """One line per node: its devices, the global ranks on them, and the roles each rank hosts."""
+    hw, hosted = cfg.hardware, ", ".join(roles(cfg))
+    per = hw.devices_per_node
+    unit = "worker process" if device == "cpu" else f"{device} device"
+    kind = unit if per == 1 else unit + ("es" if device == "cpu" else "s")
+    lines = []
+    for node in range(hw.nodes):
+        first, last = node * per, node * per + per - 1
+        ranks = f"rank {first}" if per == 1 else f"ranks {first}-{last}"
+        lines.append(f"node {node}: {per} {kind} -> {ranks}, each hosting {hosted}")
+    return lines
+
+
+def plan(cfg: RlkitConfig) -> Plan:
+    """The whole plan of ``cfg`` (batch math, placement, memory per device and phase, warnings)."""
+    device = cfg.hardware.device if cfg.hardware.device != "auto" else _local_device()
+    batch = batch_math(cfg)
+    hf = model_config_json(cfg.model.path)
+    result = Plan(batch, placement(cfg, device), [], cfg.hardware.memory_per_device_gb)
+    if hf is None:
+        result.notes.append(f"memory: {cfg.model.path} is not cached here; fetch it to see the estimate")
+        return result
+    shape = mem.ModelShape.from_hf(hf)
+    result.phases = _phases(cfg, shape, batch, device)
+    result.notes.insert(
+        0, f"model: {shape.num_params / 1e6:.1f}M parameters, {compute_dtype(cfg, device)} compute"
+    )
+    _warn(cfg, result)
+    return result
+
+
+def _local_device() -> str:
+    from rlkit.hardware.device import device_type
+
+    return device_type()
+
+
+def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: str) -> list[mem.PhaseMemory]:
+    """Rollout, log-probs and the updates, each with what stays resident on the device meanwhile."""
+    world, dtype_b = batch.world, mem.DTYPE_BYTES[compute_dtype(cfg, device)]
+    actor = mem.training_state(shape, world, offload=cfg.actor.optimizer_offload)
+    if cfg.actor.param_offload:
+        actor["weights"] = 0
+    # Gradients exist only inside an update (zero_grad frees them), so they are not resident.
+    gradients = actor.pop("gradients")
+    resident = {f"actor {k}": v for k, v in actor.items()}
+    hosted = roles(cfg)
+    if "ref" in hosted and not cfg.ref.param_offload:
+        resident["ref weights"] = mem.training_state(shape, world)["weights"]
+    if "critic" in hosted and not cfg.critic.param_offload:
+        critic = mem.training_state(shape, world)
+        resident.update({"critic weights": critic["weights"], "critic optimizer": critic["optimizer"]})
+    resident["rollout weights"] = shape.num_params * dtype_b
+    tokens = batch.tokens_per_micro_batch
+    gathered = mem.gathered_layers(shape, world, dtype_b)
+    ckpt = cfg.model.gradient_checkpointing
+    layer_pass = shape.saved_per_token_layer(dtype_b) * tokens  # a no-grad forward: one layer alive
+    logits = mem.logits(shape, tokens, LOGPROB_CHUNK_TOKENS)
+    slots = _kv_slots(cfg, shape, batch, device, sum(resident.values()), dtype_b)
+    kv = mem.rollout_cache(shape, slots, batch.max_tokens_per_sample, dtype_b)
+    act = mem.activations(shape, tokens, dtype_b, checkpointing=ckpt)
+    update = {**resident, "actor gradients": gradients, "gathered layers": gathered, "activations": act}
+    update["logits chunks"] = logits
+    phases = [
+        mem.PhaseMemory("rollout", {**resident, f"KV cache ({slots} slots)": kv}),
+        mem.PhaseMemory(
+            "log-probs",
+            {**resident, "gathered layers": gathered, "one layer": layer_pass, "logits chunks": logits},
+        ),
+        mem.PhaseMemory("actor update" + (" (checkpointed)" if ckpt else ""), update),
+    ]
+    if not ckpt:  # what checkpointing would save, for the reader deciding whether to turn it on
+        act_ckpt = mem.activations(shape, tokens, dtype_b, checkpointing=True)
+        phases.append(
+            mem.PhaseMemory(
+                "actor update with model.gradient_checkpointing=true", {**update, "activations": act_ckpt}
+            )
+        )
+    return phases
+
+
+def _kv_slots(
+    cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: str, resident: int, dtype_b: int
+) -> int:
+    """KV-cache slots the native engine would take: all of ``max_num_seqs`` on CPU, else its memory share."""
+    want = cfg.rollout.max_num_seqs
+    memory = cfg.hardware.memory_per_device_gb
+    if device == "cpu" or memory is None:
+        return want
+    per_slot = mem.rollout_cache(shape, 1, batch.max_tokens_per_sample, dtype_b)
+    free = max(0.0, memory * GIB - resident)
+    return min(want, int(cfg.rollout.gpu_memory_utilization * free) // per_slot)
+
+
+def _warn(cfg: RlkitConfig, result: Plan) -> None:
+    """A warning per phase that would not fit the device, naming the keys that shrink it."""
+    if result.memory_gib is None:
+        result.notes.append(
+            "no hardware.memory_per_device_gb in this profile: nothing to compare the estimate with"
+        )
+        return
+    limit = result.memory_gib * GIB
+    fixes = {
+        "rollout": "actor.optimizer_offload=true, actor.param_offload=true, or more devices (--nodes, hardware.devices_per_node)",
+        "log-probs": "a smaller actor.micro_batch_tokens, or more devices",
+        "actor update": "model.gradient_checkpointing=true, a smaller actor.micro_batch_tokens, "
+        "actor.optimizer_offload=true, or more devices",
+    }
+    for phase in result.phases:
+        fix = fixes.get(phase.phase.split(" (")[0])
+        if fix and phase.total > limit:
+            result.warnings.append(
+                f"{phase.phase} needs ~{phase.total / GIB:.1f} GiB per device, more than the "
+                f"{result.memory_gib:g} GiB of hardware.memory_per_device_gb: set {fix}"
+            )
+    if any(k.startswith("KV cache (0 slots") for k in result.phases[0].parts):
+        result.warnings.append(
+            "rollout: the memory left beside the resident weights holds no KV-cache slot of "
+            "data.max_prompt_length + data.max_response_length tokens: raise rollout.gpu_memory_utilization, "
+            "set actor.optimizer_offload=true, or shorten data.max_response_length"
+        )
+
+
+def render(result: Plan) -> str:
+    """The plan as text: batch math, placement, a table of memory per phase, warnings last."""
+    b = result.batch
+    lines = [
+        "batch (per RL step)",
+        f"  prompts {b.prompts} x rollout.n -> {b.samples} samples; {b.samples_per_device} per device over {b.world}",
+        f"  {b.mini_batches} mini-batch(es) x actor.epochs -> {b.optimizer_steps} optimizer step(s) per RL step",
+        f"  per mini-batch and device: {b.rows_per_mini_batch_per_device} samples of up to "
+        f"{b.max_tokens_per_sample} tokens -> at most {b.micro_batches_per_mini_batch} micro-batch(es) "
+        f"of up to {b.tokens_per_micro_batch} tokens (actor.micro_batch_tokens)",
+        "placement",
+        *(f"  {line}" for line in result.placement),
+    ]
+    if result.phases:
+        limit = f" of {result.memory_gib:g} GiB" if result.memory_gib else ""
+        lines.append(f"memory per device (estimate{limit})")
+        for phase in result.phases:
+            parts = ", ".join(f"{k} {_gib(v)}" for k, v in phase.parts.items() if v)
+            lines.append(f"  {phase.phase:<52} {_gib(phase.total):>10}   {parts}")
+    lines += [f"note: {n}" for n in result.notes]
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
