@@ -90,7 +90,7 @@ def settle_cpu_threads() -> None:
 
     vLLM's CPU attention plans its work for ``omp_get_max_threads()`` threads and checks that count
     again when the kernel runs. A thread other than the one that set torch's thread count (the
-    agent path's engine thread, say) starts with OpenMP's default, and torch raises it to its own
+    agent path's engine thread, say) starts with OpenMP's default, and torch sets it to its own
     count only at the thread's first parallel op, which can fall between the plan and the check
     (``Check failed: input->metadata->thread_num == thread_num (1 vs. 2)``). Asking torch for its
     count sets the thread's count first, so both read the same number; on a thread that already has
