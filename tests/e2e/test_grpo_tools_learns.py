@@ -1,12 +1,15 @@
-"""The tool recipe learns: `rlkit train grpo_tools` raises the reward and the calculator's success.
+"""The tool recipe learns: `rlkit train grpo_tools` raises the reward and the calculator's use.
 
-Issue #21's check, run in CI like the embedded default's: the run's last fifth of steps (30 steps
-of 8 prompts x 8 samples, ~3 minutes on an idle 2-core CPU) must beat its first fifth in reward
-(final-answer accuracy) and in calculator calls per trajectory, with calls that still succeed.
-Measured (one run, 2 threads, shared machine): reward 0.16 -> 0.32 (peak steps near 0.5), calls per
-trajectory 0.64 -> 0.99, every call well formed; the thresholds sit well below those rises, since a
-fifth's mean over 384 samples alone varies by about 0.03. It needs the tool-use warm start
-(``builtin:tiny-tools``) and the ``arith_tools`` task; until both are installed it is skipped.
+Issue #21's check, run in CI like the embedded default's: over 30 steps of 8 prompts x 8 samples
+(~3 minutes on an idle 2-core CPU), the last fifth of the steps must beat the warm start (the first
+3 steps, before the 2 warm-up steps have moved the policy much) in reward (final-answer accuracy)
+and in calculator calls per trajectory, with calls that still succeed. Measured with seeds 1-4
+(1 and 2 threads, shared machine), warm start -> last fifth: reward +0.14, +0.24, +0.23, +0.27
+(seed 1, the recipe's: 0.21 -> 0.35), calls per trajectory from 0.44-0.48 to 0.97-0.99, every call
+well formed (success >= 0.997). The thresholds (reward +0.07, calls +0.3 ending >= 0.9, success
+>= 0.95) sit below every seed's; a mean over 192 or 384 samples alone varies by about 0.03. It needs
+the tool-use warm start (``builtin:tiny-tools``) and the ``arith_tools`` task; until both are
+installed it is skipped.
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ def test_rlkit_train_grpo_tools_learns_to_use_the_calculator(tmp_path: Path, ray
     fifth = max(len(steps) // 5, 1)
 
     def gain(key: str) -> tuple[float, float]:
+        """The warm start's mean (first 3 steps) and the last fifth's."""
         values = [r[key] for r in steps]
-        return sum(values[:fifth]) / fifth, sum(values[-fifth:]) / fifth
+        return sum(values[:3]) / 3, sum(values[-fifth:]) / fifth
 
     reward, success = gain("reward/mean"), gain("agent/tool_success/rate")
     calls = gain("agent/tool_calls/mean")
     print(f"grpo_tools: {len(steps)} steps, reward {reward[0]:.3f} -> {reward[1]:.3f}, "
           f"calls {calls[0]:.3f} -> {calls[1]:.3f}, tool success {success[0]:.3f} -> {success[1]:.3f}")  # fmt: skip
-    assert reward[1] - reward[0] >= 0.06, reward
-    assert calls[1] - calls[0] >= 0.15 and calls[1] >= 0.8, calls
-    assert success[1] > success[0] or success[1] >= 0.9, success
+    assert reward[1] - reward[0] >= 0.07, reward
+    assert calls[1] - calls[0] >= 0.3 and calls[1] >= 0.9, calls
+    assert success[1] >= 0.95, success

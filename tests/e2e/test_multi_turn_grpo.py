@@ -1,11 +1,16 @@
-"""Multi-turn GRPO through the CLI: the single_turn loop is today's rollout, the tool loop runs on
-the native and hf engines, and a resume in the middle of a multi-turn run is exact."""
+"""Multi-turn GRPO through the CLI: the single_turn loop is today's rollout, the tool recipe runs on
+the native and hf engines with trajectories that are the engine's output exactly (the vllm and
+server engines: tests/integration/rollout_vllm/test_multi_turn_vllm.py), and a resume in the middle
+of a multi-turn run is exact."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pytest
+
+from ._recording_loop import run_tool_recipe
 from .test_resume import assert_same_metrics, metrics, train
 
 ENV = f"{Path(__file__).parent / '_agent_env.py'}:Counter"
@@ -73,6 +78,15 @@ def test_multi_turn_grpo_runs_with_the_hf_engine_on_two_workers(ray_session: Non
         assert got[step]["agent/tokens/prompt_mean"] > got[step]["prompt_length/mean"] / 2
         assert math.isfinite(got[step]["actor/pg_loss"])
     assert got[2]["val/agent/num_turns/mean"] >= 1.0
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
+def test_the_tool_recipe_runs_on_the_engine(
+    engine: str, ray_session: None, tmp_path: Path, tiny_run: list[str]
+) -> None:
+    """The model calls the calculator; its tokens reach the trainer exactly as the engine made them,
+    masked in, with their log-probs; the tool results and separators are masked out."""
+    run_tool_recipe(tmp_path, tiny_run, f"rollout.engine={engine}")
 
 
 def test_resume_in_the_middle_of_a_multi_turn_run_is_exact(ray_session: None, tmp_path: Path) -> None:

@@ -147,6 +147,10 @@ class RolloutEngine(Protocol):
     ) -> list[list[Completion]]:
         """Sample ``params.n`` completions of every prompt.
 
+        Calls may come from a thread other than the one that built the engine (the agent path's
+        :class:`~rlkit.rollout.async_batcher.AsyncBatcher` makes them from one engine thread), never
+        from two at once: an engine must work, and give the same results, from any thread.
+
         Args:
             prompt_token_ids: One list of token ids per prompt (no padding).
             params: One set of parameters for all prompts, or one per prompt.

@@ -86,6 +86,20 @@ def _let_vllm_scan_llvmlite() -> None:
     cls.__getattr__ = __getattr__
 
 
+def settle_cpu_threads() -> None:
+    """Give the calling thread torch's OpenMP thread count before vLLM's CPU attention runs in it.
+
+    vLLM's CPU attention plans its work for ``omp_get_max_threads()`` threads and checks that count
+    again when the kernel runs. A thread other than the one that set torch's thread count (the
+    agent path's engine thread, say) starts with OpenMP's default, and torch sets it to its own
+    count only at the thread's first parallel op, which can fall between the plan and the check
+    (``Check failed: input->metadata->thread_num == thread_num (1 vs. 2)``). Asking torch for its
+    count sets the thread's count first, so both read the same number; on a thread that already has
+    it, this is a no-op.
+    """
+    torch.get_num_threads()
+
+
 def vllm_version() -> str | None:
     """The installed vllm's version without importing it (importing takes ~10 s), or None."""
     from importlib import metadata
@@ -272,6 +286,8 @@ class VllmEngine(VersionedWeights):
         if not prompt_token_ids:
             return []
         self._check_lengths(prompt_token_ids)
+        if self.on_cpu:
+            settle_cpu_threads()
         vparams = [to_vllm_params(sp, self.default_stop_ids) for sp in per_prompt]
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
         outputs = self.llm.generate(prompts, vparams, use_tqdm=False)
