@@ -6,7 +6,8 @@ only the owner holds. The launcher starts the command and watches both:
 
 - the pipe reaches end-of-file: the owner is gone, however it ended (the kernel closes a dead
   process's descriptors, ``kill -9`` included), so the launcher stops the whole group;
-- the command exits: the launcher stops what it left in the group and exits with its code.
+- the command exits: the launcher stops what it left in the group and exits with its code;
+- the launcher is killed (SIGKILL, which it cannot catch): the command gets SIGKILL too (Linux).
 
 Stopping is SIGTERM to the group, then SIGKILL to what is left after :data:`GRACE_S`. The
 launcher ignores SIGTERM itself, so an owner that stops the group (``os.killpg(pid, SIGTERM)``)
@@ -97,7 +98,8 @@ def main(argv: list[str]) -> int:
         print("usage: python guard.py -- CMD ...", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_default_sigterm)
+    launcher = os.getpid()
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=lambda: _default_sigterm(launcher))
     owner = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([owner], [], [], 0.2)
@@ -110,9 +112,22 @@ def main(argv: list[str]) -> int:
             return code if code >= 0 else 128 - code
 
 
-def _default_sigterm() -> None:
-    """In the command's process: SIGTERM back to its default (the launcher ignores it)."""
+def _default_sigterm(launcher: int) -> None:
+    """In the command's process: SIGTERM back to its default (the launcher ignores it), and on Linux
+    SIGKILL when the launcher dies (``PR_SET_PDEATHSIG``).
+
+    The second covers a launcher that is itself SIGKILLed before it can stop the group: Ray kills
+    the processes a dying worker left behind, and an rlkit-started vLLM server once outlived its run
+    that way, reparented to init.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != launcher:  # the launcher died before the signal was armed
+            os._exit(1)
 
 
 if __name__ == "__main__":

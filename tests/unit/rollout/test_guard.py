@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from rlkit.rollout import guard
 from rlkit.rollout.server_engine import group_alive
 
@@ -101,3 +103,30 @@ def test_sigterm_to_the_group_stops_the_command_and_then_the_launcher(tmp_path: 
     assert proc.wait(timeout=GONE_WITHIN_S) == 128 + signal.SIGTERM
     assert not group_alive(proc.pid)
     proc.stdin.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_launcher_takes_the_command_with_it(tmp_path: Path) -> None:
+    """SIGKILL to the launcher itself (Ray cleaning up a dead worker's processes): the command,
+    armed with PR_SET_PDEATHSIG, is killed by the kernel at once (vLLM's engine core then follows
+    its server on its own)."""
+    pid_file = tmp_path / "command.pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    proc = guard.guarded_popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, env=dict(os.environ)
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        command = int(pid_file.read_text())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        start = time.monotonic()
+        while _alive(command) and time.monotonic() - start < GONE_WITHIN_S:
+            time.sleep(0.05)
+        assert not _alive(command), "the command outlived its killed launcher"
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        if pid_file.is_file() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
