@@ -19,6 +19,7 @@ from typing import Any
 
 from rlkit.agents.loops import GenerateFn, LoopContext, ToolLoop
 from rlkit.agents.trajectory import Trajectory
+from rlkit.logging.traces import read_traces
 from rlkit.rollout.base import Completion, SamplingParams
 
 OUT_NAME = "trajectories.jsonl"
@@ -79,6 +80,9 @@ def run_tool_recipe(folder: Path, tiny_run: list[str], *overrides: str) -> dict[
     print(f"{overrides}: {counts}")
     assert counts["trajectories"] == 16 and counts["calls"] > 0, counts  # the model used the calculator
     assert counts["calls"] == sum(m["agent/tool_calls/total"] for m in steps)
+    traced = [json.loads(r["trajectory"]) for r in read_traces(out)]
+    # the traces keep whole trajectories: every message, the tool calls, the turn count
+    assert traced and all(t["messages"] and t["num_turns"] >= 1 and "tool_calls" in t for t in traced)
     return counts
 
 

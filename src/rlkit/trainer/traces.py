@@ -27,7 +27,8 @@ def trace_columns(batch: Batch, tokenizer: Any, rows: list[int]) -> dict[str, li
     Shape:
         batch: ``prompts``/``prompt_attention_mask`` (B, P); ``responses``, ``response_mask``,
         ``advantages`` (B, R); ``seq_score`` (B,); optional ``rollout_log_probs`` and
-        ``old_log_probs`` (B, R), ``finished`` (B,), ``trajectory`` (B,) objects.
+        ``old_log_probs`` (B, R), ``finished`` (B,), ``extra_info`` (B,) dicts (multi-turn rows:
+        ``extra_info["agent"]`` is the trajectory, written to the ``trajectory`` column as JSON).
     """
     prompt_mask = batch["prompt_attention_mask"].bool()
     mask = batch["response_mask"].bool()
@@ -54,8 +55,10 @@ def trace_columns(batch: Batch, tokenizer: Any, rows: list[int]) -> dict[str, li
         ],
     }
     cols.update(_logprob_gaps(batch, mask, rows))
-    if "trajectory" in batch:
-        cols["trajectory"] = [_trajectory(batch["trajectory"][i]) for i in rows]
+    if "extra_info" in batch:  # multi-turn rows carry their trajectory there (trainer/rollout_batch.py)
+        agents = [_agent(batch["extra_info"][i]) for i in rows]
+        if any(a is not None for a in agents):
+            cols["trajectory"] = [None if a is None else json.dumps(a, default=str) for a in agents]
     return cols
 
 
@@ -84,8 +87,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def _trajectory(value: Any) -> str | None:
-    """A multi-turn trajectory's messages as JSON (a string is kept as it is)."""
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+def _agent(info: Any) -> dict[str, Any] | None:
+    """A multi-turn row's trajectory (messages, tool calls, turns, finish reason), else None."""
+    agent = info.get("agent") if isinstance(info, dict) else None
+    return agent if isinstance(agent, dict) else None

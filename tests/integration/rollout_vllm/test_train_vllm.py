@@ -101,6 +101,21 @@ def test_grpo_trains_the_embedded_default(
     assert _exported_folders() <= before  # the engine's close removed its export
 
 
+@pytest.mark.slow  # a server start of its own (~1 min) on top of the default run's two
+def test_grpo_trains_a_phi3_through_a_server_rlkit_starts(
+    tmp_path: Path, ray_session: None, tiny_run: list[str]
+) -> None:
+    """``rollout.engine=server`` on an architecture the native decoder does not run (Phi-3): the
+    run starts a vLLM server on the model, pushes each step's trained weights through the server's
+    update route, and stops it at the end."""
+    model = save_tiny_phi3(tmp_path / "phi3")
+    steps = _train(model, tmp_path / "run", tiny_run, "rollout.engine=server")
+    assert [row["step"] for row in steps] == [1, 2]
+    for row in steps:
+        assert row["rollout/logprob_gap_abs"] < GAP_ATOL, row
+    assert (tmp_path / "run" / "vllm_server.log").is_file()
+
+
 @pytest.mark.slow  # ~5 min here; vLLM gets an ordinary full push, which the default-run tests cover
 def test_lora_grpo_pushes_merged_weights_to_vllm(
     tmp_path: Path, ray_session: None, tiny_run: list[str]

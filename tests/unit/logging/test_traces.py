@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,22 @@ def test_columns_of_a_batch_round_trip_through_parquet(tmp_path: Path) -> None:
 def test_multi_turn_trajectory_column_is_json(tmp_path: Path) -> None:
     tok = load_tokenizer("builtin:tiny")
     batch = _batch(tok)
-    turns = [{"role": "assistant", "tool_calls": [{"name": "calc"}]}, {"role": "tool", "content": "3"}]
-    batch.set("trajectory", np.array([turns, turns, None, None], dtype=object))
-    TraceWriter(tmp_path, every=1, max_mb=10).write(1, trace_columns(batch, tok, [1]))
-    assert '"tool_calls"' in read_traces(tmp_path)[0]["trajectory"]
+    messages = [
+        {"role": "assistant", "content": "<tool_call>...</tool_call>"},
+        {"role": "tool", "content": "3"},
+    ]
+    agent = {
+        "messages": messages,
+        "tool_calls": [{"name": "calculator"}],
+        "num_turns": 2,
+        "finish_reason": "stop",
+    }
+    # as trainer/rollout_batch.py lays out a multi-turn row's extra_info
+    infos = [{"index": 0, "agent": agent}, {"index": 1, "agent": agent}, {"index": 2}, {"index": 3}]
+    batch.set("extra_info", np.array(infos, dtype=object))
+    TraceWriter(tmp_path, every=1, max_mb=10).write(1, trace_columns(batch, tok, [1, 2]))
+    rows = read_traces(tmp_path)
+    assert json.loads(rows[0]["trajectory"]) == agent and rows[1]["trajectory"] is None
 
 
 def test_resume_drops_later_steps_and_torn_temp_files(tmp_path: Path) -> None:
