@@ -92,9 +92,9 @@ def build_pairs(
         max_response_length: Width R; longer references are cut (and counted).
 
     Returns:
-        The 2 N n pair rows with the rollout's columns (the reference rows get zero rollout
-        log-probs, so ``rollout_log_probs`` is dropped) plus ``spin_chosen``, and the number of
-        references that were cut.
+        The 2 N n pair rows with the rollout's columns (the reference rows have no rollout
+        log-probs nor policy versions, so ``rollout_log_probs`` and ``rollout_versions`` are
+        dropped) plus ``spin_chosen``, and the number of references that were cut.
     """
     if len(references) != len(prompts) or len(generated) % len(prompts):
         raise ValueError(
@@ -106,8 +106,9 @@ def build_pairs(
         prompts, completions, pad_id=pad_id, max_response_length=max_response_length
     )
     rejected = Batch(generated.tensors, generated.non_tensors)
-    for part in (chosen, rejected):
+    for part in (chosen, rejected):  # columns a reference row has no value for
         part.tensors.pop("rollout_log_probs", None)
+        part.tensors.pop("rollout_versions", None)
     rows = len(generated)
     order = torch.stack([torch.arange(rows), torch.arange(rows) + rows], dim=1).reshape(-1)
     pairs = Batch.concat([chosen, rejected]).index(order)
