@@ -23,7 +23,9 @@ from rlkit.agents.loading import load_object
 _HELPER = Path(__file__).parents[2] / "e2e" / "_recording_loop.py"
 
 
-@pytest.mark.parametrize("engine", ["vllm", "server"])
+# the server run starts a server of its own (~1 min on 2 cores): slow, to keep the default run short;
+# the contract suite covers the server engine in the default run
+@pytest.mark.parametrize("engine", ["vllm", pytest.param("server", marks=pytest.mark.slow)])
 def test_the_tool_recipe_runs_on_the_engine(
     engine: str, ray_session: None, tmp_path: Path, tiny_run: list[str]
 ) -> None:

@@ -80,7 +80,9 @@ def _exported_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("rlkit-builtin-*"))
 
 
-@pytest.mark.parametrize("engine", ["vllm", "server"])
+# the server run starts a server of its own (~1 min on 2 cores): slow, to keep the default run short;
+# the contract suite covers the server engine in the default run
+@pytest.mark.parametrize("engine", ["vllm", pytest.param("server", marks=pytest.mark.slow)])
 def test_grpo_trains_the_embedded_default(
     engine: str, tmp_path: Path, ray_session: None, tiny_run: list[str]
 ) -> None:
