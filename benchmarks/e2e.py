@@ -1,9 +1,13 @@
 """End-to-end GRPO step time: rlkit's trainer core vs TRL's GRPOTrainer on the same model and batch.
 
-A Qwen2.5-0.5B-shaped model with random weights (so no download), 32 prompts of about 128 tokens x
-8 samples x 256 new tokens per step, one GPU. Random weights almost never emit EOS, so responses run
-to the full 256 tokens on both sides. Prints seconds per steady step, tokens/s per GPU and the time
-per stage (rlkit), with TRL measured in the same process when ``--vs trl`` is given.
+A Qwen2.5-0.5B-shaped model (``--shape 1.5b`` for the 1.5B shape) with random weights (so no
+download), 32 prompts of about 128 tokens x 8 samples x 256 new tokens per step, one GPU. Random
+weights almost never emit EOS, so responses run to the full 256 tokens on both sides. Both systems
+run ``--steps`` steps (default 6) and discard the first ``--warmup`` (default 2: compilation,
+autotuning, allocator growth); every step of both is printed, and the tables report the median of
+the steady steps (at least four): seconds per step, tokens/s per GPU, the time per stage and the
+peak device memory of the update (rlkit), with TRL measured in the same process when ``--vs trl``
+is given.
 
     python benchmarks/e2e.py --vs trl          # on a GPU machine
     python benchmarks/e2e.py --tiny            # CPU smoke test (tiny model, 2 steps)
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import subprocess
 import tempfile
 import time
@@ -30,7 +35,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rlkit.models import DecoderConfig
-from rlkit.models.shapes import QWEN25_05B, TINY
+from rlkit.models.shapes import SHAPES, TINY
 
 
 def commit() -> str:
@@ -98,14 +103,16 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace, mode
     overrides += args.set
     run_rl(load_config("grpo", profile=args.profile, overrides=overrides))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in rows if r["step"] > 1] or rows
+    steady = [r for r in rows if r["step"] > args.warmup] or rows
     keys = {k for r in steady for k in r if k.startswith(("timing/", "throughput/")) and k != "timing/save_s"}
-    keys |= {k for r in steady for k in r if k == "async/staleness_mean"}
+    keys |= {k for r in steady for k in r if k in ("async/staleness_mean", "memory/update_peak_gib")}
     for r in rows:
+        tag = "steady" if r in steady and len(steady) < len(rows) else "warm-up"
         print(
-            f"rlkit {mode} step {r['step']}: {r.get('timing/step_s', 0):.2f} s, reward {r.get('reward/mean')}"
+            f"rlkit {mode} step {r['step']} ({tag}): {r.get('timing/step_s', 0):.2f} s, "
+            f"reward {r.get('reward/mean')}"
         )
-    return {k: sum(r[k] for r in steady if k in r) / sum(k in r for r in steady) for k in sorted(keys)}
+    return {k: statistics.median(r[k] for r in steady if k in r) for k in sorted(keys)}
 
 
 def placement_overrides(args: argparse.Namespace) -> list[str]:
@@ -118,7 +125,8 @@ def placement_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
-    """Mean seconds per steady step of TRL's GRPOTrainer with transformers generation."""
+    """Median seconds per steady step of TRL's GRPOTrainer with transformers generation (every step
+    printed; the first ``args.warmup`` discarded, as for rlkit)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -153,8 +161,10 @@ def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
     start = time.perf_counter()
     trainer.train()
     stamps = [start, *timer.stamps]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:]
-    return sum(gaps) / max(len(gaps), 1)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    for i, gap in enumerate(gaps, 1):
+        print(f"TRL step {i} ({'warm-up' if i <= args.warmup else 'steady'}): {gap:.2f} s")
+    return statistics.median(gaps[args.warmup :] or gaps)
 
 
 def main() -> None:
@@ -165,7 +175,9 @@ def main() -> None:
         "--vs", choices=["trl"], default=None, help="also run TRL's GRPOTrainer in this process"
     )
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke test)")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="steps per system, warm-up included")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.5b", help="Qwen2.5 model shape")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -183,9 +195,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.tiny:
-        args.steps, args.prompts, args.n, args.prompt_tokens, args.response_tokens = 2, 4, 2, 32, 8
+        args.steps, args.warmup, args.prompts, args.n, args.prompt_tokens, args.response_tokens = (
+            2,
+            1,
+            4,
+            2,
+            32,
+            8,
+        )
+    elif args.steps - args.warmup < 4:
+        parser.error(
+            f"--steps {args.steps} leaves {args.steps - args.warmup} steady steps: the median needs >= 4"
+        )
     work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
-    make_model(work / "model", TINY if args.tiny else QWEN25_05B)
+    make_model(work / "model", TINY if args.tiny else SHAPES[args.shape])
     texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)
     runs = {
         m: run_rlkit(work / "model", work / "train.parquet", work / f"run-{m}", args, m) for m in args.mode
@@ -194,7 +217,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"\n## e2e GRPO step: {device}, torch {torch.__version__}, commit {args.commit or commit()}")
     print(
-        f"{args.prompts} prompts x {args.n} samples, ~{args.prompt_tokens} prompt + {args.response_tokens} new tokens"
+        f"{'tiny' if args.tiny else 'Qwen2.5-' + args.shape.upper()}-shaped, {args.prompts} prompts x {args.n} "
+        f"samples, ~{args.prompt_tokens} prompt + {args.response_tokens} new tokens; medians of steps "
+        f"{args.warmup + 1}-{args.steps}"
     )
     print("\n| system | s/step | tokens/s per GPU |\n|---|---|---|")
     tokens = args.prompts * args.n * (args.prompt_tokens + args.response_tokens)
@@ -204,6 +229,8 @@ def main() -> None:
     if args.set:
         print(f"rlkit overrides: {' '.join(args.set)}")
     print(f"| rlkit | {step:.2f} | {rlkit['throughput/tokens_per_s_per_device']:,.0f} |")
+    if "memory/update_peak_gib" in rlkit:
+        print(f"rlkit peak device memory of the update: {rlkit['memory/update_peak_gib']:.1f} GiB")
     if len(args.mode) > 1 or args.mode != ["sync"] or args.placement != "colocated":
         print(f"\n| trainer.mode ({args.placement}) | s/step | tokens/s | staleness | vs {args.mode[0]} |")
         print("|---|---|---|---|---|")

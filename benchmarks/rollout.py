@@ -26,6 +26,7 @@ built-in tiny shape (head size 32, which vLLM's CPU attention needs) instead of 
 
 Usage:
     python benchmarks/rollout.py            # on a GPU: the 0.5B table (about two minutes)
+    python benchmarks/rollout.py --shape 7b # the Qwen2.5-7B shape
     python benchmarks/rollout.py --engines native,hf --tiny   # every engine, CPU, seconds
     python benchmarks/rollout.py --engines native,hf,vllm --tiny  # + vLLM (start-up ~1 min on CPU)
     python benchmarks/rollout.py --no-hf    # native engine only
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ from rlkit.hardware import device as hw
 from rlkit.hardware.kernels import use_triton
 from rlkit.models import DecoderConfig
 from rlkit.models.loader import build_native
-from rlkit.models.shapes import QWEN25_05B, TINY
+from rlkit.models.shapes import SHAPES, TINY
 from rlkit.models.tiny import tiny_config
 from rlkit.models.tokenizer import BUILTIN_VOCAB_SIZE
 from rlkit.rollout import NativeEngine, RolloutEngine, SamplingParams
@@ -79,20 +81,32 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
 
 
 def bench_engine(
-    engine: RolloutEngine, label: str, prompts: list[list[int]], n: int, new_tokens: int
+    engine: RolloutEngine,
+    label: str,
+    prompts: list[list[int]],
+    n: int,
+    new_tokens: int,
+    repeats: int = 4,
+    warmup: int = 2,
 ) -> tuple[Result, float]:
-    """End-to-end tokens/s of one ``generate`` call, and the mean loop-step time in seconds."""
+    """Tokens/s of a ``generate`` call (the median of ``repeats`` timed calls after ``warmup`` full
+    ones, every call printed), and the loop-step time of the median call in seconds."""
     params = SamplingParams(n=n, temperature=1.0, max_tokens=new_tokens, ignore_eos=True)
-    engine.generate(
-        prompts[:2], SamplingParams(n=n, temperature=1.0, max_tokens=4, ignore_eos=True)
-    )  # warm up
     stats = getattr(engine, "stats", None)  # the vLLM engines keep no step counts
-    steps_before = stats.decode_steps if stats is not None else 0
-    start = _now()
-    outs = engine.generate(prompts, params)
-    seconds = _now() - start
-    tokens = sum(len(c.token_ids) for group in outs for c in group)
-    steps = stats.decode_steps - steps_before if stats is not None else 0
+    runs = []
+    for i in range(warmup + repeats):
+        steps_before = stats.decode_steps if stats is not None else 0
+        start = _now()
+        outs = engine.generate(prompts, params)
+        seconds = _now() - start
+        tokens = sum(len(c.token_ids) for group in outs for c in group)
+        steps = stats.decode_steps - steps_before if stats is not None else 0
+        print(
+            f"{label} {len(prompts)} x n={n} call {i + 1} ({'warm-up' if i < warmup else 'timed'}): {seconds:.3f} s"
+        )
+        if i >= warmup:
+            runs.append((seconds, tokens, steps))
+    seconds, tokens, steps = sorted(runs)[len(runs) // 2]
     return Result(label, f"{len(prompts)} x n={n}", tokens, seconds), seconds / max(steps, 1)
 
 
@@ -110,8 +124,10 @@ def bench_other_engines(
         else:
             engine = build_engine(name, model, max_num_seqs=slots, max_model_len=max_len)
         label = f"rlkit {name}"
-        results.append(bench_engine(engine, label, prompts, 1, args.new_tokens)[0])
-        results.append(bench_engine(engine, label, prompts[: args.group_prompts], args.n, args.new_tokens)[0])
+        timed = {"repeats": args.repeats, "warmup": 1 if args.tiny else 2}
+        results.append(bench_engine(engine, label, prompts, 1, args.new_tokens, **timed)[0])
+        group = prompts[: args.group_prompts]
+        results.append(bench_engine(engine, label, group, args.n, args.new_tokens, **timed)[0])
         engine.close()
         del engine
         hw.empty_cache()
@@ -137,9 +153,12 @@ def _engine_from_folder(name: str, model: Any, slots: int, max_len: int) -> Roll
     )
 
 
-def decode_step_seconds(engine: NativeEngine, context: int, repeats: int = 20) -> tuple[float, float]:
-    """Mean time of one decode forward, and of a forward plus sampling, at the engine's largest batch
-    with every row at ``context`` tokens (the context the HBM floor is computed at).
+def decode_step_seconds(
+    engine: NativeEngine, context: int, repeats: int = 20, rounds: int = 5
+) -> tuple[float, float]:
+    """Time of one decode forward, and of a forward plus sampling, at the engine's largest batch with
+    every row at ``context`` tokens (the context the HBM floor is computed at): the median over
+    ``rounds`` of the mean of ``repeats`` back-to-back steps, after a warm-up round.
 
     The forward is a graph replay on GPU; sampling is what the engine runs for temperature 1 without
     truncation (the one-pass kernel where Triton runs, else the PyTorch sampler).
@@ -167,11 +186,13 @@ def decode_step_seconds(engine: NativeEngine, context: int, repeats: int = 20) -
     times = []
     with torch.no_grad():
         for step in (forward, lambda: (forward(), sample())):
-            step()
-            start = _now()
-            for _ in range(repeats):
-                step()
-            times.append((_now() - start) / repeats)
+            per_round = []
+            for _ in range(rounds + 1):
+                start = _now()
+                for _ in range(repeats):
+                    step()
+                per_round.append((_now() - start) / repeats)
+            times.append(statistics.median(per_round[1:]))
     return times[0], times[1]
 
 
@@ -214,8 +235,10 @@ def trace_loop(engine: NativeEngine, prompts: list[list[int]], out: Path, new_to
 
 
 def bench_transformers(
-    cfg: DecoderConfig, model: Any, prompts: list[list[int]], n: int, new_tokens: int
+    cfg: DecoderConfig, model: Any, prompts: list[list[int]], n: int, new_tokens: int, repeats: int = 2
 ) -> Result:
+    """transformers' ``generate`` on the same weights: the median of ``repeats`` timed calls after a
+    short warm-up call (it compiles nothing, and a call at this shape takes tens of seconds)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     weight = next(model.parameters())
@@ -240,9 +263,13 @@ def bench_transformers(
             attention_mask=torch.ones_like(ids[:2]),
             **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4},
         )
-        start = _now()
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        seconds = _now() - start
+        times = []
+        for i in range(repeats):
+            start = _now()
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+            times.append(_now() - start)
+            print(f"transformers {len(prompts)} x n={n} call {i + 1} (timed): {times[-1]:.3f} s")
+    seconds = statistics.median(times)
     tokens = out.shape[0] * (out.shape[1] - ids.shape[1])
     del hf
     hw.empty_cache()
@@ -321,6 +348,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers generate baseline")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.5b", help="Qwen2.5 model shape")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="timed generate calls per rlkit engine and shape"
+    )
+    parser.add_argument("--baseline-repeats", type=int, default=2, help="timed transformers calls per shape")
     parser.add_argument(
         "--engines",
         default="native",
@@ -342,6 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = args.device or "cpu"
         args.prompts, args.group_prompts, args.n = 8, 2, 4
         args.prompt_len, args.new_tokens = 16, 16
+        args.repeats, args.baseline_repeats = 1, 1
     return args
 
 
@@ -349,7 +382,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     device = torch.device(args.device or hw.torch_device_name())
     vllm_engines = any(loads_checkpoint(e) for e in args.engines)
-    cfg = (tiny_config("tiny") if vllm_engines else TINY) if args.tiny else QWEN25_05B
+    cfg = (tiny_config("tiny") if vllm_engines else TINY) if args.tiny else SHAPES[args.shape]
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model = build_native(cfg, weights=None, dtype=dtype, device=device, seed=0)
     vocab = min(cfg.vocab_size, BUILTIN_VOCAB_SIZE) if vllm_engines else cfg.vocab_size
@@ -363,8 +396,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         cuda_graphs=not args.no_graphs,
     )
     results: list[Result] = []
-    single, loop_step = bench_engine(engine, "rlkit native", prompts, 1, args.new_tokens)
-    grouped, _ = bench_engine(engine, "rlkit native", prompts[: args.group_prompts], args.n, args.new_tokens)
+    timed = {"repeats": args.repeats, "warmup": 1 if args.tiny else 2}
+    single, loop_step = bench_engine(engine, "rlkit native", prompts, 1, args.new_tokens, **timed)
+    grouped, _ = bench_engine(
+        engine, "rlkit native", prompts[: args.group_prompts], args.n, args.new_tokens, **timed
+    )
     results += [single, grouped]
     results += bench_other_engines(args, model, prompts, slots)
     context = args.prompt_len + args.new_tokens // 2
@@ -375,20 +411,24 @@ def main(argv: list[str] | None = None) -> list[Result]:
     bandwidth = copy_bandwidth(device, gib=0.25 if args.tiny else 2.0)
     floor = decode_floor_seconds(model, cfg, engine.num_slots, context, bandwidth)
     if not args.no_hf:
-        results.insert(1, bench_transformers(cfg, model, prompts, 1, args.new_tokens))
-        results.append(bench_transformers(cfg, model, prompts[: args.group_prompts], args.n, args.new_tokens))
+        reps = args.baseline_repeats
+        results.insert(1, bench_transformers(cfg, model, prompts, 1, args.new_tokens, reps))
+        group = prompts[: args.group_prompts]
+        results.append(bench_transformers(cfg, model, group, args.n, args.new_tokens, reps))
     header = {
         "device": device_name(device),
         "torch": torch.__version__,
         "commit": git_commit(),
-        "model": f"{'tiny' if args.tiny else 'Qwen2.5-0.5B-shaped'} ({dtype}, random weights, "
+        "model": f"{'tiny' if args.tiny else 'Qwen2.5-' + args.shape.upper() + '-shaped'} ({dtype}, random weights, "
         f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, head size {cfg.head_dim})",
         "work": f"prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens, EOS ignored, T=1",
         "cuda graphs": str(engine._graphs is not None),  # noqa: SLF001
         "decode forward": f"{forward * 1e3:.2f} ms at batch {engine.num_slots}, context {context}"
         f" ({forward / floor:.1f}x the floor)",
         "forward + sampling": f"{step * 1e3:.2f} ms ({step / floor:.1f}x the floor)",
-        "decode loop step": f"{loop_step * 1e3:.2f} ms (forward + sampling + host, n=1 run average)",
+        "decode loop step": f"{loop_step * 1e3:.2f} ms (forward + sampling + host, the median n=1 call's average)",
+        "timing": f"rlkit engines: median of {args.repeats} calls after warm-up; transformers: median of "
+        f"{args.baseline_repeats}",
         "copy bandwidth": f"{bandwidth / 1e9:.0f} GB/s",
         "HBM floor": f"{floor * 1e3:.2f} ms per decode step (weights + KV at context {context})",
     }

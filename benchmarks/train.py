@@ -34,6 +34,7 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import subprocess
 import tempfile
 import time
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from rlkit.data.batch import Batch
 from rlkit.hardware import device as hw
 from rlkit.models import DecoderConfig
-from rlkit.models.shapes import QWEN25_05B, TINY
+from rlkit.models.shapes import SHAPES, TINY
 
 
 @dataclass
@@ -108,18 +109,18 @@ def model_flops(cfg: DecoderConfig, batch: Batch) -> float:
 
 
 def _timed(step: Any, warmup: int, steps: int) -> float:
-    start = time.perf_counter()
-    step()
-    hw.synchronize()
-    print(f"first step (compilation included): {time.perf_counter() - start:.1f} s")
-    for _ in range(warmup - 1):
+    """The median seconds of ``steps`` steps after ``warmup`` (each step timed to a device sync)."""
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
         step()
-    hw.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    hw.synchronize()
-    return (time.perf_counter() - start) / steps
+        hw.synchronize()
+        times.append(time.perf_counter() - start)
+        if i == 0:
+            print(f"first step (compilation included): {times[0]:.1f} s")
+    steady = times[warmup:]
+    print("steady steps (s): " + " ".join(f"{t:.3f}" for t in steady))
+    return statistics.median(steady)
 
 
 def bench_rlkit(model_dir: str, batch: Batch, args: argparse.Namespace) -> tuple[float, float]:
@@ -302,6 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     parser.add_argument("--no-gc", action="store_true", help="disable gradient checkpointing on both sides")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.5b", help="Qwen2.5 model shape")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
@@ -328,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
-    cfg = TINY if args.tiny else QWEN25_05B
+    cfg = TINY if args.tiny else SHAPES[args.shape]
     batch = make_batch(cfg, args.batch_size, args.prompt_len, args.response_len, seed=0)
     tokens = float(batch.tensors["attention_mask"].sum())
     flops = model_flops(cfg, batch)
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "device": device_name(),
         "torch": torch.__version__,
         "commit": git_commit(),
-        "model": "tiny" if args.tiny else "Qwen2.5-0.5B shape, random weights",
+        "model": "tiny" if args.tiny else f"Qwen2.5-{args.shape.upper()} shape, random weights",
+        "timing": f"median of {args.steps} steps after {args.warmup} warm-up",
         "batch": f"{args.batch_size} x {args.prompt_len + args.response_len} ({int(tokens)} real tokens)",
         "dtype": _dtype_name(args),
         "grad ckpt": str(not args.no_gc),

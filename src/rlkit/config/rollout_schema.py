@@ -104,6 +104,13 @@ class RolloutConfig:
     """Sequences decoded together by the rollout engine (the native engine's KV-cache slots)."""
     cuda_graphs: bool = profile_key(True)
     """Capture the native engine's decode step in CUDA graphs (GPU only)."""
+    free_cache: str = choice("auto", "always", "never", profile=True)
+    """Colocated placement: whether the rollout engine frees its KV cache (and the native engine its
+    CUDA graphs) while the actor updates. ``auto`` measures the first update on an accelerator and
+    keeps the engine's memory from then on while the update fits beside it with a margin, so the
+    weight sync is a copy and no graph is re-captured; it frees again if the update grows. On the
+    CPU ``auto`` frees. ``always`` frees before every update (the most room for the update);
+    ``never`` keeps it for the whole run."""
     gpu_memory_utilization: float = bounded(0.5, gt=0, le=1, profile=True)
     """Native engine: the fraction of the device memory *free* when it allocates its KV cache (at
     the first generation and after each wake) that the cache may take. ``vllm`` engine: the fraction

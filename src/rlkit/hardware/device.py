@@ -159,6 +159,12 @@ def memory_allocated() -> int:
     return int(accel.memory_allocated()) if accel is not None else 0
 
 
+def memory_reserved() -> int:
+    """Bytes of device memory torch's caching allocator holds, in use or not (0 on CPU)."""
+    accel = _accel()
+    return int(accel.memory_reserved()) if accel is not None else 0
+
+
 def max_memory_allocated() -> int:
     """Peak bytes held by tensors since the last :func:`reset_peak_memory_stats` (0 on CPU)."""
     accel = _accel()

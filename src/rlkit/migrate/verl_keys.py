@@ -84,6 +84,10 @@ def _cuda_graphs(value: Any) -> list[tuple[str, Any]]:
     return [("rollout.cuda_graphs", not _bool(value))]
 
 
+def _free_cache(value: Any) -> list[tuple[str, Any]]:
+    return [("rollout.free_cache", "auto" if _bool(value) else "never")]
+
+
 def _val_sampling(value: Any) -> list[tuple[str, Any]]:
     if _bool(value):
         raise NotMapped("sampled validation: set rollout.val_temperature (0, greedy, is rlkit's default)")
@@ -363,8 +367,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "a_r_r.rollout.free_cache_engine",
-        "same",
-        note="always: the engine frees its KV cache while the trainer updates",
+        "map",
+        "rollout.free_cache",
+        "true is auto: freed while the update needs the room, kept when both fit",
+        _free_cache,
     ),
     Rule("a_r_r.rollout.multi_stage_wake_up", "same", note="the engine wakes weights, then the KV cache"),
     Rule(

@@ -200,6 +200,7 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "dtype": compute_dtype(cfg, device),
         "max_num_seqs": cfg.rollout.max_num_seqs,
         "cuda_graphs": cfg.rollout.cuda_graphs,
+        "free_cache": cfg.rollout.free_cache,
         "gpu_memory_utilization": _memory_fraction(cfg.rollout.gpu_memory_utilization),
         "max_model_len": cfg.data.max_prompt_length + cfg.data.max_response_length,
         "seed": cfg.trainer.seed,

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 import torch
 
+from rlkit import hardware
 from rlkit.agents.setup import loop_settings
 from rlkit.ckpt import (
     load_frozen_role,
@@ -29,6 +30,7 @@ from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
 from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
+from rlkit.rollout.cache_policy import CacheKeeper
 from rlkit.rollout.registry import build_engine_from_path
 from rlkit.rollout.weight_sync import ChecksumTap, check_push
 from rlkit.trainer.rollout_batch import (
@@ -61,7 +63,13 @@ class ActorWorker:
 
     @dispatch("shard")
     def update(self, batch: Batch, settings: dict[str, Any]) -> dict[str, float]:
-        return self.role.update(batch, **settings)
+        """One RL update; on an accelerator also ``memory/update_peak_gib``, the peak device memory
+        torch allocated during it (every role of this process included)."""
+        hardware.reset_peak_memory_stats()
+        metrics = self.role.update(batch, **settings)
+        if worker_context().device.type != "cpu":
+            metrics["memory/update_peak_gib"] = hardware.max_memory_allocated() / 2**30
+        return metrics
 
     @dispatch("rank0")
     def export_hf(self, out_dir: str, tokenizer_path: str) -> None:
@@ -189,8 +197,10 @@ class RolloutWorker:
         log_dir: str | None = None,
         multi_turn: dict[str, Any] | None = None,
         tokenizer: str | None = None,
+        free_cache: str = "auto",
     ) -> None:
         device = worker_context().device
+        self.keeper = CacheKeeper(free_cache, on_accelerator=device.type != "cpu")
         self.multi_turn = multi_turn if multi_turn and multi_turn.get("enable") else None
         self._agent: Any = None  # rlkit.agents.setup.AgentRuntime, built at the first generation
         self._tokenizer_path = tokenizer or model_path
@@ -277,6 +287,7 @@ class RolloutWorker:
                 the pushed tensors' (the policy changed and the engine did not).
         """
         actor = worker_context().roles[source_role]
+        self.keeper.after_update()
         self.engine.wake()
         before = self.engine.weight_version
         tap = ChecksumTap(actor.role.named_full_tensors(dtype=self.dtype))
@@ -317,7 +328,9 @@ class RolloutWorker:
 
     @dispatch("broadcast")
     def sleep(self) -> None:
-        self.engine.sleep()
+        """Before the colocated actor's update: free the engine's memory unless ``rollout.free_cache``
+        keeps it (see :mod:`rlkit.rollout.cache_policy`)."""
+        self.keeper.before_update(self.engine)
 
     @dispatch("broadcast")
     def close(self) -> None:
