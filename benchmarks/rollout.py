@@ -243,9 +243,10 @@ def bench_transformers(
 
     weight = next(model.parameters())
     hf_cfg = AutoConfig.for_model(**cfg.to_hf())
-    hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=weight.dtype, attn_implementation="sdpa")
+    with torch.device(weight.device):  # initialised where it runs: a 7B init on the host takes minutes
+        hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=weight.dtype, attn_implementation="sdpa")
     hf.load_state_dict(model.state_dict(), strict=False)
-    hf = hf.to(weight.device).eval()
+    hf = hf.eval()
     ids = torch.tensor(prompts, device=weight.device)
     kwargs = dict(
         do_sample=True,
