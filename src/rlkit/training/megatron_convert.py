@@ -13,6 +13,9 @@ the weight sync and ``rlkit ckpt merge`` share one mapping. The Megatron side is
   ``output_layer.weight`` (except on a last pipeline stage that does not hold the embedding).
 - Qwen3-MoE: ``mlp.router.weight`` is the gate; experts are ``SequentialMLP`` experts,
   ``mlp.experts.local_experts.{j}.linear_fc1/fc2`` with ``j`` local to the expert-parallel rank.
+  The Hugging Face side reads per-expert checkpoint names (``mlp.experts.{j}.gate_proj.weight``)
+  or transformers 5's fused in-memory ones (``mlp.experts.gate_up_proj``), and writes the
+  per-expert names that checkpoints (and vLLM) use.
 
 Parallel shards: tensor parallel (TP) splits column-parallel weights (qkv by whole GQA groups,
 fc1 gate and up separately, vocab rows) along dim 0 and row-parallel ones (``linear_proj``,
@@ -158,7 +161,7 @@ def hf_to_megatron(hf_sd: Mapping[str, torch.Tensor], layout: MegatronLayout) ->
 
 _FUSED_PARTS = {
     f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")
-} | {"mlp.gate_proj.weight", "mlp.up_proj.weight"}
+} | {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
 
 
 def _fused_layer(hf_sd: Mapping[str, torch.Tensor], layer: int, layout: MegatronLayout) -> dict[str, torch.Tensor]:
@@ -172,8 +175,13 @@ def _fused_layer(hf_sd: Mapping[str, torch.Tensor], layer: int, layout: Megatron
     if f"{src}mlp.gate_proj.weight" in hf_sd:
         gate_up = [hf_sd[f"{src}mlp.gate_proj.weight"], hf_sd[f"{src}mlp.up_proj.weight"]]
         out[f"{dst}mlp.linear_fc1.weight"] = torch.cat(gate_up, dim=0)
+    fused = hf_sd.get(f"{src}mlp.experts.gate_up_proj")  # transformers >= 5 in memory: (E, 2I, D), gate over up
     for j in range(layout.num_experts):
         e, mg = f"{src}mlp.experts.{j}.", f"{dst}mlp.experts.local_experts.{j}."
+        if fused is not None:
+            out[f"{mg}linear_fc1.weight"] = fused[j]
+            out[f"{mg}linear_fc2.weight"] = hf_sd[f"{src}mlp.experts.down_proj"][j]
+            continue
         out[f"{mg}linear_fc1.weight"] = torch.cat([hf_sd[f"{e}gate_proj.weight"], hf_sd[f"{e}up_proj.weight"]])
         out[f"{mg}linear_fc2.weight"] = hf_sd[f"{e}down_proj.weight"]
     return out
