@@ -89,9 +89,7 @@ class MegatronLayout:
         """
         model_type = str(hf.get("model_type"))
         if model_type not in FAMILIES:
-            raise ValueError(
-                f"the Megatron converter maps model_type {sorted(FAMILIES)}, not {model_type!r}"
-            )
+            raise ValueError(f"the Megatron converter maps model_type {sorted(FAMILIES)}, not {model_type!r}")
         if hf.get("mlp_bias") or (model_type == "llama" and hf.get("attention_bias")):
             raise ValueError("the Megatron converter does not map o_proj / MLP biases")
         heads = int(hf["num_attention_heads"])
@@ -118,7 +116,11 @@ def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Megatro
     """q (nq*d, ...), k and v (ng*d, ...) -> Megatron's per-group (q heads, k, v) rows."""
     ng, d = layout.num_kv_heads, layout.head_dim
     rest = q.shape[1:]
-    groups = [q.reshape(ng, layout.heads_per_group * d, *rest), k.reshape(ng, d, *rest), v.reshape(ng, d, *rest)]
+    groups = [
+        q.reshape(ng, layout.heads_per_group * d, *rest),
+        k.reshape(ng, d, *rest),
+        v.reshape(ng, d, *rest),
+    ]
     return torch.cat(groups, dim=1).reshape(-1, *rest)
 
 
@@ -159,12 +161,17 @@ def hf_to_megatron(hf_sd: Mapping[str, torch.Tensor], layout: MegatronLayout) ->
     return out
 
 
-_FUSED_PARTS = {
-    f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")
-} | {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"}
+_FUSED_PARTS = {f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")} | {
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.experts.gate_up_proj",
+    "mlp.experts.down_proj",
+}
 
 
-def _fused_layer(hf_sd: Mapping[str, torch.Tensor], layer: int, layout: MegatronLayout) -> dict[str, torch.Tensor]:
+def _fused_layer(
+    hf_sd: Mapping[str, torch.Tensor], layer: int, layout: MegatronLayout
+) -> dict[str, torch.Tensor]:
     """The fused tensors of one layer (qkv weight/bias, fc1 of the dense MLP or of each expert)."""
     src, dst = f"model.layers.{layer}.", f"decoder.layers.{layer}."
     out: dict[str, torch.Tensor] = {}
@@ -175,19 +182,25 @@ def _fused_layer(hf_sd: Mapping[str, torch.Tensor], layer: int, layout: Megatron
     if f"{src}mlp.gate_proj.weight" in hf_sd:
         gate_up = [hf_sd[f"{src}mlp.gate_proj.weight"], hf_sd[f"{src}mlp.up_proj.weight"]]
         out[f"{dst}mlp.linear_fc1.weight"] = torch.cat(gate_up, dim=0)
-    fused = hf_sd.get(f"{src}mlp.experts.gate_up_proj")  # transformers >= 5 in memory: (E, 2I, D), gate over up
+    fused = hf_sd.get(
+        f"{src}mlp.experts.gate_up_proj"
+    )  # transformers >= 5 in memory: (E, 2I, D), gate over up
     for j in range(layout.num_experts):
         e, mg = f"{src}mlp.experts.{j}.", f"{dst}mlp.experts.local_experts.{j}."
         if fused is not None:
             out[f"{mg}linear_fc1.weight"] = fused[j]
             out[f"{mg}linear_fc2.weight"] = hf_sd[f"{src}mlp.experts.down_proj"][j]
             continue
-        out[f"{mg}linear_fc1.weight"] = torch.cat([hf_sd[f"{e}gate_proj.weight"], hf_sd[f"{e}up_proj.weight"]])
+        out[f"{mg}linear_fc1.weight"] = torch.cat(
+            [hf_sd[f"{e}gate_proj.weight"], hf_sd[f"{e}up_proj.weight"]]
+        )
         out[f"{mg}linear_fc2.weight"] = hf_sd[f"{e}down_proj.weight"]
     return out
 
 
-def megatron_tensor_to_hf(name: str, tensor: torch.Tensor, layout: MegatronLayout) -> list[tuple[str, torch.Tensor]]:
+def megatron_tensor_to_hf(
+    name: str, tensor: torch.Tensor, layout: MegatronLayout
+) -> list[tuple[str, torch.Tensor]]:
     """One unsharded Megatron tensor (global layer and expert numbers) -> its Hugging Face tensor(s).
 
     Per tensor, so a weight sync can convert and send as it gathers (no whole state dict at once).
@@ -364,7 +377,9 @@ def _expert_of(name: str) -> tuple[str, int, str] | None:
     return f"decoder.layers.{match.group(1)}.", int(expert.group(1)), expert.group(2)
 
 
-def shard_ep(mg_sd: Mapping[str, torch.Tensor], num_experts: int, ep: int, rank: int) -> dict[str, torch.Tensor]:
+def shard_ep(
+    mg_sd: Mapping[str, torch.Tensor], num_experts: int, ep: int, rank: int
+) -> dict[str, torch.Tensor]:
     """Expert-parallel rank ``rank``'s state dict: its ``num_experts / ep`` experts, renumbered from 0."""
     if num_experts % ep:
         raise ValueError(f"{num_experts} experts do not split over {ep} expert-parallel ranks")

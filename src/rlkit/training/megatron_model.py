@@ -34,7 +34,9 @@ from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared
 from rlkit.training.megatron_convert import MegatronLayout, hf_to_megatron, shard_ep, shard_tp
 
 #: the pip line the error for a missing megatron-core names
-INSTALL_HINT = 'pip install "rlkit[megatron]" (megatron-core 0.19 needs Python >= 3.12; 0.16.1 is the last for 3.11)'
+INSTALL_HINT = (
+    'pip install "rlkit[megatron]" (megatron-core 0.19 needs Python >= 3.12; 0.16.1 is the last for 3.11)'
+)
 
 
 def megatron_available() -> bool:
@@ -73,7 +75,9 @@ def init_parallel_state(sizes: ParallelSizes) -> None:
     if mpu.model_parallel_is_initialized():
         have = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
         if have != (sizes.tensor, sizes.pipeline):
-            raise ValueError(f"Megatron is initialised with (TP, PP) = {have}, not {(sizes.tensor, sizes.pipeline)}")
+            raise ValueError(
+                f"Megatron is initialised with (TP, PP) = {have}, not {(sizes.tensor, sizes.pipeline)}"
+            )
         return
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=sizes.tensor,
@@ -186,7 +190,9 @@ def build_gpt(hf: dict[str, Any], config: Any) -> nn.Module:
     )
 
 
-def megatron_shard(hf_sd: dict[str, torch.Tensor], layout: MegatronLayout, sizes: ParallelSizes) -> dict[str, torch.Tensor]:
+def megatron_shard(
+    hf_sd: dict[str, torch.Tensor], layout: MegatronLayout, sizes: ParallelSizes
+) -> dict[str, torch.Tensor]:
     """This rank's part of a Hugging Face state dict, in Megatron names and layouts."""
     from megatron.core import parallel_state as mpu
 
@@ -205,7 +211,9 @@ def load_into(gpt: nn.Module, shard: dict[str, torch.Tensor]) -> None:
     own = {k for k in gpt.state_dict() if not k.endswith("_extra_state")}
     missing, extra = own - set(shard), set(shard) - own
     if missing or extra:
-        raise ValueError(f"converted weights do not fit the GPTModel: missing {sorted(missing)[:4]}, extra {sorted(extra)[:4]}")
+        raise ValueError(
+            f"converted weights do not fit the GPTModel: missing {sorted(missing)[:4]}, extra {sorted(extra)[:4]}"
+        )
     params = dict(gpt.named_parameters())
     with torch.no_grad():
         for name, tensor in shard.items():
@@ -240,7 +248,9 @@ class MegatronPolicy(nn.Module):
         self.gpt = gpt
         self.compute_dtype = compute_dtype
 
-    def hidden_states(self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
         """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike)."""
         from megatron.core import tensor_parallel
 
@@ -256,7 +266,9 @@ class MegatronPolicy(nn.Module):
         causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
         hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
         if gpt.config.sequence_parallel:
-            hidden_SBD = tensor_parallel.gather_from_sequence_parallel_region(hidden_SBD, tensor_parallel_output_grad=True)
+            hidden_SBD = tensor_parallel.gather_from_sequence_parallel_region(
+                hidden_SBD, tensor_parallel_output_grad=True
+            )
         return hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
 
     def forward(
@@ -279,16 +291,31 @@ class MegatronPolicy(nn.Module):
             (N,). Returns log-probs (N,) fp32, entropy (N,) fp32 or None, then the extras.
         """
         with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self._autocast()):
-            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(0, gather_idx_N)
-        weight_VD = self.gpt.shared_embedding_or_output_weight() if self.gpt.share_embeddings_and_output_weights else self.gpt.output_layer.weight
+            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
+                0, gather_idx_N
+            )
+        weight_VD = (
+            self.gpt.shared_embedding_or_output_weight()
+            if self.gpt.share_embeddings_and_output_weights
+            else self.gpt.output_layer.weight
+        )
         weight_VD = weight_VD.to(self.compute_dtype)
         hidden_ND = hidden_ND.to(self.compute_dtype)
         if self.gpt.config.tensor_model_parallel_size > 1:
             if support_NK is not None or with_sum_pi_squared:
-                raise ValueError("top-k distillation terms are not built for actor.megatron.tensor_parallel > 1")
-            return vocab_parallel_logprobs(hidden_ND, weight_VD, labels_N, temperature, chunk_tokens, with_entropy)
+                raise ValueError(
+                    "top-k distillation terms are not built for actor.megatron.tensor_parallel > 1"
+                )
+            return vocab_parallel_logprobs(
+                hidden_ND, weight_VD, labels_N, temperature, chunk_tokens, with_entropy
+            )
         logp_N, entropy_N = token_logprobs(
-            hidden_ND, weight_VD, labels_N, temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=with_entropy
+            hidden_ND,
+            weight_VD,
+            labels_N,
+            temperature=temperature,
+            chunk_tokens=chunk_tokens,
+            with_entropy=with_entropy,
         )
         extras: list[torch.Tensor] = []
         scaling = {"temperature": temperature, "chunk_tokens": chunk_tokens, "softcap": None}

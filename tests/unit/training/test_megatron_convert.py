@@ -133,7 +133,11 @@ def test_tensor_parallel_shards_and_gather(model_type: str, tp: int) -> None:
     proj = "decoder.layers.0.self_attention.linear_proj.weight"
     assert shards[0][proj].shape == (HIDDEN, HEADS * HEAD_DIM // tp)
     assert torch.equal(shards[0]["decoder.final_layernorm.weight"], mg["decoder.final_layernorm.weight"])
-    fc1 = "decoder.layers.0.mlp.experts.local_experts.1.linear_fc1.weight" if model_type == "qwen3_moe" else "decoder.layers.0.mlp.linear_fc1.weight"
+    fc1 = (
+        "decoder.layers.0.mlp.experts.local_experts.1.linear_fc1.weight"
+        if model_type == "qwen3_moe"
+        else "decoder.layers.0.mlp.linear_fc1.weight"
+    )
     assert shards[0][fc1].shape[0] == mg[fc1].shape[0] // tp
 
 
@@ -158,7 +162,9 @@ def test_pipeline_stages_and_gather(pp: int, vpp: int, tied: bool) -> None:
     per = LAYERS // (pp * vpp)
     assert all(f"decoder.layers.{per}.input_layernorm.weight" not in c for s in stages for c in s)
     # interleaving: chunk c of rank r holds virtual stage c * pp + r
-    assert list(stage_layers(LAYERS, pp, vpp, 0, vpp - 1)) == list(range((vpp - 1) * pp * per, ((vpp - 1) * pp + 1) * per))
+    assert list(stage_layers(LAYERS, pp, vpp, 0, vpp - 1)) == list(
+        range((vpp - 1) * pp * per, ((vpp - 1) * pp + 1) * per)
+    )
 
 
 def test_expert_parallel_shards_and_gather() -> None:
@@ -193,4 +199,7 @@ def test_unmapped_models_are_refused() -> None:
     with pytest.raises(ValueError, match="sparse"):
         MegatronLayout.from_hf({**hf_config("qwen3_moe"), "mlp_only_layers": [0]})
     with pytest.raises(KeyError, match="rotary"):
-        hf_to_megatron({"model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(2)}, MegatronLayout.from_hf(hf_config()))
+        hf_to_megatron(
+            {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(2)},
+            MegatronLayout.from_hf(hf_config()),
+        )

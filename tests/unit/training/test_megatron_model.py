@@ -37,7 +37,12 @@ def megatron_cpu(process_group: None) -> Iterator[None]:
 
 
 def _hf(model_type: str, tied: bool = False) -> dict:
-    return {**hf_config(model_type, tied), "rms_norm_eps": 1e-6, "max_position_embeddings": 64, "norm_topk_prob": True}
+    return {
+        **hf_config(model_type, tied),
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 64,
+        "norm_topk_prob": True,
+    }
 
 
 def _transformers_model(hf: dict) -> torch.nn.Module:
@@ -59,13 +64,18 @@ def _megatron(hf: dict, hf_sd: dict[str, torch.Tensor]) -> MegatronPolicy:
     return MegatronPolicy(gpt.eval())
 
 
-@pytest.mark.parametrize(("model_type", "tied"), [("llama", False), ("qwen2", True), ("qwen3", False), ("qwen3_moe", True)])
+@pytest.mark.parametrize(
+    ("model_type", "tied"), [("llama", False), ("qwen2", True), ("qwen3", False), ("qwen3_moe", True)]
+)
 def test_converter_layout_is_megatrons(model_type: str, tied: bool) -> None:
     """Every name and shape the converter writes is one Megatron's GPTModel has, and none is missing."""
     hf = _hf(model_type, tied)
     gpt = build_gpt(hf, transformer_config(hf, ParallelSizes()))
     own = {k: tuple(v.shape) for k, v in gpt.state_dict().items() if not k.endswith("_extra_state")}
-    converted = {k: tuple(v.shape) for k, v in hf_to_megatron(hf_state_dict(model_type, tied), MegatronLayout.from_hf(hf)).items()}
+    converted = {
+        k: tuple(v.shape)
+        for k, v in hf_to_megatron(hf_state_dict(model_type, tied), MegatronLayout.from_hf(hf)).items()
+    }
     assert converted == own
 
 
@@ -78,7 +88,9 @@ def test_logits_match_transformers(model_type: str, tied: bool) -> None:
     with torch.no_grad():
         expected = reference(ids).logits
         # the two rows packed back to back, each numbered from 0
-        hidden = policy.hidden_states(ids.flatten(), torch.arange(9).repeat(2), torch.tensor([0, 9, 18], dtype=torch.int32))
+        hidden = policy.hidden_states(
+            ids.flatten(), torch.arange(9).repeat(2), torch.tensor([0, 9, 18], dtype=torch.int32)
+        )
         gpt = policy.gpt
         head = gpt.shared_embedding_or_output_weight() if tied else gpt.output_layer.weight
         logits = (hidden @ head.T).view(2, 9, -1)
@@ -87,7 +99,10 @@ def test_logits_match_transformers(model_type: str, tied: bool) -> None:
     torch.testing.assert_close(logits, expected, atol=1e-5 * scale, rtol=1e-5)
 
 
-@pytest.mark.skipif(megatron_version() < (0, 19), reason="megatron-core < 0.19 without transformer-engine fails in its MoE router")
+@pytest.mark.skipif(
+    megatron_version() < (0, 19),
+    reason="megatron-core < 0.19 without transformer-engine fails in its MoE router",
+)
 def test_moe_logits_match_transformers() -> None:
     hf = _hf("qwen3_moe")
     reference = _transformers_model(hf)
@@ -119,7 +134,15 @@ def test_packed_logprobs_and_gradients_match_transformers() -> None:
     cu = torch.tensor([0, 5, 13], dtype=torch.int32)
     gather = torch.cat([torch.arange(0, 4), torch.arange(5, 12)])
     labels = torch.cat([ids[0][1:], ids[1][1:]])
-    logp_N, entropy_N = policy(torch.cat(ids), torch.cat([torch.arange(n) for n in lengths]), cu, gather, labels, with_entropy=True, chunk_tokens=3)
+    logp_N, entropy_N = policy(
+        torch.cat(ids),
+        torch.cat([torch.arange(n) for n in lengths]),
+        cu,
+        gather,
+        labels,
+        with_entropy=True,
+        chunk_tokens=3,
+    )
     torch.testing.assert_close(logp_N, torch.cat(expected), atol=1e-5, rtol=1e-5)
     assert entropy_N is not None and (entropy_N > 0).all()
     logp_N.sum().backward()
