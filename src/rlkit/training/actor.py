@@ -131,6 +131,7 @@ class ActorRole(LoraRole):
             ``sum_pi_squared`` (B, R) fp32 (``sum_v pi(v)^2`` per position, OTB's input).
         """
         require_columns(batch, _LOG_PROB_INPUTS, "compute_log_prob")
+        batch, own = self.engine.replica_batch(batch)
         squares = (
             torch.zeros(batch.tensors["responses"].shape, dtype=torch.float32)
             if with_sum_pi_squared
@@ -152,7 +153,7 @@ class ActorRole(LoraRole):
             out["entropy"] = entropy
         if squares is not None:
             out["sum_pi_squared"] = squares
-        return Batch(tensors=out)
+        return Batch(tensors={k: v[own] for k, v in out.items()})
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
         """Log-probs under the reference policy of a LoRA actor: this model with its adapters off.
@@ -169,6 +170,7 @@ class ActorRole(LoraRole):
         if not self.lora_targets:
             raise ValueError("only a LoRA actor holds its reference policy (the base under its adapters)")
         require_columns(batch, _LOG_PROB_INPUTS, "compute_ref_log_prob")
+        batch, own = self.engine.replica_batch(batch)
         self.engine.eval()
         with adapters_disabled(self.engine.module):
             logp, _ = response_logprobs(
@@ -180,7 +182,7 @@ class ActorRole(LoraRole):
                 chunk_tokens=self.chunk_tokens,
                 device=self.engine.device,
             )
-        return Batch(tensors={"ref_log_prob": logp})
+        return Batch(tensors={"ref_log_prob": logp[own]})
 
     # ------------------------------------------------------------------ training
 
@@ -239,6 +241,7 @@ class ActorRole(LoraRole):
         needed += ["ref_log_prob"] if use_kl_loss else []
         needed += _gkd_columns(gkd)
         require_columns(batch, needed, "actor update")
+        batch, _ = self.engine.replica_batch(batch)
         settings = {
             "temperature": temperature_of(batch, temperature),
             "on_policy": on_policy,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from rlkit.data.batch import Batch
 from rlkit.hardware import device as hw
 from rlkit.training.schedule import lr_lambda
 
@@ -49,6 +50,7 @@ class TrainingEngine(Protocol):
     ) -> Iterator[tuple[str, torch.Tensor]]: ...
     def state_dict_for_checkpoint(self) -> dict[str, Any]: ...
     def load_checkpoint_state(self, state: dict[str, Any]) -> None: ...
+    def replica_batch(self, batch: Batch) -> tuple[Batch, slice]: ...
 
 
 class OptimizedEngine:
@@ -107,6 +109,16 @@ class OptimizedEngine:
     def _local_grads(self) -> list[torch.Tensor]:
         """This rank's gradient tensors, as the optimizer sees them."""
         return [p.grad for p in self.params if p.grad is not None]
+
+    def replica_batch(self, batch: Batch) -> tuple[Batch, slice]:
+        """The rows this rank computes on, and where its own rows sit in them.
+
+        The controller gives each rank its own rows. Where every rank is its own model replica
+        (FSDP: pure data parallelism) that is what it computes on; an engine whose ranks share a
+        replica (Megatron's tensor parallelism) joins the replica's rows, and a role returns only
+        the slice of per-row results that is this rank's.
+        """
+        return batch, slice(None)
 
     def lr(self) -> float:
         """The learning rate the next optimizer step uses."""

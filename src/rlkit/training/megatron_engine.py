@@ -6,15 +6,15 @@ forwards under ``torch.autocast`` in the compute dtype, as the FSDP engine does 
 roles' micro-batch loops, losses (:mod:`rlkit.algos`) and global-batch loss scaling are shared
 with FSDP unchanged: the engine only changes where the shards live.
 
-Parallelism: tensor parallelism (TP, optionally with sequence parallelism) and expert parallelism
-(EP) come from Megatron's layers; the data-parallel (DP) ranks are the world over TP x EP. Each
+Parallelism: tensor parallelism (TP) and expert parallelism (EP) come from Megatron's layers; the data-parallel (DP) ranks are the world over TP x EP. Each
 optimizer step first averages gradients over the DP ranks (dense weights over Megatron's
 data-parallel group, experts over its expert-data-parallel group: the same averaging FSDP's
 reduce-scatter does, so the losses' ``dp_size`` scaling holds), then measures the global norm
 (TP-split weights once per shard, replicated ones once), clips and steps AdamW
 (:class:`~rlkit.training.engine_base.OptimizedEngine`). Pipeline and context parallelism need
 Megatron's pipeline schedule and sequence splitting, which this engine does not drive: the config
-refuses sizes above 1.
+refuses sizes above 1. Sequence parallelism is refused too: Megatron's local layer spec (the one
+that needs no transformer-engine or apex) has norms that do not support it.
 
 Checkpoints go through rlkit's layer (DCP): each tensor is saved under a name that is unique per
 shard (``...weight@tp1of2`` for a TP-split weight, the global expert number for an expert), so
@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rlkit.data.batch import Batch
 from rlkit.training.distributed import ensure_process_group, training_device
 from rlkit.training.engine import resolve_dtype
 from rlkit.training.engine_base import OptimizedEngine
@@ -63,8 +64,9 @@ class MegatronEngine(OptimizedEngine):
     Args:
         hf_config: the model's Hugging Face ``config.json`` dict.
         hf_state_dict: its weights under Hugging Face names (fp32, on the CPU); converted and sharded here.
-        tensor_parallel, expert_parallel, sequence_parallel: Megatron's sizes (the rest of the world is DP).
-        pipeline_parallel, virtual_pipeline, context_parallel: must be 1 (see the module docstring).
+        tensor_parallel, expert_parallel: Megatron's sizes (the rest of the world is data parallel).
+        pipeline_parallel, virtual_pipeline, context_parallel, sequence_parallel: must be 1 / false
+            (see the module docstring).
         seed: seeds Megatron's model-parallel RNG tracker on CUDA.
         dtype, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas, warmup_steps,
             total_steps, lr_schedule, min_lr_ratio, grad_clip: as :class:`~rlkit.training.engine.FSDPEngine`
@@ -107,11 +109,7 @@ class MegatronEngine(OptimizedEngine):
         ensure_process_group()
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
-        self.sizes = ParallelSizes(
-            tensor=tensor_parallel,
-            expert=expert_parallel,
-            sequence_parallel=sequence_parallel and tensor_parallel > 1,
-        )
+        self.sizes = ParallelSizes(tensor=tensor_parallel, expert=expert_parallel)
         init_parallel_state(self.sizes)
         if self.device.type == "cuda":
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -182,6 +180,24 @@ class MegatronEngine(OptimizedEngine):
                 dist.all_reduce(sq, group=group)
             total = total + sq
         return float(total.sqrt().item())
+
+    def replica_batch(self, batch: Batch) -> tuple[Batch, slice]:
+        """The rows of this rank's TP group, joined in TP-rank order (the TP ranks compute on the same rows).
+
+        The losses' global-batch keywords then count each row once per TP rank, in the token and
+        sequence totals and in ``dp_size`` (the world) alike, so their ratio, which is all a loss
+        uses, is that of the data-parallel replicas.
+        """
+        from megatron.core import parallel_state as mpu
+
+        group = mpu.get_tensor_model_parallel_group()
+        tp = dist.get_world_size(group)
+        if tp == 1:
+            return batch, slice(None)
+        parts: list[Any] = [None] * tp
+        dist.all_gather_object(parts, batch, group=group)
+        start = sum(len(p) for p in parts[: mpu.get_tensor_model_parallel_rank()])
+        return Batch.concat(parts), slice(start, start + len(batch))
 
     # ------------------------------------------------------------------ weights
 

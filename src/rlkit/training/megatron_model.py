@@ -31,7 +31,7 @@ from torch import nn
 from rlkit.errors import UserError
 from rlkit.models.logprobs import token_logprobs
 from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared
-from rlkit.training.megatron_convert import MegatronLayout, hf_to_megatron, shard_ep, shard_tp
+from rlkit.training.megatron_convert import MegatronLayout, hf_to_megatron, shard_ep, shard_tp, tp_split_dim
 
 #: the pip line the error for a missing megatron-core names
 INSTALL_HINT = (
@@ -61,7 +61,6 @@ class ParallelSizes:
     virtual_pipeline: int = 1
     context: int = 1
     expert: int = 1
-    sequence_parallel: bool = False
 
 
 def init_parallel_state(sizes: ParallelSizes) -> None:
@@ -145,7 +144,7 @@ def transformer_config(
         "context_parallel_size": sizes.context,
         "expert_model_parallel_size": sizes.expert,
         "expert_tensor_parallel_size": 1,
-        "sequence_parallel": sizes.sequence_parallel,
+        "sequence_parallel": False,  # the local spec's torch norms refuse it
     }
     if recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -176,7 +175,7 @@ def build_gpt(hf: dict[str, Any], config: Any) -> nn.Module:
         normalization="RMSNorm",
     )
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    return GPTModel(
+    gpt = GPTModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=layout.vocab_size,
@@ -188,6 +187,23 @@ def build_gpt(hf: dict[str, Any], config: Any) -> nn.Module:
         rotary_base=float(theta),  # type: ignore[arg-type]
         parallel_output=True,
     )
+    _mark_tensor_parallel(gpt)
+    return gpt
+
+
+def _mark_tensor_parallel(gpt: nn.Module) -> None:
+    """Tag the TP-split weights as Megatron's initialisers do.
+
+    Megatron sets ``tensor_model_parallel`` (which its norm, clipping and optimizer read to count
+    a shard once) only while it initialises a weight; weights that come from a checkpoint
+    (``perform_initialization=False``) would otherwise look replicated.
+    """
+    from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+
+    for name, param in gpt.named_parameters():
+        dim = tp_split_dim(name)
+        if dim is not None and not hasattr(param, "tensor_model_parallel"):  # biases come tagged
+            set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
 
 
 def megatron_shard(
@@ -252,8 +268,6 @@ class MegatronPolicy(nn.Module):
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
         """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike)."""
-        from megatron.core import tensor_parallel
-
         rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T)
         ids_BS = input_ids_T.new_zeros(rows * longest)
         ids_BS[index_T] = input_ids_T
@@ -265,10 +279,6 @@ class MegatronPolicy(nn.Module):
         # Megatron's default causal mask is built on "cuda"; this one is the same on any device.
         causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
         hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
-        if gpt.config.sequence_parallel:
-            hidden_SBD = tensor_parallel.gather_from_sequence_parallel_region(
-                hidden_SBD, tensor_parallel_output_grad=True
-            )
         return hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
 
     def forward(
@@ -335,9 +345,13 @@ class MegatronPolicy(nn.Module):
 def _chunk_vocab_parallel(
     h_CD: torch.Tensor, w_VD: torch.Tensor, labels_C: torch.Tensor, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs and entropies (C,) of one chunk over the TP group's vocabulary shards."""
+    """Log-probs and entropies (C,) of one chunk over the TP group's vocabulary shards.
+
+    The sums over the vocabulary are Megatron's TP reductions (all-reduce forward, identity
+    backward: what follows them is the same on every TP rank, so each rank's gradient is whole).
+    """
     from megatron.core import parallel_state as mpu
-    from torch.distributed import nn as dist_nn
+    from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region as tp_sum
 
     group = mpu.get_tensor_model_parallel_group()
     logits_CV = (h_CD @ w_VD.T).float() / temperature
@@ -348,17 +362,17 @@ def _chunk_vocab_parallel(
         dist.all_reduce(max_C, op=dist.ReduceOp.MAX, group=group)
     shifted_CV = logits_CV - max_C[:, None]
     exp_CV = shifted_CV.exp()
-    sum_C = dist_nn.all_reduce(exp_CV.sum(-1), group=group)
+    sum_C = tp_sum(exp_CV.sum(-1))
     local = labels_C - start
     owned = (local >= 0) & (local < vocab)
     picked_C = shifted_CV.gather(1, local.clamp(0, vocab - 1)[:, None]).squeeze(1) * owned
-    picked_C = dist_nn.all_reduce(picked_C, group=group)
+    picked_C = tp_sum(picked_C)
     lse_C = sum_C.log()
     logp_C = picked_C - lse_C
     if not with_entropy:
         return logp_C, logp_C.new_zeros(0)
     # H = lse - E_p[shifted logits]
-    mean_C = dist_nn.all_reduce((exp_CV * shifted_CV).sum(-1), group=group) / sum_C
+    mean_C = tp_sum((exp_CV * shifted_CV).sum(-1)) / sum_C
     return logp_C, lse_C - mean_C
 
 
@@ -377,8 +391,11 @@ def vocab_parallel_logprobs(
     logits. Each chunk is recomputed in backward (activation checkpointing), so memory holds one
     chunk's (C, V / TP) logits at a time.
     """
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
     from torch.utils.checkpoint import checkpoint
 
+    # Each rank's vocabulary shard gives part of the hidden states' gradient: sum it over TP in backward.
+    hidden_ND = copy_to_tensor_model_parallel_region(hidden_ND)
     logps, entropies = [], []
     for start in range(0, hidden_ND.shape[0], chunk_tokens):
         stop = start + chunk_tokens
