@@ -61,6 +61,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
             _hardware,
             _model_readable,
             _lora,
+            _training_engine,
             _teachers,
             _rollout_engine,
             _rl_data_and_scorers,
@@ -87,6 +88,33 @@ def _hardware(cfg: RlkitConfig) -> str:
         )
     where = f" on {hw.nodes} nodes of the Ray cluster at {address}" if hw.nodes > 1 else ""
     return f"hardware: profile {profile}, device {device} ({workers} worker(s){where})"
+
+
+def _training_engine(cfg: RlkitConfig) -> str:
+    """``actor.strategy=megatron``: a CUDA device, and a model the parallel sizes split evenly."""
+    a, hw = cfg.actor, cfg.hardware
+    if a.strategy != "megatron":
+        return "training engine: FSDP2"
+    device = resolve_device(cfg)
+    if device not in ("cuda", "rocm"):
+        raise UserError(
+            f"actor.strategy=megatron needs a GPU, and this run's device is {device}: megatron-core "
+            "places its tensors on torch.cuda.current_device()",
+            hint="run on a GPU machine, or use actor.strategy=fsdp",
+        )
+    tp, ep = a.megatron.tensor_parallel, a.megatron.expert_parallel
+    hf = model_config_json(cfg.model.path)
+    if hf is None:
+        return f"training engine: Megatron-core (TP {tp}, EP {ep}; the model's shape is checked when the run fetches it)"
+    from rlkit.training.megatron_convert import (
+        parallel_shape_problem,
+    )  # pure tensor mapping, no Megatron import
+
+    problem = parallel_shape_problem(hf, tp, ep)
+    if problem is not None:
+        raise UserError(problem, hint="choose sizes that divide the model, or use actor.strategy=fsdp")
+    world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
+    return f"training engine: Megatron-core, TP {tp} x EP {ep}, data parallel {world // tp}"
 
 
 def _model_readable(cfg: RlkitConfig) -> str:

@@ -60,6 +60,8 @@ def actor_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "lora_rank": cfg.model.lora_rank,
         "lora_alpha": cfg.model.lora_alpha,
         "lora_target_modules": list(cfg.model.lora_target_modules),
+        "strategy": a.strategy,
+        "megatron": _plain(a.megatron) if a.strategy == "megatron" else None,
     }
 
 

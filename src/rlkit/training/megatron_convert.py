@@ -109,6 +109,32 @@ class MegatronLayout:
         )
 
 
+def parallel_shape_problem(hf: Mapping[str, Any], tensor_parallel: int, expert_parallel: int) -> str | None:
+    """Why a ``config.json`` cannot be split ``tensor_parallel`` x ``expert_parallel`` ways (None: it can).
+
+    Tensor parallelism splits attention by whole heads and GQA groups, the MLP's rows and the
+    vocabulary; expert parallelism splits the experts.
+    """
+    try:
+        layout = MegatronLayout.from_hf(hf)
+    except ValueError as exc:
+        return str(exc)
+    tp, ep = tensor_parallel, expert_parallel
+    counts = {
+        "attention heads": layout.num_heads,
+        "key/value heads": layout.num_kv_heads,
+        "vocabulary entries": layout.vocab_size,
+        "MLP rows (intermediate_size)": int(hf.get("intermediate_size") or 0),
+    }
+    for what, count in counts.items():
+        if count % tp:
+            return f"actor.megatron.tensor_parallel={tp} does not divide the model's {count} {what}"
+    if ep > 1 and (not layout.num_experts or layout.num_experts % ep):
+        experts = layout.num_experts or "no"
+        return f"actor.megatron.expert_parallel={ep} does not divide the model's {experts} experts"
+    return None
+
+
 # ---------------------------------------------------------------- Hugging Face <-> Megatron (full)
 
 

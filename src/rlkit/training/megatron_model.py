@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rlkit.config.rules import MEGATRON_INSTALL
 from rlkit.errors import UserError
 from rlkit.models.logprobs import token_logprobs
 from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared
@@ -48,7 +49,7 @@ def require_megatron(key: str = "actor.strategy=megatron") -> None:
     if not megatron_available():
         raise UserError(
             f"{key} needs megatron-core, which is not installed (Python {sys.version_info.major}.{sys.version_info.minor})",
-            hint=INSTALL_HINT,
+            hint=MEGATRON_INSTALL,
         )
 
 
