@@ -17,8 +17,15 @@ import torch
 
 @contextmanager
 def megatron_on_cpu(seed: int = 0) -> Iterator[None]:
-    """Redirect Megatron's CUDA device and RNG calls to the CPU and seed its RNG tracker."""
+    """Redirect Megatron's CUDA device and RNG calls to the CPU and seed its RNG tracker.
+
+    Where CUDA is present the roles train there, which these CPU tests do not cover: they skip,
+    and tests/gpu/training/test_megatron_gpu.py runs the engine on the GPU unpatched.
+    """
     from megatron.core.tensor_parallel import random as mrandom
+
+    if torch.cuda.is_available():
+        pytest.skip("the Megatron CPU tests run on CPU-only machines (the GPU tests cover CUDA)")
 
     mp = pytest.MonkeyPatch()
     mp.setattr(torch.cuda, "current_device", lambda: "cpu")
