@@ -440,6 +440,32 @@ def gather_ep(shards: list[Mapping[str, torch.Tensor]], num_experts: int) -> dic
     return out
 
 
+def shard_key(name: str, tp_rank: int, tp: int) -> str:
+    """The checkpoint key of one TP rank's shard of a split weight (replicated weights keep their name)."""
+    return f"{name}@tp{tp_rank}of{tp}" if tp > 1 and tp_split_dim(name) is not None else name
+
+
+def is_megatron_checkpoint(names: Iterator[str] | list[str] | set[str]) -> bool:
+    """Whether checkpoint model keys are the Megatron engine's (else Hugging Face names)."""
+    return any(n.partition("@")[0] == "embedding.word_embeddings.weight" for n in names)
+
+
+def checkpoint_to_hf(tensors: Mapping[str, torch.Tensor], hf: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A Megatron engine checkpoint's model tensors (per-shard keys, see :func:`shard_key`) -> HF names.
+
+    The TP shards of each weight are joined in rank order; experts already carry global numbers.
+    ``rlkit ckpt merge`` reads Megatron checkpoints through this.
+    """
+    by_name: dict[str, dict[int, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, shard = key.partition("@tp")
+        by_name.setdefault(name, {})[int(shard.split("of")[0]) if shard else 0] = tensor
+    full = {
+        name: gather_tensor_tp(name, [parts[r] for r in sorted(parts)]) for name, parts in by_name.items()
+    }
+    return megatron_to_hf(full, MegatronLayout.from_hf(hf))
+
+
 def iter_hf_tensors(
     mg_items: Iterator[tuple[str, torch.Tensor]], layout: MegatronLayout
 ) -> Iterator[tuple[str, torch.Tensor]]:

@@ -39,6 +39,7 @@ from rlkit.training.megatron_convert import (
     gather_tensor_tp,
     global_expert_name,
     megatron_tensor_to_hf,
+    shard_key,
     tp_split_dim,
 )
 from rlkit.training.megatron_model import (
@@ -246,9 +247,7 @@ class MegatronEngine(OptimizedEngine):
         names: dict[str, nn.Parameter] = {}
         for name, param in self.module.gpt.named_parameters():
             key = global_expert_name(name, ep_rank, per_rank) if _is_expert(param) else name
-            if tp > 1 and tp_split_dim(name) is not None:
-                key = f"{key}@tp{tp_rank}of{tp}"
-            names[key] = param
+            names[shard_key(key, tp_rank, tp)] = param
         return names
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:

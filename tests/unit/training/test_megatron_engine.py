@@ -130,3 +130,30 @@ def test_lora_needs_fsdp(tiny_model_dir: Path) -> None:
 
     with pytest.raises(UserError, match="lora_rank"):
         _actor(tiny_model_dir, lora_rank=4)
+
+
+def test_checkpoint_tensors_convert_to_the_exported_weights(tiny_model_dir: Path) -> None:
+    """``rlkit ckpt merge`` reads a Megatron checkpoint's model tensors through the converter."""
+    from rlkit.training.megatron_convert import checkpoint_to_hf, is_megatron_checkpoint
+
+    actor = _actor(tiny_model_dir)
+    actor.update(_batch(seed=5), **UPDATE)
+    model = actor.state_dict_for_checkpoint()["model"]
+    assert is_megatron_checkpoint(list(model))
+    merged = checkpoint_to_hf(model, actor.hf_config)
+    exported = _weights(actor)
+    assert merged.keys() == exported.keys()
+    for name, tensor in exported.items():
+        torch.testing.assert_close(merged[name], tensor, atol=0, rtol=0)
+
+
+def test_activation_recompute_gives_the_same_update(tiny_model_dir: Path) -> None:
+    batch = _batch(seed=6)
+    batch.set("old_log_probs", torch.zeros(len(batch), R) - 3.0)
+    weights = []
+    for recompute in (False, True):
+        actor = _actor(tiny_model_dir, gradient_checkpointing=recompute)
+        actor.update(batch, **UPDATE)
+        weights.append(_weights(actor))
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
