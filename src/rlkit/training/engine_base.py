@@ -33,10 +33,14 @@ class TrainingEngine(Protocol):
     """The role interface of a training engine (FSDP2 or Megatron-core)."""
 
     device: torch.device
-    module: nn.Module
     step_count: int
     optimizer_steps: int
     skipped_steps: int
+
+    @property
+    def module(self) -> nn.Module:
+        """The root module whose forward ends at the heads (``PackedPolicy``'s signature)."""
+        ...
 
     def lr(self) -> float: ...
     def train(self) -> None: ...
@@ -231,7 +235,8 @@ def adamw(
 def hf_config_dict(model: nn.Module) -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict of a loaded model (native ``CausalLM`` or ``HFCausalLM``)."""
     to_hf = getattr(model, "hf_config_dict", None)
-    return dict(to_hf() if callable(to_hf) else model.config.to_hf())  # type: ignore[operator]
+    config: Any = model.config
+    return dict(to_hf() if callable(to_hf) else config.to_hf())
 
 
 def _fsdp_policy(model: nn.Module, engine: dict[str, Any], megatron: dict[str, Any]) -> TrainingEngine:

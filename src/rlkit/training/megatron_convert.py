@@ -202,9 +202,9 @@ def _fused_layer(
     src, dst = f"model.layers.{layer}.", f"decoder.layers.{layer}."
     out: dict[str, torch.Tensor] = {}
     for kind in ("weight", "bias"):
-        parts = [hf_sd.get(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
-        if all(p is not None for p in parts):
-            out[f"{dst}self_attention.linear_qkv.{kind}"] = _fuse_qkv(*parts, layout)  # type: ignore[misc]
+        q, k, v = (hf_sd.get(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv")
+        if q is not None and k is not None and v is not None:
+            out[f"{dst}self_attention.linear_qkv.{kind}"] = _fuse_qkv(q, k, v, layout)
     if f"{src}mlp.gate_proj.weight" in hf_sd:
         gate_up = [hf_sd[f"{src}mlp.gate_proj.weight"], hf_sd[f"{src}mlp.up_proj.weight"]]
         out[f"{dst}mlp.linear_fc1.weight"] = torch.cat(gate_up, dim=0)

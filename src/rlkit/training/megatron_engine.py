@@ -75,6 +75,8 @@ class MegatronEngine(OptimizedEngine):
         param_offload, torch_compile: FSDP-only; accepted so the roles pass one set of keywords, unused.
     """
 
+    module: MegatronPolicy
+
     def __init__(
         self,
         hf_config: dict[str, Any],
@@ -146,10 +148,10 @@ class MegatronEngine(OptimizedEngine):
             grads = [p.grad for p in self.params if p.grad is not None and _is_expert(p) == expert]
             if not grads or dist.get_world_size(group) == 1:
                 continue
-            flat = torch._utils._flatten_dense_tensors(grads)
+            flat: torch.Tensor = _flatten(grads)
             dist.all_reduce(flat, group=group)
             flat.div_(dist.get_world_size(group))
-            for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+            for grad, reduced in zip(grads, _unflatten(flat, grads), strict=True):
                 grad.copy_(reduced)
 
     def grad_norm(self) -> float:
@@ -278,6 +280,10 @@ class MegatronEngine(OptimizedEngine):
         for group, saved_group in zip(self.optimizer.param_groups, saved, strict=True):
             group.update({k: v for k, v in saved_group.items() if k != "params"})
         self._restore_schedule(state)
+
+
+_flatten: Any = torch._utils._flatten_dense_tensors  # one buffer per all-reduce (untyped torch helpers)
+_unflatten: Any = torch._utils._unflatten_dense_tensors
 
 
 def _all_gather(tensor: torch.Tensor, group: Any, size: int) -> list[torch.Tensor]:

@@ -163,7 +163,7 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
-def build_gpt(hf: dict[str, Any], config: Any) -> nn.Module:
+def build_gpt(hf: dict[str, Any], config: Any) -> Any:
     """A whole ``GPTModel`` (one pipeline stage) with Megatron-core's local layer spec."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -185,7 +185,7 @@ def build_gpt(hf: dict[str, Any], config: Any) -> nn.Module:
         post_process=True,
         share_embeddings_and_output_weights=layout.tie_word_embeddings,
         position_embedding_type="rope",
-        rotary_base=float(theta),  # type: ignore[arg-type]
+        rotary_base=float(theta),
         parallel_output=True,
     )
     _mark_tensor_parallel(gpt)
@@ -260,10 +260,14 @@ def _padded_layout(cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor) -> tu
 class MegatronPolicy(nn.Module):
     """A ``GPTModel`` whose forward returns log-probs of gathered tokens (``PackedPolicy``'s forward)."""
 
+    gpt: Any  # megatron.core.models.gpt.GPTModel (Megatron is imported only where it is used)
+
     def __init__(self, gpt: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.gpt = gpt
         self.compute_dtype = compute_dtype
+        # fp32 master weights computing in a lower dtype run under autocast (as FSDP's one-rank path)
+        self.autocast = any(p.dtype != compute_dtype for p in gpt.parameters() if p.is_floating_point())
 
     def hidden_states(
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
@@ -280,7 +284,10 @@ class MegatronPolicy(nn.Module):
         # Megatron's default causal mask is built on "cuda"; this one is the same on any device.
         causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
         hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
-        return hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
+        hidden_TD: torch.Tensor = (
+            hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
+        )
+        return hidden_TD
 
     def forward(
         self,
@@ -301,7 +308,7 @@ class MegatronPolicy(nn.Module):
             input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,); gather_idx_N, labels_N:
             (N,). Returns log-probs (N,) fp32, entropy (N,) fp32 or None, then the extras.
         """
-        with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self._autocast()):
+        with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
             hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
                 0, gather_idx_N
             )
@@ -317,7 +324,7 @@ class MegatronPolicy(nn.Module):
                 raise ValueError(
                     "top-k distillation terms are not built for actor.megatron.tensor_parallel > 1"
                 )
-            return vocab_parallel_logprobs(
+            return vocab_parallel_logprobs(  # type: ignore[return-value]
                 hidden_ND, weight_VD, labels_N, temperature, chunk_tokens, with_entropy
             )
         logp_N, entropy_N = token_logprobs(
@@ -329,15 +336,17 @@ class MegatronPolicy(nn.Module):
             with_entropy=with_entropy,
         )
         extras: list[torch.Tensor] = []
-        scaling = {"temperature": temperature, "chunk_tokens": chunk_tokens, "softcap": None}
         if support_NK is not None:
-            extras.append(token_logprobs_at(hidden_ND, weight_VD, support_NK, **scaling))
+            extras.append(
+                token_logprobs_at(
+                    hidden_ND, weight_VD, support_NK, temperature=temperature, chunk_tokens=chunk_tokens
+                )
+            )
         if with_sum_pi_squared:
-            extras.append(token_sum_pi_squared(hidden_ND, weight_VD, **scaling))
-        return (logp_N, entropy_N, *extras)
-
-    def _autocast(self) -> bool:
-        return any(p.dtype != self.compute_dtype for p in self.gpt.parameters() if p.is_floating_point())
+            extras.append(
+                token_sum_pi_squared(hidden_ND, weight_VD, temperature=temperature, chunk_tokens=chunk_tokens)
+            )
+        return (logp_N, entropy_N, *extras)  # type: ignore[arg-type]  # entropy is None unless asked
 
 
 # ---------------------------------------------------------------- vocab-parallel log-probs
