@@ -157,3 +157,32 @@ def test_activation_recompute_gives_the_same_update(tiny_model_dir: Path) -> Non
         weights.append(_weights(actor))
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_config_builds_the_megatron_actor_and_its_export_is_the_same_policy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``actor.strategy=megatron`` from a composed config -> the actor; what ActorWorker.export_hf writes
+    (role_hf_config + the gathered HF-named weights) loads back as the same policy on FSDP."""
+    from rlkit.ckpt.state import role_hf_config
+    from rlkit.config.compose import to_dataclass
+    from rlkit.config.load import load_config
+    from rlkit.models import write_hf_folder
+    from rlkit.trainer.settings import actor_settings
+
+    cfg = to_dataclass(
+        load_config(
+            "grpo", overrides=["actor.strategy=megatron", f"model.path={tiny_model_dir}", "actor.lr=1e-3"]
+        )
+    )
+    actor = ActorRole(**actor_settings(cfg, "cpu"))
+    assert type(actor.engine).__name__ == "MegatronEngine"
+    batch = _batch(seed=7)
+    batch.set("old_log_probs", actor.compute_log_prob(batch)["old_log_probs"])
+    actor.update(batch, **UPDATE)
+    write_hf_folder(tmp_path / "hf", role_hf_config(actor), dict(actor.named_full_tensors(dtype=None)))
+    exported = _actor(tmp_path / "hf", "fsdp")
+    for key in ("old_log_probs", "entropy"):
+        torch.testing.assert_close(
+            exported.compute_log_prob(batch)[key], actor.compute_log_prob(batch)[key], atol=1e-5, rtol=1e-5
+        )
