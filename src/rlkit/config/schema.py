@@ -93,7 +93,8 @@ class MegatronConfig:
     virtual_pipeline: int = bounded(1, ge=1, profile=True)
     """Model chunks per pipeline stage (interleaved schedule). Only 1 is built."""
     context_parallel: int = bounded(1, ge=1, profile=True)
-    """Context-parallel size (sequences split over devices). Only 1 is built."""
+    """Context-parallel size (sequences split over devices). Only 1 is built: Megatron supports it
+    only in transformer-engine's attention, which the engine does not use."""
     sequence_parallel: bool = profile_key(False)
     """Megatron's sequence parallelism under tensor parallelism. Not built: Megatron's local layer
     spec (no transformer-engine) has norms that refuse it; only false is accepted."""
