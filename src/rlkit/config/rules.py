@@ -163,7 +163,8 @@ def _megatron(cfg: DictConfig) -> None:
     # parallel); no pipeline schedule, context or sequence parallelism; no LoRA; top-k
     # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
     actor, sizes = cfg.actor, cfg.actor.megatron
-    if actor.strategy != "megatron":
+    users = [role for role in ("actor", "critic") if cfg[role].strategy == "megatron"]
+    if not users:
         changed = [
             f"{k}={sizes[k]}"
             for k, v in {"tensor_parallel": 1, "expert_parallel": 1, **_MEGATRON_NOT_BUILT}.items()
@@ -171,14 +172,14 @@ def _megatron(cfg: DictConfig) -> None:
         ]
         if changed:
             raise UserError(
-                f"actor.megatron.{changed[0]} only applies to actor.strategy=megatron",
+                f"actor.megatron.{changed[0]} only applies to actor.strategy=megatron (or critic.strategy)",
                 hint="set actor.strategy=megatron",
             )
         return
     if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         raise UserError(
-            f"actor.strategy=megatron needs megatron-core, not installed here (Python {python})",
+            f"{users[0]}.strategy=megatron needs megatron-core, not installed here (Python {python})",
             hint=MEGATRON_INSTALL,
         )
     for key, built in _MEGATRON_NOT_BUILT.items():
@@ -195,13 +196,17 @@ def _megatron(cfg: DictConfig) -> None:
                 f"actor.megatron.{key}={sizes[key]} does not divide the {world} training devices",
                 hint=f"make actor.megatron.{key} a divisor of {world}",
             )
-    if cfg.model.lora_rank > 0:
+    if actor.strategy == "megatron" and cfg.model.lora_rank > 0:
         raise UserError(
             f"model.lora_rank={cfg.model.lora_rank} needs actor.strategy=fsdp",
             hint="set model.lora_rank=0, or actor.strategy=fsdp",
         )
     topk = cfg.algo.distill.teachers and cfg.algo.distill.loss != "pg_reverse_kl"
-    if sizes.tensor_parallel > 1 and (topk or cfg.algo.advantage == "optimal_token_baseline"):
+    if (
+        actor.strategy == "megatron"
+        and sizes.tensor_parallel > 1
+        and (topk or cfg.algo.advantage == "optimal_token_baseline")
+    ):
         raise UserError(
             "top-k distillation and algo.advantage=optimal_token_baseline are not built for actor.megatron.tensor_parallel > 1",
             hint="set actor.megatron.tensor_parallel=1, or actor.strategy=fsdp",

@@ -75,7 +75,7 @@ class DataConfig:
 
 @dataclass
 class MegatronConfig:
-    """Megatron-core's parallel sizes of the actor (``actor.strategy=megatron``; see docs/megatron.md).
+    """Megatron-core's parallel sizes (``actor.strategy`` / ``critic.strategy`` = ``megatron``; see docs/megatron.md).
 
     The data-parallel size is what the training world (``hardware.nodes x devices_per_node``,
     less ``rollout_devices`` when split) leaves over ``tensor_parallel``; micro-batches are cut by
@@ -105,9 +105,10 @@ class ActorConfig:
     strategy: str = choice("fsdp", "megatron", profile=True)
     """Training engine of the actor: ``fsdp`` (PyTorch FSDP2) or ``megatron`` (Megatron-core
     ``GPTModel`` with tensor / expert parallelism; needs ``pip install "rlkit[megatron]"`` and a
-    CUDA device; see docs/megatron.md). The critic and the reference model always use FSDP2."""
+    CUDA device; see docs/megatron.md). The reference model always uses FSDP2; the critic has
+    ``critic.strategy``."""
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
-    """Megatron-core parallel sizes (``actor.strategy=megatron`` only)."""
+    """Megatron-core parallel sizes of the run (``actor.strategy`` or ``critic.strategy`` = ``megatron``)."""
     lr: float = bounded(1e-6, gt=0)
     """Peak learning rate of AdamW."""
     weight_decay: float = bounded(0.01, ge=0)
@@ -187,6 +188,9 @@ class CriticConfig:
     """Train a value model; ``null`` = only when ``algo.advantage`` is ``gae``."""
     model_path: str | None = None
     """Critic initial weights; defaults to ``model.path``."""
+    strategy: str = choice("fsdp", "megatron", profile=True)
+    """Training engine of the critic: ``fsdp`` or ``megatron`` (Megatron-core with the sizes of
+    ``actor.megatron.*``: one Megatron layout per process, which the colocated actor shares)."""
     lr: float = bounded(1e-5, gt=0)
     """Peak learning rate of the critic."""
     warmup_steps: int = bounded(0, ge=0)

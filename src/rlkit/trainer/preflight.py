@@ -91,30 +91,33 @@ def _hardware(cfg: RlkitConfig) -> str:
 
 
 def _training_engine(cfg: RlkitConfig) -> str:
-    """``actor.strategy=megatron``: a CUDA device, and a model the parallel sizes split evenly."""
-    a, hw = cfg.actor, cfg.hardware
-    if a.strategy != "megatron":
+    """``actor.strategy`` / ``critic.strategy`` = megatron: a GPU, and models the sizes split evenly."""
+    sizes, hw = cfg.actor.megatron, cfg.hardware
+    models = {"actor": cfg.model.path, "critic": cfg.critic.model_path or cfg.model.path}
+    users = [role for role in models if getattr(cfg, role).strategy == "megatron"]
+    if not users:
         return "training engine: FSDP2"
     device = resolve_device(cfg)
     if device not in ("cuda", "rocm"):
         raise UserError(
-            f"actor.strategy=megatron needs a GPU, and this run's device is {device}: megatron-core "
+            f"{users[0]}.strategy=megatron needs a GPU, and this run's device is {device}: megatron-core "
             "places its tensors on torch.cuda.current_device()",
-            hint="run on a GPU machine, or use actor.strategy=fsdp",
+            hint=f"run on a GPU machine, or use {users[0]}.strategy=fsdp",
         )
-    tp, ep = a.megatron.tensor_parallel, a.megatron.expert_parallel
-    hf = model_config_json(cfg.model.path)
-    if hf is None:
-        return f"training engine: Megatron-core (TP {tp}, EP {ep}; the model's shape is checked when the run fetches it)"
+    tp, ep = sizes.tensor_parallel, sizes.expert_parallel
     from rlkit.training.megatron_convert import (
         parallel_shape_problem,
     )  # pure tensor mapping, no Megatron import
 
-    problem = parallel_shape_problem(hf, tp, ep)
-    if problem is not None:
-        raise UserError(problem, hint="choose sizes that divide the model, or use actor.strategy=fsdp")
+    for role in users:
+        hf = model_config_json(models[role])
+        problem = None if hf is None else parallel_shape_problem(hf, tp, ep)
+        if problem is not None:
+            raise UserError(
+                f"{role}: {problem}", hint=f"choose sizes that divide the model, or use {role}.strategy=fsdp"
+            )
     world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
-    return f"training engine: Megatron-core, TP {tp} x EP {ep}, data parallel {world // tp}"
+    return f"training engine: Megatron-core for the {' and '.join(users)}, TP {tp} x EP {ep}, data parallel {world // tp}"
 
 
 def _model_readable(cfg: RlkitConfig) -> str:

@@ -157,6 +157,8 @@ def critic_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "total_steps": _optimizer_steps(cfg),
         "grad_clip": c.grad_clip,
         "micro_batch_tokens": c.micro_batch_tokens,
+        "strategy": c.strategy,
+        "megatron": _plain(cfg.actor.megatron) if c.strategy == "megatron" else None,
     }
 
 

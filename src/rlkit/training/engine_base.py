@@ -3,9 +3,10 @@
 The trained roles (actor, critic) drive an engine through :class:`TrainingEngine` only: forward
 and backward through ``engine.module`` (a root module whose forward ends at the heads, see
 :mod:`rlkit.training.heads`), then :meth:`~TrainingEngine.optimizer_step` once per mini-batch and
-:meth:`~TrainingEngine.scheduler_step` once per RL step. ``actor.strategy`` picks the engine
-(:data:`POLICY_ENGINES`): FSDP2 (:mod:`rlkit.training.engine`) or Megatron-core
-(:mod:`rlkit.training.megatron_engine`); the roles never branch on which.
+:meth:`~TrainingEngine.scheduler_step` once per RL step. ``actor.strategy`` / ``critic.strategy``
+pick the engine (:data:`POLICY_ENGINES`, :data:`VALUE_ENGINES`): FSDP2
+(:mod:`rlkit.training.engine`) or Megatron-core (:mod:`rlkit.training.megatron_engine`); the roles
+never branch on which.
 
 :class:`OptimizedEngine` holds what both engines do the same way over plain torch parameters:
 AdamW, the warmup + constant/cosine schedule in RL steps, clipping by the global norm (each
@@ -255,9 +256,30 @@ def _megatron_policy(model: nn.Module, engine: dict[str, Any], megatron: dict[st
     return MegatronEngine(hf_config_dict(model), hf_sd, **megatron, **engine)
 
 
+def _fsdp_value(model: nn.Module, engine: dict[str, Any], megatron: dict[str, Any]) -> TrainingEngine:
+    from rlkit.training.engine import FSDPEngine
+    from rlkit.training.heads import PackedValue
+
+    del megatron
+    return FSDPEngine(PackedValue(model), **engine)
+
+
+def _megatron_value(model: nn.Module, engine: dict[str, Any], megatron: dict[str, Any]) -> TrainingEngine:
+    """The critic on Megatron: the value model's backbone converted, its ``score`` head kept."""
+    from rlkit.training.megatron_engine import MegatronEngine
+
+    hf_sd = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    return MegatronEngine(hf_config_dict(model), hf_sd, head="value", **megatron, **engine)
+
+
 #: ``actor.strategy`` -> how the policy's engine is built from a loaded Hugging Face-named model,
 #: the engine keywords (:class:`~rlkit.training.engine.EngineOptions`) and the ``actor.megatron`` sizes.
 POLICY_ENGINES: dict[str, Callable[[nn.Module, dict[str, Any], dict[str, Any]], TrainingEngine]] = {
     "fsdp": _fsdp_policy,
     "megatron": _megatron_policy,
+}
+#: ``critic.strategy`` -> how the critic's engine is built from a loaded value model (same arguments).
+VALUE_ENGINES: dict[str, Callable[[nn.Module, dict[str, Any], dict[str, Any]], TrainingEngine]] = {
+    "fsdp": _fsdp_value,
+    "megatron": _megatron_value,
 }

@@ -11,6 +11,7 @@ the weight sync and ``rlkit ckpt merge`` share one mapping. The Megatron side is
   slice of gate over its slice of up, not a slice of the stacked matrix.
 - Qwen3's q/k norms are ``q_layernorm`` / ``k_layernorm``; tied embeddings have no
   ``output_layer.weight`` (except on a last pipeline stage that does not hold the embedding).
+- A value model's ``score`` head (the critic) keeps its name and is never split.
 - Qwen3-MoE: ``mlp.router.weight`` is the gate; experts are ``SequentialMLP`` experts,
   ``mlp.experts.local_experts.{j}.linear_fc1/fc2`` with ``j`` local to the expert-parallel rank.
   The Hugging Face side reads per-expert checkpoint names (``mlp.experts.{j}.gate_proj.weight``)
@@ -56,6 +57,8 @@ _TOP_NAMES = {
     "decoder.final_layernorm.weight": "model.norm.weight",
     "output_layer.weight": "lm_head.weight",
 }
+#: a value model's scalar head (``*ForTokenClassification``'s ``score``): kept whole, same name both sides
+_VALUE_HEAD = "score."
 #: split dim of each tensor-parallel weight (by Megatron layer-local or top-level name); others replicate.
 _COLUMN = ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias", "mlp.linear_fc1.weight")
 _ROW = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
@@ -169,6 +172,9 @@ def hf_to_megatron(hf_sd: Mapping[str, torch.Tensor], layout: MegatronLayout) ->
     local = {hf: mg for mg, hf in _LAYER_NAMES.items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in hf_sd.items():
+        if name.startswith(_VALUE_HEAD):
+            out[name] = tensor  # a value model's head: the same tensor on both sides
+            continue
         if name in top:
             if name == "lm_head.weight" and layout.tie_word_embeddings:
                 continue  # the embedding is the head
@@ -236,6 +242,8 @@ def megatron_tensor_to_hf(
     """
     if name in _TOP_NAMES:
         return [(_TOP_NAMES[name], tensor)]
+    if name.startswith(_VALUE_HEAD):
+        return [(name, tensor)]
     match = _LAYER.match(name)
     if match is None:
         raise KeyError(f"no Hugging Face name for Megatron tensor {name!r}")

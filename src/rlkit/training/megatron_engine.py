@@ -44,6 +44,7 @@ from rlkit.training.megatron_convert import (
 )
 from rlkit.training.megatron_model import (
     MegatronPolicy,
+    MegatronValue,
     ParallelSizes,
     build_gpt,
     init_parallel_state,
@@ -65,6 +66,8 @@ class MegatronEngine(OptimizedEngine):
     Args:
         hf_config: the model's Hugging Face ``config.json`` dict.
         hf_state_dict: its weights under Hugging Face names (fp32, on the CPU); converted and sharded here.
+        head: ``policy`` (the LM head: :class:`~rlkit.training.megatron_model.MegatronPolicy`) or
+            ``value`` (the critic's ``score`` head: :class:`~rlkit.training.megatron_model.MegatronValue`).
         tensor_parallel, expert_parallel: Megatron's sizes (the rest of the world is data parallel).
         pipeline_parallel, virtual_pipeline, context_parallel, sequence_parallel: must be 1 / false
             (see the module docstring).
@@ -75,13 +78,14 @@ class MegatronEngine(OptimizedEngine):
         param_offload, torch_compile: FSDP-only; accepted so the roles pass one set of keywords, unused.
     """
 
-    module: MegatronPolicy
+    module: MegatronPolicy | MegatronValue
 
     def __init__(
         self,
         hf_config: dict[str, Any],
         hf_state_dict: dict[str, torch.Tensor],
         *,
+        head: str = "policy",
         tensor_parallel: int = 1,
         pipeline_parallel: int = 1,
         virtual_pipeline: int = 1,
@@ -105,9 +109,10 @@ class MegatronEngine(OptimizedEngine):
     ) -> None:
         del param_offload, torch_compile  # FSDP's knobs
         require_megatron()
-        if (pipeline_parallel, virtual_pipeline, context_parallel) != (1, 1, 1):
+        if (pipeline_parallel, virtual_pipeline, context_parallel, sequence_parallel) != (1, 1, 1, False):
             raise ValueError(
-                "the Megatron engine runs pipeline_parallel = virtual_pipeline = context_parallel = 1"
+                "the Megatron engine runs pipeline_parallel = virtual_pipeline = context_parallel = 1 "
+                "and sequence_parallel = false"
             )
         ensure_process_group()
         self.device = training_device()
@@ -121,12 +126,10 @@ class MegatronEngine(OptimizedEngine):
         self.hf_config = dict(hf_config)
         self.layout = MegatronLayout.from_hf(hf_config)
         config = transformer_config(hf_config, self.sizes, recompute=gradient_checkpointing)
-        gpt = build_gpt(hf_config, config)
-        load_into(gpt, megatron_shard(hf_state_dict, self.layout, self.sizes))
-        self.module = MegatronPolicy(gpt.to(self.device), self.compute_dtype)
+        self.module = self._build_root(hf_config, hf_state_dict, config, head).to(self.device)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         self._setup_optimizer(
-            [p for p in gpt.parameters() if p.requires_grad],
+            [p for p in self.module.parameters() if p.requires_grad],
             lr=lr,
             weight_decay=weight_decay,
             betas=betas,
@@ -136,6 +139,30 @@ class MegatronEngine(OptimizedEngine):
             min_lr_ratio=min_lr_ratio,
             grad_clip=grad_clip,
         )
+
+    def _build_root(
+        self, hf: dict[str, Any], hf_sd: dict[str, torch.Tensor], config: Any, head: str
+    ) -> nn.Module:
+        """The GPTModel with this rank's converted shard loaded, under the policy's or the value head."""
+        gpt = build_gpt(hf, config)
+        shard = megatron_shard(hf_sd, self.layout, self.sizes)
+        if head == "policy":
+            load_into(gpt, shard)
+            return MegatronPolicy(gpt, self.compute_dtype)
+        if head != "value":
+            raise ValueError(f"unknown head {head!r}; valid: policy, value")
+        del gpt.output_layer  # the critic reads hidden states into its own head
+        score = nn.Linear(self.layout.hidden_size, 1)
+        score.load_state_dict(
+            {k.removeprefix("score."): shard.pop(k) for k in list(shard) if k.startswith("score.")}
+        )
+        load_into(gpt, shard)
+        return MegatronValue(gpt, score, self.compute_dtype)
+
+    def _named_params(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters under their Megatron names (the GPTModel's) and the value head's HF names."""
+        for name, param in self.module.named_parameters():
+            yield name.removeprefix("gpt."), param
 
     # ------------------------------------------------------------------ gradients
 
@@ -219,7 +246,7 @@ class MegatronEngine(OptimizedEngine):
         ep_group = mpu.get_expert_model_parallel_group()
         tp, ep = dist.get_world_size(tp_group), dist.get_world_size(ep_group)
         per_rank = self.layout.num_experts // ep if self.layout.num_experts else 0
-        for name, param in self.module.gpt.named_parameters():
+        for name, param in self._named_params():
             local = param.detach().to(dtype or param.dtype)
             full = self._gather_tp(name, local, tp_group, tp)
             if _is_expert(param) and ep > 1:
@@ -247,7 +274,7 @@ class MegatronEngine(OptimizedEngine):
         ep_rank = mpu.get_expert_model_parallel_rank()
         per_rank = self.layout.num_experts // self.sizes.expert if self.layout.num_experts else 0
         names: dict[str, nn.Parameter] = {}
-        for name, param in self.module.gpt.named_parameters():
+        for name, param in self._named_params():
             key = global_expert_name(name, ep_rank, per_rank) if _is_expert(param) else name
             names[shard_key(key, tp_rank, tp)] = param
         return names

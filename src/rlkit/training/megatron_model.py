@@ -257,8 +257,8 @@ def _padded_layout(cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor) -> tu
     return rows, longest, row_T * longest + col_T
 
 
-class MegatronPolicy(nn.Module):
-    """A ``GPTModel`` whose forward returns log-probs of gathered tokens (``PackedPolicy``'s forward)."""
+class _MegatronRoot(nn.Module):
+    """A ``GPTModel`` and the packed forward up to its final norm (the heads are the subclasses')."""
 
     gpt: Any  # megatron.core.models.gpt.GPTModel (Megatron is imported only where it is used)
 
@@ -288,6 +288,10 @@ class MegatronPolicy(nn.Module):
             hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
         )
         return hidden_TD
+
+
+class MegatronPolicy(_MegatronRoot):
+    """A ``GPTModel`` whose forward returns log-probs of gathered tokens (``PackedPolicy``'s forward)."""
 
     def forward(
         self,
@@ -347,6 +351,33 @@ class MegatronPolicy(nn.Module):
                 token_sum_pi_squared(hidden_ND, weight_VD, temperature=temperature, chunk_tokens=chunk_tokens)
             )
         return (logp_N, entropy_N, *extras)  # type: ignore[arg-type]  # entropy is None unless asked
+
+
+class MegatronValue(_MegatronRoot):
+    """A ``GPTModel`` backbone (its LM head removed) with the critic's ``score`` head (``PackedValue``'s forward).
+
+    ``score`` is a plain ``nn.Linear(hidden, 1)`` that every TP rank holds whole, under the Hugging
+    Face name a value-model folder uses (``score.weight`` / ``score.bias``).
+    """
+
+    def __init__(self, gpt: nn.Module, score: nn.Linear, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(gpt, compute_dtype)
+        self.score = score
+
+    def forward(
+        self,
+        input_ids_T: torch.Tensor,
+        position_ids_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        gather_idx_N: torch.Tensor,
+    ) -> torch.Tensor:
+        """Values (N,) fp32 at packed positions ``gather_idx_N`` (as :class:`rlkit.training.heads.PackedValue`)."""
+        with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
+            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
+                0, gather_idx_N
+            )
+            values_N: torch.Tensor = self.score(hidden_ND).squeeze(-1).float()
+        return values_N
 
 
 # ---------------------------------------------------------------- vocab-parallel log-probs

@@ -123,7 +123,7 @@ def test_model_shape_is_checked_against_the_sizes(monkeypatch: pytest.MonkeyPatc
     lines = _preflight(
         monkeypatch, "cuda", model, "actor.megatron.tensor_parallel=2", "hardware.devices_per_node=2"
     )
-    assert lines == ["training engine: Megatron-core, TP 2 x EP 1, data parallel 1"]
+    assert lines == ["training engine: Megatron-core for the actor, TP 2 x EP 1, data parallel 1"]
     with pytest.raises(UserError, match="tensor_parallel=4 does not divide the model's 6 attention heads"):
         _preflight(
             monkeypatch, "cuda", model, "actor.megatron.tensor_parallel=4", "hardware.devices_per_node=4"
@@ -135,3 +135,15 @@ def test_model_shape_is_checked_against_the_sizes(monkeypatch: pytest.MonkeyPatc
     (tmp_path / "config.json").write_text(json.dumps({**hf, "model_type": "gemma2"}))
     with pytest.raises(UserError, match="maps model_type"):
         _preflight(monkeypatch, "cuda", model)
+
+
+@needs_megatron
+def test_the_critic_can_train_on_megatron_with_the_run_sizes() -> None:
+    from rlkit.trainer.settings import critic_settings
+
+    cfg = to_dataclass(load_config("ppo", overrides=["critic.strategy=megatron"]))
+    settings = critic_settings(cfg, "cuda")
+    assert settings["strategy"] == "megatron" and settings["megatron"]["tensor_parallel"] == 1
+    assert actor_settings(cfg, "cuda")["strategy"] == "fsdp"
+    err = _refused("critic.strategy=megatron", "actor.megatron.pipeline_parallel=2")
+    assert "pipeline_parallel=2 is not built" in err.message

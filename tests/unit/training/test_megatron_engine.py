@@ -186,3 +186,30 @@ def test_config_builds_the_megatron_actor_and_its_export_is_the_same_policy(
         torch.testing.assert_close(
             exported.compute_log_prob(batch)[key], actor.compute_log_prob(batch)[key], atol=1e-5, rtol=1e-5
         )
+
+
+def test_megatron_critic_equals_fsdp_critic(tiny_model_dir: Path) -> None:
+    """``critic.strategy=megatron``: values, the value loss and grad norm, the updated weights, the merge."""
+    from rlkit.training.critic import CriticRole
+    from rlkit.training.megatron_convert import checkpoint_to_hf
+
+    batch = _batch(seed=8)
+    batch.set("returns", torch.linspace(-1.0, 1.0, len(batch))[:, None] * batch["response_mask"])
+    critics = {
+        s: CriticRole(str(tiny_model_dir), lr=1e-3, total_steps=10, micro_batch_tokens=30, strategy=s)
+        for s in ("fsdp", "megatron")
+    }
+    values = {s: c.compute_values(batch)["values"] for s, c in critics.items()}
+    torch.testing.assert_close(values["megatron"], values["fsdp"], atol=1e-5, rtol=1e-5)
+    batch.set("values", values["fsdp"])
+    metrics = {s: c.update(batch, cliprange_value=0.5) for s, c in critics.items()}
+    for key in ("critic/vf_loss", "critic/grad_norm", "critic/vpred_mean"):
+        assert metrics["megatron"][key] == pytest.approx(metrics["fsdp"][key], rel=1e-4, abs=1e-6), key
+    weights = {s: dict(c.named_full_tensors(torch.float32)) for s, c in critics.items()}
+    assert weights["megatron"].keys() == weights["fsdp"].keys() and "score.weight" in weights["fsdp"]
+    for name, tensor in weights["fsdp"].items():
+        torch.testing.assert_close(weights["megatron"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+    critic = critics["megatron"]
+    merged = checkpoint_to_hf(critic.state_dict_for_checkpoint()["model"], critic.hf_config)
+    for name, tensor in weights["megatron"].items():
+        torch.testing.assert_close(merged[name], tensor, atol=0, rtol=0, msg=name)
