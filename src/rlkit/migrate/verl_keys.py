@@ -52,6 +52,10 @@ def _strategy(value: Any) -> list[tuple[str, Any]]:
     raise NotMapped(f"training strategy {value!r} is not supported: rlkit trains with fsdp or megatron")
 
 
+def _critic_strategy(value: Any) -> list[tuple[str, Any]]:
+    return [("critic.strategy", v) for _, v in _strategy(value)]
+
+
 def _loggers(value: Any) -> list[tuple[str, Any]]:
     names = value if isinstance(value, list) else [value]
     known = [str(n) for n in names if str(n) in ("console", "wandb", "tensorboard")]
@@ -446,6 +450,13 @@ RULES: tuple[Rule, ...] = (
         "critic.optim.warmup_style", "map", "critic.warmup_steps", "constant after warm-up", _critic_schedule
     ),
     Rule("critic.model.path", "map", "critic.model_path", "defaults to model.path"),
+    Rule(
+        "critic.strategy",
+        "map",
+        "critic.strategy",
+        "fsdp / fsdp2 -> fsdp; megatron (sizes: actor.megatron.*)",
+        _critic_strategy,
+    ),
     Rule("critic.model.use_remove_padding", "same", note="always on"),
     Rule(
         "critic.model.enable_gradient_checkpointing",

@@ -194,3 +194,21 @@ def test_qwen3_moe_megatron_equals_transformers_in_fp32(tmp_path: Path) -> None:
     assert (
         "model.layers.0.mlp.experts.3.down_proj.weight" in names and "model.layers.1.mlp.gate.weight" in names
     )
+
+
+def test_ppo_run_with_megatron_actor_and_critic(ray_session: None, tmp_path: Path) -> None:
+    """`rlkit train ppo` with both trained roles on Megatron: three steps run, both roles' metrics finite."""
+    import math
+
+    from typer.testing import CliRunner
+
+    from rlkit.cli.app import app
+
+    out = tmp_path / "ppo"
+    args = ["train", "ppo", "actor.strategy=megatron", "critic.strategy=megatron", "trainer.total_steps=3"]
+    result = CliRunner().invoke(app, [*args, "trainer.val_every=0", f"trainer.out_dir={out}"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    for key in ("actor/grad_norm", "critic/grad_norm", "critic/vf_loss", "actor/pg_loss"):
+        assert math.isfinite(last[key]) and (key.endswith("loss") or last[key] > 0), key
