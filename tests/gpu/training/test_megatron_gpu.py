@@ -102,35 +102,36 @@ def test_megatron_matches_fsdp_on_the_05b_shape_in_bf16(qwen_05b: Path) -> None:
 
 
 def test_save_resume_is_exact_and_export_equals_the_weights(qwen_05b: Path, tmp_path: Path) -> None:
-    """Two updates straight == one, save, a fresh actor resumed, one; the merged checkpoint == the export."""
+    """A resumed actor holds exactly the saved weights, Adam moments, step and rate; the next update
+    matches the uninterrupted actor's; the merged checkpoint equals the exported weights."""
     from rlkit.ckpt import load_role_state, save_role_state
     from rlkit.training.megatron_convert import checkpoint_to_hf
 
     first, second = _batch(151936, seed=1), _batch(151936, seed=2)
-    straight = _actor(qwen_05b, "megatron")
-    straight.update(first)
-    straight.update(second)
-    expected = {k: v.cpu() for k, v in straight.named_full_tensors(torch.float32)}
-    del straight
     interrupted = _actor(qwen_05b, "megatron")
     interrupted.update(first)
     save_role_state(interrupted, tmp_path / "actor")
-    merged = checkpoint_to_hf(
-        {k: v.cpu() for k, v in interrupted.state_dict_for_checkpoint()["model"].items()},
-        interrupted.hf_config,
-    )
+    saved = interrupted.state_dict_for_checkpoint()
+    merged = checkpoint_to_hf({k: v.cpu() for k, v in saved["model"].items()}, interrupted.hf_config)
     for name, tensor in interrupted.named_full_tensors(torch.float32):
         assert torch.equal(merged[name], tensor.cpu()), name
-    del interrupted
     resumed = _actor(qwen_05b, "megatron")
     assert load_role_state(resumed, tmp_path / "actor") is None
+    restored = resumed.state_dict_for_checkpoint()
+    for key, tensor in saved["model"].items():
+        assert torch.equal(restored["model"][key], tensor), key
+    for key, state in saved["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(restored["optimizer"]["state"][key][name], value), (key, name)
+    assert resumed.engine.step_count == 1 and resumed.engine.lr() == interrupted.engine.lr()
+    interrupted.update(second)
     resumed.update(second)
-    worst = max(
-        (tensor.cpu() - expected[name]).abs().max().item()
-        for name, tensor in resumed.named_full_tensors(torch.float32)
-    )
-    print(f"resume: largest weight difference {worst:.3g}")
-    assert worst <= 1e-6  # exact up to run-to-run nondeterminism of GPU kernels (none expected here)
+    after = dict(interrupted.named_full_tensors(torch.float32))
+    worst = max((t - after[n]).abs().max().item() for n, t in resumed.named_full_tensors(torch.float32))
+    print(f"one update after the resume: largest weight difference {worst:.3g}")
+    # GPU reductions (the embedding's backward) are not bitwise deterministic; an Adam step moves
+    # a weight by about lr, so run-to-run noise stays within a few lr where a gradient is ~0
+    assert worst <= 2.5e-5
 
 
 def test_grpo_run_with_the_megatron_actor_trains(ray_session: None, tmp_path: Path) -> None:
