@@ -9,6 +9,9 @@ length, as rollouts come back), with fp32 master weights, bf16 compute, gradient
   autocast): padding removed (packed varlen attention), micro-batches by token budget, log-probs
   through the chunked LM head (Triton kernels on GPU) on response tokens only, decoder layers
   compiled on accelerators as ``model.torch_compile`` does (``--no-compile``: eager).
+- ``rlkit-megatron`` (with ``--strategy megatron``, beside ``rlkit``): the same ``ActorRole.update``
+  on the Megatron-core engine (``actor.strategy=megatron``, TP = 1): Megatron's ``GPTModel`` with
+  its local layer spec (no transformer-engine), eager, activation recompute by Megatron.
 - ``transformers``: ``AutoModelForCausalLM`` with SDPA attention on the padded batch under
   ``torch.autocast``, full logits and cross entropy on the response positions (the usual
   Hugging Face recipe), micro-batches of ``--baseline-micro-batch`` sequences.
@@ -26,6 +29,7 @@ Usage:
     python benchmarks/train.py                    # on a GPU: the 0.5B table
     python benchmarks/train.py --peak-tflops 1979 # another card's bf16 dense peak
     python benchmarks/train.py --tiny             # CPU smoke test (a few seconds)
+    python benchmarks/train.py --strategy megatron --skip-baseline   # FSDP and Megatron engines (GPU)
 """
 
 from __future__ import annotations
@@ -123,11 +127,14 @@ def _timed(step: Any, warmup: int, steps: int) -> float:
     return statistics.median(steady)
 
 
-def bench_rlkit(model_dir: str, batch: Batch, args: argparse.Namespace) -> tuple[float, float]:
+def bench_rlkit(
+    model_dir: str, batch: Batch, args: argparse.Namespace, strategy: str = "fsdp"
+) -> tuple[float, float]:
     from rlkit.training.actor import ActorRole
 
     actor = ActorRole(
         model_dir,
+        strategy=strategy,
         dtype=args.dtype,
         gradient_checkpointing=not args.no_gc,
         lr=1e-6,
@@ -279,8 +286,11 @@ def print_table(results: list[Result], header: dict[str, str]) -> None:
         print(
             f"| {r.name:<14} | {r.tokens_per_s:>10.0f} | {r.step_s:>8.3f} | {100 * r.mfu:>5.1f}% | {r.peak_mem_gib:>12.2f} |"
         )
-    if len(results) == 2 and results[1].tokens_per_s > 0:
-        print(f"speed-up rlkit / transformers: {results[0].tokens_per_s / results[1].tokens_per_s:.2f}x")
+    by_name = {r.name: r.tokens_per_s for r in results}
+    if by_name.get("transformers"):
+        print(f"speed-up rlkit / transformers: {by_name['rlkit'] / by_name['transformers']:.2f}x")
+    if by_name.get("rlkit-megatron"):
+        print(f"rlkit FSDP / rlkit Megatron: {by_name['rlkit'] / by_name['rlkit-megatron']:.2f}x")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -308,6 +318,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100 SXM: 989)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--strategy",
+        choices=["fsdp", "megatron"],
+        default="fsdp",
+        help="megatron: also time the Megatron-core engine (actor.strategy=megatron) beside FSDP",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--sync-debug", action="store_true", help="report where one more rlkit step waits for the GPU"
@@ -339,6 +355,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(cfg.to_hf()))
         runs = [("rlkit", lambda: bench_rlkit(tmp, batch, args))]
+        if args.strategy == "megatron":
+            runs.append(("rlkit-megatron", lambda: bench_rlkit(tmp, batch, args, "megatron")))
         if not args.skip_baseline:
             runs.append(("transformers", lambda: bench_transformers(cfg, batch, args)))
         for name, run in runs:

@@ -1,9 +1,10 @@
 """Packaging: every optional extra is used by some code path, and the images pin what they install.
 
 vLLM, SGLang and Megatron-core were declared as extras (and vLLM installed in the CUDA image)
-while ``rollout.engine`` accepted only ``native``; nothing may advertise SGLang or Megatron as
-installable until an engine uses them. vLLM has its engines now (``rlkit.rollout.vllm_engine``,
-``rlkit.rollout.server_engine``) and its ``vllm`` extra.
+while ``rollout.engine`` accepted only ``native``; nothing may advertise SGLang as installable
+until an engine uses it. vLLM has its engines now (``rlkit.rollout.vllm_engine``,
+``rlkit.rollout.server_engine``) and its ``vllm`` extra; Megatron-core its training engine
+(``rlkit.training.megatron_engine``, ``actor.strategy=megatron``) and its ``megatron`` extra.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # extras that hold tools, not code paths of rlkit
 TOOLING_EXTRAS = {"test", "docs"}
 # import names that differ from the distribution name
-IMPORT_NAMES = {"torch-npu": "torch_npu", "tensorboard": "torch.utils.tensorboard"}
-UNSUPPORTED = ("sglang", "megatron")
+IMPORT_NAMES = {
+    "torch-npu": "torch_npu",
+    "tensorboard": "torch.utils.tensorboard",
+    "megatron-core": "megatron.core",
+}
+UNSUPPORTED = ("sglang",)
 
 
 def _extras() -> dict[str, list[str]]:

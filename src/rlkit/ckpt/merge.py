@@ -44,6 +44,7 @@ from rlkit.models import (
     write_hf_folder,
 )
 from rlkit.outputs import check_output_dir, install_files
+from rlkit.training.megatron_convert import checkpoint_to_hf, is_megatron_checkpoint
 
 DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -91,6 +92,8 @@ def load_role_weights(step_dir: str | os.PathLike[str], role: str | None = None)
     rest = read_json(folder / role / ROLE_STATE)
     hf_config = dict(read_json(folder / role / ROLE_HF_CONFIG))
     raw = load_full_tensors(folder / role / DCP_DIR, _MODEL_PREFIX)
+    if is_megatron_checkpoint(list(raw)):  # actor.strategy=megatron: Megatron names and TP shards
+        raw = checkpoint_to_hf(raw, hf_config)
     lora = rest.get("lora")
     adapter: dict[str, torch.Tensor] = {}
     if lora or any(".lora_A." in n for n in raw):

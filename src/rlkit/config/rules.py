@@ -6,6 +6,8 @@ names the code that needs it. Ranges of single keys live in :mod:`rlkit.config.r
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -146,6 +148,71 @@ def _bypass(cfg: DictConfig) -> None:
         )
 
 
+#: what ``actor.strategy=megatron`` needs installed (training/megatron_model raises the same line)
+MEGATRON_INSTALL = 'pip install "rlkit[megatron]" (megatron-core >= 0.19 needs Python >= 3.12; 0.16.1 is the newest for 3.11)'
+_MEGATRON_NOT_BUILT = {
+    "pipeline_parallel": 1,
+    "virtual_pipeline": 1,
+    "context_parallel": 1,
+    "sequence_parallel": False,
+}
+
+
+def _megatron(cfg: DictConfig) -> None:
+    # training/megatron_engine.MegatronEngine: TP and EP over the training world (the rest is data
+    # parallel); no pipeline schedule, context or sequence parallelism; no LoRA; top-k
+    # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
+    actor, sizes = cfg.actor, cfg.actor.megatron
+    users = [role for role in ("actor", "critic") if cfg[role].strategy == "megatron"]
+    if not users:
+        changed = [
+            f"{k}={sizes[k]}"
+            for k, v in {"tensor_parallel": 1, "expert_parallel": 1, **_MEGATRON_NOT_BUILT}.items()
+            if sizes[k] != v
+        ]
+        if changed:
+            raise UserError(
+                f"actor.megatron.{changed[0]} only applies to actor.strategy=megatron (or critic.strategy)",
+                hint="set actor.strategy=megatron",
+            )
+        return
+    if importlib.util.find_spec("megatron") is None or importlib.util.find_spec("megatron.core") is None:
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise UserError(
+            f"{users[0]}.strategy=megatron needs megatron-core, not installed here (Python {python})",
+            hint=MEGATRON_INSTALL,
+        )
+    for key, built in _MEGATRON_NOT_BUILT.items():
+        if sizes[key] != built:
+            raise UserError(
+                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor and expert parallelism only",
+                hint=f"set actor.megatron.{key}={str(built).lower()}; use actor.megatron.tensor_parallel to split a large model",
+            )
+    hw = cfg.hardware
+    world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
+    for key in ("tensor_parallel", "expert_parallel"):
+        if world % sizes[key]:
+            raise UserError(
+                f"actor.megatron.{key}={sizes[key]} does not divide the {world} training devices",
+                hint=f"make actor.megatron.{key} a divisor of {world}",
+            )
+    if actor.strategy == "megatron" and cfg.model.lora_rank > 0:
+        raise UserError(
+            f"model.lora_rank={cfg.model.lora_rank} needs actor.strategy=fsdp",
+            hint="set model.lora_rank=0, or actor.strategy=fsdp",
+        )
+    topk = cfg.algo.distill.teachers and cfg.algo.distill.loss != "pg_reverse_kl"
+    if (
+        actor.strategy == "megatron"
+        and sizes.tensor_parallel > 1
+        and (topk or cfg.algo.advantage == "optimal_token_baseline")
+    ):
+        raise UserError(
+            "top-k distillation and algo.advantage=optimal_token_baseline are not built for actor.megatron.tensor_parallel > 1",
+            hint="set actor.megatron.tensor_parallel=1, or actor.strategy=fsdp",
+        )
+
+
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -172,6 +239,7 @@ RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
         _reward,
         _gdpo_and_rollout_correction,
         _bypass,
+        _megatron,
     ),
     "sft": (_sft_columns_and_task,),
 }

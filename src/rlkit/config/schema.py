@@ -74,7 +74,41 @@ class DataConfig:
 
 
 @dataclass
+class MegatronConfig:
+    """Megatron-core's parallel sizes (``actor.strategy`` / ``critic.strategy`` = ``megatron``; see docs/megatron.md).
+
+    The data-parallel size is what the training world (``hardware.nodes x devices_per_node``,
+    less ``rollout_devices`` when split) leaves over ``tensor_parallel``; micro-batches are cut by
+    token budget (``actor.micro_batch_tokens``), as on FSDP.
+    """
+
+    tensor_parallel: int = bounded(1, ge=1, profile=True)
+    """Tensor-parallel size: each linear layer and the vocabulary split over this many devices
+    (must divide the world, the attention and key/value heads and the vocabulary)."""
+    expert_parallel: int = bounded(1, ge=1, profile=True)
+    """Expert-parallel size of a mixture-of-experts model (Qwen3-MoE): each device holds
+    ``num_experts / expert_parallel`` experts (must divide the world and the experts)."""
+    pipeline_parallel: int = bounded(1, ge=1, profile=True)
+    """Pipeline stages. Only 1 is built: the engine does not drive Megatron's pipeline schedule."""
+    virtual_pipeline: int = bounded(1, ge=1, profile=True)
+    """Model chunks per pipeline stage (interleaved schedule). Only 1 is built."""
+    context_parallel: int = bounded(1, ge=1, profile=True)
+    """Context-parallel size (sequences split over devices). Only 1 is built: Megatron supports it
+    only in transformer-engine's attention, which the engine does not use."""
+    sequence_parallel: bool = profile_key(False)
+    """Megatron's sequence parallelism under tensor parallelism. Not built: Megatron's local layer
+    spec (no transformer-engine) has norms that refuse it; only false is accepted."""
+
+
+@dataclass
 class ActorConfig:
+    strategy: str = choice("fsdp", "megatron", profile=True)
+    """Training engine of the actor: ``fsdp`` (PyTorch FSDP2) or ``megatron`` (Megatron-core
+    ``GPTModel`` with tensor / expert parallelism; needs ``pip install "rlkit[megatron]"`` and a
+    CUDA device; see docs/megatron.md). The reference model always uses FSDP2; the critic has
+    ``critic.strategy``."""
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
+    """Megatron-core parallel sizes of the run (``actor.strategy`` or ``critic.strategy`` = ``megatron``)."""
     lr: float = bounded(1e-6, gt=0)
     """Peak learning rate of AdamW."""
     weight_decay: float = bounded(0.01, ge=0)
@@ -154,6 +188,9 @@ class CriticConfig:
     """Train a value model; ``null`` = only when ``algo.advantage`` is ``gae``."""
     model_path: str | None = None
     """Critic initial weights; defaults to ``model.path``."""
+    strategy: str = choice("fsdp", "megatron", profile=True)
+    """Training engine of the critic: ``fsdp`` or ``megatron`` (Megatron-core with the sizes of
+    ``actor.megatron.*``: one Megatron layout per process, which the colocated actor shares)."""
     lr: float = bounded(1e-5, gt=0)
     """Peak learning rate of the critic."""
     warmup_steps: int = bounded(0, ge=0)

@@ -221,11 +221,16 @@ def _requirement_findings(versions: dict[str, str | None]) -> list[Finding]:
     if python_spec:
         ok = Version(platform.python_version()) in SpecifierSet(python_spec)
         findings.append(Finding(ok, f"python {platform.python_version()} (rlkit needs {python_spec})"))
+    extras = meta.get_all("Provides-Extra") or [] if meta is not None else []
+    seen: set[tuple[str, str]] = set()
     for text in (metadata.requires("rlkit") or []) if versions.get("rlkit") else []:
         req = Requirement(text)
         extra = req.marker is not None and "extra" in str(req.marker)
         if extra and req.name not in PACKAGES:
             continue  # test/docs tooling says nothing about the runtime
+        if not _applies(req, extras) or (req.name, str(req.specifier)) in seen:
+            continue  # another Python's pin (megatron-core: 0.16.1 on 3.11, >= 0.19 on 3.12), or said already
+        seen.add((req.name, str(req.specifier)))
         found = versions.get(req.name) or installed_version(req.name)
         if found is None:
             if not extra:
@@ -236,6 +241,13 @@ def _requirement_findings(versions: dict[str, str | None]) -> list[Finding]:
             Finding(ok, f"{req.name} {found} ({'meets' if ok else 'outside'} rlkit's {req.specifier})")
         )
     return findings
+
+
+def _applies(req: Requirement, extras: list[str]) -> bool:
+    """Whether a requirement's environment marker holds here (for the base install or any extra)."""
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate({"extra": e}) for e in ["", *extras])
 
 
 def _torch_pin_findings(versions: dict[str, str | None]) -> list[Finding]:

@@ -43,6 +43,19 @@ def _engine(value: Any) -> list[tuple[str, Any]]:
     )
 
 
+def _strategy(value: Any) -> list[tuple[str, Any]]:
+    name = str(value).lower()
+    if name in ("fsdp", "fsdp2"):
+        return [("actor.strategy", "fsdp")]
+    if name == "megatron":
+        return [("actor.strategy", "megatron")]
+    raise NotMapped(f"training strategy {value!r} is not supported: rlkit trains with fsdp or megatron")
+
+
+def _critic_strategy(value: Any) -> list[tuple[str, Any]]:
+    return [("critic.strategy", v) for _, v in _strategy(value)]
+
+
 def _loggers(value: Any) -> list[tuple[str, Any]]:
     names = value if isinstance(value, list) else [value]
     known = [str(n) for n in names if str(n) in ("console", "wandb", "tensorboard")]
@@ -289,7 +302,18 @@ RULES: tuple[Rule, ...] = (
     Rule("a_r_r.actor.clip_ratio_c", "map", "actor.clip_ratio_c"),
     Rule("a_r_r.actor.loss_agg_mode", "map", "actor.loss_agg_mode"),
     Rule("a_r_r.actor.policy_loss.loss_mode", "map", "actor.loss_mode"),
-    Rule("a_r_r.actor.strategy", "same", note="FSDP2 is the training engine"),
+    Rule("a_r_r.actor.strategy", "map", "actor.strategy", "fsdp / fsdp2 -> fsdp; megatron", _strategy),
+    *(
+        Rule(f"a_r_r.actor.megatron.{verl}", "map", f"actor.megatron.{ours}", note)
+        for verl, ours, note in (
+            ("tensor_model_parallel_size", "tensor_parallel", ""),
+            ("expert_model_parallel_size", "expert_parallel", ""),
+            ("pipeline_model_parallel_size", "pipeline_parallel", "only 1 is built"),
+            ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "only 1 (verl's null) is built"),
+            ("context_parallel_size", "context_parallel", "only 1 is built"),
+            ("sequence_parallel", "sequence_parallel", "only false is built"),
+        )
+    ),
     Rule("a_r_r.actor.fsdp_config.param_offload", "map", "actor.param_offload"),
     Rule("a_r_r.actor.fsdp_config.optimizer_offload", "map", "actor.optimizer_offload"),
     Rule(
@@ -426,6 +450,13 @@ RULES: tuple[Rule, ...] = (
         "critic.optim.warmup_style", "map", "critic.warmup_steps", "constant after warm-up", _critic_schedule
     ),
     Rule("critic.model.path", "map", "critic.model_path", "defaults to model.path"),
+    Rule(
+        "critic.strategy",
+        "map",
+        "critic.strategy",
+        "fsdp / fsdp2 -> fsdp; megatron (sizes: actor.megatron.*)",
+        _critic_strategy,
+    ),
     Rule("critic.model.use_remove_padding", "same", note="always on"),
     Rule(
         "critic.model.enable_gradient_checkpointing",

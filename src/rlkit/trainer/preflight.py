@@ -61,6 +61,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
             _hardware,
             _model_readable,
             _lora,
+            _training_engine,
             _teachers,
             _rollout_engine,
             _rl_data_and_scorers,
@@ -87,6 +88,36 @@ def _hardware(cfg: RlkitConfig) -> str:
         )
     where = f" on {hw.nodes} nodes of the Ray cluster at {address}" if hw.nodes > 1 else ""
     return f"hardware: profile {profile}, device {device} ({workers} worker(s){where})"
+
+
+def _training_engine(cfg: RlkitConfig) -> str:
+    """``actor.strategy`` / ``critic.strategy`` = megatron: a GPU, and models the sizes split evenly."""
+    sizes, hw = cfg.actor.megatron, cfg.hardware
+    models = {"actor": cfg.model.path, "critic": cfg.critic.model_path or cfg.model.path}
+    users = [role for role in models if getattr(cfg, role).strategy == "megatron"]
+    if not users:
+        return "training engine: FSDP2"
+    device = resolve_device(cfg)
+    if device not in ("cuda", "rocm"):
+        raise UserError(
+            f"{users[0]}.strategy=megatron needs a GPU, and this run's device is {device}: megatron-core "
+            "places its tensors on torch.cuda.current_device()",
+            hint=f"run on a GPU machine, or use {users[0]}.strategy=fsdp",
+        )
+    tp, ep = sizes.tensor_parallel, sizes.expert_parallel
+    from rlkit.training.megatron_convert import (
+        parallel_shape_problem,
+    )  # pure tensor mapping, no Megatron import
+
+    for role in users:
+        hf = model_config_json(models[role])
+        problem = None if hf is None else parallel_shape_problem(hf, tp, ep)
+        if problem is not None:
+            raise UserError(
+                f"{role}: {problem}", hint=f"choose sizes that divide the model, or use {role}.strategy=fsdp"
+            )
+    world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
+    return f"training engine: Megatron-core for the {' and '.join(users)}, TP {tp} x EP {ep}, data parallel {world // tp}"
 
 
 def _model_readable(cfg: RlkitConfig) -> str:

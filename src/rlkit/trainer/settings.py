@@ -60,6 +60,8 @@ def actor_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "lora_rank": cfg.model.lora_rank,
         "lora_alpha": cfg.model.lora_alpha,
         "lora_target_modules": list(cfg.model.lora_target_modules),
+        "strategy": a.strategy,
+        "megatron": _plain(a.megatron) if a.strategy == "megatron" else None,
     }
 
 
@@ -155,6 +157,8 @@ def critic_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "total_steps": _optimizer_steps(cfg),
         "grad_clip": c.grad_clip,
         "micro_batch_tokens": c.micro_batch_tokens,
+        "strategy": c.strategy,
+        "megatron": _plain(cfg.actor.megatron) if c.strategy == "megatron" else None,
     }
 
 

@@ -25,6 +25,7 @@ from rlkit.ckpt import (
     save_role_state,
     save_worker_rng,
 )
+from rlkit.ckpt.state import role_hf_config
 from rlkit.controller.dispatch import dispatch, probe
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
@@ -77,7 +78,7 @@ class ActorWorker:
         tensors = dict(self.role.named_full_tensors(dtype=None))
         if worker_context().rank == 0:
             tokenizer = load_tokenizer(tokenizer_path)
-            write_hf_folder(out_dir, self.role.config.to_hf(), tensors, tokenizer=tokenizer)
+            write_hf_folder(out_dir, role_hf_config(self.role), tensors, tokenizer=tokenizer)
 
     @dispatch("rank0")
     def export_weights(self, dtype: str, bucket_mb: float) -> dict[str, Any]:

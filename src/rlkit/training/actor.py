@@ -20,8 +20,8 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
-from rlkit.training.engine import EngineOptions, FSDPEngine
-from rlkit.training.heads import PackedPolicy
+from rlkit.training.engine import EngineOptions
+from rlkit.training.engine_base import POLICY_ENGINES, hf_config_dict
 from rlkit.training.lora import ALL_LINEAR, LoraRole, adapters_disabled
 from rlkit.training.passes import (
     mini_batches,
@@ -58,10 +58,13 @@ def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
 
 
 class ActorRole(LoraRole):
-    """The policy being trained, sharded with FSDP2.
+    """The policy being trained, on the FSDP2 or the Megatron-core engine (``strategy``).
 
     Args:
         model_path: a Hugging Face model folder or ``builtin:tiny``.
+        strategy: ``fsdp`` or ``megatron`` (:data:`~rlkit.training.engine_base.POLICY_ENGINES`).
+        megatron: the Megatron engine's parallel sizes (``actor.megatron.*``; see
+            :class:`~rlkit.training.megatron_engine.MegatronEngine`); ignored by FSDP.
         **engine: the engine's keywords (:class:`~rlkit.training.engine.EngineOptions`: dtype,
             offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` is
             required, ``lr`` defaults to 1e-6.
@@ -87,17 +90,27 @@ class ActorRole(LoraRole):
         lora_rank: int = 0,
         lora_alpha: int = 16,
         lora_target_modules: Sequence[str] = (ALL_LINEAR,),
+        strategy: str = "fsdp",
+        megatron: dict[str, Any] | None = None,
         **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
         hw.manual_seed_all(seed)
         if micro_batch_tokens <= 0:
             raise UserError(f"actor.micro_batch_tokens must be positive, got {micro_batch_tokens}")
+        if strategy not in POLICY_ENGINES:
+            raise UserError(f"actor.strategy: unknown {strategy!r}; valid: {', '.join(POLICY_ENGINES)}")
+        if strategy != "fsdp" and lora_rank > 0:
+            raise UserError(
+                f"model.lora_rank={lora_rank} needs actor.strategy=fsdp",
+                hint="set model.lora_rank=0 or actor.strategy=fsdp",
+            )
         model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
         self.add_lora(model, lora_rank, lora_alpha, lora_target_modules)
         engine.setdefault("lr", 1e-6)
-        self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
+        self.hf_config = hf_config_dict(model)  # what exports and checkpoints write as config.json
+        self.engine = POLICY_ENGINES[strategy](model, dict(engine), dict(megatron or {}))
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
         self.seed = seed
@@ -118,6 +131,7 @@ class ActorRole(LoraRole):
             ``sum_pi_squared`` (B, R) fp32 (``sum_v pi(v)^2`` per position, OTB's input).
         """
         require_columns(batch, _LOG_PROB_INPUTS, "compute_log_prob")
+        batch, own = self.engine.replica_batch(batch)
         squares = (
             torch.zeros(batch.tensors["responses"].shape, dtype=torch.float32)
             if with_sum_pi_squared
@@ -139,7 +153,7 @@ class ActorRole(LoraRole):
             out["entropy"] = entropy
         if squares is not None:
             out["sum_pi_squared"] = squares
-        return Batch(tensors=out)
+        return Batch(tensors={k: v[own] for k, v in out.items()})
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
         """Log-probs under the reference policy of a LoRA actor: this model with its adapters off.
@@ -156,6 +170,7 @@ class ActorRole(LoraRole):
         if not self.lora_targets:
             raise ValueError("only a LoRA actor holds its reference policy (the base under its adapters)")
         require_columns(batch, _LOG_PROB_INPUTS, "compute_ref_log_prob")
+        batch, own = self.engine.replica_batch(batch)
         self.engine.eval()
         with adapters_disabled(self.engine.module):
             logp, _ = response_logprobs(
@@ -167,7 +182,7 @@ class ActorRole(LoraRole):
                 chunk_tokens=self.chunk_tokens,
                 device=self.engine.device,
             )
-        return Batch(tensors={"ref_log_prob": logp})
+        return Batch(tensors={"ref_log_prob": logp[own]})
 
     # ------------------------------------------------------------------ training
 
@@ -226,6 +241,7 @@ class ActorRole(LoraRole):
         needed += ["ref_log_prob"] if use_kl_loss else []
         needed += _gkd_columns(gkd)
         require_columns(batch, needed, "actor update")
+        batch, _ = self.engine.replica_batch(batch)
         settings = {
             "temperature": temperature_of(batch, temperature),
             "on_policy": on_policy,

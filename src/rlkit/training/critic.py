@@ -19,8 +19,8 @@ from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models.value import ValueModel
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
-from rlkit.training.engine import EngineOptions, FSDPEngine
-from rlkit.training.heads import PackedValue
+from rlkit.training.engine import EngineOptions
+from rlkit.training.engine_base import VALUE_ENGINES, hf_config_dict
 from rlkit.training.passes import (
     mini_batches,
     packed_micro_batches,
@@ -48,6 +48,8 @@ class CriticRole:
             required, ``lr`` defaults to 1e-5.
         micro_batch_tokens: most real tokens per forward/backward pass.
         init, seed: as for :class:`rlkit.training.actor.ActorRole`.
+        strategy, megatron: the engine (``fsdp`` or ``megatron``) and Megatron's parallel sizes, as
+            for :class:`rlkit.training.actor.ActorRole`.
     """
 
     def __init__(
@@ -57,6 +59,8 @@ class CriticRole:
         micro_batch_tokens: int = 8192,
         init: str = "pretrained",
         seed: int = 0,
+        strategy: str = "fsdp",
+        megatron: dict[str, Any] | None = None,
         **engine: Unpack[EngineOptions],
     ) -> None:
         ensure_process_group()
@@ -64,9 +68,12 @@ class CriticRole:
         if micro_batch_tokens <= 0:
             raise UserError(f"critic.micro_batch_tokens must be positive, got {micro_batch_tokens}")
         model = ValueModel.from_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
+        if strategy not in VALUE_ENGINES:
+            raise UserError(f"critic.strategy: unknown {strategy!r}; valid: {', '.join(VALUE_ENGINES)}")
         engine.setdefault("lr", 1e-5)
-        self.engine = FSDPEngine(PackedValue(model), **engine)
         self.config = model.config
+        self.hf_config = hf_config_dict(model)  # what exports and checkpoints write as config.json
+        self.engine = VALUE_ENGINES[strategy](model, dict(engine), dict(megatron or {}))
         self.micro_batch_tokens = micro_batch_tokens
         self.seed = seed
 
@@ -77,11 +84,12 @@ class CriticRole:
             A Batch with ``values`` (B, R) fp32 (0 on padding).
         """
         require_columns(batch, _INPUTS, "compute_values")
+        batch, own = self.engine.replica_batch(batch)
         self.engine.eval()
         values = response_values(
             self.engine.module, batch, budget=self.micro_batch_tokens, device=self.engine.device
         )
-        return Batch(tensors={"values": values})
+        return Batch(tensors={"values": values[own]})
 
     def update(
         self,
@@ -101,6 +109,7 @@ class CriticRole:
             ``critic/skipped_steps``.
         """
         require_columns(batch, [*_INPUTS, "response_mask", "values", "returns"], "critic update")
+        batch, _ = self.engine.replica_batch(batch)
         lr = self.engine.lr()
         skipped_before = self.engine.skipped_steps
         running = RunningMeans()

@@ -22,7 +22,6 @@ Without an initialised process group the engine starts a single-process one (see
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any, TypedDict
 
@@ -32,11 +31,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from torch.optim.lr_scheduler import LambdaLR
 
 from rlkit.hardware import device as hw
 from rlkit.training.distributed import dp_mesh, ensure_process_group, training_device
-from rlkit.training.schedule import lr_lambda
+from rlkit.training.engine_base import OptimizedEngine
 
 
 class EngineOptions(TypedDict, total=False):
@@ -194,7 +192,7 @@ def named_full_tensors(
         yield name, full
 
 
-class FSDPEngine:
+class FSDPEngine(OptimizedEngine):
     """One FSDP2-sharded module (a plain one on a single rank) with AdamW, a warmup +
     constant/cosine schedule and clipping.
 
@@ -233,12 +231,6 @@ class FSDPEngine:
         ensure_process_group()
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
-        schedule_fn = lr_lambda(
-            schedule=lr_schedule,
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            min_lr_ratio=min_lr_ratio,
-        )
         if gradient_checkpointing:
             module.set_gradient_checkpointing(True)  # type: ignore[operator]
         self.module = shard_module(
@@ -246,41 +238,21 @@ class FSDPEngine:
         )
         self.param_offload = param_offload and self.device.type != "cpu"
         self.optimizer_offload = optimizer_offload and not self.param_offload and self.device.type != "cpu"
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-        betas = (float(betas[0]), float(betas[1]))  # a list from the config
-        self.optimizer = _adamw(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.scheduler = LambdaLR(self.optimizer, schedule_fn)
-        # This run's settings: a resumed checkpoint's optimizer state brings its own (see _apply_settings).
-        self._settings: dict[str, Any] = {
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "betas": betas,
-        }
-        self.grad_clip = grad_clip
-        self.step_count = 0
-        self.optimizer_steps = 0
-        self.skipped_steps = 0
-
-    def lr(self) -> float:
-        """The learning rate the next optimizer step uses."""
-        return float(self.scheduler.get_last_lr()[0])
-
-    def train(self) -> None:
-        self.module.train()
-
-    def eval(self) -> None:
-        self.module.eval()
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self._setup_optimizer(
+            [p for p in self.module.parameters() if p.requires_grad],
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            lr_schedule=lr_schedule,
+            min_lr_ratio=min_lr_ratio,
+            grad_clip=grad_clip,
+        )
 
     def grad_norm(self) -> float:
         """The L2 norm of all gradients over all ranks (every rank gets the same value)."""
-        locals_ = [
-            (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad)
-            for p in self.params
-            if p.grad is not None
-        ]
+        locals_ = self._local_grads()
         sq = torch.zeros((), dtype=torch.float32, device=self.device)
         if locals_:
             norms = torch._foreach_norm([g.float() for g in locals_], 2.0)
@@ -291,46 +263,9 @@ class FSDPEngine:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM)
         return float(sq.sqrt().item())
 
-    def optimizer_step(self) -> tuple[float, bool]:
-        """Clip by the global norm and step; skip (and count) the step when the norm is not finite.
-
-        Returns:
-            The global gradient norm before clipping and whether the optimizer stepped.
-        """
-        with torch.no_grad():
-            return self._clip_and_step()
-
-    def _clip_and_step(self) -> tuple[float, bool]:
-        norm = self.grad_norm()
-        if not math.isfinite(norm):
-            self.skipped_steps += 1
-            self.zero_grad()
-            return norm, False
-        if self.grad_clip > 0 and norm > self.grad_clip:
-            coef = self.grad_clip / (norm + 1e-6)
-            grads = [p.grad for p in self.params if p.grad is not None]
-            torch._foreach_mul_([g.to_local() if isinstance(g, DTensor) else g for g in grads], coef)
-        if self.optimizer_offload:
-            self._move_optimizer_state(self.device)
-        self.optimizer.step()
-        if self.optimizer_offload:
-            self._move_optimizer_state(torch.device("cpu"))
-        self.zero_grad()
-        self.optimizer_steps += 1
-        return norm, True
-
-    def scheduler_step(self) -> None:
-        """Advance the schedule by one RL step."""
-        self.scheduler.step()
-        self.step_count += 1
-
-    def _move_optimizer_state(self, device: torch.device) -> None:
-        for state in self.optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and key != "step":
-                    state[key] = value.to(device, non_blocking=True)
-        if device.type == "cpu":
-            hw.synchronize()
+    def _local_grads(self) -> list[torch.Tensor]:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return [g.to_local() if isinstance(g, DTensor) else g for g in grads]
 
     def named_full_tensors(
         self, dtype: torch.dtype | None = torch.bfloat16
@@ -341,16 +276,7 @@ class FSDPEngine:
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """Sharded model and optimizer state (DTensors, for DCP) plus the schedule and counters."""
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=StateDictOptions())
-        return {
-            "model": model_sd,
-            "optimizer": optim_sd,
-            "scheduler": self.scheduler.state_dict(),
-            "counters": {
-                "step_count": self.step_count,
-                "optimizer_steps": self.optimizer_steps,
-                "skipped_steps": self.skipped_steps,
-            },
-        }
+        return {"model": model_sd, "optimizer": optim_sd, **self._schedule_state()}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict_for_checkpoint` returned (after DCP filled it in)."""
@@ -361,43 +287,4 @@ class FSDPEngine:
             optim_state_dict=state["optimizer"],
             options=StateDictOptions(),
         )
-        self.scheduler.load_state_dict(state["scheduler"])
-        counters = state.get("counters", {})
-        self.step_count = int(counters.get("step_count", self.scheduler.last_epoch))
-        self.optimizer_steps = int(counters.get("optimizer_steps", 0))
-        self.skipped_steps = int(counters.get("skipped_steps", 0))
-        self._apply_settings()
-        if self.optimizer_offload:
-            self._move_optimizer_state(torch.device("cpu"))
-
-    def _apply_settings(self) -> None:
-        """Put this run's lr, weight decay and betas back over what a checkpoint restored.
-
-        ``load_state_dict`` restores each param group's hyperparameters and the scheduler's base
-        rates as they were when the checkpoint was written, so a resume with a changed ``lr`` would
-        train at the old one. Adam's moments and step counts stay restored; the schedule (this
-        run's warmup, total steps and shape, which the scheduler does not save) is evaluated again
-        at the restored step, so the next optimizer step uses ``lr * multiplier(step)``.
-        """
-        lr = self._settings["lr"]
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = lr
-            group["weight_decay"] = self._settings["weight_decay"]
-            group["betas"] = self._settings["betas"]
-        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
-        step = self.scheduler.last_epoch
-        lrs = [lr * fn(step) for fn in self.scheduler.lr_lambdas]
-        for group, value in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = value
-        self.scheduler._last_lr = lrs  # what get_last_lr() reports; set by step() otherwise
-
-
-def _adamw(
-    params: list[nn.Parameter], *, lr: float, betas: tuple[float, ...], weight_decay: float
-) -> torch.optim.AdamW:
-    """AdamW with the fused kernel where the parameters' device has one, else the foreach one."""
-    kwargs: dict[str, Any] = {"lr": lr, "betas": betas, "weight_decay": weight_decay}
-    try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, foreach=True, **kwargs)
+        self._restore_schedule(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,22 @@ def test_cli_doctor_plain_and_markdown() -> None:
     assert f"transformers {transformers.__version__}" in plain.output
     md = runner.invoke(app, ["doctor", "--markdown"], env={"RAY_ADDRESS": ""})
     assert md.exit_code == 0 and md.output.startswith("### rlkit doctor")
+
+
+def test_a_pin_for_another_python_is_not_checked() -> None:
+    """megatron-core is pinned per Python (0.16.1 below 3.12, >= 0.19 from it): only this Python's pin applies."""
+    from packaging.requirements import Requirement
+
+    from rlkit.hardware.doctor import _applies
+
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert _applies(
+        Requirement(f"megatron-core==0.16.1; python_version == '{here}' and extra == 'megatron'"),
+        ["megatron"],
+    )
+    assert not _applies(
+        Requirement("megatron-core>=0.19; python_version < '3.0' and extra == 'megatron'"), ["megatron"]
+    )
+    assert not _applies(
+        Requirement(f"megatron-core==0.16.1; python_version == '{here}' and extra == 'megatron'"), []
+    )

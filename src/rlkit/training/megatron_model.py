@@ -1,0 +1,457 @@
+"""Megatron-core ``GPTModel`` from a Hugging Face folder, and the packed log-prob forward the roles call.
+
+Only the modules of Megatron-core itself are used (``get_gpt_layer_local_spec()``: no
+transformer-engine, no apex). The model is built from ``config.json`` (:func:`transformer_config`)
+and its weights come from the Hugging Face checkpoint through rlkit's converter
+(:mod:`rlkit.training.megatron_convert`), sharded for this rank's tensor- and expert-parallel
+position.
+
+:class:`MegatronPolicy` has the forward of :class:`rlkit.training.heads.PackedPolicy`, so the
+actor's micro-batch loop runs unchanged on it. The local attention has no variable-length
+kernel, so a packed micro-batch is laid out as right-padded rows (causal attention never looks
+at the padding after a row) and the hidden states are gathered back into packed order before
+the LM head; log-probs come from rlkit's chunked path (no full-vocabulary fp32 logits), or
+with tensor parallelism from :func:`vocab_parallel_logprobs` over the vocabulary shards.
+
+Shape legend: T = packed tokens, N = gathered rows, D = hidden size, S = longest row, B = rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from rlkit.config.rules import MEGATRON_INSTALL
+from rlkit.errors import UserError
+from rlkit.models.logprobs import token_logprobs
+from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared
+from rlkit.training.megatron_convert import MegatronLayout, hf_to_megatron, shard_ep, shard_tp, tp_split_dim
+
+#: the pip line the error for a missing megatron-core names
+INSTALL_HINT = (
+    'pip install "rlkit[megatron]" (megatron-core 0.19 needs Python >= 3.12; 0.16.1 is the last for 3.11)'
+)
+
+
+def megatron_available() -> bool:
+    return importlib.util.find_spec("megatron.core") is not None
+
+
+def require_megatron(key: str = "actor.strategy=megatron") -> None:
+    """Raise one line naming the install when megatron-core is missing."""
+    if not megatron_available():
+        raise UserError(
+            f"{key} needs megatron-core, which is not installed (Python {sys.version_info.major}.{sys.version_info.minor})",
+            hint=MEGATRON_INSTALL,
+        )
+
+
+@dataclass(frozen=True)
+class ParallelSizes:
+    """Megatron's parallel sizes of one model replica; data parallel is what the world has left."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: int = 1
+    context: int = 1
+    expert: int = 1
+
+
+def init_parallel_state(sizes: ParallelSizes) -> None:
+    """Initialise Megatron's process groups over the default group (once per process).
+
+    Raises:
+        ValueError: Megatron is already initialised with other sizes in this process.
+    """
+    from megatron.core import parallel_state as mpu
+
+    if mpu.model_parallel_is_initialized():
+        have = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
+        if have != (sizes.tensor, sizes.pipeline):
+            raise ValueError(
+                f"Megatron is initialised with (TP, PP) = {have}, not {(sizes.tensor, sizes.pipeline)}"
+            )
+        return
+    mpu.initialize_model_parallel(
+        tensor_model_parallel_size=sizes.tensor,
+        pipeline_model_parallel_size=sizes.pipeline,
+        virtual_pipeline_model_parallel_size=sizes.virtual_pipeline if sizes.virtual_pipeline > 1 else None,
+        context_parallel_size=sizes.context,
+        expert_model_parallel_size=sizes.expert,
+        expert_tensor_parallel_size=1,
+        create_gloo_process_groups=dist.get_backend() != "gloo",
+    )
+
+
+def transformer_config(
+    hf: dict[str, Any],
+    sizes: ParallelSizes,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    recompute: bool = False,
+) -> Any:
+    """The ``TransformerConfig`` of a Llama / Qwen2 / Qwen3 / Qwen3-MoE ``config.json``.
+
+    Dropout is off (RL log-probs must be deterministic); fusions that need transformer-engine or
+    apex are off. ``recompute`` recomputes every layer's activations in backward (full, uniform,
+    one layer at a time). MoE routing follows Qwen3-MoE: softmax over all experts, top-k, and
+    renormalised weights when ``norm_topk_prob`` (Megatron's top-k-then-softmax is the same);
+    there is no load-balancing loss (``moe_aux_loss_coeff=0``: the router trains through the
+    policy loss only, and the update stays independent of how the batch is cut).
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    layout = MegatronLayout.from_hf(hf)
+    rope = hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise UserError(
+            f"actor.strategy=megatron maps default RoPE only, not {rope.get('rope_type', rope.get('type'))!r}",
+            hint="use actor.strategy=fsdp for this model",
+        )
+    kwargs: dict[str, Any] = {
+        "num_layers": layout.num_layers,
+        "hidden_size": layout.hidden_size,
+        "num_attention_heads": layout.num_heads,
+        "num_query_groups": layout.num_kv_heads,
+        "kv_channels": layout.head_dim,
+        "ffn_hidden_size": int(hf["intermediate_size"]),
+        "normalization": "RMSNorm",
+        "layernorm_epsilon": float(hf.get("rms_norm_eps", 1e-6)),
+        "gated_linear_unit": True,
+        "activation_func": F.silu,
+        "add_bias_linear": False,
+        "add_qkv_bias": bool(hf.get("attention_bias", layout.model_type == "qwen2")),
+        "qk_layernorm": layout.model_type in ("qwen3", "qwen3_moe"),
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "bias_activation_fusion": False,
+        "masked_softmax_fusion": False,
+        "bias_dropout_fusion": False,
+        "apply_rope_fusion": False,
+        "persist_layer_norm": False,
+        "gradient_accumulation_fusion": False,
+        "params_dtype": params_dtype,
+        "use_cpu_initialization": True,
+        "perform_initialization": False,  # every weight comes from the checkpoint
+        "tensor_model_parallel_size": sizes.tensor,
+        "pipeline_model_parallel_size": sizes.pipeline,
+        "context_parallel_size": sizes.context,
+        "expert_model_parallel_size": sizes.expert,
+        "expert_tensor_parallel_size": 1,
+        "sequence_parallel": False,  # the local spec's torch norms refuse it
+    }
+    if recompute:
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    if layout.num_experts:
+        kwargs.update(
+            num_moe_experts=layout.num_experts,
+            moe_ffn_hidden_size=int(hf["moe_intermediate_size"]),
+            moe_router_topk=int(hf["num_experts_per_tok"]),
+            moe_router_pre_softmax=not hf.get("norm_topk_prob", True),
+            moe_router_load_balancing_type="none",
+            moe_aux_loss_coeff=0.0,
+            moe_token_dispatcher_type="alltoall" if sizes.expert > 1 else "allgather",
+            moe_grouped_gemm=False,
+        )
+    return TransformerConfig(**kwargs)
+
+
+def build_gpt(hf: dict[str, Any], config: Any) -> Any:
+    """A whole ``GPTModel`` (one pipeline stage) with Megatron-core's local layer spec."""
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    layout = MegatronLayout.from_hf(hf)
+    spec = get_gpt_layer_local_spec(
+        num_experts=layout.num_experts or None,
+        moe_grouped_gemm=False,
+        qk_layernorm=config.qk_layernorm,
+        normalization="RMSNorm",
+    )
+    theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    gpt = GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=layout.vocab_size,
+        max_sequence_length=int(hf.get("max_position_embeddings", 4096)),
+        pre_process=True,
+        post_process=True,
+        share_embeddings_and_output_weights=layout.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=float(theta),
+        parallel_output=True,
+    )
+    _mark_tensor_parallel(gpt)
+    return gpt
+
+
+def _mark_tensor_parallel(gpt: nn.Module) -> None:
+    """Tag the TP-split weights as Megatron's initialisers do.
+
+    Megatron sets ``tensor_model_parallel`` (which its norm, clipping and optimizer read to count
+    a shard once) only while it initialises a weight; weights that come from a checkpoint
+    (``perform_initialization=False``) would otherwise look replicated.
+    """
+    from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+
+    for name, param in gpt.named_parameters():
+        dim = tp_split_dim(name)
+        if dim is not None and not hasattr(param, "tensor_model_parallel"):  # biases come tagged
+            set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
+
+
+def megatron_shard(
+    hf_sd: dict[str, torch.Tensor], layout: MegatronLayout, sizes: ParallelSizes
+) -> dict[str, torch.Tensor]:
+    """This rank's part of a Hugging Face state dict, in Megatron names and layouts."""
+    from megatron.core import parallel_state as mpu
+
+    mg = shard_tp(hf_to_megatron(hf_sd, layout), sizes.tensor, mpu.get_tensor_model_parallel_rank())
+    if layout.num_experts:
+        mg = shard_ep(mg, layout.num_experts, sizes.expert, mpu.get_expert_model_parallel_rank())
+    return mg
+
+
+def load_into(gpt: nn.Module, shard: dict[str, torch.Tensor]) -> None:
+    """Copy a converted shard into the model; every parameter must be covered, none left over.
+
+    Megatron's ``_extra_state`` entries (transformer-engine bookkeeping) are not weights and are
+    not checked.
+    """
+    own = {k for k in gpt.state_dict() if not k.endswith("_extra_state")}
+    missing, extra = own - set(shard), set(shard) - own
+    if missing or extra:
+        raise ValueError(
+            f"converted weights do not fit the GPTModel: missing {sorted(missing)[:4]}, extra {sorted(extra)[:4]}"
+        )
+    params = dict(gpt.named_parameters())
+    with torch.no_grad():
+        for name, tensor in shard.items():
+            params[name].copy_(tensor)
+
+
+# ---------------------------------------------------------------- forward
+
+
+def _padded_layout(cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """Rows, longest row and each packed token's index into the flattened (B, S) right-padded layout.
+
+    Megatron's RoPE numbers each row's tokens from 0, so the packed positions must do the same.
+
+    Raises:
+        ValueError: A sequence's position ids are not 0, 1, 2, ...
+    """
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    rows, longest = int(lengths.numel()), int(lengths.max().item())
+    row_T = torch.repeat_interleave(torch.arange(rows, device=lengths.device), lengths)
+    col_T = torch.arange(position_ids_T.numel(), device=lengths.device) - cu_seqlens[:-1].long()[row_T]
+    if not torch.equal(col_T, position_ids_T.long()):
+        raise ValueError("actor.strategy=megatron needs position ids 0, 1, 2, ... within each sequence")
+    return rows, longest, row_T * longest + col_T
+
+
+class _MegatronRoot(nn.Module):
+    """A ``GPTModel`` and the packed forward up to its final norm (the heads are the subclasses')."""
+
+    gpt: Any  # megatron.core.models.gpt.GPTModel (Megatron is imported only where it is used)
+
+    def __init__(self, gpt: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.gpt = gpt
+        self.compute_dtype = compute_dtype
+        # fp32 master weights computing in a lower dtype run under autocast (as FSDP's one-rank path)
+        self.autocast = any(p.dtype != compute_dtype for p in gpt.parameters() if p.is_floating_point())
+
+    def hidden_states(
+        self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
+        """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike)."""
+        rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T)
+        ids_BS = input_ids_T.new_zeros(rows * longest)
+        ids_BS[index_T] = input_ids_T
+        ids_BS = ids_BS.view(rows, longest)
+        positions_BS = torch.arange(longest, device=ids_BS.device).expand(rows, longest)
+        gpt = self.gpt
+        hidden_SBD = gpt.embedding(input_ids=ids_BS, position_ids=positions_BS)
+        rotary = gpt.rotary_pos_emb(longest)
+        # Megatron's default causal mask is built on "cuda"; this one is the same on any device.
+        causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
+        hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
+        hidden_TD: torch.Tensor = (
+            hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
+        )
+        return hidden_TD
+
+
+class MegatronPolicy(_MegatronRoot):
+    """A ``GPTModel`` whose forward returns log-probs of gathered tokens (``PackedPolicy``'s forward)."""
+
+    def forward(
+        self,
+        input_ids_T: torch.Tensor,
+        position_ids_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        gather_idx_N: torch.Tensor,
+        labels_N: torch.Tensor,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        chunk_tokens: int = 1024,
+        support_NK: torch.Tensor | None = None,
+        with_sum_pi_squared: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """As :meth:`rlkit.training.heads.PackedPolicy.forward`; with TP > 1 the head is vocab-parallel.
+
+        Shape:
+            input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,); gather_idx_N, labels_N:
+            (N,). Returns log-probs (N,) fp32, entropy (N,) fp32 or None, then the extras.
+        """
+        with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
+            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
+                0, gather_idx_N
+            )
+        weight_VD = (
+            self.gpt.shared_embedding_or_output_weight()
+            if self.gpt.share_embeddings_and_output_weights
+            else self.gpt.output_layer.weight
+        )
+        weight_VD = weight_VD.to(self.compute_dtype)
+        hidden_ND = hidden_ND.to(self.compute_dtype)
+        if self.gpt.config.tensor_model_parallel_size > 1:
+            if support_NK is not None or with_sum_pi_squared:
+                raise ValueError(
+                    "top-k distillation terms are not built for actor.megatron.tensor_parallel > 1"
+                )
+            return vocab_parallel_logprobs(  # type: ignore[return-value]
+                hidden_ND, weight_VD, labels_N, temperature, chunk_tokens, with_entropy
+            )
+        logp_N, entropy_N = token_logprobs(
+            hidden_ND,
+            weight_VD,
+            labels_N,
+            temperature=temperature,
+            chunk_tokens=chunk_tokens,
+            with_entropy=with_entropy,
+        )
+        extras: list[torch.Tensor] = []
+        if support_NK is not None:
+            extras.append(
+                token_logprobs_at(
+                    hidden_ND, weight_VD, support_NK, temperature=temperature, chunk_tokens=chunk_tokens
+                )
+            )
+        if with_sum_pi_squared:
+            extras.append(
+                token_sum_pi_squared(hidden_ND, weight_VD, temperature=temperature, chunk_tokens=chunk_tokens)
+            )
+        return (logp_N, entropy_N, *extras)  # type: ignore[arg-type]  # entropy is None unless asked
+
+
+class MegatronValue(_MegatronRoot):
+    """A ``GPTModel`` backbone (its LM head removed) with the critic's ``score`` head (``PackedValue``'s forward).
+
+    ``score`` is a plain ``nn.Linear(hidden, 1)`` that every TP rank holds whole, under the Hugging
+    Face name a value-model folder uses (``score.weight`` / ``score.bias``).
+    """
+
+    def __init__(self, gpt: nn.Module, score: nn.Linear, compute_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(gpt, compute_dtype)
+        self.score = score
+
+    def forward(
+        self,
+        input_ids_T: torch.Tensor,
+        position_ids_T: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        gather_idx_N: torch.Tensor,
+    ) -> torch.Tensor:
+        """Values (N,) fp32 at packed positions ``gather_idx_N`` (as :class:`rlkit.training.heads.PackedValue`)."""
+        with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
+            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
+                0, gather_idx_N
+            )
+            values_N: torch.Tensor = self.score(hidden_ND).squeeze(-1).float()
+        return values_N
+
+
+# ---------------------------------------------------------------- vocab-parallel log-probs
+
+
+def _chunk_vocab_parallel(
+    h_CD: torch.Tensor, w_VD: torch.Tensor, labels_C: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies (C,) of one chunk over the TP group's vocabulary shards.
+
+    The sums over the vocabulary are Megatron's TP reductions (all-reduce forward, identity
+    backward: what follows them is the same on every TP rank, so each rank's gradient is whole).
+    """
+    from megatron.core import parallel_state as mpu
+    from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region as tp_sum
+
+    group = mpu.get_tensor_model_parallel_group()
+    logits_CV = (h_CD @ w_VD.T).float() / temperature
+    vocab = w_VD.shape[0]
+    start = mpu.get_tensor_model_parallel_rank() * vocab
+    with torch.no_grad():  # the max only shifts the exponent: no gradient through it
+        max_C = logits_CV.max(dim=-1).values
+        dist.all_reduce(max_C, op=dist.ReduceOp.MAX, group=group)
+    shifted_CV = logits_CV - max_C[:, None]
+    exp_CV = shifted_CV.exp()
+    sum_C = tp_sum(exp_CV.sum(-1))
+    local = labels_C - start
+    owned = (local >= 0) & (local < vocab)
+    picked_C = shifted_CV.gather(1, local.clamp(0, vocab - 1)[:, None]).squeeze(1) * owned
+    picked_C = tp_sum(picked_C)
+    lse_C = sum_C.log()
+    logp_C = picked_C - lse_C
+    if not with_entropy:
+        return logp_C, logp_C.new_zeros(0)
+    # H = lse - E_p[shifted logits]
+    mean_C = tp_sum((exp_CV * shifted_CV).sum(-1)) / sum_C
+    return logp_C, lse_C - mean_C
+
+
+def vocab_parallel_logprobs(
+    hidden_ND: torch.Tensor,
+    weight_VD: torch.Tensor,
+    labels_N: torch.Tensor,
+    temperature: float,
+    chunk_tokens: int,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of ``labels_N`` with the LM head split over the TP ranks by vocabulary.
+
+    Each rank holds (V / TP, D) of the head; per chunk of rows the softmax's max, normaliser and
+    the label's logit are reduced over the TP group, so no rank ever holds full-vocabulary
+    logits. Each chunk is recomputed in backward (activation checkpointing), so memory holds one
+    chunk's (C, V / TP) logits at a time.
+    """
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+    from torch.utils.checkpoint import checkpoint
+
+    # Each rank's vocabulary shard gives part of the hidden states' gradient: sum it over TP in backward.
+    hidden_ND = copy_to_tensor_model_parallel_region(hidden_ND)
+    logps, entropies = [], []
+    for start in range(0, hidden_ND.shape[0], chunk_tokens):
+        stop = start + chunk_tokens
+        lp, ent = checkpoint(
+            _chunk_vocab_parallel,
+            hidden_ND[start:stop],
+            weight_VD,
+            labels_N[start:stop],
+            temperature,
+            with_entropy,
+            use_reentrant=False,
+        )
+        logps.append(lp)
+        entropies.append(ent)
+    if not logps:
+        empty = hidden_ND.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
