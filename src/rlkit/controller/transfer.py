@@ -159,19 +159,21 @@ class TransferGroup:
         remaining = max(deadline - time.monotonic(), 0.001)
         timeout = timedelta(seconds=remaining)
         where = f"{stage}, joining the group of {world} ranks at {host}:{port}, rank {rank}"
+        failure: BaseException | None = None
         try:
             if store is None:
                 store = TCPStore(host, port, world, False, timeout=timeout, wait_for_workers=False)
-            prefixed = PrefixStore(_PREFIX, store)
-            pg = _new_group(prefixed, rank, world, device, local_host, timeout)
+            pg = _new_group(PrefixStore(_PREFIX, store), rank, world, device, local_host, timeout)
         except Exception as exc:  # noqa: BLE001 -- a store or rendezvous failure, reported as one line
+            failure = exc
+        if failure is not None:  # raised outside the handler: the one line is the root cause
             if time.monotonic() >= deadline - 0.05:
                 raise WeightTransferTimeout(
                     f"{where}: not every rank joined within {remaining:.3g} s "
                     "(a rollout or actor worker never reached the transfer): raise hardware.sync_timeout_s "
                     "if it is only slow"
-                ) from None
-            raise WeightTransferError(f"{where}: {type(exc).__name__}: {first_line(exc)}") from None
+                )
+            raise WeightTransferError(f"{where}: {type(failure).__name__}: {first_line(failure)}")
         group = cls(pg, rank, device, store)
         # NCCL connects at its first collective: one tiny broadcast makes joining mean connected
         group.broadcast(torch.zeros(1, device=device), deadline, f"{stage}, joining the group")
@@ -188,18 +190,20 @@ class TransferGroup:
         options.rootRank, options.rootTensor = 0, 0
         remaining = deadline - time.monotonic()
         where = f"{stage}, rank {self.rank}"
+        failure: BaseException | None = None
         try:
-            if remaining <= 0:
-                raise TimeoutError("the deadline passed before it started")
-            self.pg.broadcast([tensor], options).wait(timedelta(seconds=remaining))
+            if remaining > 0:
+                self.pg.broadcast([tensor], options).wait(timedelta(seconds=remaining))
         except Exception as exc:  # noqa: BLE001 -- gloo and NCCL raise RuntimeError or DistError
-            if time.monotonic() >= deadline - 0.05 or isinstance(exc, TimeoutError):
-                self._abort()
-                raise WeightTransferTimeout(
-                    f"{where}: did not finish by the transfer's deadline (hardware.sync_timeout_s; "
-                    "a peer stopped or is stuck): raise hardware.sync_timeout_s if it is only slow"
-                ) from None
-            raise WeightTransferError(f"{where}: {type(exc).__name__}: {first_line(exc)}") from None
+            failure = exc
+        if remaining <= 0 or (failure is not None and time.monotonic() >= deadline - 0.05):
+            self._abort()  # raised outside the handler: the one line is the root cause
+            raise WeightTransferTimeout(
+                f"{where}: did not finish by the transfer's deadline (hardware.sync_timeout_s; "
+                "a peer stopped or is stuck): raise hardware.sync_timeout_s if it is only slow"
+            )
+        if failure is not None:
+            raise WeightTransferError(f"{where}: {type(failure).__name__}: {first_line(failure)}")
 
     def _abort(self) -> None:
         """After a timeout the group cannot be trusted: NCCL's communicator is aborted (gloo has nothing to abort)."""

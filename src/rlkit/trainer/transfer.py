@@ -150,9 +150,10 @@ class WeightReceiver:
         try:
             engine.update_weights(tap)
         except Exception:
-            if failed:  # the engine may wrap the error; the transfer's own names the stage
-                raise failed[0] from None
-            raise
+            if not failed:
+                raise
+        if failed:  # the engine may wrap it: the transfer's own error names the stage (raised bare)
+            raise failed[0].with_traceback(None)
         return {**check_push(step, engine, before, tap.checksums()), "buckets": sums}
 
 
