@@ -34,6 +34,8 @@ from rlkit.controller.causes import first_line
 
 #: Byte alignment of every tensor inside a bucket (any dtype's view of its slice is then aligned).
 _ALIGN = 16
+#: How long rank 0's own connection to the store it serves may take (local: well under a second).
+_SERVE_TIMEOUT_S = 30.0
 #: The store's key prefix: the group's keys never collide with another group's on the same store.
 _PREFIX = "rlkit-weights/"
 
@@ -131,9 +133,13 @@ class TransferGroup:
         self.pg, self.rank, self.device, self._store = pg, rank, device, store
 
     @staticmethod
-    def serve(host: str, world: int, timeout_s: float) -> Any:
-        """The TCPStore the group meets on, served by this process (rank 0) on a port the OS picks."""
-        return TCPStore(host, 0, world, True, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    def serve(host: str, world: int) -> Any:
+        """The TCPStore the group meets on, served by this process (rank 0) on a port the OS picks.
+
+        Its own connection gets :data:`_SERVE_TIMEOUT_S`; :meth:`join` sets the transfer's deadline.
+        """
+        timeout = timedelta(seconds=_SERVE_TIMEOUT_S)
+        return TCPStore(host, 0, world, True, timeout=timeout, wait_for_workers=False)
 
     @classmethod
     def join(
@@ -163,6 +169,7 @@ class TransferGroup:
         try:
             if store is None:
                 store = TCPStore(host, port, world, False, timeout=timeout, wait_for_workers=False)
+            store.set_timeout(timeout)  # the rendezvous waits on the store's keys at most this long
             pg = _new_group(PrefixStore(_PREFIX, store), rank, world, device, local_host, timeout)
         except Exception as exc:  # noqa: BLE001 -- a store or rendezvous failure, reported as one line
             failure = exc

@@ -85,13 +85,13 @@ class WeightSender:
         self._group: TransferGroup | None = None
         self._plan: dict[str, Any] = {}
 
-    def open(self, world: int, bucket_mb: float, timeout_s: float) -> dict[str, Any]:
+    def open(self, world: int, bucket_mb: float) -> dict[str, Any]:
         """The layout of the weights, and on rank 0 the address of the group's store (a port the OS picks)."""
         buckets = plan_buckets(self.role.named_full_tensors(dtype=self.dtype), bucket_mb * 2**20)
         if self.rank != 0:
             return {}
         host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self._store = TransferGroup.serve(host, world, timeout_s)
+        self._store = TransferGroup.serve(host, world)
         self._plan = {"host": host, "port": int(self._store.port), "world": world, "buckets": buckets}
         return self._plan
 
@@ -185,7 +185,7 @@ class CollectiveTransfer:
         if self.plan is None:
             world = 1 + self.receivers.world_size
             self.plan = self.actors.call(
-                "actor", "open_weight_transfer", world, self.dtype, self.bucket_mb, timeout_s,
+                "actor", "open_weight_transfer", world, self.dtype, self.bucket_mb,
                 timeout_s=limit, timeout_key=TIMEOUT_KEY,
             )  # fmt: skip
         plan, started = self.plan, Future[None]()

@@ -107,12 +107,10 @@ class ActorWorker:
         return {"buckets": buckets, "checksums": tap.checksums()} if rank0 else {}
 
     @dispatch("rank0")
-    def open_weight_transfer(
-        self, world: int, dtype: str, bucket_mb: float, timeout_s: float
-    ) -> dict[str, Any]:
+    def open_weight_transfer(self, world: int, dtype: str, bucket_mb: float) -> dict[str, Any]:
         """The collective transport's layout and store address (split placement, :mod:`rlkit.trainer.transfer`)."""
         self._sender = WeightSender(self.role, _DTYPES[dtype])
-        return self._sender.open(world, bucket_mb, timeout_s)
+        return self._sender.open(world, bucket_mb)
 
     @dispatch("rank0")
     def send_weights(self, step: int, timeout_s: float) -> dict[str, Any]:
