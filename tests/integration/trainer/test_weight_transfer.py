@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch
+from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch, worker_context
 from rlkit.controller.transfer import TransferGroup
 from rlkit.rollout.weight_sync import VersionedWeights, WeightLedger, checksum_of
 from rlkit.trainer.lane import RolloutLane
@@ -41,8 +41,8 @@ class StateDictPolicy:
     """The actor's side of a push: named tensors that change with each step (``named_full_tensors``)."""
 
     def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.state = {name: torch.randn(shape, generator=gen) for name, shape in SHAPES.items()}
+        gen, device = torch.Generator().manual_seed(0), worker_context().device
+        self.state = {name: torch.randn(shape, generator=gen).to(device) for name, shape in SHAPES.items()}
 
     def named_full_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self.state.items():
@@ -54,7 +54,9 @@ class StateDictEngine(VersionedWeights):
 
     def __init__(self) -> None:
         self.ledger = WeightLedger()
-        self.weights = {name: torch.zeros(shape) for name, shape in SHAPES.items()}
+        self.weights = {
+            name: torch.zeros(shape, device=worker_context().device) for name, shape in SHAPES.items()
+        }
 
     def wake(self) -> None:
         pass
@@ -80,7 +82,7 @@ class Sender(ActorWorker):
         """An 'update': every weight changes; the new weights."""
         for tensor in self.role.state.values():
             tensor.mul_(scale).add_(0.25)
-        return dict(self.role.state)
+        return {name: t.cpu() for name, t in self.role.state.items()}
 
     @dispatch("rank0")
     def corrupt_in_flight(self, bucket: int) -> None:
@@ -113,20 +115,35 @@ class Receiver(RolloutWorker):
 
     @dispatch("broadcast")
     def held(self) -> dict[str, torch.Tensor]:
-        return dict(self.engine.weights)
+        return {name: t.cpu() for name, t in self.engine.weights.items()}
 
 
-def _pair(stuck_at: int | None = None) -> tuple[WorkerGroup, WorkerGroup, CollectiveTransfer, RolloutLane]:
-    trainer_pool, rollout_pool = ResourcePool(1, 3, "cpu").split([1, 2])
+def _pair(
+    stuck_at: int | None = None, device: str = "cpu"
+) -> tuple[WorkerGroup, WorkerGroup, CollectiveTransfer, RolloutLane]:
+    """One sender and two receivers on CPU (gloo); one and one on two GPUs (NCCL)."""
+    shares = [1, 2] if device == "cpu" else [1, 1]
+    trainer_pool, rollout_pool = ResourcePool(1, sum(shares), device).split(shares)
     receivers = WorkerGroup(rollout_pool, {"rollout": Receiver}, {"rollout": {"stuck_at": stuck_at}})
     senders = WorkerGroup(trainer_pool, {"actor": Sender})
     lane = RolloutLane(concurrent=True)
     return senders, receivers, CollectiveTransfer(senders, receivers, lane, "float32", BUCKET_MB), lane
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[WorkerGroup, WorkerGroup, CollectiveTransfer]]:
-    senders, receivers, transfer, lane = _pair()
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs two GPUs"),
+            ],
+        ),
+    ]
+)
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[WorkerGroup, WorkerGroup, CollectiveTransfer]]:
+    senders, receivers, transfer, lane = _pair(device=request.param)
     yield senders, receivers, transfer
     lane.close()
     senders.shutdown()
