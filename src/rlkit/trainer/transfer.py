@@ -248,8 +248,8 @@ def check_buckets(step: int, sent: dict[str, Any], received: list[dict[str, Any]
             if want != seen:
                 raise WorkerError(
                     f"weight transfer after step {step}, bucket {k + 1} of {len(expected)}, rollout rank "
-                    f"{rank}: the bytes received (checksum {seen}) are not those sent ({want}): the "
-                    "collective corrupted them",
+                    f"{rank}: the bytes received (checksum {seen}) are not those sent ({want}): they "
+                    "changed in flight",
                     role="rollout",
                     method="receive_weights",
                     rank=rank,
