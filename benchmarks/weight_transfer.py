@@ -70,9 +70,10 @@ class Peer:
     def join(self, host: str, port: int, rank: int) -> None:
         from rlkit.controller.transfer import TransferGroup
 
+        here, deadline = ray.util.get_node_ip_address(), time.monotonic() + 120
         self.group = TransferGroup.join(
             host=host, port=port, rank=rank, world=2, device=self.device, store=self.store,
-            local_host=ray.util.get_node_ip_address(), deadline=time.monotonic() + 120, stage="benchmark",
+            local_host=here, deadline=deadline, timeout_s=600, stage="benchmark",
         )  # fmt: skip
 
     def buckets(self, bucket_mb: float) -> list[Any]:
@@ -178,7 +179,8 @@ def main() -> None:
     print(f"{'transport':<20} {'device':<6} {'GiB':>6} {'s (median)':>11} {'GiB/s':>7} exact")
     for r in rows:
         print(
-            f"{r['transport']:<20} {r['device']:<6} {r['GiB']:>6.2f} {r['s']:>11.3f} {r['GiB/s']:>7.2f} {r['exact']}"
+            f"{r['transport']:<20} {r['device']:<6} {r['GiB']:>6.2f} {r['s']:>11.3f} "
+            f"{r['GiB/s']:>7.2f} {r['exact']}"
         )
     ray.shutdown()
 

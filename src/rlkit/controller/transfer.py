@@ -152,12 +152,15 @@ class TransferGroup:
         device: torch.device,
         local_host: str,
         deadline: float,
+        timeout_s: float,
         stage: str,
         store: Any = None,
     ) -> TransferGroup:
         """Join the group of ``world`` ranks meeting at ``host:port`` (blocks until all joined).
 
-        ``store`` is rank 0's own served store (:meth:`serve`); the others connect to it.
+        ``store`` is rank 0's own served store (:meth:`serve`); the others connect to it. The
+        rendezvous waits until ``deadline``; ``timeout_s`` (``hardware.sync_timeout_s``) is the
+        backend's own limit on every later collective, a backstop behind the per-call deadlines.
 
         Raises:
             WeightTransferTimeout: not every rank joined by ``deadline`` (``time.monotonic()``).
@@ -170,7 +173,8 @@ class TransferGroup:
             if store is None:
                 store = TCPStore(host, port, world, False, timeout=timeout, wait_for_workers=False)
             store.set_timeout(timeout)  # the rendezvous waits on the store's keys at most this long
-            pg = _new_group(PrefixStore(_PREFIX, store), rank, world, device, local_host, timeout)
+            ops = timedelta(seconds=max(timeout_s, remaining))
+            pg = _new_group(PrefixStore(_PREFIX, store), rank, world, device, local_host, ops)
         except Exception as exc:  # noqa: BLE001 -- a store or rendezvous failure, reported as one line
             failure = exc
         if failure is not None:  # raised outside the handler: the one line is the root cause
@@ -213,7 +217,7 @@ class TransferGroup:
             raise WeightTransferError(f"{where}: {type(failure).__name__}: {first_line(failure)}")
 
     def _abort(self) -> None:
-        """After a timeout the group cannot be trusted: NCCL's communicator is aborted (gloo has nothing to abort)."""
+        """After a timeout the group cannot be trusted: NCCL's communicator is aborted (gloo has none)."""
         abort = getattr(self.pg, "abort", None)
         if callable(abort) and self.device.type == "cuda":
             try:

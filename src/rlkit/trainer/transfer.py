@@ -107,9 +107,17 @@ class WeightSender:
         plan = self._plan
         if self._group is None:
             self._group = TransferGroup.join(
-                host=plan["host"], port=plan["port"], rank=0, world=plan["world"], device=self.device,
-                local_host=plan["host"], deadline=deadline, stage=stage, store=self._store,
-            )  # fmt: skip
+                host=plan["host"],
+                port=plan["port"],
+                rank=0,
+                world=plan["world"],
+                device=self.device,
+                local_host=plan["host"],
+                deadline=deadline,
+                timeout_s=timeout_s,
+                stage=stage,
+                store=self._store,
+            )
         sums = send(self._group, step, plan["buckets"], tap, deadline, stage)
         return {"buckets": sums, "checksums": tap.checksums()}
 
@@ -132,10 +140,18 @@ class WeightReceiver:
         deadline = time.monotonic() + timeout_s
         stage = f"weight transfer after step {step}"
         if self._group is None:
+            here = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
             self._group = TransferGroup.join(
-                host=plan["host"], port=plan["port"], rank=self.rank, world=plan["world"], device=self.device,
-                local_host=ray.util.get_node_ip_address(), deadline=deadline, stage=stage,  # type: ignore[no-untyped-call]
-            )  # fmt: skip
+                host=plan["host"],
+                port=plan["port"],
+                rank=self.rank,
+                world=plan["world"],
+                device=self.device,
+                local_host=here,
+                deadline=deadline,
+                timeout_s=timeout_s,
+                stage=stage,
+            )
         group, sums, failed = self._group, list[int](), list[WeightTransferError]()
 
         def stream() -> Any:

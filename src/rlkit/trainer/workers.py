@@ -108,7 +108,7 @@ class ActorWorker:
 
     @dispatch("rank0")
     def open_weight_transfer(self, world: int, dtype: str, bucket_mb: float) -> dict[str, Any]:
-        """The collective transport's layout and store address (split placement, :mod:`rlkit.trainer.transfer`)."""
+        """The collective transport's layout and store address (split placement, trainer/transfer.py)."""
         self._sender = WeightSender(self.role, _DTYPES[dtype])
         return self._sender.open(world, bucket_mb)
 
