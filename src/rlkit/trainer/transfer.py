@@ -26,8 +26,10 @@ One push of the collective transport (:meth:`CollectiveTransfer.push`):
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
@@ -217,22 +219,30 @@ class CollectiveTransfer:
         wait_futures([started, received], return_when=FIRST_COMPLETED)  # type: ignore[arg-type]
         if received.done():
             received.result()  # a receive that failed before the send started raises here
-        try:
-            sent = self.actors.call(
-                "actor", "send_weights", step, timeout_s, timeout_s=limit, timeout_key=TIMEOUT_KEY
-            )
-        except WorkerError as exc:
-            raise self._failure(exc, received) from None
-        try:
-            got = received.result()
-        except WorkerError as exc:
-            raise self._failure(exc, None) from None
-        check_buckets(step, sent, got)
+        sending = _in_thread(
+            self.actors.call,
+            "actor",
+            "send_weights",
+            step,
+            timeout_s,
+            timeout_s=limit,
+            timeout_key=TIMEOUT_KEY,
+        )
+        # both sides in flight: the first to fail ends the wait (a receiver whose engine refused a
+        # tensor is reported at once, not after the sender's deadline)
+        wait_futures([sending, received], return_when=FIRST_EXCEPTION)
+        for side, other in ((received, sending), (sending, received)):
+            exc = side.exception() if side.done() else None
+            if isinstance(exc, WorkerError):
+                raise self._failure(exc, other) from None
+            if exc is not None:
+                raise exc
+        check_buckets(step, sending.result(), received.result())
 
-    def _failure(self, exc: WorkerError, other: Future[Any] | None) -> WorkerError:
-        """The error to report: the other side's when it failed for its own reason, else ``exc``,
-        with every worker's stacks of both pools after a timeout."""
-        if other is not None:
+    def _failure(self, exc: WorkerError, other: Future[Any]) -> WorkerError:
+        """The error to report: the other side's when it failed for its own reason (within a short
+        grace), else ``exc``, with every worker's stacks of both pools after a timeout."""
+        if exc.exc_type == "WeightTransferTimeout":
             try:
                 other.result(timeout=_OTHER_SIDE_GRACE_S)
             except WorkerError as theirs:
@@ -250,6 +260,24 @@ class CollectiveTransfer:
             str(exc), role=exc.role, method=exc.method, rank=exc.rank, exc_type=exc.exc_type,
             remote_traceback=exc.remote_traceback, stacks=stacks,
         )  # fmt: skip
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+    """``fn(*args, **kwargs)`` on a daemon thread of its own: its future (a push waits on both sides).
+
+    A daemon thread, so a send still blocked when the run fails never holds the interpreter's exit
+    (the run's close kills the workers, which ends the call).
+    """
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the waiting driver
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="rlkit-weight-send", daemon=True).start()
+    return future
 
 
 def check_buckets(step: int, sent: dict[str, Any], received: list[dict[str, Any]]) -> None:

@@ -54,6 +54,7 @@ class StateDictEngine(VersionedWeights):
 
     def __init__(self) -> None:
         self.ledger = WeightLedger()
+        self.refused: str | None = None  # a name the engine refuses, as one that lacks the parameter
         self.weights = {
             name: torch.zeros(shape, device=worker_context().device) for name, shape in SHAPES.items()
         }
@@ -63,6 +64,8 @@ class StateDictEngine(VersionedWeights):
 
     def update_weights(self, named: Any) -> None:
         for name, tensor in named:
+            if name == self.refused:
+                raise ValueError(f"update_weights: the model has no parameter {name!r}")
             self.weights[name].copy_(tensor)
         self.ledger.pushed({})
 
@@ -114,6 +117,10 @@ class Receiver(RolloutWorker):
         return super().receive_weights(step, plan, timeout_s)
 
     @dispatch("broadcast")
+    def refuse(self, name: str) -> None:
+        self.engine.refused = name
+
+    @dispatch("broadcast")
     def held(self) -> dict[str, torch.Tensor]:
         return {name: t.cpu() for name, t in self.engine.weights.items()}
 
@@ -150,7 +157,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[WorkerGroup, WorkerGr
     receivers.shutdown()
 
 
-def test_pushes_arrive_bitwise_and_a_bucket_corrupted_in_flight_is_caught(
+def test_pushes_arrive_bitwise_and_corrupted_or_refused_ones_are_caught(
     pair: tuple[WorkerGroup, WorkerGroup, CollectiveTransfer],
 ) -> None:
     senders, receivers, transfer = pair
@@ -169,6 +176,17 @@ def test_pushes_arrive_bitwise_and_a_bucket_corrupted_in_flight_is_caught(
     line = str(err.value)
     assert line.startswith(f"weight transfer after step 3, bucket 2 of {buckets}, rollout rank 0: ")
     assert "are not those sent" in line and "\n" not in line
+
+    # a receiver that fails for a reason of its own leaves the sender waiting: its error is the
+    # cause, reported at once (not after the sender's deadline)
+    receivers.call("rollout", "refuse", "model.layers.0.mlp.down_proj.weight")
+    started = time.monotonic()
+    with pytest.raises(WorkerError) as err:
+        transfer.push(4, timeout_s=60.0)
+    assert time.monotonic() - started < 30.0
+    line = str(err.value)
+    assert line.startswith("rollout.receive_weights on rank ") and "\n" not in line
+    assert "ValueError: update_weights: the model has no parameter 'model.layers.0.mlp.down_proj" in line
 
 
 def test_a_receiver_that_never_joins_is_one_line_naming_the_stage_within_seconds() -> None:
