@@ -61,7 +61,8 @@ def resolve_weight_transfer(cfg: RlkitConfig, device: str) -> str:
     (gloo on CPU, NCCL on CUDA and ROCm), else ``object_store``.
 
     Raises:
-        UserError: ``collective`` on a device without a supported backend (NPU), or without split placement.
+        UserError: ``collective`` on a device without a supported backend (NPU); without split
+            placement it was refused at compose time (:mod:`rlkit.config.rules`).
     """
     hw = cfg.hardware
     backend = _DEVICE_BACKENDS.get(device)
@@ -98,11 +99,11 @@ class WeightSender:
         return self._plan
 
     def send(self, step: int, timeout_s: float) -> dict[str, Any]:
-        """Gather and broadcast the weights of ``step``; rank 0 returns the checksums it sent."""
+        """Gather and broadcast the weights of ``step``; rank 0 returns the buckets' checksums it sent."""
         deadline = time.monotonic() + timeout_s
-        tap = ChecksumTap(self.role.named_full_tensors(dtype=self.dtype))
+        tensors = self.role.named_full_tensors(dtype=self.dtype)
         if self.rank != 0:
-            for _ in tap:  # every item is a collective of the actor's ranks
+            for _ in tensors:  # every item is a collective of the actor's ranks
                 pass
             return {}
         stage = f"weight transfer after step {step}"
@@ -120,8 +121,7 @@ class WeightSender:
                 stage=stage,
                 store=self._store,
             )
-        sums = send(self._group, step, plan["buckets"], tap, deadline, stage)
-        return {"buckets": sums, "checksums": tap.checksums()}
+        return {"buckets": send(self._group, step, plan["buckets"], tensors, deadline, stage)}
 
 
 class WeightReceiver:
