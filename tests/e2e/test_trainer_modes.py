@@ -2,7 +2,8 @@
 
 ``async`` with ``trainer.max_staleness=0`` is ``sync``; the staleness bound holds; ``one_step_off``
 with the rollout engine on a worker of its own (``hardware.placement=split``: one rollout and one
-trainer worker, weights over Ray's object store) resumes exactly; ``async`` resumes exactly too
+trainer worker) resumes exactly; both weight transports of split placement (Ray's object store, a
+gloo broadcast) train the same run bitwise; ``async`` resumes exactly too
 (its queue of draws is in the checkpoint, so no prompt is lost or trained twice); a killed rollout
 worker stops the run with one line; a multi-turn run works in both off-policy modes.
 """
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from rlkit.ckpt.merge import load_role_weights
 from rlkit.config.compose import to_dataclass
 from rlkit.config.load import load_config
 from rlkit.controller import WorkerError
@@ -49,6 +52,22 @@ def test_async_with_staleness_0_is_sync(ray_session: None, tmp_path: Path) -> No
     for step in (1, 2, 3):
         assert got[step]["async/staleness_max"] == 0.0 and got[step]["async/queued"] == 0.0
         assert_same_metrics(expected[step], _without_async(got[step]), 0.0)
+
+
+def test_split_placement_trains_the_same_over_both_weight_transports(
+    ray_session: None, tmp_path: Path
+) -> None:
+    runs = {}
+    for transport in ("object_store", "collective"):
+        out = tmp_path / transport
+        train("grpo", out, "trainer.total_steps=2", NO_VAL, *SPLIT, f"hardware.weight_transfer={transport}")
+        assert f"weight_transfer: {transport}" in (out / "config.yaml").read_text()
+        runs[transport] = out
+    expected, got = metrics(runs["object_store"]), metrics(runs["collective"])
+    for step in (1, 2):
+        assert_same_metrics(expected[step], got[step], 0.0)
+    a, b = (load_role_weights(runs[t] / "checkpoints" / "step_2", "actor").tensors for t in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 @pytest.mark.slow
@@ -115,14 +134,22 @@ def test_multi_turn_runs_off_policy(ray_session: None, tmp_path: Path, mode: lis
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["object_store", "collective"])
 def test_a_weight_transfer_past_its_deadline_is_one_line_naming_the_stage(
-    ray_session: None, tmp_path: Path
+    ray_session: None, tmp_path: Path, transport: str
 ) -> None:
     """A deadline no transfer meets stands in for one that hangs: the stage and the key to raise."""
     overrides = [*TINY, "trainer.mode=one_step_off", *SPLIT, NO_VAL, f"trainer.out_dir={tmp_path}"]
-    cfg = to_dataclass(load_config("grpo", overrides=[*overrides, "hardware.sync_timeout_s=0.001"]))
+    overrides += ["hardware.sync_timeout_s=0.001", f"hardware.weight_transfer={transport}"]
+    cfg = to_dataclass(load_config("grpo", overrides=overrides))
     with pytest.raises(WorkerError) as err:
         RLTrainer(cfg).fit()
     line = str(err.value)
-    assert "weights overran its 0.001 s deadline" in line and "raise hardware.sync_timeout_s" in line
-    assert line.startswith(("stage actor.export_weights", "stage rollout.load_weights")) and "\n" not in line
+    assert "raise hardware.sync_timeout_s" in line and "\n" not in line
+    if transport == "object_store":  # the group's deadline on the call
+        assert "weights overran its 0.001 s deadline" in line
+        assert line.startswith(("stage actor.export_weights", "stage rollout.load_weights"))
+    else:  # the transfer's own, naming the collective that missed it; every worker's stacks are saved
+        assert line.startswith(("actor.send_weights on rank 0: ", "rollout.receive_weights on rank 0: "))
+        assert "weight transfer after step 0, joining the group of 2 ranks" in line
+        assert err.value.stacks_file and "--- rollout workers ---" in Path(err.value.stacks_file).read_text()

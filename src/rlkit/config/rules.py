@@ -61,6 +61,25 @@ def _workers(cfg: DictConfig) -> None:
         )
 
 
+def _weight_transfer(cfg: DictConfig) -> None:
+    # trainer/transfer.CollectiveTransfer: the collective joins the actor's rank 0 and the rollout
+    # workers of another pool (split placement), over gloo (CPU) or NCCL (CUDA, ROCm); NPU has neither.
+    hw = cfg.hardware
+    if hw.weight_transfer != "collective":
+        return
+    if hw.placement != "split":
+        raise UserError(
+            f"hardware.weight_transfer=collective moves weights between separate pools, but "
+            f"hardware.placement={hw.placement} (the rollout engine takes them in-process)",
+            hint="set hardware.placement=split, or hardware.weight_transfer=auto",
+        )
+    if hw.device == "npu":
+        raise UserError(
+            "hardware.weight_transfer=collective has no backend on npu (gloo on CPU, NCCL on CUDA/ROCm)",
+            hint="set hardware.weight_transfer=object_store (or auto)",
+        )
+
+
 def _profile_steps(cfg: DictConfig) -> None:
     # profiling/profiler.ProfileWindow.from_settings: [first, last], 1 <= first <= last.
     steps = list(cfg.trainer.profile_steps)
@@ -234,6 +253,7 @@ RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
     "train": (
         _mini_batches,
         _workers,
+        _weight_transfer,
         _profile_steps,
         _reference_and_critic,
         _reward,

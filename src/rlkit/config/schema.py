@@ -478,6 +478,13 @@ class HardwareConfig:
     rollout_devices: int = bounded(1, ge=1, profile=True)
     """``split``: devices (workers on CPU) that run the rollout engine; the other
     ``nodes x devices_per_node - rollout_devices`` train."""
+    weight_transfer: str = choice("auto", "object_store", "collective", profile=True)
+    """``split``: how the weights reach the rollout workers after an update. ``collective``: a
+    broadcast from the actor's rank 0 over a process group of their own (gloo on CPU, NCCL on
+    GPUs); ``object_store``: buckets through Ray's object store. ``auto`` picks ``collective`` with
+    split placement where the backend exists (CPU, CUDA, ROCm), else ``object_store`` (NPU;
+    colocated placement moves the weights in-process whatever this says). The run's config.yaml
+    records the pick."""
     memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
     stage_timeout_s: float | None = bounded(None, gt=0, profile=True)

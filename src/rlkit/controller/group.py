@@ -309,17 +309,7 @@ class WorkerGroup:
     def _overran(self, role: str, method: str, timeout_s: float, key: str, stalled: list[int]) -> None:
         """Log every rank's Python stacks and raise: a call ran past its deadline."""
         self._broken = f"{role}.{method} overran its deadline"
-        refs = [a.dump_stacks.remote() for a in self._actors]
-        ready = set(_wait(refs, len(refs), min(_STACK_DUMP_TIMEOUT_S, max(2.0, timeout_s))))
-        dumps = []
-        for rank, ref in enumerate(refs):
-            try:
-                dumps.append(
-                    ray.get(ref) if ref in ready else f"rank {rank}: no answer (hung in native code?)"
-                )
-            except RayError as exc:
-                dumps.append(f"rank {rank}: could not dump stacks: {first_line(exc)}")
-        stacks = "\n".join(dumps)
+        stacks, silent = self._stacks(min(_STACK_DUMP_TIMEOUT_S, max(2.0, timeout_s)))
         logger.error(
             "%s.%s overran its %g s deadline; Python stacks of every rank:\n%s",
             role,
@@ -328,7 +318,6 @@ class WorkerGroup:
             stacks,
         )
         ranks = ", ".join(str(r) for r in stalled)
-        silent = [r for r, ref in enumerate(refs) if ref not in ready]
         frozen = f"; rank {', '.join(map(str, silent))} did not answer (stopped or stuck in native code)"
         what = f"the workers' start-up ({method})" if role == "worker" else f"stage {role}.{method}"
         raise WorkerError(
@@ -339,6 +328,24 @@ class WorkerGroup:
             rank=stalled[0] if len(stalled) == 1 else None,
             stacks=stacks,
         )
+
+    def dump_stacks(self, timeout_s: float = _STACK_DUMP_TIMEOUT_S) -> str:
+        """Every rank's Python stacks, for a stall seen outside a call of this group (between two groups)."""
+        return self._stacks(timeout_s)[0]
+
+    def _stacks(self, timeout_s: float) -> tuple[str, list[int]]:
+        """Every rank's stacks as one text, and the ranks that did not answer within ``timeout_s``."""
+        refs = [a.dump_stacks.remote() for a in self._actors]
+        ready = set(_wait(refs, len(refs), timeout_s))
+        dumps = []
+        for rank, ref in enumerate(refs):
+            try:
+                dumps.append(
+                    ray.get(ref) if ref in ready else f"rank {rank}: no answer (hung in native code?)"
+                )
+            except RayError as exc:
+                dumps.append(f"rank {rank}: could not dump stacks: {first_line(exc)}")
+        return "\n".join(dumps), [r for r, ref in enumerate(refs) if ref not in ready]
 
     # -------------------------------------------------------------- lifecycle
 

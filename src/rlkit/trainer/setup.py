@@ -49,6 +49,7 @@ from rlkit.trainer.settings import (
     rollout_settings,
     teacher_settings,
 )
+from rlkit.trainer.transfer import CollectiveTransfer, resolve_weight_transfer
 from rlkit.trainer.workers import (
     ActorWorker,
     CriticWorker,
@@ -58,7 +59,8 @@ from rlkit.trainer.workers import (
     TeacherWorker,
 )
 
-#: Size of one object of a split-placement weight transfer (:meth:`ActorWorker.export_weights`).
+#: Size of one bucket of a split-placement weight transfer (an object of the object store, or one
+#: broadcast of the collective transport).
 WEIGHT_BUCKET_MB = 256.0
 
 
@@ -86,6 +88,12 @@ class RunContext:
         self.actor = self.group.role("actor")
         self.rollout = (self.rollout_group or self.group).role("rollout")
         self.lane = RolloutLane(concurrent=self.rollout_group is not None)
+        self.transfer: CollectiveTransfer | None = None
+        if self.rollout_group is not None and cfg.hardware.weight_transfer == "collective":
+            dtype = compute_dtype(cfg, self.group.device)  # the rollout engine's, as it checksums
+            self.transfer = CollectiveTransfer(
+                self.group, self.rollout_group, self.lane, dtype, WEIGHT_BUCKET_MB
+            )
         self.ref = self.group.role("ref") if "ref" in self.group.roles else None
         if self.ref is None and _ref_enabled(cfg) and ref_is_actor_base(cfg):
             self.ref = self.actor  # its base under the LoRA adapters (compute_ref_log_prob)
@@ -120,11 +128,15 @@ class RunContext:
 
     def sync_weights(self, step: int, timeout_s: float) -> None:
         """Actor -> rollout engine, after the rollouts submitted before; every receiver checks the
-        version and checksum. Split placement moves the weights through Ray's object store in
-        buckets; each leg has the deadline ``timeout_s`` (``hardware.sync_timeout_s``)."""
+        version and checksum. Split placement moves the weights in buckets through Ray's object store
+        or a collective of their own (``hardware.weight_transfer``, :mod:`rlkit.trainer.transfer`);
+        each leg has the deadline ``timeout_s`` (``hardware.sync_timeout_s``)."""
         key = "hardware.sync_timeout_s"
         if self.rollout_group is None:
             self.group.call("rollout", "sync_weights", step, timeout_s=timeout_s, timeout_key=key)
+            return
+        if self.transfer is not None:
+            self.transfer.push(step, timeout_s)
             return
         dtype = compute_dtype(self.cfg, self.group.device)  # the rollout engine's, as it checksums
         export = self.group.call(
@@ -280,6 +292,7 @@ def open_rl_run(cfg: RlkitConfig) -> RunStart:
     _ref_enabled(cfg)
     _critic_enabled(cfg)
     resolve_rollout_engine(cfg)  # `auto` -> the engine used, so the saved config.yaml names it
+    resolve_weight_transfer(cfg, resolve_device(cfg))  # the same for the transport
     check_multi_turn(dataclasses.asdict(cfg.rollout.multi_turn))
     return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))
 

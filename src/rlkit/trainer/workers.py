@@ -40,6 +40,7 @@ from rlkit.trainer.rollout_batch import (
     prompt_token_lists,
     trajectories_to_batch,
 )
+from rlkit.trainer.transfer import WeightReceiver, WeightSender
 from rlkit.training import ActorRole, CriticRole, RefRole, Teachers
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -50,6 +51,7 @@ class ActorWorker:
 
     def __init__(self, **settings: Any) -> None:
         self.role = ActorRole(**settings)
+        self._sender: WeightSender | None = None  # the collective transport's side (split placement)
 
     @dispatch("shard")
     def compute_log_prob(self, batch: Batch, temperature: float, with_sum_pi_squared: bool = False) -> Batch:
@@ -104,6 +106,18 @@ class ActorWorker:
         if bucket:
             buckets.append(ray.put(bucket))
         return {"buckets": buckets, "checksums": tap.checksums()} if rank0 else {}
+
+    @dispatch("rank0")
+    def open_weight_transfer(self, world: int, dtype: str, bucket_mb: float) -> dict[str, Any]:
+        """The collective transport's layout and store address (split placement, trainer/transfer.py)."""
+        self._sender = WeightSender(self.role, _DTYPES[dtype])
+        return self._sender.open(world, bucket_mb)
+
+    @dispatch("rank0")
+    def send_weights(self, step: int, timeout_s: float) -> dict[str, Any]:
+        """Every rank gathers, rank 0 broadcasts to the rollout ranks; rank 0's checksums of what it sent."""
+        assert self._sender is not None, "open_weight_transfer comes first"
+        return self._sender.send(step, timeout_s)
 
     @dispatch("broadcast")
     def save_checkpoint(self, step_dir: str) -> None:
@@ -220,6 +234,7 @@ class RolloutWorker:
             log_dir=log_dir,
         )
         self._tally: dict[str, float] = {"seconds": 0.0, "sequences": 0, "tokens": 0}
+        self._receiver: WeightReceiver | None = None  # the collective transport's side, at its first push
 
     @dispatch("shard")
     def generate(
@@ -311,6 +326,15 @@ class RolloutWorker:
 
         self.engine.update_weights(stream())
         return check_push(step, self.engine, before, export["checksums"])
+
+    @dispatch("broadcast")
+    def receive_weights(self, step: int, plan: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Receive the weights :meth:`ActorWorker.send_weights` broadcasts (collective transport);
+        returns as :meth:`sync_weights` does, plus the checksums of the buckets as they arrived."""
+        self.engine.wake()
+        if self._receiver is None:
+            self._receiver = WeightReceiver()
+        return self._receiver.receive(self.engine, step, plan, timeout_s)
 
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:

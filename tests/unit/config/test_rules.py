@@ -39,6 +39,17 @@ from rlkit.errors import UserError
             "do not split evenly over 3 training workers",
         ),
         (["trainer.mode=offline"], "trainer.mode"),
+        (["hardware.weight_transfer=collective"], "hardware.placement=colocated"),
+        (
+            [
+                "hardware.weight_transfer=collective",
+                "hardware.placement=split",
+                "hardware.device=npu",
+                "hardware.devices_per_node=2",
+            ],
+            "no backend on npu",
+        ),
+        (["hardware.weight_transfer=nccl"], "hardware.weight_transfer"),
     ],
 )
 def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:
