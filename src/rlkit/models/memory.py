@@ -23,7 +23,7 @@ tests/gpu/models/test_memory_estimate_gpu.py on one GPU (docs/multi-node.md says
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -108,13 +108,27 @@ class ModelShape:
           too: ``b (2 q + 2 kv)``. CPU scaled-dot-product attention keeps the padded copies of q and
           of k and v expanded to the query heads, and its padded output, and ``o_proj`` the gathered
           output: ``5 b q`` (sequences of equal length; padding adds);
+        - Qwen3's q/k norms: their fp32 inputs and normalized tensors (their outputs go to the
+          rotary products, which do not keep them): ``(4 + b)(q + kv)``;
         - the MLP: gate (for silu), silu(gate) and up (for their product), the product (for
           ``down_proj``): ``4 b I``. Residual additions save nothing.
         """
         b, i = dtype_bytes, self.intermediate_size
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         attention = b * (2 * q + 2 * kv) if flash else 5 * b * q
-        return 2 * self.norm_saved_per_token(b) + attention + 4 * b * i
+        qk_norms = (4 + b) * (q + kv) if self.qk_norm else 0
+        return 2 * self.norm_saved_per_token(b) + attention + qk_norms + 4 * b * i
+
+    def attention_forward_per_token(self, dtype_bytes: int, *, flash: bool) -> int:
+        """Bytes attention's tensors hold per token while its kernel runs, without autograd.
+
+        The rotated q and k and v stay referenced by the caller; the flash kernel (``flash``)
+        adds its output: ``b (2 q + 2 kv)``. CPU scaled-dot-product attention adds k and v
+        expanded to the query heads, the padded q, k and v, the padded output and the gathered
+        one: ``b (8 q + 2 kv)``.
+        """
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return dtype_bytes * ((2 * q + 2 * kv) if flash else (8 * q + 2 * kv))
 
     def norm_saved_per_token(self, dtype_bytes: int) -> int:
         """Bytes an RMSNorm saves per token: its fp32 input, the normalized tensor and the output."""
@@ -139,11 +153,6 @@ def training_state(shape: ModelShape, world: int) -> dict[str, int]:
     """Sharded fp32 weights, gradients and AdamW moments on one device."""
     per = shape.num_params / world
     return {"weights": int(per * _WEIGHT_B), "gradients": int(per * _GRAD_B), "optimizer": int(per * _ADAM_B)}
-
-
-def gathered_layers(shape: ModelShape, world: int, dtype_bytes: int) -> int:
-    """Full layers FSDP2 holds gathered in the compute dtype while it runs them (none on one rank)."""
-    return 0 if world == 1 else _GATHERED_LAYERS * shape.layer_params * dtype_bytes
 
 
 @dataclass(frozen=True)
@@ -266,6 +275,8 @@ def update_moments(shape: ModelShape, p: MicroBatchPass) -> dict[str, dict[str, 
     }
     for name in ("forward end", "log-prob backward"):
         moments[name]["final norm"] = t * shape.norm_saved_per_token(b)
+    for name in moments.keys() - {"backward end"}:  # cos and sin, kept by every layer's rotary
+        moments[name]["rotary tables"] = 2 * t * shape.head_dim * b
     for name, parts in moments.items():
         parts["gradients"] = g_all if name == "backward end" else grads.get(name, 0)
         parts.update(weight_copies(shape, p, name))
@@ -302,9 +313,47 @@ def weight_copies(shape: ModelShape, p: MicroBatchPass, moment: str) -> dict[str
 
 def update_peak(shape: ModelShape, p: MicroBatchPass) -> tuple[str, dict[str, int]]:
     """The moment of :func:`update_moments` holding the most, and its parts."""
-    moments = update_moments(shape, p)
+    return peak_of(update_moments(shape, p))
+
+
+def peak_of(moments: dict[str, dict[str, int]]) -> tuple[str, dict[str, int]]:
+    """The moment holding the most bytes, and its parts."""
     name = max(moments, key=lambda m: sum(moments[m].values()))
     return name, moments[name]
+
+
+def logprob_pass_moments(shape: ModelShape, p: MicroBatchPass) -> dict[str, dict[str, int]]:
+    """Bytes held at each moment of a no-grad log-prob pass over one micro-batch (the old and the
+    reference log-probs: :func:`rlkit.training.passes.response_logprobs`), by part.
+
+    Nothing is saved for backward, so one layer's temporaries at a time, the most of them either
+    in the MLP: the layer's input (the caller's loop holds it until the layer returns), the
+    residual after attention and the MLP's input (``3 x``) with silu(gate), up and their product
+    (``3 b I``); or in attention: the layer's and attention's inputs (``2 x``), the rotated q and
+    k and v, and the kernel's inputs and output (:meth:`ModelShape.attention_forward_per_token`);
+    then the final hidden states and one forward chunk of the log-prob. Under autocast the cache
+    keeps every layer's cast weights until the forward returns (no-grad passes cast the same way),
+    and the LM head's cast; over several ranks FSDP2 holds two layers and the root gathered.
+    """
+    t, b = p.tokens, p.dtype_bytes
+    x = t * shape.hidden_size * b
+    copies = weight_copies(shape, replace(p, checkpointing=False), "forward end")
+    if "weight casts" in copies:
+        layers = copies["weight casts"] - shape.head_params * b
+        layer_copies = {"weight casts": layers}
+    else:
+        layer_copies = copies
+    attention = 2 * x + t * shape.attention_forward_per_token(b, flash=p.cuda)
+    rotary = 2 * t * shape.head_dim * b  # cos and sin, for the whole forward
+    return {
+        "attention forward": {"one layer": attention, "rotary tables": rotary, **layer_copies},
+        "MLP forward": {
+            "one layer": 3 * x + 3 * t * shape.intermediate_size * b,
+            "rotary tables": rotary,
+            **layer_copies,
+        },
+        "log-prob forward": {"hidden states": x, "logits chunk": logprob_forward(shape, p), **copies},
+    }
 
 
 def rollout_cache(shape: ModelShape, slots: int, max_len: int, dtype_bytes: int) -> int:

@@ -137,10 +137,6 @@ def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: s
     if "critic" in hosted and not cfg.critic.param_offload:
         resident.update({"critic weights": state["weights"], "critic optimizer": state["optimizer"]})
     resident["rollout weights"] = shape.num_params * dtype_b
-    tokens = batch.tokens_per_micro_batch
-    gathered = mem.gathered_layers(shape, world, dtype_b)
-    ckpt = cfg.model.gradient_checkpointing
-    layer_pass = shape.saved_per_token_layer(dtype_b, flash=device == "cuda") * tokens  # one layer alive
     slots = _kv_slots(cfg, shape, batch, device, sum(resident.values()), dtype_b)
     kv = mem.rollout_cache(shape, slots, batch.max_tokens_per_sample, dtype_b)
     step = _micro_batch_pass(cfg, batch, device, dtype_b)
@@ -148,13 +144,11 @@ def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: s
     optimizer = {"gradients": int(shape.num_params * step.grad_bytes)}
     if optimizer_offload:
         optimizer["optimizer state (from the host)"] = state["optimizer"]
-    logits = mem.logprob_forward(shape, step)
+    ckpt = cfg.model.gradient_checkpointing
+    logprobs_at, logprobs = mem.peak_of(mem.logprob_pass_moments(shape, step))
     phases = [
         mem.PhaseMemory("rollout", {**resident, f"KV cache ({slots} slots)": kv}),
-        mem.PhaseMemory(
-            "log-probs",
-            {**resident, "gathered layers": gathered, "one layer": layer_pass, "logits chunk": logits},
-        ),
+        mem.PhaseMemory("log-probs", {**resident, **logprobs}, at=logprobs_at),
         _update_phase("actor update" + (" (checkpointed)" if ckpt else ""), shape, step, resident, optimizer),
     ]
     if not ckpt:  # what checkpointing would save, for the reader deciding whether to turn it on

@@ -8,7 +8,7 @@ parameters and gradients, the forward under bf16 autocast, see :mod:`rlkit.train
 
 What the estimate gave when this test was written (the lead compares; run with ``-s``):
 bf16 parameters 11.87 GiB without checkpointing, 1.70 GiB with it (at the log-prob backward; the
-1.70 GiB was measured before); fp32 parameters under autocast 12.79 GiB without, 2.48 GiB with
+1.70 GiB was measured before); fp32 parameters under autocast 12.80 GiB without, 2.48 GiB with
 (at the backward through the last layer).
 """
 
