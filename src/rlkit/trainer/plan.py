@@ -10,7 +10,7 @@ memory comes from :mod:`rlkit.models.memory`. A phase that would not fit the pro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rlkit.config.schema import RlkitConfig
 from rlkit.models import memory as mem
@@ -124,45 +124,81 @@ def _local_device() -> str:
 def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: str) -> list[mem.PhaseMemory]:
     """Rollout, log-probs and the updates, each with what stays resident on the device meanwhile."""
     world, dtype_b = batch.world, mem.DTYPE_BYTES[compute_dtype(cfg, device)]
-    actor = mem.training_state(shape, world, offload=cfg.actor.optimizer_offload)
-    if cfg.actor.param_offload:
-        actor["weights"] = 0
-    # Gradients exist only inside an update (zero_grad frees them), so they are not resident.
-    gradients = actor.pop("gradients")
-    resident = {f"actor {k}": v for k, v in actor.items()}
+    state = mem.training_state(shape, world)
+    resident = {"actor weights": state["weights"], "actor optimizer": state["optimizer"]}
+    param_offload, optimizer_offload = _offloads(cfg, device)
+    if param_offload:  # CPUOffloadPolicy: weights, gradients and AdamW live on the host
+        resident = {"actor weights": 0, "actor optimizer": 0}
+    elif optimizer_offload:  # on the host between optimizer steps only
+        resident["actor optimizer"] = 0
     hosted = roles(cfg)
     if "ref" in hosted and not cfg.ref.param_offload:
-        resident["ref weights"] = mem.training_state(shape, world)["weights"]
+        resident["ref weights"] = state["weights"]
     if "critic" in hosted and not cfg.critic.param_offload:
-        critic = mem.training_state(shape, world)
-        resident.update({"critic weights": critic["weights"], "critic optimizer": critic["optimizer"]})
+        resident.update({"critic weights": state["weights"], "critic optimizer": state["optimizer"]})
     resident["rollout weights"] = shape.num_params * dtype_b
-    tokens = batch.tokens_per_micro_batch
-    gathered = mem.gathered_layers(shape, world, dtype_b)
-    ckpt = cfg.model.gradient_checkpointing
-    layer_pass = shape.saved_per_token_layer(dtype_b) * tokens  # a no-grad forward: one layer alive
-    logits = mem.logits(shape, tokens, LOGPROB_CHUNK_TOKENS)
     slots = _kv_slots(cfg, shape, batch, device, sum(resident.values()), dtype_b)
     kv = mem.rollout_cache(shape, slots, batch.max_tokens_per_sample, dtype_b)
-    act = mem.activations(shape, tokens, dtype_b, checkpointing=ckpt)
-    update = {**resident, "actor gradients": gradients, "gathered layers": gathered, "activations": act}
-    update["logits chunks"] = logits
+    step = _micro_batch_pass(cfg, batch, device, dtype_b)
+    # the optimizer step: all gradients, and AdamW's state when it comes back from the host for it
+    optimizer = {"gradients": int(shape.num_params * step.grad_bytes)}
+    if optimizer_offload:
+        optimizer["optimizer state (from the host)"] = state["optimizer"]
+    ckpt = cfg.model.gradient_checkpointing
+    logprobs_at, logprobs = mem.peak_of(mem.logprob_pass_moments(shape, step))
     phases = [
         mem.PhaseMemory("rollout", {**resident, f"KV cache ({slots} slots)": kv}),
-        mem.PhaseMemory(
-            "log-probs",
-            {**resident, "gathered layers": gathered, "one layer": layer_pass, "logits chunks": logits},
-        ),
-        mem.PhaseMemory("actor update" + (" (checkpointed)" if ckpt else ""), update),
+        mem.PhaseMemory("log-probs", {**resident, **logprobs}, at=logprobs_at),
+        _update_phase("actor update" + (" (checkpointed)" if ckpt else ""), shape, step, resident, optimizer),
     ]
     if not ckpt:  # what checkpointing would save, for the reader deciding whether to turn it on
-        act_ckpt = mem.activations(shape, tokens, dtype_b, checkpointing=True)
-        phases.append(
-            mem.PhaseMemory(
-                "actor update with model.gradient_checkpointing=true", {**update, "activations": act_ckpt}
-            )
-        )
+        with_ckpt = replace(step, checkpointing=True)
+        name = "actor update with model.gradient_checkpointing=true"
+        phases.append(_update_phase(name, shape, with_ckpt, resident, optimizer))
     return phases
+
+
+def _offloads(cfg: RlkitConfig, device: str) -> tuple[bool, bool]:
+    """The actor's ``param_offload`` and ``optimizer_offload`` as the engine applies them (only
+    off an accelerator's memory: on the CPU there is nowhere to offload to)."""
+    on_accelerator = device != "cpu"
+    param = cfg.actor.param_offload and on_accelerator
+    return param, cfg.actor.optimizer_offload and on_accelerator and not param
+
+
+def _micro_batch_pass(cfg: RlkitConfig, batch: BatchMath, device: str, dtype_b: int) -> mem.MicroBatchPass:
+    """How the actor runs a micro-batch here (see :class:`rlkit.training.engine.FSDPEngine`).
+
+    One rank trains the plain module (fp32 parameters, autocast to a lower compute dtype); several
+    ranks, or offloaded parameters, FSDP2 with fp32 gradient shards (on the host when offloaded).
+    Every micro-batch but a mini-batch's first finds the earlier ones' gradients resident.
+    """
+    param_offload, _ = _offloads(cfg, device)
+    return mem.MicroBatchPass(
+        tokens=batch.tokens_per_micro_batch,
+        dtype_bytes=dtype_b,
+        checkpointing=cfg.model.gradient_checkpointing,
+        chunk_tokens=LOGPROB_CHUNK_TOKENS,
+        cuda=device == "cuda",
+        param_bytes=4,
+        grad_bytes=0.0 if param_offload else 4 / batch.world,
+        fsdp=batch.world > 1 or param_offload,
+        grads_resident=batch.micro_batches_per_mini_batch > 1,
+    )
+
+
+def _update_phase(
+    name: str,
+    shape: mem.ModelShape,
+    step: mem.MicroBatchPass,
+    resident: dict[str, int],
+    optimizer: dict[str, int],
+) -> mem.PhaseMemory:
+    """The update's peak: the larger of a micro-batch's peak moment and the optimizer step's."""
+    moment, parts = mem.update_peak(shape, step)
+    if sum(optimizer.values()) > sum(parts.values()):
+        moment, parts = "optimizer step", optimizer
+    return mem.PhaseMemory(name, {**resident, **parts}, at=moment)
 
 
 def _kv_slots(
@@ -225,6 +261,7 @@ def render(result: Plan) -> str:
         lines.append(f"memory per device (estimate{limit})")
         for phase in result.phases:
             parts = ", ".join(f"{k} {_gib(v)}" for k, v in phase.parts.items() if v)
+            parts = f"at {phase.at}: {parts}" if phase.at else parts
             lines.append(f"  {phase.phase:<52} {_gib(phase.total):>10}   {parts}")
     lines += [f"note: {n}" for n in result.notes]
     lines += [f"warning: {w}" for w in result.warnings]
