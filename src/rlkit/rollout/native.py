@@ -229,7 +229,7 @@ class NativeEngine(VersionedWeights):
         land_push(self, *copy_weights(self.model, named_tensors, self._checked))
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        """The checksums of a few parameters of the model this engine runs."""
         return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:

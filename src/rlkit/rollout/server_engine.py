@@ -385,7 +385,7 @@ class ServerEngine(VersionedWeights):
         land_push(self, tensor_checksums(tensors.items(), self._checked), receipt)
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters, read back from the server's worker."""
+        """The checksums of a few parameters, read back from the server's worker."""
         if self._checked is None:
             self._checked = checksum_names(self._rpc("rlkit_param_names"))
         checksums: Checksums = self._rpc("rlkit_checksums", json.dumps(self._checked))

@@ -326,7 +326,7 @@ class VllmEngine(VersionedWeights):
         land_push(self, expected, receipt)
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters, read back from inside the engine (vLLM names)."""
+        """The checksums of a few parameters, read back from inside the engine (vLLM names)."""
         checksums: Checksums = self._rpc("rlkit_checksums", self._checked)
         return checksums
 

@@ -72,7 +72,7 @@ class WeightSyncExtension:
         """Load what :meth:`rlkit_stage` staged (CPU: one in-place reload) and end the push.
 
         Returns:
-            The push's receipt (:meth:`Intake.receipt`): word sums of every tensor as vLLM's
+            The push's receipt (:meth:`Intake.receipt`): checksums of every tensor as vLLM's
             loader took it, pushed names that loaded nothing, parameters nothing loaded.
         """
         staged, intake = self._rlkit_staged(), self._rlkit_intake()
@@ -91,22 +91,20 @@ class WeightSyncExtension:
         self.rlkit_stage(list(load_file(path, device="cpu").items()))
         return self.rlkit_commit()
 
-    def rlkit_checksums(self, names: Iterable[str] | str) -> dict[str, list[float]]:
-        """``[sum, sum of |x|]`` in float64 of each named engine parameter (vLLM's own names).
+    def rlkit_checksums(self, names: Iterable[str] | str) -> dict[str, int]:
+        """The checksum (:func:`~rlkit.rollout.weight_sync.word_sum`) of each named engine
+        parameter (vLLM's own names), summed where it lives and fetched together.
 
         ``names`` may be a JSON list (the server's ``/collective_rpc`` passes strings only).
         """
         if isinstance(names, str):
             names = json.loads(names)
         params = dict(self.model_runner.get_model().named_parameters())
-        out: dict[str, list[float]] = {}
+        sums = WordSumAccumulator()
         for name in names:
-            param = params.get(name)
-            if param is None:
-                continue
-            data = param.detach()
-            out[name] = [float(data.sum(dtype=torch.float64)), float(data.abs().sum(dtype=torch.float64))]
-        return out
+            if name in params:
+                sums.add(name, params[name])
+        return sums.result()
 
     def rlkit_param_names(self) -> list[str]:
         """The engine model's parameter names (vLLM's, with fused projections)."""

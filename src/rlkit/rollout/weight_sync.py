@@ -1,5 +1,8 @@
 """Weight version and checksums of a rollout engine: what every engine reports after a push.
 
+A checksum is :func:`word_sum`: the tensor's bytes added up as 64-bit integers. It is exact (no
+tolerance: integer addition gives the same result in any order, on any device and thread count),
+so two checksums are compared with ``==``, and it costs one reduction over the tensor's memory.
 Two checks, both after every push, for every engine:
 
 - **Receipt** (every pushed tensor): the engine sums each tensor as it takes it in (vLLM: inside
@@ -7,12 +10,10 @@ Two checks, both after every push, for every engine:
   hf: read back from the module after the copy) and names what did not line up: pushed names it
   has no parameter for, and its parameters no pushed tensor covered (vLLM's reload only *warns*
   about those). The trainer compares the sums with those of what it sent
-  (:class:`ChecksumTap`, :func:`check_push`). The sum is :func:`word_sum`: the tensor's bytes
-  added up as 64-bit integers, so it is exact (no tolerance: integer addition gives the same
-  result in any order, on any device and thread count) and costs one reduction per tensor.
-- **Read-back** (a few parameters, :func:`checksum_names`): ``weights_checksum()`` reads float64
-  ``[sum, sum |x|]`` back from where the engine's weights really live after the push (its own
-  module, or vLLM's parameters that keep their Hugging Face layout).
+  (:class:`ChecksumTap`, :func:`check_push`).
+- **Read-back** (a few parameters, :func:`checksum_names`): ``weights_checksum()`` sums them
+  where the engine's weights really live after the push (its own module, or vLLM's parameters
+  that keep their Hugging Face layout), compared with the pushed tensors' sums.
 
 Every engine keeps a :class:`WeightLedger` and ends ``update_weights`` with :func:`land_push`.
 A push that did not land raises :class:`WeightSyncError` instead of letting the trainer go on
@@ -28,11 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# Relative tolerance of a checksum: float64 sums of the same float values in another order.
-CHECKSUM_RTOL = 1e-9
-Checksums = dict[str, list[float]]
-# Word sums (:func:`word_sum`) by pushed name.
-WordSums = dict[str, int]
+# Checksums (:func:`word_sum`) by Hugging Face name.
+Checksums = dict[str, int]
 # Names a one-line error lists before "and N more".
 _NAMES_SHOWN = 3
 # Integer views of a tensor's bytes, widest first: the first whose size divides the byte count
@@ -84,12 +82,12 @@ class WordSumAccumulator:
         self._names.append(name)
         self._sums.append(word_sum(tensor))
 
-    def result(self) -> WordSums:
+    def result(self) -> Checksums:
         """The sums by name (a name added twice: its last sum)."""
         by_device: dict[torch.device, list[int]] = {}
         for i, value in enumerate(self._sums):
             by_device.setdefault(value.device, []).append(i)
-        out: WordSums = {}
+        out: Checksums = {}
         for rows in by_device.values():
             values = torch.stack([self._sums[i] for i in rows]).tolist()
             out.update((self._names[i], int(v)) for i, v in zip(rows, values, strict=True))
@@ -104,11 +102,14 @@ class Receipt:
         sums: :func:`word_sum` of every tensor as the engine took it in, by pushed name.
         unknown: Pushed names the engine has no parameter for (None: it cannot tell).
         uncovered: The engine's parameters no pushed tensor covered (None: it cannot tell).
+        read_back: The sums were read back from where the weights live after the push (native,
+            hf), so they are the engine's read-back too; vLLM's are taken before its repack.
     """
 
-    sums: WordSums
+    sums: Checksums
     unknown: list[str] | None = field(default_factory=list)
     uncovered: list[str] | None = field(default_factory=list)
+    read_back: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Receipt:
@@ -136,32 +137,29 @@ def checksum_names(hf_names: Iterable[str], *, linear: bool = False) -> list[str
     return keep
 
 
-def checksum_of(tensor: torch.Tensor) -> list[float]:
-    """``[sum, sum of |x|]`` of a tensor, accumulated in float64 where the tensor is (no float64 copy)."""
-    data = tensor.detach()
-    return [float(data.sum(dtype=torch.float64)), float(data.abs().sum(dtype=torch.float64))]
+def checksum_of(tensor: torch.Tensor) -> int:
+    """The :func:`word_sum` of one tensor, fetched (many tensors: :class:`WordSumAccumulator`)."""
+    return int(word_sum(tensor))
 
 
 def tensor_checksums(named_tensors: Iterable[tuple[str, torch.Tensor]], names: Iterable[str]) -> Checksums:
-    """``[sum, sum of |x|]`` in float64 of the named tensors (the same numbers the engines read back)."""
+    """The checksums of the named tensors (the same numbers the engines read back)."""
     wanted = set(names)
     return {name: checksum_of(tensor) for name, tensor in named_tensors if name in wanted}
 
 
 def check_checksums(expected: Checksums, got: Checksums, version: int, where: str = "") -> None:
-    """Raise :class:`WeightSyncError` unless every expected checksum is matched by the engine's.
+    """Raise :class:`WeightSyncError` unless every expected checksum equals the engine's.
 
-    The tolerance is float64 summation-order error relative to ``sum |x|`` (not a machine-measured
-    number). ``where`` names the push in the message (default: ``weight push v<version>``).
+    ``where`` names the push in the message (default: ``weight push v<version>``).
     """
-    for name, (total, magnitude) in expected.items():
+    for name, total in expected.items():
         seen = got.get(name)
-        tol = CHECKSUM_RTOL * max(magnitude, 1.0)
-        if seen is None or abs(seen[0] - total) > tol or abs(seen[1] - magnitude) > tol:
+        if seen != total:
             raise WeightSyncError(
                 where or f"weight push v{version}",
-                f"the rollout engine's {name} has checksum {seen}, the pushed tensor "
-                f"{[total, magnitude]}: the engine did not take the new weights",
+                f"the rollout engine's {name} has checksum {seen}, the pushed tensor {total}: "
+                "the engine did not take the new weights",
             )
 
 
@@ -170,7 +168,7 @@ class WeightLedger:
 
     Attributes:
         version: Pushes so far (0: the weights the engine was built with).
-        expected: Checksums of the last pushed value of every checked tensor.
+        expected: Checksums of the checked tensors of the last push.
         received: The last push's receipt (:class:`Receipt`; empty before the first push).
     """
 
@@ -182,7 +180,7 @@ class WeightLedger:
     def pushed(self, checksums: Checksums, received: Receipt | None = None) -> None:
         """A push happened: bump the version and remember what it sent and what the engine took."""
         self.version += 1
-        self.expected.update(checksums)
+        self.expected = dict(checksums)  # a push covers every parameter (land_push checks it)
         self.received = received if received is not None else Receipt({})
 
     def verify(self, got: Checksums, expected: Checksums | None = None) -> None:
@@ -209,7 +207,7 @@ class VersionedWeights:
         return self.ledger.version
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters, read back from the engine."""
+        """The checksums of a few parameters, read back from the engine."""
         raise NotImplementedError
 
     def push_receipt(self) -> Receipt:
@@ -232,8 +230,9 @@ def copy_weights(
 
     Returns:
         The checksums of ``names`` as pushed (cast to the module's dtype), and the receipt: every
-        pushed name read back from the module after the whole push (a later tensor written over a
-        shared, tied, storage shows), and the parameters whose storage no pushed name wrote.
+        pushed name read back from the module (right after its copy, while it is in cache; again
+        at the end where two pushed names share one storage, as tied weights do, so the value that
+        stayed shows), and the parameters whose storage no pushed name wrote.
 
     Raises:
         ValueError: an unknown name or a shape that does not match.
@@ -241,7 +240,8 @@ def copy_weights(
     state = module.state_dict()
     wanted = set(names)
     sums: Checksums = {}
-    pushed: list[str] = []
+    held = WordSumAccumulator()
+    written: dict[int, list[str]] = {}
     with torch.no_grad():
         for name, tensor in named_tensors:
             target = state.get(name)
@@ -252,21 +252,25 @@ def copy_weights(
                     f"update_weights: {name} has shape {tuple(target.shape)}, got {tuple(tensor.shape)}"
                 )
             target.copy_(tensor)
-            pushed.append(name)
+            held.add(name, target)
+            written.setdefault(target.data_ptr(), []).append(name)
             if name in wanted:
                 sums[name] = checksum_of(tensor.to(target.dtype))
-    held = WordSumAccumulator()
-    for name in pushed:
-        held.add(name, state[name])
-    written = {state[name].data_ptr() for name in pushed}
+    for shared in (names for names in written.values() if len(names) > 1):
+        for name in shared:
+            held.add(name, state[name])  # the later sum wins
     uncovered = [n for n, p in module.named_parameters() if p.numel() and p.data_ptr() not in written]
-    return sums, Receipt(held.result(), [], uncovered)
+    return sums, Receipt(held.result(), [], uncovered, read_back=True)
 
 
 def module_checksums(module: nn.Module, names: list[str]) -> Checksums:
-    """``[sum, sum |x|]`` of the named tensors of an in-process module (what it really holds)."""
+    """The checksums of the named tensors of an in-process module (what it really holds)."""
     state = module.state_dict()
-    return {name: checksum_of(state[name]) for name in names if name in state}
+    sums = WordSumAccumulator()
+    for name in names:
+        if name in state:
+            sums.add(name, state[name])
+    return sums.result()
 
 
 def _listed(names: list[str]) -> str:
@@ -279,8 +283,9 @@ def land_push(engine: VersionedWeights, expected: Checksums, receipt: Receipt) -
     """The tail of every engine's ``update_weights``: record the push, then check that it landed.
 
     Bumps the version (the error names the push that failed), then raises unless the engine has a
-    parameter for every pushed name, every parameter was covered, and the read-back checksum
-    (:meth:`VersionedWeights.verify_weights`) is the pushed tensors'. The receipt's sums are the
+    parameter for every pushed name, every parameter was covered, and the read-back checksum is
+    the pushed tensors' (:meth:`VersionedWeights.verify_weights`; a receipt that is a read-back
+    already is used as it is, no second pass over the weights). The receipt's sums are the
     trainer's to compare (:func:`check_push`): only it knows what it sent.
 
     Raises:
@@ -300,55 +305,44 @@ def land_push(engine: VersionedWeights, expected: Checksums, receipt: Receipt) -
             f"no pushed tensor covered the rollout engine's {_listed(receipt.uncovered)}: "
             "the engine did not take the new weights (it keeps their old values)",
         )
-    engine.verify_weights()
+    if receipt.read_back:
+        check_checksums(expected, receipt.sums, engine.ledger.version)
+    else:
+        engine.verify_weights()
 
 
 class ChecksumTap:
-    """Passes ``(name, tensor)`` pairs through and sums what the engine's checks compare.
+    """Passes ``(name, tensor)`` pairs through and sums every tensor: what the engine's checks compare.
 
-    Every tensor's :func:`word_sum` (compared with the engine's receipt; summed on the tensor's
-    device, fetched once at the end), and the float read-back sums of every tensor a read-back
-    may read. Which names :func:`checksum_names` picks depends on all names (the last layer), so
-    the tap keeps every small candidate's sums and :meth:`checksums` filters at the end. The
-    projection weights (``linear=True``) are large: the tap holds only those of the highest layer
-    seen so far and sums them at the end, instead of summing every layer's.
+    Each sum is taken on the tensor's device as it passes (queued behind the push on an
+    accelerator) and all are fetched once at the end.
     """
 
     def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._source = named_tensors
-        self._sums: Checksums = {}
-        self._last_layer: dict[str, torch.Tensor] = {}
         self._words = WordSumAccumulator()
+        self._result: Checksums | None = None
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self._source:
             self._words.add(name, tensor)
-            if checksum_names([name]) or ".lora_" in name:
-                self._sums[name] = checksum_of(tensor)
-            elif checksum_names([name], linear=True):
-                self._hold_if_last(name, tensor)
             yield name, tensor
 
-    def _hold_if_last(self, name: str, tensor: torch.Tensor) -> None:
-        held = _layer_index(next(iter(self._last_layer))) if self._last_layer else -1
-        if _layer_index(name) > held:
-            self._last_layer = {}
-        if _layer_index(name) >= held:
-            self._last_layer[name] = tensor
+    def word_sums(self) -> Checksums:
+        """The checksum of every tensor that passed (call after the pairs were consumed)."""
+        if self._result is None:
+            self._result = self._words.result()
+        return self._result
 
     def checksums(self) -> Checksums:
-        """The checksums of the tensors a read-back reads (call after the pairs were consumed)."""
-        sums = {**self._sums, **{n: checksum_of(t) for n, t in self._last_layer.items()}}
+        """Those of the tensors a read-back reads (:func:`checksum_names`, projections included)."""
+        sums = self.word_sums()
         keep = set(checksum_names(sums, linear=True)) | {n for n in sums if ".lora_" in n}
         return {n: s for n, s in sums.items() if n in keep}
 
-    def word_sums(self) -> WordSums:
-        """:func:`word_sum` of every tensor that passed (call after the pairs were consumed)."""
-        return self._words.result()
-
 
 def check_push(
-    step: int, engine: Any, version_before: int, pushed: Checksums, sent: WordSums
+    step: int, engine: Any, version_before: int, pushed: Checksums, sent: Checksums
 ) -> dict[str, Any]:
     """The trainer's check after a push: the version advanced, the engine took every tensor sent
     unchanged, and its read-back is the pushed tensors'.
@@ -357,8 +351,8 @@ def check_push(
         step: The trainer step whose weights were pushed (0: the weights before training).
         engine: The rollout engine (``weight_version``, ``push_receipt()``, ``weights_checksum()``).
         version_before: The engine's ``weight_version`` before the push.
-        pushed: Float checksums of the pushed tensors (:meth:`ChecksumTap.checksums`).
-        sent: Word sums of every pushed tensor (:meth:`ChecksumTap.word_sums`).
+        pushed: Checksums of the pushed tensors a read-back reads (:meth:`ChecksumTap.checksums`).
+        sent: Checksums of every pushed tensor (:meth:`ChecksumTap.word_sums`).
 
     Returns:
         ``{"version", "checksum"}``: what the engine reports (``checksum``: its read-back).
@@ -387,8 +381,8 @@ def check_push(
     return {"version": version, "checksum": got}
 
 
-def _check_receipt(where: str, received: WordSums, sent: WordSums) -> None:
-    """Every tensor sent is in the engine's receipt with the same word sum."""
+def _check_receipt(where: str, received: Checksums, sent: Checksums) -> None:
+    """Every tensor sent is in the engine's receipt with the same checksum."""
     missing = [name for name in sent if name not in received]
     if missing:
         raise WeightSyncError(
@@ -400,7 +394,7 @@ def _check_receipt(where: str, received: WordSums, sent: WordSums) -> None:
         if received[name] != value:
             raise WeightSyncError(
                 where,
-                f"the rollout engine took in {name} with word sum {received[name]}, the trainer sent "
+                f"the rollout engine took in {name} with checksum {received[name]}, the trainer sent "
                 f"{value}: the tensor changed on the way, the engine did not take the new weights",
             )
 
@@ -409,7 +403,7 @@ def push_checked(
     step: int,
     engine: Any,
     named_tensors: Iterable[tuple[str, torch.Tensor]],
-    sent: tuple[Checksums, WordSums] | None = None,
+    sent: tuple[Checksums, Checksums] | None = None,
 ) -> dict[str, Any]:
     """Push ``named_tensors`` into ``engine`` and check it (:func:`check_push`): the rollout
     worker's weight sync, for every engine.

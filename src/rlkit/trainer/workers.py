@@ -86,7 +86,7 @@ class ActorWorker:
         Every rank gathers; rank 0 puts the tensors into buckets of about ``bucket_mb`` MiB and
         returns ``{"buckets": [ObjectRef, ...], "checksums": ..., "word_sums": ...}`` (what the
         receiver's engine must report after loading them, :func:`~rlkit.rollout.weight_sync.check_push`:
-        its read-back, and the word sums of every tensor it took in).
+        its read-back, and the checksums of every tensor it took in).
         """
         tap = ChecksumTap(self.role.named_full_tensors(dtype=_DTYPES[dtype]))
         rank0 = worker_context().rank == 0

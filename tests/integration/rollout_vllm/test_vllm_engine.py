@@ -98,9 +98,7 @@ def test_weight_push_matches_the_new_checkpoint(
         assert c.logprobs == pytest.approx(ref_lp, abs=LOGPROB_ATOL)
         got = vllm_engine.weights_checksum()
         want = tensor_checksums(hf_tensors(path_b), got)
-        assert want.keys() == got.keys() and "model.embed_tokens.weight" in got
-        for name in want:
-            assert got[name] == pytest.approx(want[name], rel=1e-9)
+        assert want == got and "model.embed_tokens.weight" in got
     finally:
         vllm_engine.update_weights(hf_tensors(path_a))  # the other tests expect checkpoint a
 
