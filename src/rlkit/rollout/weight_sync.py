@@ -63,7 +63,7 @@ def word_sum(tensor: torch.Tensor) -> torch.Tensor:
         data = data.contiguous()  # the same word boundaries as a contiguous copy of the values
     raw = data.reshape(-1).view(torch.uint8)
     offset = data.storage_offset() * data.element_size()
-    size, word = next((s, w) for s, w in _WORDS if raw.numel() % s == 0 and offset % s == 0)
+    word = next(w for size, w in _WORDS if raw.numel() % size == 0 and offset % size == 0)
     return raw.view(word).sum(dtype=torch.int64)
 
 
@@ -124,7 +124,7 @@ def checksum_names(hf_names: Iterable[str], *, linear: bool = False) -> list[str
     platform (the CPU backend repacks linear weights into opaque buffers, so those cannot be read
     back). ``linear`` adds the last layer's projection weights (``*_proj.weight``), for engines
     that hold them under their Hugging Face names (native, hf): a LoRA run changes nothing but
-    linear weights, so only these show that its merged push landed.
+    linear weights. (Every pushed tensor, linear ones included, is in the receipt on every engine.)
     """
     names = sorted(set(hf_names))
     keep = [n for n in names if "embed_tokens" in n or n.startswith("lm_head") or n == "model.norm.weight"]
@@ -312,38 +312,30 @@ def land_push(engine: VersionedWeights, expected: Checksums, receipt: Receipt) -
 
 
 class ChecksumTap:
-    """Passes ``(name, tensor)`` pairs through and sums every tensor: what the engine's checks compare.
+    """Passes ``(name, tensor)`` pairs through and sums every one: what the engine's checks compare.
 
     Each sum is taken on the tensor's device as it passes (queued behind the push on an
-    accelerator) and all are fetched once at the end.
+    accelerator) and all are fetched once, by :meth:`checksums` after the pairs were consumed.
     """
 
     def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self._source = named_tensors
-        self._words = WordSumAccumulator()
+        self._sums = WordSumAccumulator()
         self._result: Checksums | None = None
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self._source:
-            self._words.add(name, tensor)
+            self._sums.add(name, tensor)
             yield name, tensor
 
-    def word_sums(self) -> Checksums:
-        """The checksum of every tensor that passed (call after the pairs were consumed)."""
+    def checksums(self) -> Checksums:
+        """The checksum of every tensor that passed."""
         if self._result is None:
-            self._result = self._words.result()
+            self._result = self._sums.result()
         return self._result
 
-    def checksums(self) -> Checksums:
-        """Those of the tensors a read-back reads (:func:`checksum_names`, projections included)."""
-        sums = self.word_sums()
-        keep = set(checksum_names(sums, linear=True)) | {n for n in sums if ".lora_" in n}
-        return {n: s for n, s in sums.items() if n in keep}
 
-
-def check_push(
-    step: int, engine: Any, version_before: int, pushed: Checksums, sent: Checksums
-) -> dict[str, Any]:
+def check_push(step: int, engine: Any, version_before: int, sent: Checksums) -> dict[str, Any]:
     """The trainer's check after a push: the version advanced, the engine took every tensor sent
     unchanged, and its read-back is the pushed tensors'.
 
@@ -351,8 +343,7 @@ def check_push(
         step: The trainer step whose weights were pushed (0: the weights before training).
         engine: The rollout engine (``weight_version``, ``push_receipt()``, ``weights_checksum()``).
         version_before: The engine's ``weight_version`` before the push.
-        pushed: Checksums of the pushed tensors a read-back reads (:meth:`ChecksumTap.checksums`).
-        sent: Checksums of every pushed tensor (:meth:`ChecksumTap.word_sums`).
+        sent: The checksum of every pushed tensor (:meth:`ChecksumTap.checksums`).
 
     Returns:
         ``{"version", "checksum"}``: what the engine reports (``checksum``: its read-back).
@@ -370,12 +361,12 @@ def check_push(
         )
     _check_receipt(where, engine.push_receipt().sums, sent)
     got = engine.weights_checksum()
-    common = {name: sums for name, sums in pushed.items() if name in got}
+    common = {name: sums for name, sums in sent.items() if name in got}
     if not common:
         raise WeightSyncError(
             where,
-            f"the rollout engine reports no checksum of the pushed tensors "
-            f"(pushed {sorted(pushed)[:3]}, engine {sorted(got)[:3]})",
+            f"the rollout engine reads back none of the pushed tensors "
+            f"(pushed {sorted(sent)[:3]}, engine {sorted(got)[:3]})",
         )
     check_checksums(common, got, version, where=where)
     return {"version": version, "checksum": got}
@@ -403,26 +394,23 @@ def push_checked(
     step: int,
     engine: Any,
     named_tensors: Iterable[tuple[str, torch.Tensor]],
-    sent: tuple[Checksums, Checksums] | None = None,
+    sent: Checksums | None = None,
 ) -> dict[str, Any]:
     """Push ``named_tensors`` into ``engine`` and check it (:func:`check_push`): the rollout
     worker's weight sync, for every engine.
 
-    ``sent``: the sender's ``(checksums, word_sums)`` when the tensors were summed elsewhere
-    (split placement: the actor's process); by default they are summed here as they stream.
-    An engine's own :class:`WeightSyncError` is re-raised naming the step.
+    ``sent``: the sender's checksums when the tensors were summed elsewhere (split placement: the
+    actor's process); by default they are summed here as they stream. An engine's own
+    :class:`WeightSyncError` is re-raised naming the step.
     """
     before = engine.weight_version
     tap = ChecksumTap(named_tensors)
     try:
         engine.update_weights(tap if sent is None else named_tensors)
     except WeightSyncError as exc:
-        error = WeightSyncError(
-            f"weight push after step {step} (engine v{engine.weight_version})", exc.problem
-        )
-        raise error.with_traceback(exc.__traceback__) from None
-    pushed, words = sent if sent is not None else (tap.checksums(), tap.word_sums())
-    return check_push(step, engine, before, pushed, words)
+        where = f"weight push after step {step} (engine v{engine.weight_version})"
+        raise WeightSyncError(where, exc.problem).with_traceback(exc.__traceback__) from None
+    return check_push(step, engine, before, tap.checksums() if sent is None else sent)
 
 
 def _layer_index(name: str) -> int:

@@ -84,9 +84,9 @@ class ActorWorker:
         """The full weights in Ray's object store, for rollout workers in another pool (split placement).
 
         Every rank gathers; rank 0 puts the tensors into buckets of about ``bucket_mb`` MiB and
-        returns ``{"buckets": [ObjectRef, ...], "checksums": ..., "word_sums": ...}`` (what the
-        receiver's engine must report after loading them, :func:`~rlkit.rollout.weight_sync.check_push`:
-        its read-back, and the checksums of every tensor it took in).
+        returns ``{"buckets": [ObjectRef, ...], "checksums": ...}`` (the checksum of every tensor:
+        what the receiver's engine must report after loading them,
+        :func:`~rlkit.rollout.weight_sync.check_push`).
         """
         tap = ChecksumTap(self.role.named_full_tensors(dtype=_DTYPES[dtype]))
         rank0 = worker_context().rank == 0
@@ -103,9 +103,7 @@ class ActorWorker:
                 bucket, size = [], 0
         if bucket:
             buckets.append(ray.put(bucket))
-        if not rank0:
-            return {}
-        return {"buckets": buckets, "checksums": tap.checksums(), "word_sums": tap.word_sums()}
+        return {"buckets": buckets, "checksums": tap.checksums()} if rank0 else {}
 
     @dispatch("broadcast")
     def save_checkpoint(self, step_dir: str) -> None:
@@ -308,8 +306,7 @@ class RolloutWorker:
             for ref in export["buckets"]:
                 yield from ray.get(ref)
 
-        sent = (export["checksums"], export["word_sums"])
-        return push_checked(step, self.engine, stream(), sent=sent)
+        return push_checked(step, self.engine, stream(), sent=export["checksums"])
 
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:
