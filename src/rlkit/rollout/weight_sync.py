@@ -256,9 +256,10 @@ def copy_weights(
             written.setdefault(target.data_ptr(), []).append(name)
             if name in wanted:
                 sums[name] = checksum_of(tensor.to(target.dtype))
-    for shared in (names for names in written.values() if len(names) > 1):
-        for name in shared:
-            held.add(name, state[name])  # the later sum wins
+    for group in written.values():
+        if len(group) > 1:  # one storage under several names: read what stayed, after the push
+            for name in group:
+                held.add(name, state[name])  # the later sum wins
     uncovered = [n for n, p in module.named_parameters() if p.numel() and p.data_ptr() not in written]
     return sums, Receipt(held.result(), [], uncovered, read_back=True)
 
