@@ -38,6 +38,7 @@ from rlkit.rollout.weight_sync import (
     WeightLedger,
     checksum_names,
     copy_weights,
+    land_push,
     module_checksums,
 )
 
@@ -181,11 +182,12 @@ class HFEngine(VersionedWeights):
 
         Raises:
             ValueError: an unknown name or a shape that does not match.
+            WeightSyncError: the push left a parameter out, or the read-back differs (:func:`land_push`).
         """
-        self.ledger.pushed(copy_weights(self.model, named_tensors, self._checked))
+        land_push(self, *copy_weights(self.model, named_tensors, self._checked))
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters of the model this engine runs."""
+        """The checksums of a few parameters of the model this engine runs."""
         return module_checksums(self.model, self._checked)
 
     def sleep(self) -> None:

@@ -8,7 +8,9 @@ waited for, and always stopped by rlkit) or one the user points at with a URL.
 Weights go through the server's own routes (vLLM with ``VLLM_SERVER_DEV_MODE=1`` and rlkit's
 worker extension): ``/pause``, ``/collective_rpc`` (``rlkit_load_file`` of a safetensors file the
 server can read: same host or a shared file system), ``/reset_prefix_cache``, ``/resume``; then
-``/collective_rpc`` ``rlkit_checksums`` checks that the server holds what was pushed.
+``rlkit_load_file`` returns the worker's receipt (the sums of every tensor as vLLM's loader took
+it, what loaded nothing, what was left out) and ``/collective_rpc`` ``rlkit_checksums`` reads back
+the parameters vLLM keeps in their Hugging Face layout.
 
 SGLang's server is not supported (it cannot run here); it would need ``/generate`` with
 ``input_ids`` and ``return_logprob``, ``/update_weights_from_disk`` (or
@@ -53,9 +55,11 @@ from rlkit.rollout.vllm_engine import (
 )
 from rlkit.rollout.weight_sync import (
     Checksums,
+    Receipt,
     VersionedWeights,
     WeightLedger,
     checksum_names,
+    land_push,
     tensor_checksums,
 )
 
@@ -355,10 +359,11 @@ class ServerEngine(VersionedWeights):
         return groups
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Write the tensors to a safetensors file, have the server load it, then verify its checksum.
+        """Write the tensors to a safetensors file, have the server load it, then check that it landed.
 
         Raises:
-            WeightSyncError: the server's checksum does not match the pushed tensors.
+            WeightSyncError: a pushed name loaded nothing, a parameter was left out, or the
+                server's read-back checksum does not match the pushed tensors (:func:`land_push`).
         """
         from safetensors.torch import save_file
 
@@ -371,17 +376,16 @@ class ServerEngine(VersionedWeights):
             save_file(tensors, str(path))
             self._post("/pause?mode=wait")
             try:
-                self._rpc("rlkit_load_file", str(path))
+                receipt = Receipt.from_dict(self._rpc("rlkit_load_file", str(path)))
                 self._post("/reset_prefix_cache")
             finally:
                 self._post("/resume")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        self.ledger.pushed(tensor_checksums(tensors.items(), self._checked))
-        self.verify_weights()
+        land_push(self, tensor_checksums(tensors.items(), self._checked), receipt)
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters, read back from the server's worker."""
+        """The checksums of a few parameters, read back from the server's worker."""
         if self._checked is None:
             self._checked = checksum_names(self._rpc("rlkit_param_names"))
         checksums: Checksums = self._rpc("rlkit_checksums", json.dumps(self._checked))

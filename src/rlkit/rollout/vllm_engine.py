@@ -13,9 +13,11 @@ trainer's own recomputation stands in (see docs/rollout-engines.md).
 
 Weights: :meth:`VllmEngine.update_weights` sends buckets of HF-named tensors to
 :class:`~rlkit.rollout.vllm_extension.WeightSyncExtension` inside vLLM's worker, resets the prefix
-cache, bumps :attr:`VllmEngine.weight_version` and checks :meth:`VllmEngine.weights_checksum`
-(a few parameters read back from the engine) against the pushed tensors' own sums: a push that
-did not land raises :class:`WeightSyncError` instead of training on stale rollouts.
+cache, bumps :attr:`VllmEngine.weight_version` and keeps the worker's receipt (the sums of every
+tensor as vLLM's loader took it, for the trainer to compare with what it sent); a push that left
+a parameter out or loaded a name into nothing, or whose read-back (:meth:`VllmEngine.weights_checksum`:
+the parameters vLLM keeps in their Hugging Face layout) differs, raises :class:`WeightSyncError`
+instead of training on stale rollouts.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ from rlkit.rollout.base import Completion, EngineGauges, FinishReason, ProgressF
 from rlkit.rollout.gauges import CounterRate, vllm_gauges
 from rlkit.rollout.weight_sync import (
     Checksums,
+    Receipt,
     VersionedWeights,
     WeightLedger,
     WeightSyncError,
     checksum_names,
     checksum_of,
+    land_push,
 )
 
 __all__ = ["VllmEngine", "WeightSyncError"]
@@ -297,10 +301,11 @@ class VllmEngine(VersionedWeights):
         return groups
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Push HF-named tensors in buckets, reset the prefix cache, then verify the checksum.
+        """Push HF-named tensors in buckets, reset the prefix cache, then check that the push landed.
 
         Raises:
-            WeightSyncError: the engine's read-back checksum does not match the pushed tensors.
+            WeightSyncError: a pushed name loaded nothing, a parameter was left out, or the
+                read-back checksum does not match the pushed tensors (:func:`land_push`).
         """
         checked = set(self._checked)
         expected: Checksums = {}
@@ -316,13 +321,12 @@ class VllmEngine(VersionedWeights):
                 bucket, size = [], 0
         if bucket:
             self._rpc("rlkit_stage", bucket)
-        self._rpc("rlkit_commit")
+        receipt = Receipt.from_dict(self._rpc("rlkit_commit"))
         self.llm.reset_prefix_cache()
-        self.ledger.pushed(expected)
-        self.verify_weights()
+        land_push(self, expected, receipt)
 
     def weights_checksum(self) -> Checksums:
-        """``[sum, sum |x|]`` of a few parameters, read back from inside the engine (vLLM names)."""
+        """The checksums of a few parameters, read back from inside the engine (vLLM names)."""
         checksums: Checksums = self._rpc("rlkit_checksums", self._checked)
         return checksums
 

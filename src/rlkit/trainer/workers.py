@@ -33,7 +33,7 @@ from rlkit.models import load_tokenizer, write_hf_folder
 from rlkit.rollout.base import SamplingParams
 from rlkit.rollout.cache_policy import CacheKeeper
 from rlkit.rollout.registry import build_engine_from_path
-from rlkit.rollout.weight_sync import ChecksumTap, check_push
+from rlkit.rollout.weight_sync import ChecksumTap, push_checked
 from rlkit.trainer.rollout_batch import (
     agent_rows,
     completions_to_batch,
@@ -87,8 +87,9 @@ class ActorWorker:
         """The full weights in Ray's object store, for rollout workers in another pool (split placement).
 
         Every rank gathers; rank 0 puts the tensors into buckets of about ``bucket_mb`` MiB and
-        returns ``{"buckets": [ObjectRef, ...], "checksums": ...}`` (the checksums the receiver's
-        engine must report after loading them, :func:`~rlkit.rollout.weight_sync.check_push`).
+        returns ``{"buckets": [ObjectRef, ...], "checksums": ...}`` (the checksum of every tensor:
+        what the receiver's engine must report after loading them,
+        :func:`~rlkit.rollout.weight_sync.check_push`).
         """
         tap = ChecksumTap(self.role.named_full_tensors(dtype=_DTYPES[dtype]))
         rank0 = worker_context().rank == 0
@@ -299,16 +300,14 @@ class RolloutWorker:
             The engine's ``{"version", "checksum"}`` after the push.
 
         Raises:
-            WeightSyncError: the engine's weight version did not advance or its checksum is not
-                the pushed tensors' (the policy changed and the engine did not).
+            WeightSyncError: naming the step: the engine's weight version did not advance, it did
+                not take in every pushed tensor unchanged, left a parameter out, or its read-back
+                is not the pushed tensors' (the policy changed and the engine did not).
         """
         actor = worker_context().roles[source_role]
         self.keeper.after_update()
         self.engine.wake()
-        before = self.engine.weight_version
-        tap = ChecksumTap(actor.role.named_full_tensors(dtype=self.dtype))
-        self.engine.update_weights(tap)
-        return check_push(step, self.engine, before, tap.checksums())
+        return push_checked(step, self.engine, actor.role.named_full_tensors(dtype=self.dtype))
 
     @dispatch("broadcast")
     def load_weights(self, step: int, export: dict[str, Any]) -> dict[str, Any]:
@@ -318,14 +317,12 @@ class RolloutWorker:
         checksum must be the sender's.
         """
         self.engine.wake()
-        before = self.engine.weight_version
 
         def stream() -> Any:
             for ref in export["buckets"]:
                 yield from ray.get(ref)
 
-        self.engine.update_weights(stream())
-        return check_push(step, self.engine, before, export["checksums"])
+        return push_checked(step, self.engine, stream(), sent=export["checksums"])
 
     @dispatch("broadcast")
     def receive_weights(self, step: int, plan: dict[str, Any], timeout_s: float) -> dict[str, Any]:

