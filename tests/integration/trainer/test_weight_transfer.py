@@ -18,7 +18,14 @@ import torch
 
 from rlkit.controller import ResourcePool, WorkerError, WorkerGroup, dispatch, worker_context
 from rlkit.controller.transfer import TransferGroup
-from rlkit.rollout.weight_sync import VersionedWeights, WeightLedger, checksum_of
+from rlkit.rollout.weight_sync import (
+    Receipt,
+    VersionedWeights,
+    WeightLedger,
+    WordSumAccumulator,
+    checksum_of,
+    land_push,
+)
 from rlkit.trainer.lane import RolloutLane
 from rlkit.trainer.transfer import CollectiveTransfer
 from rlkit.trainer.workers import ActorWorker, RolloutWorker
@@ -63,13 +70,15 @@ class StateDictEngine(VersionedWeights):
         pass
 
     def update_weights(self, named: Any) -> None:
+        held = WordSumAccumulator()  # the receipt: every tensor read back after its copy, as native's
         for name, tensor in named:
             if name == self.refused:
                 raise ValueError(f"update_weights: the model has no parameter {name!r}")
             self.weights[name].copy_(tensor)
-        self.ledger.pushed({})
+            held.add(name, self.weights[name])
+        land_push(self, {}, Receipt(held.result(), [], [], read_back=True))
 
-    def weights_checksum(self) -> dict[str, list[float]]:
+    def weights_checksum(self) -> dict[str, int]:
         return {name: checksum_of(t) for name, t in self.weights.items()}
 
 
