@@ -383,6 +383,12 @@ class TrainerConfig:
     beyond it (a resume with a lower bound) is generated again from its prompts."""
     rollout_queue_size: int = bounded(2, ge=1)
     """``async``: most generated batches waiting ahead of the trainer."""
+    partial_rollouts: str = choice("finish", "continue")
+    """What in-flight rollouts do when new weights arrive (docs/async.md): ``finish`` them on the
+    weights they started with (the push waits), or ``continue`` them with the new weights from the
+    next token on (a partial rollout: earlier tokens, log-probs and versions are kept, the KV
+    cache is recomputed). ``continue`` needs ``trainer.mode=async``, ``hardware.placement=split``
+    and an engine that takes weights mid-generation (native, hf)."""
     profile: str = choice("none", "torch", "npu", "memory", "nsight")
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
