@@ -333,9 +333,10 @@ class NativeEngine(VersionedWeights):
         """Rewrite the keys/values of every running sequence with the weights just loaded.
 
         A running sequence's cache holds its prompt and all its tokens but the last (which the
-        next decode step feeds). Keeping those keys/values, as AReaL and verl do, would sample the
-        next tokens from a mix of both policies; recomputing them costs one prefill of the
-        in-flight contexts per update and makes every later token exactly the new policy's.
+        next decode step feeds). Keeping those keys/values (what NeMo-RL does by default) would
+        sample the next tokens from a mix of both policies; recomputing them (as AReaL does) costs
+        one prefill of the in-flight contexts per update and makes every later token exactly the
+        new policy's (docs/async.md).
         Contexts are packed up to ``max_prefill_tokens`` per forward (a longer one goes alone).
         """
         assert self._cache is not None
