@@ -50,7 +50,7 @@ from rlkit.errors import UserError
 from rlkit.hardware.kernels import use_triton
 from rlkit.models.decoder import CausalLM
 from rlkit.rollout.base import Completion, EngineGauges, ProgressFn, SamplingParams, default_stop_ids
-from rlkit.rollout.forward import decode_forward, prefill_forward
+from rlkit.rollout.forward import decode_forward, pack_contexts, prefill_forward, refill_slots
 from rlkit.rollout.fused import FusedLayer, fuse_layers
 from rlkit.rollout.gauges import TokenRate
 from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
@@ -337,43 +337,12 @@ class NativeEngine(VersionedWeights):
         sample the next tokens from a mix of both policies; recomputing them (as AReaL does) costs
         one prefill of the in-flight contexts per update and makes every later token exactly the
         new policy's (docs/async.md).
-        Contexts are packed up to ``max_prefill_tokens`` per forward (a longer one goes alone).
         """
         assert self._cache is not None
         contexts = [(seq.slot, seq.prompt + seq.tokens[:-1]) for seq in sched.slots if seq is not None]
-        chunk: list[tuple[int, list[int]]] = []
-        for slot, context in contexts:
-            if chunk and sum(len(c) for _, c in chunk) + len(context) > self.max_prefill_tokens:
-                self._rewrite_slots(chunk)
-                chunk = []
-            chunk.append((slot, context))
-        if chunk:
-            self._rewrite_slots(chunk)
-
-    def _rewrite_slots(self, chunk: list[tuple[int, list[int]]]) -> None:
-        """One packed prefill of ``(slot, context)`` pairs, each written into its own slot from position 0."""
-        assert self._cache is not None
-        dev, width = self.device, self._cache.max_len
-        ids = [token for _, context in chunk for token in context]
-        positions = [p for _, context in chunk for p in range(len(context))]
-        cu = [0]
-        for _, context in chunk:
-            cu.append(cu[-1] + len(context))
-        dest = [slot * width + p for slot, context in chunk for p in range(len(context))]
-        cu_t = to_device(cu, torch.int32, dev)
-        prefill_forward(
-            self.model,
-            self._cache,
-            to_device(ids, torch.long, dev),
-            to_device(positions, torch.long, dev),
-            cu_t,
-            max(len(context) for _, context in chunk),
-            to_device(dest, torch.long, dev),
-            torch.arange(len(ids), device=dev),
-            cu_t[1:].long() - 1,
-        )
-        self.stats.prefill_calls += 1
-        self.stats.prefill_tokens += len(ids)
+        for chunk in pack_contexts(contexts, self.max_prefill_tokens):
+            self.stats.prefill_tokens += refill_slots(self.model, self._cache, chunk, self.device)
+            self.stats.prefill_calls += 1
 
     def _prefill(self, groups: list[tuple[list[int], list[Sequence]]]) -> _Record:
         """Prefill each group's prompt once, fill all its slots, sample every sample's first token."""
