@@ -75,9 +75,9 @@ class Draw:
     def oldest_version(self) -> int:
         """The version of the draw's oldest trained token (``version`` unless a partial rollout
         started after newer weights arrived): what the staleness bound is checked on."""
-        batch = self.rollouts
-        versions = batch["rollout_versions"][batch["response_mask"].bool()]
-        return int(versions.min()) if versions.numel() else self.version
+        versions, mask = _versions_and_mask(self.rollouts)
+        trained = versions[mask]
+        return int(trained.min()) if trained.numel() else self.version
 
 
 def feed_depth(cfg: RlkitConfig) -> int:
@@ -179,13 +179,19 @@ def partial_metrics(batch: Batch) -> dict[str, float]:
     (weights arrived while they were generated, ``trainer.partial_rollouts=continue``)."""
     if "rollout_versions" not in batch or len(batch) == 0:
         return {}
-    mask = batch["response_mask"].bool()
-    versions = batch["rollout_versions"]
+    versions, mask = _versions_and_mask(batch)
     big = torch.iinfo(versions.dtype).max
     newest = torch.where(mask, versions, -1).max(dim=1).values
     oldest = torch.where(mask, versions, big).min(dim=1).values
     spans = (newest > oldest) & mask.any(dim=1)
     return {"async/partial_share": float(spans.double().mean())}
+
+
+def _versions_and_mask(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rollout_versions`` (B, R) and ``response_mask`` as bool (B, R) of a rollout batch."""
+    versions, mask = batch["rollout_versions"], batch["response_mask"]
+    assert isinstance(versions, torch.Tensor) and isinstance(mask, torch.Tensor)
+    return versions, mask.bool()
 
 
 def staleness_metrics(batch: Batch, version: int) -> dict[str, float]:

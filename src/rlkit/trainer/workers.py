@@ -330,6 +330,7 @@ class RolloutWorker:
                 yield from ray.get(ref)
 
         if self.in_flight:
+            assert isinstance(self.engine, InFlightWeights)  # checked when the worker was built
             self.engine.update_weights_in_flight(stream())
         else:
             self.engine.update_weights(stream())
