@@ -232,6 +232,32 @@ def _megatron(cfg: DictConfig) -> None:
         )
 
 
+def _partial_rollouts(cfg: DictConfig) -> None:
+    # trainer/setup.RunContext.sync_weights: a continued rollout takes the weights while it runs,
+    # which only happens when generation runs beside the update (async on split pools);
+    # trainer/rollout_batch: the per-token versions come from single-turn completions only.
+    if cfg.trainer.partial_rollouts != "continue":
+        return
+    if cfg.trainer.mode != "async" or cfg.hardware.placement != "split":
+        raise UserError(
+            f"trainer.partial_rollouts=continue needs weights to arrive while rollouts run, but "
+            f"trainer.mode={cfg.trainer.mode} with hardware.placement={cfg.hardware.placement} never does",
+            hint="set trainer.mode=async and hardware.placement=split (a device of its own for the "
+            "rollout engine), or trainer.partial_rollouts=finish",
+        )
+    if cfg.rollout.multi_turn.enable:
+        raise UserError(
+            "trainer.partial_rollouts=continue is not built for multi-turn rollouts (rollout.multi_turn.enable)",
+            hint="set trainer.partial_rollouts=finish",
+        )
+    if cfg.hardware.weight_transfer == "collective":
+        raise UserError(
+            "trainer.partial_rollouts=continue takes the weights through Ray's object store: the "
+            "collective's receive would wait behind the running generation it is meant to update",
+            hint="set hardware.weight_transfer=object_store (or auto, which picks it), or trainer.partial_rollouts=finish",
+        )
+
+
 def _sft_columns_and_task(cfg: DictConfig) -> None:
     # data/sft_dataset.SFTDataset reads prompt/response pairs only with both keys; trainer/sft_data.
     # write_synthetic_files has reference answers only for the arith task.
@@ -260,6 +286,7 @@ RULES: dict[str, tuple[Callable[[DictConfig], Any], ...]] = {
         _gdpo_and_rollout_correction,
         _bypass,
         _megatron,
+        _partial_rollouts,
     ),
     "sft": (_sft_columns_and_task,),
 }

@@ -420,6 +420,12 @@ class TrainerConfig:
     beyond it (a resume with a lower bound) is generated again from its prompts."""
     rollout_queue_size: int = bounded(2, ge=1)
     """``async``: most generated batches waiting ahead of the trainer."""
+    partial_rollouts: str = choice("finish", "continue")
+    """What in-flight rollouts do when new weights arrive (docs/async.md): ``finish`` them on the
+    weights they started with (the push waits), or ``continue`` them with the new weights from the
+    next token on (a partial rollout: earlier tokens, log-probs and versions are kept, the KV
+    cache is recomputed). ``continue`` needs ``trainer.mode=async``, ``hardware.placement=split``
+    and an engine that takes weights mid-generation (native, hf)."""
     profile: str = choice("none", "torch", "npu", "memory", "nsight")
     """Profiler run inside every worker during ``trainer.profile_steps`` (set by ``rlkit profile``)."""
     profile_steps: list[int] = bounded([2, 3], ge=1)
@@ -482,9 +488,10 @@ class HardwareConfig:
     """``split``: how the weights reach the rollout workers after an update. ``collective``: a
     broadcast from the actor's rank 0 over a process group of their own (gloo on CPU, NCCL on
     GPUs); ``object_store``: buckets through Ray's object store. ``auto`` picks ``collective`` with
-    split placement where the backend exists (CPU, CUDA, ROCm), else ``object_store`` (NPU;
-    colocated placement moves the weights in-process whatever this says). The run's config.yaml
-    records the pick."""
+    split placement where the backend exists (CPU, CUDA, ROCm), else ``object_store`` (NPU, and
+    ``trainer.partial_rollouts=continue``, whose pushes reach a running generation; colocated
+    placement moves the weights in-process whatever this says). The run's config.yaml records the
+    pick."""
     memory_per_device_gb: float | None = bounded(None, gt=0, profile=True)
     """Memory the profile assumes per device; checked against the device found."""
     stage_timeout_s: float | None = bounded(None, gt=0, profile=True)

@@ -106,7 +106,8 @@ class WorkerGroup:
                 num_cpus=1,
                 num_gpus=1 if resource == "GPU" else 0,
                 resources={resource: 1} if resource not in (None, "GPU") else None,
-                max_concurrency=3,  # a call, dump_stacks while it hangs, a probe while it runs
+                # a call, a weight push into it (partial rollouts), dump_stacks while it hangs, a probe
+                max_concurrency=4,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
             ).remote()
             for pg, i in pool.slots

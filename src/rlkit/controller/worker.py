@@ -2,9 +2,10 @@
 
 :class:`WorkerHost` is the body of the Ray actor (:class:`~rlkit.controller.group.WorkerGroup`
 makes it remote). It sets the rank and device environment, joins ``torch.distributed``, builds the
-role objects, and runs the role methods the controller calls. Its actors run with three threads
-(``max_concurrency=3``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck, and
-:meth:`WorkerHost.probe` (live gauges) while one runs.
+role objects, and runs the role methods the controller calls. Its actors run with four threads
+(``max_concurrency=4``) so that :meth:`WorkerHost.dump_stacks` can answer while a call is stuck,
+:meth:`WorkerHost.probe` (live gauges) while one runs, and a rollout worker can take a weight push
+while it generates (partial rollouts, ``trainer.partial_rollouts=continue``).
 
 Exceptions inside role code (any ``BaseException`` but an exit or interrupt: torch's
 ``CheckpointException`` is one) are caught here and returned as a :class:`RemoteFailure` (type,

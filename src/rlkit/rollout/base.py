@@ -96,12 +96,16 @@ class Completion:
             ``None`` if not requested.
         finish_reason: ``"stop"`` (stop token or string) or ``"length"`` (``max_tokens`` or the
             engine's ``max_model_len`` reached).
+        weight_versions: The engine's ``weight_version`` (pushes so far) whose weights sampled each
+            token; they differ within one completion only when weights arrived mid-generation
+            (:class:`InFlightWeights`). ``None`` for engines that do not record it.
     """
 
     token_ids: list[int]
     logprobs: list[float] | None
     sampling_logprobs: list[float] | None
     finish_reason: FinishReason
+    weight_versions: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,25 @@ class RolloutEngine(Protocol):
 
     def gauges(self) -> EngineGauges:
         """The engine's live gauges; cheap, and safe to call from another thread during ``generate``."""
+        ...
+
+
+@runtime_checkable
+class InFlightWeights(Protocol):
+    """What an engine adds to :class:`RolloutEngine` to take weights in the middle of a generation
+    (partial rollouts, ``trainer.partial_rollouts=continue``); optional: the trainer asks for it
+    with ``isinstance`` and refuses the setting for engines without it."""
+
+    def update_weights_in_flight(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights from another thread than ``generate``'s, while a generation may run.
+
+        A running generation takes them at its next step boundary (never inside a forward): its
+        in-flight sequences keep their tokens, log-probs and weight versions so far, their KV
+        cache is recomputed under the new weights, and every later token is sampled from the new
+        weights (``Completion.weight_versions`` says which tokens). Without a running generation
+        this is ``update_weights``. Returns once the weights are loaded (``weight_version``
+        advanced); ``named_tensors`` is consumed on the calling thread.
+        """
         ...
 
 

@@ -2,8 +2,9 @@
 
 ``prefill_forward`` runs packed prompts through the packed attention path of ``rlkit.models`` and
 stores each prompt's keys/values into every slot of its group (the n samples of a prompt share one
-prefill). ``decode_forward`` runs one token per slot against the cache; it allocates nothing that
-outlives it and has static shapes per batch size, so it can be captured in a CUDA graph.
+prefill; :func:`refill_slots` reuses it to rewrite in-flight sequences' caches after a weight
+update mid-generation). ``decode_forward`` runs one token per slot against the cache; it allocates
+nothing that outlives it and has static shapes per batch size, so it can be captured in a CUDA graph.
 
 Both repeat ``DecoderLayer.forward`` of ``rlkit.models.decoder`` step by step (norm, qkv, attention,
 out, MLP) with the cache in between; a change there must be mirrored here (the equivalence tests
@@ -69,6 +70,47 @@ def prefill_forward(
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     logits: torch.Tensor = model.lm_head(backbone.norm(x.index_select(0, last_P)))
     return logits
+
+
+def pack_contexts(
+    contexts: list[tuple[int, list[int]]], max_tokens: int
+) -> list[list[tuple[int, list[int]]]]:
+    """``(slot, context)`` pairs cut into packs of at most ``max_tokens`` tokens (a longer one alone)."""
+    packs: list[list[tuple[int, list[int]]]] = []
+    size = 0
+    for slot, context in contexts:
+        if not packs or size + len(context) > max_tokens:
+            packs.append([])
+            size = 0
+        packs[-1].append((slot, context))
+        size += len(context)
+    return packs
+
+
+def refill_slots(
+    model: CausalLM, cache: KVCache, pack: list[tuple[int, list[int]]], device: torch.device
+) -> int:
+    """Rewrite each slot's keys/values from position 0 with ``model``'s current weights: one packed
+    prefill of its ``context`` (after an in-flight weight update). Returns the tokens prefilled."""
+    ids = [token for _, context in pack for token in context]
+    positions = [p for _, context in pack for p in range(len(context))]
+    dest = [slot * cache.max_len + p for slot, context in pack for p in range(len(context))]
+    cu = [0]
+    for _, context in pack:
+        cu.append(cu[-1] + len(context))
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
+    prefill_forward(
+        model,
+        cache,
+        torch.tensor(ids, dtype=torch.long, device=device),
+        torch.tensor(positions, dtype=torch.long, device=device),
+        cu_t,
+        max(len(context) for _, context in pack),
+        torch.tensor(dest, dtype=torch.long, device=device),
+        torch.arange(len(ids), device=device),
+        cu_t[1:].long() - 1,
+    )
+    return len(ids)
 
 
 def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ How one ``generate`` call runs: the samples (prompt x n) are cut into batches of
 ``max_num_seqs`` rows. For each batch the distinct prompts are prefilled once, left-padded, and
 their cache rows are repeated for the ``n`` samples; then one token per live row is decoded per step.
 Rows that finish leave the batch (their cache rows are dropped), so the batch only shrinks: this is
-static batching, not the native engine's continuous batching, and no CUDA graphs.
+static batching, not the native engine's continuous batching, and no CUDA graphs. Weights pushed
+mid-generation (:meth:`HFEngine.update_weights_in_flight`) load before a decode step, and the live
+rows' cache is then recomputed under them, as the native engine does.
 
 Shape legend: B = rows (sequences), P = distinct prompts of a batch, L = padded length, V = vocabulary.
 """
@@ -28,6 +30,7 @@ from torch import nn
 from rlkit import hardware
 from rlkit.rollout.base import Completion, EngineGauges, ProgressFn, SamplingParams, default_stop_ids
 from rlkit.rollout.gauges import TokenRate
+from rlkit.rollout.inflight import WeightMailbox
 from rlkit.rollout.native import EngineStats
 from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
@@ -108,6 +111,7 @@ class HFEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(eos, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
+        self._mailbox = WeightMailbox()
         self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._asleep = False
         self._rate = TokenRate()
@@ -165,7 +169,7 @@ class HFEngine(VersionedWeights):
         ]
         tally = [0, 0]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._mailbox.generating():
                 for lo in range(0, len(seqs), self.max_num_seqs):
                     self._batch = seqs[lo : lo + self.max_num_seqs]
                     self._queued = max(0, len(seqs) - lo - self.max_num_seqs)
@@ -185,6 +189,12 @@ class HFEngine(VersionedWeights):
             WeightSyncError: the push left a parameter out, or the read-back differs (:func:`land_push`).
         """
         land_push(self, *copy_weights(self.model, named_tensors, self._checked))
+
+    def update_weights_in_flight(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """:class:`~rlkit.rollout.base.InFlightWeights`: load before the next decode step of a running
+        generation (the live rows' KV cache is then recomputed), or now if none runs."""
+        tensors = list(named_tensors)  # gathered here: a Ray object-store stream reads on this thread
+        self._mailbox.deliver(lambda: self.update_weights(tensors))
 
     def weights_checksum(self) -> Checksums:
         """The checksums of a few parameters of the model this engine runs."""
@@ -217,7 +227,7 @@ class HFEngine(VersionedWeights):
         max_new = sp.max_tokens
         if self.max_model_len is not None:
             max_new = min(max_new, self.max_model_len - len(prompt))
-        generator, key = sample_stream(sp, sample, self.device)
+        generator, key = sample_stream(sp, sample, self.device, prompt)
         stops = stop_ids(sp, self.default_stop_ids)
         return Sequence(request, sample, list(prompt), sp, max_new, stops, generator, key)
 
@@ -238,6 +248,9 @@ class HFEngine(VersionedWeights):
                 rows = [rows[i] for i in alive]
                 tokens_B, mask_BL = tokens_B[keep], mask_BL[keep]
                 seen_BV = seen_BV[keep] if seen_BV is not None else None
+            if self._mailbox.has_mail and self._mailbox.take():
+                # keys/values of the old weights would mix both policies: recompute them (docs/async.md)
+                _, cache, mask_BL = self._forward_padded([s.prompt + s.tokens[:-1] for s in rows])
             mask_BL = torch.cat([mask_BL, mask_BL.new_ones((len(rows), 1))], dim=1)
             positions = torch.tensor([len(s.prompt) + len(s.tokens) - 1 for s in rows], device=self.device)
             out = self.model(
@@ -253,17 +266,24 @@ class HFEngine(VersionedWeights):
 
     def _prefill(self, rows: list[Sequence]) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Last-token logits (B, V) fp32 of every row, its KV cache, and the attention mask (B, L)."""
-        from transformers import DynamicCache
-
         requests = list(dict.fromkeys(seq.request for seq in rows))
         prompts = {seq.request: seq.prompt for seq in rows}
-        width = max(len(prompts[r]) for r in requests)
-        ids_PL = torch.zeros((len(requests), width), dtype=torch.long)
-        mask_PL = torch.zeros((len(requests), width), dtype=torch.long)
-        for p, request in enumerate(requests):  # left padding: every prompt ends at the last column
-            prompt = prompts[request]
-            ids_PL[p, width - len(prompt) :] = torch.tensor(prompt)
-            mask_PL[p, width - len(prompt) :] = 1
+        logits_PV, cache, mask_PL = self._forward_padded([prompts[r] for r in requests])
+        row_of = torch.tensor([requests.index(seq.request) for seq in rows], device=self.device)
+        cache.batch_select_indices(row_of)  # the n samples of a prompt share its prefill
+        return logits_PV.index_select(0, row_of), cache, mask_PL.index_select(0, row_of)
+
+    def _forward_padded(self, contexts: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """One left-padded forward of ``contexts``: last-token logits (P, V) fp32, a fresh KV cache
+        holding them, and their attention mask (P, L)."""
+        from transformers import DynamicCache
+
+        width = max(len(context) for context in contexts)
+        ids_PL = torch.zeros((len(contexts), width), dtype=torch.long)
+        mask_PL = torch.zeros((len(contexts), width), dtype=torch.long)
+        for p, context in enumerate(contexts):  # left padding: every context ends at the last column
+            ids_PL[p, width - len(context) :] = torch.tensor(context)
+            mask_PL[p, width - len(context) :] = 1
         ids_PL, mask_PL = ids_PL.to(self.device), mask_PL.to(self.device)
         position_PL = (mask_PL.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -275,11 +295,9 @@ class HFEngine(VersionedWeights):
             logits_to_keep=1,
             **{self._cache_arg: cache},
         )
-        row_of = torch.tensor([requests.index(seq.request) for seq in rows], device=self.device)
-        cache.batch_select_indices(row_of)  # the n samples of a prompt share its prefill
         self.stats.prefill_calls += 1
         self.stats.prefill_tokens += int(mask_PL.sum())
-        return out.logits[:, -1, :].float().index_select(0, row_of), cache, mask_PL.index_select(0, row_of)
+        return out.logits[:, -1, :].float(), cache, mask_PL
 
     def _seen(self, rows: list[Sequence]) -> torch.Tensor:
         """(B, V) bool: the prompt tokens of each row (for the repetition penalty)."""
@@ -303,7 +321,7 @@ class HFEngine(VersionedWeights):
         for seq, token, lp, slp in zip(
             rows, tokens_B.tolist(), logprobs_B.tolist(), sampling_B.tolist(), strict=True
         ):
-            seq.append(token, lp, slp, decode)
+            seq.append(token, lp, slp, decode, self.weight_version)
             tally[0] += seq.finished
         tally[1] += len(rows)
         self.stats.generated_tokens += len(rows)

@@ -14,16 +14,21 @@ How one ``generate`` call runs:
    runs; a sequence that stopped at step t therefore computes one discarded extra token. Sequences
    that reach ``max_tokens`` are taken out before that step is launched.
 
+Weights pushed from another thread while a generation runs (:meth:`NativeEngine.update_weights_in_flight`,
+partial rollouts) load between two steps, after every launched step has landed: the running
+sequences' KV cache is then recomputed under the new weights (one prefill of their contexts), so
+each token comes from exactly one policy and records its weight version.
+
 Sampling: where Triton runs and no row of a step needs truncation (top-k/p, min-p) or a repetition
 penalty, one kernel (:mod:`rlkit.rollout.sampling_kernel`) samples every row in a single pass over
 the logits, with counter-based noise keyed by the sequence and the position; otherwise
 :func:`~rlkit.rollout.sampling.sample_tokens` runs in fp32 with noise from generators.
 
 Determinism: with ``SamplingParams.seed`` each sample has its own noise stream (fixed by the request
-seed and the sample index), so its tokens depend only on its prompt, parameters and the weights,
-not on what else is in the batch, as long as the logits themselves are batch-invariant: on CPU
-they are; on GPU, matmul kernels may change with the batch size and flip a near-tie. Without a
-seed, each sequence's stream is drawn from torch's default generators.
+seed, the prompt's tokens and the sample index), so its tokens depend only on its prompt, parameters
+and the weights, not on what else is in the batch, as long as the logits themselves are
+batch-invariant: on CPU they are; on GPU, matmul kernels may change with the batch size and flip a
+near-tie. Without a seed, each sequence's stream is drawn from torch's default generators.
 
 Memory: the KV cache (``max_num_seqs`` slots of ``max_model_len`` tokens, or fewer slots if the
 budget ``kv_cache_tokens`` says so) plus one logits row per slot in the model's dtype. ``sleep``
@@ -45,10 +50,11 @@ from rlkit.errors import UserError
 from rlkit.hardware.kernels import use_triton
 from rlkit.models.decoder import CausalLM
 from rlkit.rollout.base import Completion, EngineGauges, ProgressFn, SamplingParams, default_stop_ids
-from rlkit.rollout.forward import decode_forward, prefill_forward
+from rlkit.rollout.forward import decode_forward, pack_contexts, prefill_forward, refill_slots
 from rlkit.rollout.fused import FusedLayer, fuse_layers
 from rlkit.rollout.gauges import TokenRate
 from rlkit.rollout.graphs import DecodeGraphs, HostCopy, batch_buckets, bucket_for, to_device
+from rlkit.rollout.inflight import WeightMailbox
 from rlkit.rollout.kv_cache import KVCache
 from rlkit.rollout.rows import check_prompts, params_per_prompt, row_noise, stop_ids, text_decoder
 from rlkit.rollout.sampling import RowParams, sample_tokens
@@ -102,10 +108,12 @@ class _Buffers:
 
 @dataclass
 class _Record:
-    """A launched prefill or decode step whose results are on their way to the host."""
+    """A launched prefill or decode step whose results are on their way to the host, and the
+    weight version that computed them."""
 
     rows: list[Sequence | None]
     results: HostCopy
+    version: int
 
 
 class NativeEngine(VersionedWeights):
@@ -155,6 +163,7 @@ class NativeEngine(VersionedWeights):
         self.default_stop_ids = default_stop_ids(model.config.eos_token_id, tokenizer)
         self.stats = EngineStats()
         self.ledger = WeightLedger()
+        self._mailbox = WeightMailbox()
         self._checked = checksum_names(self.model.state_dict(), linear=True)  # it holds them as pushed
         self._rate = TokenRate()
         self._sched: Scheduler | None = None  # the running generate call's, for gauges()
@@ -215,7 +224,8 @@ class NativeEngine(VersionedWeights):
         with torch.no_grad():
             self._ensure_cache(needed)
             try:
-                return self._run(prompt_token_ids, per_prompt, progress)
+                with self._mailbox.generating():
+                    return self._run(prompt_token_ids, per_prompt, progress)
             finally:
                 self._sched = None
 
@@ -227,6 +237,16 @@ class NativeEngine(VersionedWeights):
             WeightSyncError: the push left a parameter out, or the read-back differs (:func:`land_push`).
         """
         land_push(self, *copy_weights(self.model, named_tensors, self._checked))
+
+    def update_weights_in_flight(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """:class:`~rlkit.rollout.base.InFlightWeights`: load at the next step boundary of a running
+        generation (its in-flight sequences' KV cache is then recomputed), or now if none runs.
+
+        The tensors are gathered on the calling thread (a Ray object-store stream reads there), and
+        copied in by the generating thread, which owns the model's device stream meanwhile.
+        """
+        tensors = list(named_tensors)
+        self._mailbox.deliver(lambda: self.update_weights(tensors))
 
     def weights_checksum(self) -> Checksums:
         """The checksums of a few parameters of the model this engine runs."""
@@ -282,6 +302,12 @@ class NativeEngine(VersionedWeights):
         tally = [0, 0]  # finished sequences, generated tokens
         pending: deque[_Record] = deque()
         while sched.has_work():
+            if self._mailbox.has_mail:  # new weights: every launched step lands first, then they load
+                while pending:
+                    self._consume(pending.popleft(), sched, results, tally)
+                if self._mailbox.take():
+                    self._recompute_cache(sched)
+                continue  # the drained steps may have finished the last sequences
             launched = False
             groups = sched.admit()
             if groups:
@@ -304,6 +330,21 @@ class NativeEngine(VersionedWeights):
             progress(tally[0], tally[1])
         assert all(c is not None for group in results for c in group)
         return results  # type: ignore[return-value]
+
+    def _recompute_cache(self, sched: Scheduler) -> None:
+        """Rewrite the keys/values of every running sequence with the weights just loaded.
+
+        A running sequence's cache holds its prompt and all its tokens but the last (which the
+        next decode step feeds). Keeping those keys/values (what NeMo-RL does by default) would
+        sample the next tokens from a mix of both policies; recomputing them (as AReaL does) costs
+        one prefill of the in-flight contexts per update and makes every later token exactly the
+        new policy's (docs/async.md).
+        """
+        assert self._cache is not None
+        contexts = [(seq.slot, seq.prompt + seq.tokens[:-1]) for seq in sched.slots if seq is not None]
+        for chunk in pack_contexts(contexts, self.max_prefill_tokens):
+            self.stats.prefill_tokens += refill_slots(self.model, self._cache, chunk, self.device)
+            self.stats.prefill_calls += 1
 
     def _prefill(self, groups: list[tuple[list[int], list[Sequence]]]) -> _Record:
         """Prefill each group's prompt once, fill all its slots, sample every sample's first token."""
@@ -360,7 +401,7 @@ class NativeEngine(VersionedWeights):
             seq.launched = 1
         self.stats.prefill_calls += 1
         self.stats.prefill_tokens += len(ids)
-        return _Record(list(rows), HostCopy([tokens, logprobs, sampling]))
+        return _Record(list(rows), HostCopy([tokens, logprobs, sampling]), self.weight_version)
 
     def _decode(self, rows: list[Sequence | None]) -> _Record:
         """One decode step for slots 0..B-1 (graph replay on GPU), then sampling on the device."""
@@ -385,7 +426,7 @@ class NativeEngine(VersionedWeights):
                 seq.launched += 1
         self.stats.decode_steps += 1
         self.stats.decode_rows += b
-        return _Record(rows, HostCopy([tokens, logprobs, sampling]))
+        return _Record(rows, HostCopy([tokens, logprobs, sampling]), self.weight_version)
 
     def _sample(
         self,
@@ -421,7 +462,7 @@ class NativeEngine(VersionedWeights):
         ):
             if seq is None or seq.finish_reason is not None:
                 continue  # an idle slot, or the extra step of a sequence that already stopped
-            seq.append(token, logprob, sampling_logprob, decode)
+            seq.append(token, logprob, sampling_logprob, decode, record.version)
             appended += 1
             if seq.finish_reason is not None:
                 sched.release(seq)

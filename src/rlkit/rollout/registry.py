@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rlkit.errors import UserError
-from rlkit.rollout.base import RolloutEngine
+from rlkit.rollout.base import InFlightWeights, RolloutEngine
 
 ENGINES: dict[str, str] = {
     "native": "rlkit.rollout.native:NativeEngine",
@@ -52,6 +52,16 @@ def engine_class(name: str) -> Any:
     module, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module), attr)
     return cls
+
+
+def takes_weights_in_flight(name: str) -> bool:
+    """Whether engine ``name`` implements :class:`~rlkit.rollout.base.InFlightWeights` (partial rollouts)."""
+    return issubclass(engine_class(name), InFlightWeights)
+
+
+def in_flight_engines() -> list[str]:
+    """The registered engines that take weights in the middle of a generation."""
+    return [name for name in ENGINES if takes_weights_in_flight(name)]
 
 
 def engines_for(hf_config: dict[str, Any]) -> list[str]:

@@ -9,7 +9,9 @@ runs on the smallest batch-size bucket that covers it.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,19 +28,33 @@ _TOKENS_PER_CHAR = 4
 _STOP_WINDOW_MARGIN = 8
 
 
+def stream_key(seed: int, prompt: list[int], sample: int) -> int:
+    """The 63-bit key of a seeded sample's random stream, fixed by (seed, prompt tokens, sample index).
+
+    The prompt is part of the key so that sample j of two different prompts of one request draws
+    different noise (with ``seed * c + sample`` alone they shared a stream, correlating the
+    groups of a GRPO batch). A cryptographic hash, not ``hash()``: the same on every process and run.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(struct.pack("<qq", seed, sample))
+    digest.update(struct.pack(f"<{len(prompt)}q", *prompt))
+    return int.from_bytes(digest.digest(), "little") % (1 << 63)
+
+
 def sample_stream(
-    params: SamplingParams, sample: int, device: torch.device
+    params: SamplingParams, sample: int, device: torch.device, prompt: list[int]
 ) -> tuple[torch.Generator | None, int]:
     """The random stream of sample ``sample`` of a request: a generator (seeded, non-greedy) and a key.
 
-    Each sample of a seeded request has its own stream, fixed by (seed, sample index): a generator
-    for the PyTorch sampler, a key for the one-pass sampler. Unseeded, the key comes from torch's
-    default generator (so ``torch.manual_seed`` still fixes it) and there is no generator.
+    Each sample of a seeded request has its own stream, fixed by (seed, prompt, sample index)
+    (:func:`stream_key`): a generator for the PyTorch sampler, a key for the one-pass sampler.
+    Unseeded, the key comes from torch's default generator (so ``torch.manual_seed`` still fixes
+    it) and there is no generator.
     """
     seed = params.seed
     if seed is None:
         return None, int(torch.randint(0, 1 << 62, ()))
-    key = (seed * 1_000_003 + sample) % (1 << 63)
+    key = stream_key(seed, prompt, sample)
     if params.greedy:
         return None, key
     generator = torch.Generator(device=device)
@@ -63,6 +79,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     sampling_logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # the engine's weight version of each token
     finish_reason: FinishReason | None = None
 
     @property
@@ -79,8 +96,10 @@ class Sequence:
         """Position of the token the next decode step feeds (the last launched one)."""
         return len(self.prompt) + self.launched - 1
 
-    def append(self, token: int, logprob: float, sampling_logprob: float, decode: DecodeFn | None) -> None:
-        """Record a generated token and decide whether the sequence has finished.
+    def append(
+        self, token: int, logprob: float, sampling_logprob: float, decode: DecodeFn | None, version: int = 0
+    ) -> None:
+        """Record a generated token (sampled with weights ``version``) and decide whether the sequence has finished.
 
         Called once per sequence and decode step: at a few hundred rows per step this loop is part
         of what the host must finish while the GPU runs the next step, hence no helper calls on
@@ -89,6 +108,7 @@ class Sequence:
         self.tokens.append(token)
         self.logprobs.append(logprob)
         self.sampling_logprobs.append(sampling_logprob)
+        self.versions.append(version)
         if token in self.stop_ids or (self.params.stop and self._hit_stop_string(decode)):
             self.finish_reason = "stop"
         elif len(self.tokens) >= self.max_new:
@@ -110,6 +130,7 @@ class Sequence:
             logprobs=list(self.logprobs) if want else None,
             sampling_logprobs=list(self.sampling_logprobs) if want else None,
             finish_reason=self.finish_reason,
+            weight_versions=list(self.versions),
         )
 
 
@@ -177,7 +198,7 @@ class Scheduler:
         return sum(len(seq.prompt) + seq.launched for seq in list(self.slots) if seq is not None)
 
     def _start(self, group: _Group, sample: int) -> Sequence:
-        generator, key = sample_stream(group.params, sample, self.device)
+        generator, key = sample_stream(group.params, sample, self.device, group.prompt)
         seq = Sequence(
             group.request, sample, group.prompt, group.params, group.max_new, group.stop_ids, generator, key
         )

@@ -42,7 +42,7 @@ from rlkit.trainer.algo_inputs import (
     estimator_extras,
     needs_sum_pi_squared,
 )
-from rlkit.trainer.feed import RolloutFeed, feed_depth, staleness_bound, staleness_metrics
+from rlkit.trainer.feed import RolloutFeed, feed_depth, partial_metrics, staleness_bound, staleness_metrics
 from rlkit.trainer.hooks import Hooks, first_prompts
 from rlkit.trainer.lifecycle import RunInterrupted, StopSignals, deadlines, record_failure, resume_command
 from rlkit.trainer.replay import RolloutRecorder, RolloutReplayer, check_replay, open_replay
@@ -269,7 +269,8 @@ class RLTrainer:
             run.sleep_rollout()
             with timer("update_actor"):
                 metrics.update(run.actor.update(batch, run.actor_update_settings))
-            self._settle_rollouts(run)
+            if cfg.trainer.partial_rollouts == "finish":  # continue: the push reaches them in flight
+                self._settle_rollouts(run)
             with timer("sync"):
                 self._sync_weights(run, step)
             every = cfg.ref.update_every
@@ -304,6 +305,8 @@ class RLTrainer:
         """
         assert run.feed is not None
         metrics = staleness_metrics(batch, step - 1)
+        if self.cfg.trainer.partial_rollouts == "continue":
+            metrics.update(partial_metrics(batch))
         with self.timer("gen_ahead"):
             run.feed.fill(step + 1, step - 1)
         metrics.update(run.feed.metrics())

@@ -15,7 +15,10 @@ rollout engine generates ahead of the trainer.
   own prompts with the current weights, so no prompt is lost or trained twice.
 
 A policy *version* is the trainer step whose update produced the weights (0: the initial model);
-every rollout row carries ``rollout_versions`` (B, R), the version of each of its tokens.
+every rollout row carries ``rollout_versions`` (B, R), the version of each of its tokens. With
+``trainer.partial_rollouts=continue`` weights reach a generation in flight, so one trajectory may
+span versions: the engine reports each token's, and staleness is measured on a trajectory's
+oldest token (its lag is the largest).
 
 The queue is part of a checkpoint (``step_N/rollout_queue/``, written by :meth:`RolloutFeed.save`):
 a resumed run trains the draws that were queued, with the prompt sampler positioned after them,
@@ -58,14 +61,23 @@ class Draw:
 
     @property
     def rollouts(self) -> Batch:
-        """The samples (waiting for them if they are still generating), each token stamped with ``version``."""
+        """The samples (waiting for them if they are still generating), each token stamped with
+        ``version`` unless the engine reported per-token versions (partial rollouts)."""
         if self._rollouts is None:
             batch = self.pending.result()
-            if "rollout_versions" not in batch:  # not a draw loaded from a checkpoint
+            if "rollout_versions" not in batch:  # not loaded from a checkpoint, not a partial rollout
                 versions = torch.full_like(batch["responses"], self.version, dtype=torch.int64)
                 batch.set("rollout_versions", versions)
             self._rollouts = batch
         return self._rollouts
+
+    @property
+    def oldest_version(self) -> int:
+        """The version of the draw's oldest trained token (``version`` unless a partial rollout
+        started after newer weights arrived): what the staleness bound is checked on."""
+        versions, mask = _versions_and_mask(self.rollouts)
+        trained = versions[mask]
+        return int(trained.min()) if trained.numel() else self.version
 
 
 def feed_depth(cfg: RlkitConfig) -> int:
@@ -106,7 +118,7 @@ class RolloutFeed:
         """
         if self.queue:
             draw = self.queue.popleft()
-            if version - draw.version <= self.max_staleness:
+            if version - draw.oldest_version <= self.max_staleness:
                 return draw
             self.regenerated += 1
             return self._new_draw(draw.prompts, step, round_, version)
@@ -160,6 +172,26 @@ class RolloutFeed:
             self.queue.append(
                 Draw(prompts, rollouts, int(entry["version"]), int(entry["step"]), int(entry["round"]))
             )
+
+
+def partial_metrics(batch: Batch) -> dict[str, float]:
+    """``async/partial_share``: the share of trajectories whose tokens span more than one version
+    (weights arrived while they were generated, ``trainer.partial_rollouts=continue``)."""
+    if "rollout_versions" not in batch or len(batch) == 0:
+        return {}
+    versions, mask = _versions_and_mask(batch)
+    big = torch.iinfo(versions.dtype).max
+    newest = torch.where(mask, versions, -1).max(dim=1).values
+    oldest = torch.where(mask, versions, big).min(dim=1).values
+    spans = (newest > oldest) & mask.any(dim=1)
+    return {"async/partial_share": float(spans.double().mean())}
+
+
+def _versions_and_mask(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rollout_versions`` (B, R) and ``response_mask`` as bool (B, R) of a rollout batch."""
+    versions, mask = batch["rollout_versions"], batch["response_mask"]
+    assert isinstance(versions, torch.Tensor) and isinstance(mask, torch.Tensor)
+    return versions, mask.bool()
 
 
 def staleness_metrics(batch: Batch, version: int) -> dict[str, float]:

@@ -184,15 +184,33 @@ def _teachers(cfg: RlkitConfig) -> str:
 
 def _rollout_engine(cfg: RlkitConfig) -> str:
     """``rollout.engine`` against the model: package installed, model runnable, its own keys."""
-    from rlkit.rollout.registry import AUTO, resolve_engine
+    from rlkit.rollout.registry import AUTO, AUTO_ENGINES, resolve_engine
     from rlkit.trainer.settings import engine_options
 
     name = cfg.rollout.engine
     hf = model_config_json(cfg.model.path)
     if hf is None:
+        for candidate in AUTO_ENGINES if name == AUTO else (name,):
+            _partial_rollouts_engine(cfg, candidate)
         return f"rollout engine: {name} (checked against the model when the run fetches it)"
+    if name != AUTO:  # before resolving: a missing package is not the first thing to fix
+        _partial_rollouts_engine(cfg, name)
     resolved = resolve_engine(name, hf, engine_options(cfg))
+    _partial_rollouts_engine(cfg, resolved)
     return f"rollout engine: {resolved}" + (" (auto)" if name == AUTO else "")
+
+
+def _partial_rollouts_engine(cfg: RlkitConfig, engine: str) -> None:
+    """``trainer.partial_rollouts=continue`` needs an engine that takes weights mid-generation."""
+    from rlkit.rollout.registry import in_flight_engines, takes_weights_in_flight
+
+    if cfg.trainer.partial_rollouts == "continue" and not takes_weights_in_flight(engine):
+        able = in_flight_engines()
+        raise UserError(
+            f"trainer.partial_rollouts=continue: rollout.engine={engine} cannot take new weights in the "
+            f"middle of a generation (only {', '.join(able)} can)",
+            hint=f"set rollout.engine={' or '.join(able)}, or trainer.partial_rollouts=finish",
+        )
 
 
 def model_config_json(path: str, *, key: str = "model.path") -> dict[str, Any] | None:

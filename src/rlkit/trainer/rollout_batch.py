@@ -52,6 +52,26 @@ def completions_to_batch(
     return trajectories_to_batch(prompt_batch, groups, pad_id=pad_id, max_response_length=max_response_length)
 
 
+def completion_versions(
+    completions: Sequence[Sequence[Completion]], step_of: dict[int, int], max_response_length: int
+) -> torch.Tensor:
+    """``rollout_versions`` (B, R) int64 of single-turn completions: the policy version (trainer
+    step) of each token, from the engine's per-token weight versions (partial rollouts).
+
+    ``step_of`` maps an engine ``weight_version`` to the trainer step whose weights it loaded.
+    Padding repeats a row's first (oldest) version, as the queue stamps whole rows (it is masked).
+    """
+    flat = [c for group in completions for c in group]
+    out = torch.zeros((len(flat), max_response_length), dtype=torch.int64)
+    for i, completion in enumerate(flat):
+        assert completion.weight_versions is not None, "the engine records no per-token weight versions"
+        versions = [step_of[v] for v in completion.weight_versions[:max_response_length]]
+        if versions:
+            out[i] = versions[0]
+            out[i, : len(versions)] = torch.tensor(versions, dtype=torch.int64)
+    return out
+
+
 def trajectories_to_batch(
     prompt_batch: Batch,
     groups: Sequence[Sequence[Trajectory]],

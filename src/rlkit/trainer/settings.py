@@ -212,6 +212,7 @@ def rollout_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         "log_dir": cfg.trainer.out_dir,
         "multi_turn": _plain(cfg.rollout.multi_turn),
         "tokenizer": cfg.model.tokenizer,
+        "partial_rollouts": cfg.trainer.partial_rollouts,
     }
 
 

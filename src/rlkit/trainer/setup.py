@@ -130,7 +130,12 @@ class RunContext:
         """Actor -> rollout engine, after the rollouts submitted before; every receiver checks the
         version and checksum. Split placement moves the weights in buckets through Ray's object store
         or a collective of their own (``hardware.weight_transfer``, :mod:`rlkit.trainer.transfer`);
-        each leg has the deadline ``timeout_s`` (``hardware.sync_timeout_s``)."""
+        each leg has the deadline ``timeout_s`` (``hardware.sync_timeout_s``).
+
+        With ``trainer.partial_rollouts=continue`` (object store only) the push does not queue
+        behind the rollouts generating: it goes to the rollout workers at once, and a running
+        generation takes the weights at its next step (the draws queued behind it start on them).
+        """
         key = "hardware.sync_timeout_s"
         if self.rollout_group is None:
             self.group.call("rollout", "sync_weights", step, timeout_s=timeout_s, timeout_key=key)
@@ -143,11 +148,16 @@ class RunContext:
             "actor", "export_weights", dtype, WEIGHT_BUCKET_MB, timeout_s=timeout_s, timeout_key=key
         )
         receivers = self.rollout_group
-        self.lane.run(
-            lambda: receivers.call(
+
+        def load() -> Any:
+            return receivers.call(
                 "rollout", "load_weights", step, export, timeout_s=timeout_s, timeout_key=key
             )
-        )
+
+        if self.cfg.trainer.partial_rollouts == "continue":
+            load()
+        else:
+            self.lane.run(load)
 
     def sleep_rollout(self) -> None:
         """Free the engine's KV cache for the update when it shares the trainer's devices."""

@@ -58,7 +58,8 @@ def resolve_weight_transfer(cfg: RlkitConfig, device: str) -> str:
     """Resolve ``hardware.weight_transfer`` in place (``auto`` included), so config.yaml names it.
 
     ``auto`` is ``collective`` with split placement on a device whose backend this torch has
-    (gloo on CPU, NCCL on CUDA and ROCm), else ``object_store``.
+    (gloo on CPU, NCCL on CUDA and ROCm), else ``object_store`` (also with
+    ``trainer.partial_rollouts=continue``, whose pushes reach a running generation).
 
     Raises:
         UserError: ``collective`` on a device without a supported backend (NPU); without split
@@ -67,8 +68,9 @@ def resolve_weight_transfer(cfg: RlkitConfig, device: str) -> str:
     hw = cfg.hardware
     backend = _DEVICE_BACKENDS.get(device)
     available = backend is not None and (backend == "gloo" or torch.distributed.is_nccl_available())
-    if hw.weight_transfer == "auto":
-        hw.weight_transfer = "collective" if hw.placement == "split" and available else "object_store"
+    if hw.weight_transfer == "auto":  # partial rollouts take weights mid-generation: object store
+        collective = hw.placement == "split" and available and cfg.trainer.partial_rollouts != "continue"
+        hw.weight_transfer = "collective" if collective else "object_store"
     elif hw.weight_transfer == "collective" and not available:
         raise UserError(
             f"hardware.weight_transfer=collective has no backend on {device} (gloo on CPU, NCCL on CUDA/ROCm"

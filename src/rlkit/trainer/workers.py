@@ -29,13 +29,15 @@ from rlkit.ckpt.state import role_hf_config
 from rlkit.controller.dispatch import dispatch, probe
 from rlkit.controller.worker import worker_context
 from rlkit.data.batch import Batch
+from rlkit.errors import UserError
 from rlkit.models import load_tokenizer, write_hf_folder
-from rlkit.rollout.base import SamplingParams
+from rlkit.rollout.base import InFlightWeights, SamplingParams
 from rlkit.rollout.cache_policy import CacheKeeper
 from rlkit.rollout.registry import build_engine_from_path
-from rlkit.rollout.weight_sync import ChecksumTap, push_checked
+from rlkit.rollout.weight_sync import ChecksumTap, check_push, push_checked
 from rlkit.trainer.rollout_batch import (
     agent_rows,
+    completion_versions,
     completions_to_batch,
     prompt_token_lists,
     trajectories_to_batch,
@@ -214,6 +216,7 @@ class RolloutWorker:
         multi_turn: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         free_cache: str = "auto",
+        partial_rollouts: str = "finish",
     ) -> None:
         device = worker_context().device
         self.keeper = CacheKeeper(free_cache, on_accelerator=device.type != "cpu")
@@ -236,6 +239,15 @@ class RolloutWorker:
         )
         self._tally: dict[str, float] = {"seconds": 0.0, "sequences": 0, "tokens": 0}
         self._receiver: WeightReceiver | None = None  # the collective transport's side, at its first push
+        # trainer.partial_rollouts=continue: pushes reach a running generation, tokens carry versions
+        self.in_flight = partial_rollouts == "continue"
+        if self.in_flight and not isinstance(self.engine, InFlightWeights):
+            raise UserError(
+                f"trainer.partial_rollouts=continue: rollout.engine={engine} cannot take new weights "
+                "in the middle of a generation",
+                hint="set rollout.engine=native or hf, or trainer.partial_rollouts=finish",
+            )
+        self._step_of: dict[int, int] = {}  # engine weight version -> the trainer step it loaded
 
     @dispatch("shard")
     def generate(
@@ -251,9 +263,14 @@ class RolloutWorker:
         self._tally["seconds"] += time.perf_counter() - started
         self._tally["sequences"] += sum(len(group) for group in completions)
         self._tally["tokens"] += sum(len(c.token_ids) for group in completions for c in group)
-        return completions_to_batch(
+        batch = completions_to_batch(
             prompts, completions, pad_id=pad_id, max_response_length=max_response_length
         )
+        if self.in_flight:  # a token's version is the step whose weights sampled it, not the draw's
+            batch.set(
+                "rollout_versions", completion_versions(completions, self._step_of, max_response_length)
+            )
+        return batch
 
     def _generate_with_agent(
         self, prompts: Batch, sampling: SamplingParams, pad_id: int, max_response_length: int
@@ -307,11 +324,17 @@ class RolloutWorker:
         actor = worker_context().roles[source_role]
         self.keeper.after_update()
         self.engine.wake()
-        return push_checked(step, self.engine, actor.role.named_full_tensors(dtype=self.dtype))
+        return self._record(
+            step, push_checked(step, self.engine, actor.role.named_full_tensors(dtype=self.dtype))
+        )
 
     @dispatch("broadcast")
     def load_weights(self, step: int, export: dict[str, Any]) -> dict[str, Any]:
         """Load the weights :meth:`ActorWorker.export_weights` put in the object store (split placement).
+
+        With partial rollouts this call arrives while :meth:`generate` may run on another thread of
+        this worker: the engine takes the weights at its next step boundary and this returns once
+        it has (:class:`~rlkit.rollout.base.InFlightWeights`).
 
         Returns and raises as :meth:`sync_weights` does: the engine's version must advance and its
         checksum must be the sender's.
@@ -322,7 +345,12 @@ class RolloutWorker:
             for ref in export["buckets"]:
                 yield from ray.get(ref)
 
-        return push_checked(step, self.engine, stream(), sent=export["checksums"])
+        if self.in_flight:  # a running generation takes them at its next step (rollout/inflight.py)
+            assert isinstance(self.engine, InFlightWeights)  # checked when the worker was built
+            before = self.engine.weight_version
+            self.engine.update_weights_in_flight(stream())
+            return self._record(step, check_push(step, self.engine, before, export["checksums"]))
+        return self._record(step, push_checked(step, self.engine, stream(), sent=export["checksums"]))
 
     @dispatch("broadcast")
     def receive_weights(self, step: int, plan: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -331,7 +359,12 @@ class RolloutWorker:
         self.engine.wake()
         if self._receiver is None:
             self._receiver = WeightReceiver()
-        return self._receiver.receive(self.engine, step, plan, timeout_s)
+        return self._record(step, self._receiver.receive(self.engine, step, plan, timeout_s))
+
+    def _record(self, step: int, pushed: dict[str, Any]) -> dict[str, Any]:
+        """Remember which trainer step the engine's new weight version holds (per-token versions)."""
+        self._step_of[int(pushed["version"])] = step
+        return pushed
 
     @dispatch("broadcast")
     def gauges(self) -> dict[str, float]:

@@ -9,6 +9,8 @@ import pytest
 from rlkit.config.load import load_config
 from rlkit.errors import UserError
 
+SPLIT = ["hardware.placement=split", "hardware.devices_per_node=2", "hardware.rollout_devices=1"]
+
 
 @pytest.mark.parametrize(
     ("overrides", "needle"),
@@ -50,6 +52,33 @@ from rlkit.errors import UserError
             "no backend on npu",
         ),
         (["hardware.weight_transfer=nccl"], "hardware.weight_transfer"),
+        (["trainer.partial_rollouts=continue"], "trainer.mode=sync with hardware.placement=colocated never"),
+        (
+            ["trainer.partial_rollouts=continue", "trainer.mode=async"],
+            "trainer.mode=async with hardware.placement=colocated never",
+        ),
+        (
+            ["trainer.partial_rollouts=continue", "trainer.mode=one_step_off", *SPLIT],
+            "trainer.mode=one_step_off with hardware.placement=split never",
+        ),
+        (
+            [
+                "trainer.partial_rollouts=continue",
+                "trainer.mode=async",
+                *SPLIT,
+                "rollout.multi_turn.enable=true",
+            ],
+            "not built for multi-turn rollouts",
+        ),
+        (
+            [
+                "trainer.partial_rollouts=continue",
+                "trainer.mode=async",
+                *SPLIT,
+                "hardware.weight_transfer=collective",
+            ],
+            "takes the weights through Ray's object store",
+        ),
     ],
 )
 def test_broken_rule_is_one_line(overrides: list[str], needle: str) -> None:
@@ -160,3 +189,9 @@ def test_rollout_correction_auto_is_on_only_where_rollouts_are_off_policy() -> N
     assert level(real, "trainer.mode=async", "algo.rollout_correction.rollout_is=sequence") == "sequence"
     # bypass mode: the ratio already divides by the rollout's log-probs
     assert level("trainer.mode=async") == "none"
+
+
+def test_partial_rollouts_compose_with_async_on_split_pools() -> None:
+    cfg = load_config("grpo", overrides=["trainer.partial_rollouts=continue", "trainer.mode=async", *SPLIT])
+    assert cfg.trainer.partial_rollouts == "continue"
+    assert load_config("grpo").trainer.partial_rollouts == "finish"

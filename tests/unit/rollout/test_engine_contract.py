@@ -19,10 +19,19 @@ import torch
 from rlkit.models import build_tokenizer, load_causal_lm, load_hf_config
 from rlkit.models.tiny_foreign import FOREIGN_ARCHS, tiny_foreign_config, tiny_foreign_model
 from rlkit.rollout import EngineGauges, RolloutEngine, SamplingParams
-from rlkit.rollout.registry import ENGINES, build_engine, engine_class, loads_checkpoint, resolve_engine
+from rlkit.rollout.registry import (
+    ENGINES,
+    build_engine,
+    engine_class,
+    loads_checkpoint,
+    resolve_engine,
+    takes_weights_in_flight,
+)
 from rlkit.training.heads import PackedPolicy
 
 from .conftest import chisquare_pvalue, hf_tiny
+from .test_partial_rollouts import PARAMS as PARTIAL_PARAMS
+from .test_partial_rollouts import generate_with_update
 
 VOCAB = 320  # the built-in byte tokenizer's ids fit: stop strings can be decoded
 ARCHS = ("qwen2", *FOREIGN_ARCHS)
@@ -79,9 +88,12 @@ def _policy(folder: Path) -> PackedPolicy:
     return PackedPolicy(load_causal_lm(folder))
 
 
-def _trainer_logprobs(folder: Path, prompt: list[int], tokens: list[int], temperature: float) -> torch.Tensor:
-    """The trainer's recomputation: the packed policy forward the actor runs (soft-capping included)."""
-    policy = _policy(folder)
+def _trainer_logprobs(
+    folder: Path, prompt: list[int], tokens: list[int], temperature: float, policy: PackedPolicy | None = None
+) -> torch.Tensor:
+    """The trainer's recomputation: the packed policy forward the actor runs (soft-capping included),
+    of ``folder``'s weights or of ``policy``'s."""
+    policy = policy or _policy(folder)
     ids = torch.tensor(prompt + tokens)
     gather = torch.arange(len(prompt) - 1, len(ids) - 1)
     with torch.no_grad():
@@ -207,6 +219,33 @@ def test_weights_pushed_equal_weights_loaded(name: str, root: str) -> None:
     assert [[c.logprobs for c in g] for g in a] == [[c.logprobs for c in g] for g in b]
     with pytest.raises(ValueError, match="no parameter"):
         pushed.update_weights([("not.a.weight", torch.zeros(1))])
+
+
+@pytest.mark.parametrize("name", [e for e in MODEL_ENGINES if takes_weights_in_flight(e)])
+def test_weights_pushed_mid_generation_sample_the_later_tokens(name: str, root: str) -> None:
+    """Engines with :class:`~rlkit.rollout.base.InFlightWeights` (partial rollouts): the tokens before
+    the push are a run's without it, those after it have the new weights' log-probs."""
+    folder = _folder("qwen2", root)
+    other = load_causal_lm(folder, init="random", seed=99)
+    reference = _engine(name, "qwen2", root).generate(PROMPTS, PARTIAL_PARAMS)
+    outs = generate_with_update(_engine(name, "qwen2", root), PROMPTS, list(other.state_dict().items()), 6)
+    spanning = 0
+    for prompt, group, ref_group in zip(PROMPTS, outs, reference, strict=True):
+        for c, ref in zip(group, ref_group, strict=True):
+            assert c.weight_versions is not None and c.logprobs is not None
+            before = c.weight_versions.count(0)
+            spanning += 0 < before < len(c.token_ids)
+            assert (
+                c.token_ids[:before] == ref.token_ids[:before]
+                and c.logprobs[:before] == ref.logprobs[:before]
+            )
+            new = _trainer_logprobs(
+                folder, prompt, c.token_ids, PARTIAL_PARAMS.temperature, PackedPolicy(other)
+            )
+            torch.testing.assert_close(
+                torch.tensor(c.logprobs[before:]), new[before:], atol=LOGPROB_ATOL, rtol=0
+            )
+    assert spanning > 0
 
 
 @pytest.mark.parametrize("name", MODEL_ENGINES)

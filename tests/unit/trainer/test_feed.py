@@ -12,7 +12,7 @@ import torch
 from rlkit.config.compose import to_dataclass
 from rlkit.config.load import load_config
 from rlkit.data.batch import Batch
-from rlkit.trainer.feed import RolloutFeed, feed_depth, staleness_bound, staleness_metrics
+from rlkit.trainer.feed import RolloutFeed, feed_depth, partial_metrics, staleness_bound, staleness_metrics
 from rlkit.trainer.lane import RolloutLane
 
 
@@ -118,6 +118,28 @@ def test_a_queued_draw_beyond_a_lowered_bound_is_generated_again_from_its_prompt
     assert again.version == 2 and source.generated == [(4, 3, 1)]
     assert staleness_metrics(again.rollouts, 2)["async/staleness_max"] == 0.0
     assert lowered.metrics()["async/regenerated"] == 1.0
+
+
+def _partial_rollouts(versions: list[list[int]], lengths: list[int]) -> Batch:
+    """A draw's samples whose tokens carry the versions an engine reported (partial rollouts)."""
+    rows = torch.tensor(versions)
+    mask = (torch.arange(rows.shape[1])[None] < torch.tensor(lengths)[:, None]).float()
+    return Batch(tensors={"responses": rows, "response_mask": mask, "rollout_versions": rows})
+
+
+def test_a_partial_rollouts_staleness_is_its_oldest_token() -> None:
+    """A draw queued at version 0 whose tokens were sampled at versions 1 and 2 is checked on 1."""
+    batch = _partial_rollouts([[1, 1, 2, 2], [2, 2, 2, 0]], [4, 3])  # the 0 is padding
+    pending: Future[Batch] = Future()
+    pending.set_result(batch)
+    feed = RolloutFeed(2, 2, lambda: Batch(tensors={"prompts": torch.zeros(2, 1)}), lambda *_: pending)
+    feed.fill(2, 0)
+    assert feed.queue[0].version == 0 and feed.queue[0].oldest_version == 1
+    assert feed.take(2, 1, 3).rollouts is batch  # 3 - 1 = 2 versions behind: within the bound
+    assert torch.equal(feed.queue[0].rollouts["rollout_versions"], batch["rollout_versions"])  # not restamped
+    assert staleness_metrics(batch, 3)["async/staleness_max"] == 2.0
+    assert partial_metrics(batch) == {"async/partial_share": 0.5}
+    assert partial_metrics(_partial_rollouts([[1, 1], [0, 0]], [2, 0])) == {"async/partial_share": 0.0}
 
 
 def test_a_concurrent_lane_runs_calls_in_order_beside_the_caller() -> None:

@@ -185,3 +185,18 @@ def test_dry_run_refuses_what_the_run_would_refuse_before_ray(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set and model org/not-cached is not in"):
         _check("model.path=org/not-cached")
+
+
+def test_partial_rollouts_need_an_engine_that_takes_weights_mid_generation() -> None:
+    continued = ["trainer.partial_rollouts=continue", "trainer.mode=async", "hardware.placement=split"]
+    continued += ["hardware.devices_per_node=2", "hardware.rollout_devices=1"]
+    for engine in ("vllm", "server"):
+        with pytest.raises(UserError) as err:
+            _check(*continued, f"rollout.engine={engine}")
+        message = err.value.message
+        assert (
+            f"rollout.engine={engine} cannot take new weights" in message and "only native, hf can" in message
+        )
+        assert "\n" not in message and "trainer.partial_rollouts=finish" in (err.value.hint or "")
+    for engine in ("auto", "native", "hf"):
+        assert any("rollout engine:" in line for line in _check(*continued, f"rollout.engine={engine}"))
