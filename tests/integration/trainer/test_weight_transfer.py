@@ -117,6 +117,7 @@ class Receiver(RolloutWorker):
     def __init__(self, stuck_at: int | None = None) -> None:
         self.engine = StateDictEngine()  # type: ignore[assignment]
         self._receiver = None
+        self._step_of: dict[int, int] = {}
         self.stuck_at = stuck_at
 
     @dispatch("broadcast")
