@@ -96,7 +96,9 @@ class MegatronLayout:
         if hf.get("mlp_bias") or (model_type == "llama" and hf.get("attention_bias")):
             raise ValueError("the Megatron converter does not map o_proj / MLP biases")
         heads = int(hf["num_attention_heads"])
-        num_experts = int(hf.get("num_experts") or 0) if FAMILIES[model_type] else 0
+        # transformers 5.x writes Qwen3-MoE's expert count as num_local_experts, 4.5x as num_experts
+        experts = hf.get("num_experts") or hf.get("num_local_experts") or 0
+        num_experts = int(experts) if FAMILIES[model_type] else 0
         if num_experts and (hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1):
             raise ValueError("the Megatron converter maps MoE models whose every layer is sparse")
         return cls(

@@ -203,3 +203,13 @@ def test_unmapped_models_are_refused() -> None:
             {"model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(2)},
             MegatronLayout.from_hf(hf_config()),
         )
+
+
+def test_layout_reads_the_expert_count_of_the_installed_transformers_config() -> None:
+    """transformers 5.x writes Qwen3-MoE's expert count as ``num_local_experts`` (4.5x: ``num_experts``);
+    either way the layout has the experts (a dense layout here built a dense GPTModel on the GPU)."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2)
+    assert MegatronLayout.from_hf(config.to_dict()).num_experts == 4
+    assert MegatronLayout.from_hf({**hf_config("qwen3_moe"), "num_experts": EXPERTS}).num_experts == EXPERTS
