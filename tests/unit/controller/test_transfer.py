@@ -66,6 +66,16 @@ def test_a_tensor_that_does_not_fit_the_layout_is_refused() -> None:
             "cpu",
             "object_store",
         ),
+        (  # partial rollouts: the push must reach a running generation
+            [
+                "hardware.placement=split",
+                "hardware.devices_per_node=2",
+                "trainer.mode=async",
+                "trainer.partial_rollouts=continue",
+            ],
+            "cpu",
+            "object_store",
+        ),
     ],
 )
 def test_auto_picks_the_collective_where_split_placement_has_a_backend(
