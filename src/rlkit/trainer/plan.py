@@ -216,6 +216,12 @@ def _kv_slots(
 
 def _warn(cfg: RlkitConfig, result: Plan) -> None:
     """A warning per phase that would not fit the device, naming the keys that shrink it."""
+    megatron = [role for role in ("actor", "critic") if getattr(cfg, role).strategy == "megatron"]
+    if megatron:  # models/memory.py follows the FSDP engine's passes, not Megatron's
+        result.notes.append(
+            f"{megatron[0]}.strategy=megatron: the memory estimate models the FSDP engine; Megatron's "
+            "layers, padded micro-batches and recompute differ (read the run's memory/update_peak_gib)"
+        )
     if result.memory_gib is None:
         result.notes.append(
             "no hardware.memory_per_device_gb in this profile: nothing to compare the estimate with"

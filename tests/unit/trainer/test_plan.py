@@ -119,3 +119,13 @@ def test_the_update_phase_is_the_peak_moment_of_a_micro_batch_over_the_resident_
     assert update.parts["actor optimizer"] == shape.num_params * 8
     assert update.total == shape.num_params * (4 + 8 + 4) + sum(parts.values())  # + the rollout's copy
     assert f"at {moment}:" in render(result)
+
+
+def test_a_megatron_actor_is_told_the_estimate_models_the_fsdp_engine(tmp_path: Path) -> None:
+    """``rlkit plan`` composes without starting anything, so a Megatron run is planned on any machine;
+    its estimate follows the FSDP engine's passes, and the plan says so rather than implying more."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN_0_5B))
+    result = _plan(f"model.path={tmp_path}", "actor.strategy=megatron", profile_name="h100x1")
+    (note,) = [n for n in result.notes if "strategy=megatron" in n]
+    assert note.startswith("actor.strategy=megatron: the memory estimate models the FSDP engine")
+    assert "memory/update_peak_gib" in note and "note: actor.strategy=megatron" in render(result)
