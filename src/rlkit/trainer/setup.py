@@ -328,21 +328,7 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
         restore_sampler(data.sampler, point)
     ckpt.prepare_run_dir(run_dir, point)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config_dict)))
-    reward = build_reward_manager(
-        cfg.reward.manager,
-        custom_path=cfg.reward.custom.path,
-        custom_name=cfg.reward.custom.name,
-        # a user's scoring code always runs in sandboxed worker processes (0: the builder picks how many)
-        num_workers=cfg.reward.num_workers,
-        timeout_s=cfg.reward.timeout_s,
-        step_timeout_s=cfg.reward.step_timeout_s,
-        import_timeout_s=cfg.reward.import_timeout_s,
-        on_error=cfg.reward.on_error,
-        reward_model_path=cfg.reward.model_path,
-        overlong_enable=cfg.reward.overlong.enable,
-        overlong_buffer_len=cfg.reward.overlong.buffer_len,
-        overlong_penalty_factor=cfg.reward.overlong.penalty_factor,
-    )
+    reward = _reward_manager(cfg)
     world = cfg.hardware.nodes * cfg.hardware.devices_per_node
     limits = deadlines(cfg, device)
     start_ray(cfg.hardware.ray_address, connect_timeout_s=limits.connect_s)
@@ -359,20 +345,7 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
             call_timeout_s=limits.stage_s,
             start_timeout_s=limits.start_s,
         )
-    roles: dict[str, type] = {"actor": ActorWorker}
-    init: dict[str, dict[str, Any]] = {"actor": actor_settings(cfg, device)}
-    if not split:
-        roles["rollout"], init["rollout"] = RolloutWorker, rollout_settings(cfg, device)
-    if _ref_enabled(cfg) and not ref_is_actor_base(cfg):
-        roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
-    if cfg.algo.distill.teachers:
-        roles["teacher"], init["teacher"] = TeacherWorker, teacher_settings(cfg, device)
-    if _critic_enabled(cfg):
-        roles["critic"], init["critic"] = CriticWorker, critic_settings(cfg, device)
-    if cfg.reward.model_path:
-        roles["reward_model"], init["reward_model"] = RewardModelWorker, reward_model_settings(cfg, device)
-    if cfg.trainer.profile != "none":
-        roles["profiler"] = ProfilerRole
+    roles, init = _trainer_roles(cfg, device, with_rollout=not split)
     try:
         group = WorkerGroup(pool, roles, init, call_timeout_s=limits.stage_s, start_timeout_s=limits.start_s)
     except BaseException:
@@ -405,6 +378,48 @@ def _build(cfg: RlkitConfig, start: RunStart) -> RunContext:
             run.close()
             raise
     return run
+
+
+def _reward_manager(cfg: RlkitConfig) -> Any:
+    """The run's reward manager, from the ``reward`` group."""
+    return build_reward_manager(
+        cfg.reward.manager,
+        custom_path=cfg.reward.custom.path,
+        custom_name=cfg.reward.custom.name,
+        # a user's scoring code always runs in sandboxed worker processes (0: the builder picks how many)
+        num_workers=cfg.reward.num_workers,
+        timeout_s=cfg.reward.timeout_s,
+        step_timeout_s=cfg.reward.step_timeout_s,
+        import_timeout_s=cfg.reward.import_timeout_s,
+        on_error=cfg.reward.on_error,
+        reward_model_path=cfg.reward.model_path,
+        overlong_enable=cfg.reward.overlong.enable,
+        overlong_buffer_len=cfg.reward.overlong.buffer_len,
+        overlong_penalty_factor=cfg.reward.overlong.penalty_factor,
+    )
+
+
+def _trainer_roles(
+    cfg: RlkitConfig, device: str, *, with_rollout: bool
+) -> tuple[dict[str, type], dict[str, dict[str, Any]]]:
+    """The roles of the trainer's worker group and their settings: the actor always; the rollout
+    engine when colocated; the reference, teacher, critic, reward model and profiler where the
+    config needs them."""
+    roles: dict[str, type] = {"actor": ActorWorker}
+    init: dict[str, dict[str, Any]] = {"actor": actor_settings(cfg, device)}
+    if with_rollout:
+        roles["rollout"], init["rollout"] = RolloutWorker, rollout_settings(cfg, device)
+    if _ref_enabled(cfg) and not ref_is_actor_base(cfg):
+        roles["ref"], init["ref"] = RefWorker, ref_settings(cfg, device)
+    if cfg.algo.distill.teachers:
+        roles["teacher"], init["teacher"] = TeacherWorker, teacher_settings(cfg, device)
+    if _critic_enabled(cfg):
+        roles["critic"], init["critic"] = CriticWorker, critic_settings(cfg, device)
+    if cfg.reward.model_path:
+        roles["reward_model"], init["reward_model"] = RewardModelWorker, reward_model_settings(cfg, device)
+    if cfg.trainer.profile != "none":
+        roles["profiler"] = ProfilerRole
+    return roles, init
 
 
 def _ref_enabled(cfg: RlkitConfig) -> bool:
