@@ -14,10 +14,8 @@ How one ``generate`` call runs:
    runs; a sequence that stopped at step t therefore computes one discarded extra token. Sequences
    that reach ``max_tokens`` are taken out before that step is launched.
 
-Weights pushed from another thread while a generation runs (:meth:`NativeEngine.update_weights_in_flight`,
-partial rollouts) load between two steps, after every launched step has landed: the running
-sequences' KV cache is then recomputed under the new weights (one prefill of their contexts), so
-each token comes from exactly one policy and records its weight version.
+Weights pushed while a generation runs (:meth:`NativeEngine.update_weights_in_flight`) load between
+two steps; the running sequences' KV cache is then recomputed, so each token is one policy's.
 
 Sampling: where Triton runs and no row of a step needs truncation (top-k/p, min-p) or a repetition
 penalty, one kernel (:mod:`rlkit.rollout.sampling_kernel`) samples every row in a single pass over
@@ -108,8 +106,7 @@ class _Buffers:
 
 @dataclass
 class _Record:
-    """A launched prefill or decode step whose results are on their way to the host, and the
-    weight version that computed them."""
+    """A launched step: its results on their way to the host, and the weights' version that ran it."""
 
     rows: list[Sequence | None]
     results: HostCopy
@@ -332,14 +329,9 @@ class NativeEngine(VersionedWeights):
         return results  # type: ignore[return-value]
 
     def _recompute_cache(self, sched: Scheduler) -> None:
-        """Rewrite the keys/values of every running sequence with the weights just loaded.
-
-        A running sequence's cache holds its prompt and all its tokens but the last (which the
-        next decode step feeds). Keeping those keys/values (what NeMo-RL does by default) would
-        sample the next tokens from a mix of both policies; recomputing them (as AReaL does) costs
-        one prefill of the in-flight contexts per update and makes every later token exactly the
-        new policy's (docs/async.md).
-        """
+        """Rewrite the keys/values of every running sequence (its prompt and all its tokens but the
+        last, which the next decode step feeds) with the weights just loaded: kept, they would mix
+        both policies (docs/async.md, partial rollouts)."""
         assert self._cache is not None
         contexts = [(seq.slot, seq.prompt + seq.tokens[:-1]) for seq in sched.slots if seq is not None]
         for chunk in pack_contexts(contexts, self.max_prefill_tokens):

@@ -212,23 +212,19 @@ class ActorRole(LoraRole):
         The ratio's denominator is the batch's ``old_log_probs`` when it has them (in verl's bypass
         mode the trainer puts the rollout log-probs there). Without them the update must be
         on-policy (one mini-batch, one epoch) and the denominator is the current log-prob itself,
-        detached, so the ratio is exactly 1, as verl does for on-policy updates; a trainer that
-        skips the old-log-prob pass for on-policy steps gets this and saves a forward pass.
+        detached, so the ratio is exactly 1 (verl's on-policy case; it saves a forward pass).
         ``rollout_is_weights`` (B, R), when in the batch, multiplies the per-token policy loss.
-        With ``gkd`` (``{"loss": forward_kl | reverse_kl | jsd, "coef": c, "beta": b}``) the loss adds
-        ``c`` times the GKD divergence between the student and the teacher over the teacher's top-k
-        (the batch's ``teacher_topk_ids`` / ``teacher_topk_log_probs``, see
-        :func:`rlkit.algos.compute_gkd_loss`), aggregated like the policy loss. Micro-batch losses carry the global-batch keywords (token and sequence counts of the whole
-        mini-batch over all ranks), so the update does not depend on how the batch is cut.
+        ``gkd`` (``{"loss", "coef", "beta"}``) adds ``coef`` times the GKD divergence to the teacher's
+        top-k columns (:func:`rlkit.algos.compute_gkd_loss`). Micro-batch losses carry the whole
+        mini-batch's token and sequence counts over all ranks: the split does not change the update.
 
         Returns:
             verl-named metrics averaged over the step's mini-batches: ``actor/pg_loss``,
             ``actor/pg_clipfrac``, ``actor/ppo_kl``, ``actor/pg_clipfrac_lower`` (those the loss
-            reports), ``actor/entropy`` (when ``entropy_coeff`` != 0, aggregated like the loss, or
-            with ``entropy_metric``: the token mean, for a trainer that skipped the old-log-prob pass
-            that otherwise reports it), ``actor/kl_loss`` (with
-            ``use_kl_loss``), ``distill/*`` (with ``gkd``), ``actor/grad_norm``, ``actor/lr`` (the rate this step used) and
-            ``actor/skipped_steps`` (optimizer steps skipped for a non-finite gradient norm).
+            reports), ``actor/entropy`` (with ``entropy_coeff`` != 0, aggregated like the loss; with
+            ``entropy_metric``, the token mean, for a trainer that skipped the old-log-prob pass),
+            ``actor/kl_loss``, ``distill/*`` (with ``gkd``), ``actor/grad_norm``, ``actor/lr`` (this
+            step's) and ``actor/skipped_steps`` (steps skipped for a non-finite gradient norm).
         """
         if loss_mode not in policy_losses:
             raise UserError(
@@ -237,9 +233,8 @@ class ActorRole(LoraRole):
         on_policy = "old_log_probs" not in batch.tensors
         if on_policy and (num_mini_batches != 1 or epochs != 1):
             raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
-        needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages"]
-        needed += ["ref_log_prob"] if use_kl_loss else []
-        needed += _gkd_columns(gkd)
+        kl_columns = ["ref_log_prob"] if use_kl_loss else []
+        needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages", *kl_columns, *_gkd_columns(gkd)]
         require_columns(batch, needed, "actor update")
         batch, _ = self.engine.replica_batch(batch)
         settings = {
