@@ -93,7 +93,8 @@ def check_resume_is_exact(straight: Path, out: Path, tiny_run: list[str]) -> Non
     for step in (3, 4):
         assert expected[step].keys() == got[step].keys()
         for key, value in expected[step].items():
-            assert math.isclose(value, got[step][key], rel_tol=1e-6, abs_tol=1e-6), (step, key)
+            gaps = {k: (expected[step][k], got[step][k]) for k in expected[step] if "logprob_gap" in k}
+            assert math.isclose(value, got[step][key], rel_tol=1e-6, abs_tol=1e-6), (step, key, gaps)
 
 
 def check_changed_rank_is_refused(straight: Path, run: Path, tiny_run: list[str]) -> None:

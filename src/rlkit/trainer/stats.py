@@ -45,7 +45,10 @@ def batch_metrics(batch: Batch) -> dict[str, float]:
         out["critic/returns_mean"] = _masked_mean(batch["returns"], mask)
     old, rollout = batch.tensors.get("old_log_probs"), batch.tensors.get("rollout_log_probs")
     if old is not None and rollout is not None and old is not rollout:  # the same tensor in bypass mode
-        out["rollout/logprob_gap_abs"] = _masked_mean((old - rollout).abs(), mask)
+        gap = (old - rollout).abs()
+        out["rollout/logprob_gap_abs"] = _masked_mean(gap, mask)
+        # the largest token's gap: one wrong token stands out here, rounding stays near the mean
+        out["rollout/logprob_gap_max"] = float(gap[mask.bool()].max()) if mask.any() else 0.0
         out["rollout/logprob_gap_k3"] = _masked_mean(kl_penalty(rollout, old, "k3"), mask)
     out.update(agent_metrics(batch))
     return out
