@@ -92,8 +92,8 @@ def check_resume_is_exact(straight: Path, out: Path, tiny_run: list[str]) -> Non
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
         assert expected[step].keys() == got[step].keys()
+        gaps = {k: (v, got[step][k]) for k, v in expected[step].items() if "logprob_gap" in k}
         for key, value in expected[step].items():
-            gaps = {k: (expected[step][k], got[step][k]) for k in expected[step] if "logprob_gap" in k}
             assert math.isclose(value, got[step][key], rel_tol=1e-6, abs_tol=1e-6), (step, key, gaps)
 
 
