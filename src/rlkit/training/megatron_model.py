@@ -18,6 +18,7 @@ Shape legend: T = packed tokens, N = gathered rows, D = hidden size, S = longest
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -175,6 +176,7 @@ def build_gpt(hf: dict[str, Any], config: Any) -> Any:
         qk_layernorm=config.qk_layernorm,
         normalization="RMSNorm",
     )
+    spec.submodules.self_attention.submodules.core_attention = sdpa_attention()
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     gpt = GPTModel(
         config=config,
@@ -190,6 +192,48 @@ def build_gpt(hf: dict[str, Any], config: Any) -> Any:
     )
     _mark_tensor_parallel(gpt)
     return gpt
+
+
+@functools.cache
+def sdpa_attention() -> type:
+    """Megatron's local ``DotProductAttention`` computed by ``F.scaled_dot_product_attention``.
+
+    The local spec's attention multiplies out the (B, heads, S, S) scores, masks, softmaxes and
+    multiplies again, one eager kernel each; SDPA runs flash attention on a GPU (and the math path
+    on a CPU) with the same result. It is causal and ignores ``attention_mask``: rlkit's forward
+    only ever passes the causal mask of right-padded rows (see :meth:`_MegatronRoot.hidden_states`),
+    and dropout is off.
+    """
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class SDPAttention(DotProductAttention):  # type: ignore[misc]
+        def forward(
+            self,
+            query: torch.Tensor,
+            key: torch.Tensor,
+            value: torch.Tensor,
+            attention_mask: torch.Tensor | None,
+            attn_mask_type: Any = None,
+            attention_bias: Any = None,
+            packed_seq_params: Any = None,
+        ) -> torch.Tensor:
+            if attention_bias is not None or packed_seq_params is not None:
+                raise ValueError(
+                    "rlkit's SDPA attention takes neither an attention bias nor packed sequences"
+                )
+            seq, rows = query.shape[0], query.shape[1]
+            # [S, B, heads, d] -> [B, heads, S, d]; GQA: each key/value group serves its run of query heads
+            q_BHSd, k_BHSd, v_BHSd = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+            groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+            if groups > 1:
+                k_BHSd = k_BHSd.repeat_interleave(groups, dim=1)
+                v_BHSd = v_BHSd.repeat_interleave(groups, dim=1)
+            out_BHSd = F.scaled_dot_product_attention(
+                q_BHSd, k_BHSd, v_BHSd, is_causal=True, scale=self.softmax_scale
+            )
+            return out_BHSd.permute(2, 0, 1, 3).reshape(seq, rows, self.hidden_size_per_partition)
+
+    return SDPAttention
 
 
 def _mark_tensor_parallel(gpt: nn.Module) -> None:
@@ -257,6 +301,24 @@ def _padded_layout(cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor) -> tu
     return rows, longest, row_T * longest + col_T
 
 
+def _under_autocast(forward: Any, dtype: torch.dtype) -> Any:
+    """``forward`` run under autocast in ``dtype`` on the device of its ``hidden_states``.
+
+    Megatron's activation recompute re-runs each layer's forward in backward without restoring
+    the autocast state of the first forward (``torch.utils.checkpoint`` restores it; Megatron's
+    ``CheckpointFunction`` does not): without this, every recomputed layer and its backward ran in
+    fp32, about 3x slower on a GPU. Under the outer autocast of the first forward it changes nothing.
+    """
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        hidden: torch.Tensor = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        with torch.autocast(hidden.device.type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    return run
+
+
 class _MegatronRoot(nn.Module):
     """A ``GPTModel`` and the packed forward up to its final norm (the heads are the subclasses')."""
 
@@ -268,6 +330,9 @@ class _MegatronRoot(nn.Module):
         self.compute_dtype = compute_dtype
         # fp32 master weights computing in a lower dtype run under autocast (as FSDP's one-rank path)
         self.autocast = any(p.dtype != compute_dtype for p in gpt.parameters() if p.is_floating_point())
+        if self.autocast:
+            for layer in self.gpt.decoder.layers:
+                layer.forward = _under_autocast(layer.forward, compute_dtype)
 
     def hidden_states(
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor

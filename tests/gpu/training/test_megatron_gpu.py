@@ -101,6 +101,17 @@ def test_megatron_matches_fsdp_on_the_05b_shape_in_bf16(qwen_05b: Path) -> None:
     assert metrics_m["actor/grad_norm"] == pytest.approx(metrics_f["actor/grad_norm"], rel=0.03)
 
 
+def test_activation_recompute_computes_in_bf16(qwen_05b: Path) -> None:
+    """Megatron's recompute re-runs each layer in backward: in bf16 like the first forward, not fp32."""
+    megatron = _actor(qwen_05b, "megatron", gradient_checkpointing=True)
+    seen: list[torch.dtype] = []
+    fc1 = megatron.engine.module.gpt.decoder.layers[0].mlp.linear_fc1
+    fc1.register_forward_hook(lambda _m, _i, out: seen.append(out[0].dtype))
+    megatron.update(_batch(151936, seed=3))
+    assert len(seen) >= 2 and len(seen) % 2 == 0  # the forward of each micro-batch and its recompute
+    assert set(seen) == {torch.bfloat16}
+
+
 def test_save_resume_is_exact_and_export_equals_the_weights(qwen_05b: Path, tmp_path: Path) -> None:
     """A resumed actor holds exactly the saved weights, Adam moments, step and rate; the next update
     matches the uninterrupted actor's; the merged checkpoint equals the exported weights."""

@@ -159,6 +159,24 @@ def test_activation_recompute_gives_the_same_update(tiny_model_dir: Path) -> Non
         torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_a_layer_called_outside_autocast_still_computes_in_the_compute_dtype(tiny_model_dir: Path) -> None:
+    # Megatron's activation recompute re-runs each layer in backward outside the first forward's
+    # autocast; the engine's layers must compute in bf16 there too (in fp32 the recomputed layers
+    # and their backward ran about 3x slower on a GPU). The recompute's backward itself needs CUDA
+    # (Megatron restores autocast for CUDA only): tests/gpu/training/test_megatron_gpu.py runs it.
+    actor = _actor(tiny_model_dir, gradient_checkpointing=True, dtype="bfloat16")
+    gpt = actor.engine.module.gpt
+    seen: list[torch.dtype] = []
+    gpt.decoder.layers[0].mlp.linear_fc1.register_forward_hook(lambda _m, _i, out: seen.append(out[0].dtype))
+    hidden_SBD = torch.randn(5, 2, gpt.config.hidden_size)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)[None, None]
+    with torch.no_grad():
+        gpt.decoder.layers[0](
+            hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=gpt.rotary_pos_emb(5)
+        )
+    assert seen == [torch.bfloat16]
+
+
 def test_config_builds_the_megatron_actor_and_its_export_is_the_same_policy(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
