@@ -73,14 +73,14 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
         run: The :class:`~rlkit.trainer.setup.RunContext`.
     """
     val = len(run.data.val) if run.data.val is not None else 0
-    roles = ", ".join(r for r in run.group.roles if r not in ("rollout", "profiler"))
+    roles = _trained_roles(cfg, [r for r in run.group.roles if r not in ("rollout", "profiler")])
     if run.start_step:
         start = f"resuming at step {run.start_step} of {cfg.trainer.total_steps}"
     else:
         start = f"fresh start, {cfg.trainer.total_steps} steps"
     lines = [
         f"[bold]run[/]      {run.run_dir}  ({start})",
-        f"[bold]model[/]    {cfg.model.path} ({cfg.model.dtype}); training {roles} with FSDP2, "
+        f"[bold]model[/]    {cfg.model.path} ({cfg.model.dtype}); training {roles}, "
         f"rollout on the {cfg.rollout.engine} engine",
         f"[bold]device[/]   {run.group.device} x {run.world_size} ({_placement(cfg)}; trainer.mode={cfg.trainer.mode})",
         f"[bold]nodes[/]    {run.group.placement()}",
@@ -145,6 +145,18 @@ class RunSummary:
             lines.append(f"           rlkit ckpt merge {self.checkpoint} --out {hf}")
             lines.append(f"           rlkit generate {hf} --prompts PROMPTS.parquet --out gen.jsonl")
         return "\n".join(lines)
+
+
+def _trained_roles(cfg: RlkitConfig, roles: list[str]) -> str:
+    """``actor, ref with FSDP2``, or per engine: ``actor with Megatron-core, ref with FSDP2``."""
+    names = {"fsdp": "FSDP2", "megatron": "Megatron-core"}
+    by_engine: dict[str, list[str]] = {}
+    for role in roles:
+        strategy = (
+            getattr(getattr(cfg, role, None), "strategy", "fsdp") if role in ("actor", "critic") else "fsdp"
+        )
+        by_engine.setdefault(names.get(strategy, strategy), []).append(role)
+    return ", ".join(f"{', '.join(rs)} with {engine}" for engine, rs in by_engine.items())
 
 
 def _placement(cfg: RlkitConfig) -> str:
