@@ -17,7 +17,7 @@ from rlkit.hardware.profiles import profile_values, summarize_profile, summarize
 from rlkit.registry import RECIPES, Recipe, profile_names, profiles_dir
 from rlkit.trainer.settings import num_mini_batches
 
-EXPECTED = {"cpu", "h100x1", "h100x2", "h100x8", "h200x8", "a100x8", "mi300x8", "ascend910bx8"}
+EXPECTED = {"cpu", "h100x1", "h100x2", "h100x8", "h200x1", "h200x8", "a100x8", "mi300x8", "ascend910bx8"}
 PROFILES = profile_names()
 
 
