@@ -23,6 +23,7 @@ from rlkit.training.distributed import all_reduce_sum, ensure_process_group, wor
 from rlkit.training.engine import EngineOptions
 from rlkit.training.engine_base import POLICY_ENGINES, hf_config_dict
 from rlkit.training.lora import ALL_LINEAR, LoraRole, adapters_disabled
+from rlkit.training.micro_batches import PackedMicroBatch
 from rlkit.training.passes import (
     mini_batches,
     packed_micro_batches,
@@ -147,6 +148,7 @@ class ActorRole(LoraRole):
             chunk_tokens=self.chunk_tokens,
             device=self.engine.device,
             sum_pi_squared=squares,
+            runner=self.engine,
         )
         out = {"old_log_probs": logp}
         if entropy is not None:
@@ -181,6 +183,7 @@ class ActorRole(LoraRole):
                 budget=self.micro_batch_tokens,
                 chunk_tokens=self.chunk_tokens,
                 device=self.engine.device,
+                runner=self.engine,
             )
         return Batch(tensors={"ref_log_prob": logp[own]})
 
@@ -282,10 +285,12 @@ class ActorRole(LoraRole):
         if s["gkd"] is not None:
             columns["teacher_topk_ids"] = mini.tensors["teacher_topk_ids"].to(device, non_blocking=True)
         stats = MiniBatchStats(device)
-        for mb in packed_micro_batches(mini, self.micro_batch_tokens, device):
-            col = {n: t[rows_on(mb, device)] for n, t in columns.items()}
-            support = None if s["gkd"] is None else col["teacher_topk_ids"][mb.resp_row_N, mb.resp_col_N]
-            lp_N, ent_N, *support_N = self.engine.module(
+
+        def forward(mb: PackedMicroBatch) -> Any:
+            support = None
+            if s["gkd"] is not None:
+                support = columns["teacher_topk_ids"][rows_on(mb, device)][mb.resp_row_N, mb.resp_col_N]
+            return self.engine.module(
                 mb.input_ids_T,
                 mb.position_ids_T,
                 mb.cu_seqlens,
@@ -296,6 +301,10 @@ class ActorRole(LoraRole):
                 chunk_tokens=self.chunk_tokens,
                 support_NK=support,
             )
+
+        def consume(mb: PackedMicroBatch, out: Any) -> torch.Tensor:
+            lp_N, ent_N, *support_N = out
+            col = {n: t[rows_on(mb, device)] for n, t in columns.items()}
             log_prob = mb.scatter(lp_N, width)
             pg_loss, pg_metrics = s["loss_fn"](
                 log_prob.detach() if s["on_policy"] else col["old_log_probs"],
@@ -333,9 +342,12 @@ class ActorRole(LoraRole):
             if s["gkd"] is not None:
                 loss = loss + self._gkd_term(mb, support_N[0], col, s, agg, stats, mask)
             # A padding micro-batch still runs backward so every rank joins the same collectives.
-            (loss * 0.0 if mb.is_padding else loss).backward()
+            return loss * 0.0 if mb.is_padding else loss
+
+        micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
+        self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
-        metrics = stats.reduce()
+        metrics = self.engine.reduce_stats(stats)
         metrics["actor/grad_norm"] = grad_norm
         return metrics
 

@@ -21,6 +21,7 @@ from rlkit.models.value import ValueModel
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions
 from rlkit.training.engine_base import VALUE_ENGINES, hf_config_dict
+from rlkit.training.micro_batches import PackedMicroBatch
 from rlkit.training.passes import (
     mini_batches,
     packed_micro_batches,
@@ -87,7 +88,11 @@ class CriticRole:
         batch, own = self.engine.replica_batch(batch)
         self.engine.eval()
         values = response_values(
-            self.engine.module, batch, budget=self.micro_batch_tokens, device=self.engine.device
+            self.engine.module,
+            batch,
+            budget=self.micro_batch_tokens,
+            device=self.engine.device,
+            runner=self.engine,
         )
         return Batch(tensors={"values": values[own]})
 
@@ -139,11 +144,13 @@ class CriticRole:
             for n in ("response_mask", "returns", "values")
         }
         stats = MiniBatchStats(device)
-        for mb in packed_micro_batches(mini, self.micro_batch_tokens, device):
+
+        def forward(mb: PackedMicroBatch) -> Any:
+            return self.engine.module(mb.input_ids_T, mb.position_ids_T, mb.cu_seqlens, mb.gather_idx_N)
+
+        def consume(mb: PackedMicroBatch, v_N: Any) -> torch.Tensor:
             rows = rows_on(mb, device)
-            vpreds = mb.scatter(
-                self.engine.module(mb.input_ids_T, mb.position_ids_T, mb.cu_seqlens, mb.gather_idx_N), width
-            )
+            vpreds = mb.scatter(v_N, width)
             mb_mask = columns["response_mask"][rows]
             vf_loss, clipfrac = compute_value_loss(
                 vpreds,
@@ -154,15 +161,18 @@ class CriticRole:
                 loss_agg_mode,
                 **agg,
             )
-            (vf_loss * 0.0 if mb.is_padding else vf_loss).backward()
             if not mb.is_padding:
                 weight = float(mask[mb.rows].sum())  # host copy of the mask: no device sync
                 stats.add_share("critic/vf_loss", vf_loss)
                 stats.add_mean("critic/vf_clipfrac", clipfrac, weight)
                 vmean = (vpreds.detach() * mb_mask).sum() / max(weight, 1.0)
                 stats.add_mean("critic/vpred_mean", vmean, weight)
+            return vf_loss * 0.0 if mb.is_padding else vf_loss
+
+        micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
+        self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
-        metrics = stats.reduce()
+        metrics = self.engine.reduce_stats(stats)
         metrics["critic/grad_norm"] = grad_norm
         return metrics
 

@@ -1,9 +1,14 @@
 """What every training engine gives the roles, and the AdamW + schedule + clipping they share.
 
-The trained roles (actor, critic) drive an engine through :class:`TrainingEngine` only: forward
-and backward through ``engine.module`` (a root module whose forward ends at the heads, see
-:mod:`rlkit.training.heads`), then :meth:`~TrainingEngine.optimizer_step` once per mini-batch and
-:meth:`~TrainingEngine.scheduler_step` once per RL step. ``actor.strategy`` / ``critic.strategy``
+The trained roles (actor, critic) drive an engine through :class:`TrainingEngine` only: the
+micro-batches of a pass go through :meth:`~TrainingEngine.run_micro_batches` (the role's forward
+calls ``engine.module``, a root module whose forward ends at the heads, see
+:mod:`rlkit.training.heads`; the role's ``consume`` turns the heads' outputs into a loss), then
+:meth:`~TrainingEngine.optimizer_step` once per mini-batch and
+:meth:`~TrainingEngine.scheduler_step` once per RL step. An engine with pipeline stages runs the
+micro-batches through its schedule and calls ``consume`` on the last stage only;
+:meth:`~TrainingEngine.reduce_stats` and :meth:`~TrainingEngine.from_last_stage` then give every
+rank what the last stage computed. ``actor.strategy`` / ``critic.strategy``
 pick the engine (:data:`POLICY_ENGINES`, :data:`VALUE_ENGINES`): FSDP2
 (:mod:`rlkit.training.engine`) or Megatron-core (:mod:`rlkit.training.megatron_engine`); the roles
 never branch on which.
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -27,7 +32,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from rlkit.data.batch import Batch
 from rlkit.hardware import device as hw
+from rlkit.training.micro_batches import PackedMicroBatch
 from rlkit.training.schedule import lr_lambda
+from rlkit.training.stats import MiniBatchStats
 
 
 class TrainingEngine(Protocol):
@@ -56,9 +63,42 @@ class TrainingEngine(Protocol):
     def state_dict_for_checkpoint(self) -> dict[str, Any]: ...
     def load_checkpoint_state(self, state: dict[str, Any]) -> None: ...
     def replica_batch(self, batch: Batch) -> tuple[Batch, slice]: ...
+    def run_micro_batches(
+        self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
+    ) -> None: ...
+    def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]: ...
+    def from_last_stage(self, value: T) -> T: ...
 
 
-class OptimizedEngine:
+#: a role's forward of one micro-batch: its call of ``engine.module`` (the heads' outputs)
+Forward = Callable[[PackedMicroBatch], Any]
+#: a role's use of those outputs: the micro-batch's loss (None in a pass without backward)
+Consume = Callable[[PackedMicroBatch, Any], "torch.Tensor | None"]
+T = TypeVar("T")
+
+
+class MicroBatchLoop:
+    """The micro-batch loop of an engine whose every rank holds all layers (no pipeline stages)."""
+
+    def run_micro_batches(
+        self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
+    ) -> None:
+        """``consume(mb, forward(mb))`` for each micro-batch in order; with ``backward``, the loss's backward."""
+        for mb in micro_batches:
+            loss = consume(mb, forward(mb))
+            if backward and loss is not None:
+                loss.backward()
+
+    def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]:
+        """A mini-batch's metrics over all ranks (collective)."""
+        return stats.reduce()
+
+    def from_last_stage(self, value: T) -> T:
+        """What the last pipeline stage computed (``consume``'s results), on every rank: here, ``value``."""
+        return value
+
+
+class OptimizedEngine(MicroBatchLoop):
     """AdamW over ``self.params`` with the schedule, clipping, step skipping and counters.
 
     A subclass sets ``self.device`` and ``self.module``, calls :meth:`_setup_optimizer` and

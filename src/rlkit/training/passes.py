@@ -5,12 +5,18 @@ Shape legend: B = rows of the rank's batch, R = response length, L = P + R.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from rlkit.data.batch import Batch
 from rlkit.training.distributed import all_reduce_max
+from rlkit.training.engine_base import MicroBatchLoop
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
+
+#: the loop of a module every rank holds whole (the reference model, a teacher)
+PLAIN_LOOP = MicroBatchLoop()
 
 
 def response_len(batch: Batch) -> int:
@@ -80,6 +86,7 @@ def response_logprobs(
     chunk_tokens: int,
     device: torch.device,
     sum_pi_squared: torch.Tensor | None = None,
+    runner: MicroBatchLoop = PLAIN_LOOP,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of every response token, in micro-batches; padding gets 0.
 
@@ -87,6 +94,7 @@ def response_logprobs(
         module: a sharded :class:`rlkit.training.heads.PackedPolicy`.
         batch: the rank's batch (``input_ids``, ``attention_mask``, ``responses``, optionally ``position_ids``).
         sum_pi_squared: a (B, R) CPU tensor to fill with ``sum_v pi(v)^2`` per position, or None.
+        runner: the training engine that holds ``module`` (its micro-batch loop or pipeline schedule).
 
     Returns:
         log-probs (B, R) fp32 on the CPU and entropies (B, R) fp32 or None.
@@ -96,8 +104,9 @@ def response_logprobs(
     logp = torch.zeros(num_rows, width, dtype=torch.float32, device=device)
     entropy = torch.zeros(num_rows, width, dtype=torch.float32, device=device) if with_entropy else None
     squares = None if sum_pi_squared is None else torch.zeros_like(logp)
-    for mb in packed_micro_batches(batch, budget, device):
-        lp_N, ent_N, *extra = module(
+
+    def forward(mb: PackedMicroBatch) -> Any:
+        return module(
             mb.input_ids_T,
             mb.position_ids_T,
             mb.cu_seqlens,
@@ -108,21 +117,36 @@ def response_logprobs(
             chunk_tokens=chunk_tokens,
             with_sum_pi_squared=squares is not None,
         )
+
+    def consume(mb: PackedMicroBatch, out: Any) -> None:
+        lp_N, ent_N, *extra = out
         if mb.is_padding:
-            continue
+            return
         rows = rows_on(mb, device)
         logp[rows] = mb.scatter(lp_N.float(), width)
         if entropy is not None and ent_N is not None:
             entropy[rows] = mb.scatter(ent_N.float(), width)
         if squares is not None:
             squares[rows] = mb.scatter(extra[0].float(), width)
-    if sum_pi_squared is not None and squares is not None:
-        sum_pi_squared.copy_(squares.cpu())
-    return logp.cpu(), (entropy.cpu() if entropy is not None else None)
+
+    runner.run_micro_batches(packed_micro_batches(batch, budget, device), forward, consume, backward=False)
+    logp_c, entropy_c, squares_c = runner.from_last_stage(
+        (logp.cpu(), None if entropy is None else entropy.cpu(), None if squares is None else squares.cpu())
+    )
+    if sum_pi_squared is not None and squares_c is not None:
+        sum_pi_squared.copy_(squares_c)
+    return logp_c, entropy_c
 
 
 @torch.no_grad()
-def response_values(module: nn.Module, batch: Batch, *, budget: int, device: torch.device) -> torch.Tensor:
+def response_values(
+    module: nn.Module,
+    batch: Batch,
+    *,
+    budget: int,
+    device: torch.device,
+    runner: MicroBatchLoop = PLAIN_LOOP,
+) -> torch.Tensor:
     """Values of every response token (read at the position before it, as verl); padding gets 0.
 
     Returns:
@@ -130,8 +154,13 @@ def response_values(module: nn.Module, batch: Batch, *, budget: int, device: tor
     """
     width = response_len(batch)
     values = torch.zeros(len(batch), width, dtype=torch.float32, device=device)
-    for mb in packed_micro_batches(batch, budget, device):
-        v_N = module(mb.input_ids_T, mb.position_ids_T, mb.cu_seqlens, mb.gather_idx_N)
+
+    def forward(mb: PackedMicroBatch) -> Any:
+        return module(mb.input_ids_T, mb.position_ids_T, mb.cu_seqlens, mb.gather_idx_N)
+
+    def consume(mb: PackedMicroBatch, v_N: Any) -> None:
         if not mb.is_padding:
             values[rows_on(mb, device)] = mb.scatter(v_N.float(), width)
-    return values.cpu()
+
+    runner.run_micro_batches(packed_micro_batches(batch, budget, device), forward, consume, backward=False)
+    return runner.from_last_stage(values.cpu())
