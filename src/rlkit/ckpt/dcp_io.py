@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
@@ -124,8 +125,17 @@ def flatten(state: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def metadata_mismatch(metadata: Metadata, targets: dict[str, torch.Tensor], dcp_dir: Path) -> str | None:
-    """Why ``targets`` (flat, global shapes) cannot be loaded from ``metadata`` (None when they can)."""
+def metadata_mismatch(
+    metadata: Metadata,
+    targets: dict[str, torch.Tensor],
+    dcp_dir: Path,
+    wanted: set[str] | None = None,
+) -> str | None:
+    """Why ``targets`` (flat, global shapes) cannot be loaded from ``metadata`` (None when they can).
+
+    ``wanted``: every key some rank loads, where ranks load different keys (pipeline stages,
+    expert shards); a stored key is unexpected only when no rank wants it. Default: ``targets``.
+    """
     where = dcp_dir / METADATA_FILE
     stored = metadata.state_dict_metadata
     for key, md in stored.items():
@@ -138,7 +148,7 @@ def metadata_mismatch(metadata: Metadata, targets: dict[str, torch.Tensor], dcp_
         if getattr(info, "transform_descriptors", None):
             return f"{where}: shards were written with storage transforms rlkit does not read"
     missing = [k for k in targets if k not in stored]
-    extra = [k for k in stored if k not in targets]
+    extra = [k for k in stored if k not in (targets if wanted is None else wanted)]
     if missing or extra:
         return (
             f"{where}: the checkpoint's tensors do not match this model "
@@ -213,7 +223,16 @@ def load_state(state: dict[str, Any], dcp_dir: Path, *, no_dist: bool = False) -
         metadata = read_metadata(dcp_dir)
     except UserError as exc:
         return exc.message
-    problem = metadata_mismatch(metadata, flatten(state), dcp_dir)
+    targets = flatten(state)
+    if no_dist or not dist.is_initialized() or dist.get_world_size() == 1:
+        problem = metadata_mismatch(metadata, targets, dcp_dir)
+    else:  # ranks may load different keys: check against all of them, and agree on the answer
+        keys: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(keys, sorted(targets))
+        problems: list[Any] = [None] * dist.get_world_size()
+        wanted = {k for rank_keys in keys for k in rank_keys}
+        dist.all_gather_object(problems, metadata_mismatch(metadata, targets, dcp_dir, wanted))
+        problem = next((p for p in problems if p is not None), None)
     if problem is not None:
         return problem
     _read_shards(state, dcp_dir, no_dist=no_dist)

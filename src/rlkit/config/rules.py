@@ -170,7 +170,6 @@ def _bypass(cfg: DictConfig) -> None:
 #: what ``actor.strategy=megatron`` needs installed (training/megatron_model raises the same line)
 MEGATRON_INSTALL = 'pip install "rlkit[megatron]" (megatron-core >= 0.19 needs Python >= 3.12; 0.16.1 is the newest for 3.11)'
 _MEGATRON_NOT_BUILT = {
-    "pipeline_parallel": 1,
     "virtual_pipeline": 1,
     "context_parallel": 1,
     "sequence_parallel": False,
@@ -178,15 +177,21 @@ _MEGATRON_NOT_BUILT = {
 
 
 def _megatron(cfg: DictConfig) -> None:
-    # training/megatron_engine.MegatronEngine: TP and EP over the training world (the rest is data
-    # parallel); no pipeline schedule, context or sequence parallelism; no LoRA; top-k
+    # training/megatron_engine.MegatronEngine: TP, PP (Megatron's 1F1B schedule) and EP over the
+    # training world (the rest is data parallel); no virtual stages, context or sequence
+    # parallelism; no LoRA; top-k
     # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
     actor, sizes = cfg.actor, cfg.actor.megatron
     users = [role for role in ("actor", "critic") if cfg[role].strategy == "megatron"]
     if not users:
         changed = [
             f"{k}={sizes[k]}"
-            for k, v in {"tensor_parallel": 1, "expert_parallel": 1, **_MEGATRON_NOT_BUILT}.items()
+            for k, v in {
+                "tensor_parallel": 1,
+                "pipeline_parallel": 1,
+                "expert_parallel": 1,
+                **_MEGATRON_NOT_BUILT,
+            }.items()
             if sizes[k] != v
         ]
         if changed:
@@ -204,17 +209,23 @@ def _megatron(cfg: DictConfig) -> None:
     for key, built in _MEGATRON_NOT_BUILT.items():
         if sizes[key] != built:
             raise UserError(
-                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor and expert parallelism only",
-                hint=f"set actor.megatron.{key}={str(built).lower()}; use actor.megatron.tensor_parallel to split a large model",
+                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor, pipeline and expert parallelism only",
+                hint=f"set actor.megatron.{key}={str(built).lower()}; use actor.megatron.tensor_parallel or pipeline_parallel to split a large model",
             )
     hw = cfg.hardware
     world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
-    for key in ("tensor_parallel", "expert_parallel"):
+    for key in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):
         if world % sizes[key]:
             raise UserError(
                 f"actor.megatron.{key}={sizes[key]} does not divide the {world} training devices",
                 hint=f"make actor.megatron.{key} a divisor of {world}",
             )
+    replica = sizes.tensor_parallel * sizes.pipeline_parallel
+    if world % replica:
+        raise UserError(
+            f"actor.megatron.tensor_parallel x pipeline_parallel = {replica} does not divide the {world} training devices",
+            hint=f"make their product a divisor of {world}",
+        )
     if actor.strategy == "megatron" and cfg.model.lora_rank > 0:
         raise UserError(
             f"model.lora_rank={cfg.model.lora_rank} needs actor.strategy=fsdp",

@@ -78,7 +78,7 @@ class MegatronConfig:
     """Megatron-core's parallel sizes (``actor.strategy`` / ``critic.strategy`` = ``megatron``; see docs/megatron.md).
 
     The data-parallel size is what the training world (``hardware.nodes x devices_per_node``,
-    less ``rollout_devices`` when split) leaves over ``tensor_parallel``; micro-batches are cut by
+    less ``rollout_devices`` when split) leaves over ``tensor_parallel x pipeline_parallel``; micro-batches are cut by
     token budget (``actor.micro_batch_tokens``), as on FSDP.
     """
 
@@ -89,7 +89,8 @@ class MegatronConfig:
     """Expert-parallel size of a mixture-of-experts model (Qwen3-MoE): each device holds
     ``num_experts / expert_parallel`` experts (must divide the world and the experts)."""
     pipeline_parallel: int = bounded(1, ge=1, profile=True)
-    """Pipeline stages. Only 1 is built: the engine does not drive Megatron's pipeline schedule."""
+    """Pipeline stages: each holds an equal run of the layers (must divide the layers and, times
+    ``tensor_parallel``, the world); the micro-batches of a pass run through Megatron's 1F1B schedule."""
     virtual_pipeline: int = bounded(1, ge=1, profile=True)
     """Model chunks per pipeline stage (interleaved schedule). Only 1 is built."""
     context_parallel: int = bounded(1, ge=1, profile=True)

@@ -342,12 +342,13 @@ class ActorRole(LoraRole):
             if s["gkd"] is not None:
                 loss = loss + self._gkd_term(mb, support_N[0], col, s, agg, stats, mask)
             # A padding micro-batch still runs backward so every rank joins the same collectives.
-            return loss * 0.0 if mb.is_padding else loss
+            out_loss: torch.Tensor = loss * 0.0 if mb.is_padding else loss
+            return out_loss
 
         micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
         self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
-        metrics = self.engine.reduce_stats(stats)
+        metrics: dict[str, float] = self.engine.reduce_stats(stats)
         metrics["actor/grad_norm"] = grad_norm
         return metrics
 

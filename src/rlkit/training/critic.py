@@ -172,7 +172,7 @@ class CriticRole:
         micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
         self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
-        metrics = self.engine.reduce_stats(stats)
+        metrics: dict[str, float] = self.engine.reduce_stats(stats)
         metrics["critic/grad_norm"] = grad_norm
         return metrics
 

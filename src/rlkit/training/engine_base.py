@@ -70,6 +70,15 @@ class TrainingEngine(Protocol):
     def from_last_stage(self, value: T) -> T: ...
 
 
+class MicroBatchRunner(Protocol):
+    """What a pass over micro-batches needs of the engine holding the module (see :class:`MicroBatchLoop`)."""
+
+    def run_micro_batches(
+        self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
+    ) -> None: ...
+    def from_last_stage(self, value: T) -> T: ...
+
+
 #: a role's forward of one micro-batch: its call of ``engine.module`` (the heads' outputs)
 Forward = Callable[[PackedMicroBatch], Any]
 #: a role's use of those outputs: the micro-batch's loss (None in a pass without backward)
@@ -87,7 +96,7 @@ class MicroBatchLoop:
         for mb in micro_batches:
             loss = consume(mb, forward(mb))
             if backward and loss is not None:
-                loss.backward()
+                torch.autograd.backward(loss)
 
     def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]:
         """A mini-batch's metrics over all ranks (collective)."""

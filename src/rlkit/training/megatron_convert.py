@@ -114,11 +114,14 @@ class MegatronLayout:
         )
 
 
-def parallel_shape_problem(hf: Mapping[str, Any], tensor_parallel: int, expert_parallel: int) -> str | None:
-    """Why a ``config.json`` cannot be split ``tensor_parallel`` x ``expert_parallel`` ways (None: it can).
+def parallel_shape_problem(
+    hf: Mapping[str, Any], tensor_parallel: int, expert_parallel: int, pipeline_parallel: int = 1
+) -> str | None:
+    """Why a ``config.json`` cannot be split by the given sizes (None: it can).
 
     Tensor parallelism splits attention by whole heads and GQA groups, the MLP's rows and the
-    vocabulary; expert parallelism splits the experts.
+    vocabulary; expert parallelism splits the experts; pipeline parallelism gives each stage an
+    equal run of layers.
     """
     try:
         layout = MegatronLayout.from_hf(hf)
@@ -134,6 +137,11 @@ def parallel_shape_problem(hf: Mapping[str, Any], tensor_parallel: int, expert_p
     for what, count in counts.items():
         if count % tp:
             return f"actor.megatron.tensor_parallel={tp} does not divide the model's {count} {what}"
+    if layout.num_layers % pipeline_parallel:
+        return (
+            f"actor.megatron.pipeline_parallel={pipeline_parallel} does not divide the model's "
+            f"{layout.num_layers} layers"
+        )
     if ep > 1 and (not layout.num_experts or layout.num_experts % ep):
         experts = layout.num_experts or "no"
         return f"actor.megatron.expert_parallel={ep} does not divide the model's {experts} experts"
@@ -276,6 +284,8 @@ def megatron_to_hf(mg_sd: Mapping[str, torch.Tensor], layout: MegatronLayout) ->
     """The unsharded Megatron state dict -> Hugging Face names and layouts (inverse of :func:`hf_to_megatron`)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in mg_sd.items():
+        if name == "output_layer.weight" and layout.tie_word_embeddings:
+            continue  # a tied model's last pipeline stage keeps a copy of the embedding as its head
         out.update(megatron_tensor_to_hf(name, tensor, layout))
     return out
 

@@ -33,13 +33,14 @@ from torch import nn
 from rlkit.data.batch import Batch
 from rlkit.training.distributed import ensure_process_group, training_device
 from rlkit.training.engine import resolve_dtype
-from rlkit.training.engine_base import OptimizedEngine
+from rlkit.training.engine_base import Consume, Forward, OptimizedEngine, T
 from rlkit.training.megatron_convert import (
     MegatronLayout,
     gather_tensor_tp,
     global_expert_name,
     megatron_tensor_to_hf,
     shard_key,
+    stage_layers,
     tp_split_dim,
 )
 from rlkit.training.megatron_model import (
@@ -53,6 +54,8 @@ from rlkit.training.megatron_model import (
     require_megatron,
     transformer_config,
 )
+from rlkit.training.micro_batches import PackedMicroBatch
+from rlkit.training.stats import MiniBatchStats
 
 
 def _is_expert(param: nn.Parameter) -> bool:
@@ -111,16 +114,20 @@ class MegatronEngine(OptimizedEngine):
     ) -> None:
         del param_offload  # FSDP's knob
         require_megatron()
-        if (pipeline_parallel, virtual_pipeline, context_parallel, sequence_parallel) != (1, 1, 1, False):
+        if (virtual_pipeline, context_parallel, sequence_parallel) != (1, 1, False):
             raise ValueError(
-                "the Megatron engine runs pipeline_parallel = virtual_pipeline = context_parallel = 1 "
-                "and sequence_parallel = false"
+                "the Megatron engine runs virtual_pipeline = context_parallel = 1 and sequence_parallel = false"
             )
         ensure_process_group()
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
-        self.sizes = ParallelSizes(tensor=tensor_parallel, expert=expert_parallel)
+        self.sizes = ParallelSizes(tensor=tensor_parallel, pipeline=pipeline_parallel, expert=expert_parallel)
         init_parallel_state(self.sizes)
+        self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
+        # the LM head of a tied policy on the last stage is a copy of the first stage's embedding
+        self._tied_across_stages = (
+            head == "policy" and pipeline_parallel > 1 and bool(hf_config.get("tie_word_embeddings"))
+        )
         if self.device.type == "cuda":
             from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
@@ -149,25 +156,100 @@ class MegatronEngine(OptimizedEngine):
         self, hf: dict[str, Any], hf_sd: dict[str, torch.Tensor], config: Any, head: str
     ) -> nn.Module:
         """The GPTModel with this rank's converted shard loaded, under the policy's or the value head."""
-        gpt = build_gpt(hf, config)
+        from megatron.core import parallel_state as mpu
+
+        first, last = mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
+        gpt = build_gpt(hf, config, pre_process=first, post_process=last)
         shard = megatron_shard(hf_sd, self.layout, self.sizes)
         if head == "policy":
             load_into(gpt, shard)
             return MegatronPolicy(gpt, self.compute_dtype)
         if head != "value":
             raise ValueError(f"unknown head {head!r}; valid: policy, value")
-        del gpt.output_layer  # the critic reads hidden states into its own head
-        score = nn.Linear(self.layout.hidden_size, 1)
-        score.load_state_dict(
-            {k.removeprefix("score."): shard.pop(k) for k in list(shard) if k.startswith("score.")}
-        )
+        score = None
+        if last:
+            del gpt.output_layer  # the critic reads hidden states into its own head
+            score = nn.Linear(self.layout.hidden_size, 1)
+            score.load_state_dict(
+                {k.removeprefix("score."): shard.pop(k) for k in list(shard) if k.startswith("score.")}
+            )
+        shard.pop("output_layer.weight", None)  # a tied last stage's copy of the embedding: no LM head here
         load_into(gpt, shard)
         return MegatronValue(gpt, score, self.compute_dtype)
 
     def _named_params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Parameters under their Megatron names (the GPTModel's) and the value head's HF names."""
+        """Parameters under their Megatron names (the GPTModel's, layers numbered over the whole
+        model) and the value head's HF names."""
+        offset = self._layer_offset()
         for name, param in self.module.named_parameters():
-            yield name.removeprefix("gpt."), param
+            yield _global_layer(name.removeprefix("gpt."), offset), param
+
+    def _layer_offset(self) -> int:
+        """The global number of this pipeline stage's first layer."""
+        from megatron.core import parallel_state as mpu
+
+        pp = self.sizes.pipeline
+        return stage_layers(self.layout.num_layers, pp, 1, mpu.get_pipeline_model_parallel_rank(), 0).start
+
+    # ------------------------------------------------------------------ the pipeline schedule
+
+    def run_micro_batches(
+        self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
+    ) -> None:
+        """The plain loop without pipeline stages; with them, Megatron's 1F1B schedule.
+
+        Every stage runs ``forward`` (a stage before the last returns its output, which the
+        schedule sends on); the last stage hands the heads' outputs to ``consume`` and the
+        schedule runs the backward of the loss it returns back through the stages. The losses
+        carry rlkit's global-batch scaling, so the schedule must not rescale them
+        (``calculate_per_token_loss``, see :func:`~rlkit.training.megatron_model.transformer_config`).
+        """
+        if self.sizes.pipeline == 1:
+            super().run_micro_batches(micro_batches, forward, consume, backward=backward)
+            return
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        no_tokens = torch.zeros((), dtype=torch.int, device=self.device)
+
+        def step(data: Iterator[PackedMicroBatch], model: nn.Module) -> tuple[Any, Any]:
+            del model  # forward calls self.module, which is it
+            mb = next(data)
+
+            def loss_of(out: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                loss = consume(mb, out)
+                return (torch.zeros((), device=self.device) if loss is None else loss), no_tokens, {}
+
+            return forward(mb), loss_of
+
+        get_forward_backward_func()(
+            forward_step_func=step,
+            data_iterator=iter(micro_batches),
+            model=self.module,
+            num_microbatches=len(micro_batches),
+            seq_length=0,  # shapes are exchanged per micro-batch (variable_seq_lengths)
+            micro_batch_size=0,
+            forward_only=not backward,
+        )
+
+    def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]:
+        """The last stages' metrics (only they ``consume``) over their ranks, then on every rank."""
+        if self._last_stage_group is None:
+            return stats.reduce()
+        from megatron.core import parallel_state as mpu
+
+        reduced = stats.reduce(group=self._last_stage_group) if mpu.is_pipeline_last_stage() else {}
+        return self.from_last_stage(reduced)
+
+    def from_last_stage(self, value: T) -> T:
+        """``value`` as the last pipeline stage of this rank's pipeline computed it (CPU tensors, floats)."""
+        if self.sizes.pipeline == 1:
+            return value
+        from megatron.core import parallel_state as mpu
+
+        group = mpu.get_pipeline_model_parallel_group()
+        box = [value]
+        dist.broadcast_object_list(box, src=mpu.get_pipeline_model_parallel_last_rank(), group=group)
+        return box[0]
 
     # ------------------------------------------------------------------ gradients
 
@@ -175,6 +257,11 @@ class MegatronEngine(OptimizedEngine):
         """Average gradients over the data-parallel replicas (dense and expert weights apart)."""
         from megatron.core import parallel_state as mpu
 
+        if self._tied_across_stages and mpu.is_rank_in_embedding_group():
+            # the first stage's embedding and the last stage's copy of it as the LM head: one weight
+            for p in self.params:
+                if getattr(p, "shared_embedding", False) and p.grad is not None:
+                    dist.all_reduce(p.grad, group=mpu.get_embedding_group())
         groups = {False: mpu.get_data_parallel_group(), True: mpu.get_expert_data_parallel_group()}
         for expert, group in groups.items():
             grads = [p.grad for p in self.params if p.grad is not None and _is_expert(p) == expert]
@@ -207,6 +294,7 @@ class MegatronEngine(OptimizedEngine):
                 if p.grad is not None
                 and _is_expert(p) == expert
                 and (expert or param_is_not_tensor_parallel_duplicate(p))
+                and not getattr(p, "shared", False)  # a last stage's copy of the tied embedding
             ]
             sq = torch.zeros((), dtype=torch.float32, device=self.device)
             if grads:
@@ -225,13 +313,13 @@ class MegatronEngine(OptimizedEngine):
         """
         from megatron.core import parallel_state as mpu
 
-        group = mpu.get_tensor_model_parallel_group()
-        tp = dist.get_world_size(group)
-        if tp == 1:
+        group = mpu.get_model_parallel_group()  # TP x PP: the ranks of one model replica
+        size = dist.get_world_size(group)
+        if size == 1:
             return batch, slice(None)
-        parts: list[Any] = [None] * tp
+        parts: list[Any] = [None] * size
         dist.all_gather_object(parts, batch, group=group)
-        start = sum(len(p) for p in parts[: mpu.get_tensor_model_parallel_rank()])
+        start = sum(len(p) for p in parts[: dist.get_rank(group)])
         return Batch.concat(parts), slice(start, start + len(batch))
 
     # ------------------------------------------------------------------ weights
@@ -243,8 +331,35 @@ class MegatronEngine(OptimizedEngine):
 
         Collective: every rank iterates to the end together. Each rank casts its shard to
         ``dtype`` before the gather; with EP, each local expert slot is gathered over the EP ranks
-        and yields that expert of every rank.
+        and yields that expert of every rank. With pipeline stages, each stage's tensors are then
+        broadcast over the pipeline group in stage order, so every rank yields the whole model.
         """
+        if self.sizes.pipeline == 1:
+            yield from self._stage_full_tensors(dtype)
+            return
+        from megatron.core import parallel_state as mpu
+
+        group, me = mpu.get_pipeline_model_parallel_group(), mpu.get_pipeline_model_parallel_rank()
+        for stage in range(self.sizes.pipeline):
+            src = dist.get_global_rank(group, stage)
+            tensors = self._stage_full_tensors(dtype) if stage == me else None
+            while True:  # the stage's tensors one at a time: (name, shape, dtype), then the tensor
+                item = next(tensors, None) if tensors is not None else None
+                box: list[Any] = [None if item is None else (item[0], item[1].shape, item[1].dtype)]
+                dist.broadcast_object_list(box, src=src, group=group)
+                if box[0] is None:
+                    break
+                name, shape, kind = box[0]
+                tensor = (
+                    item[1].contiguous()
+                    if item is not None
+                    else torch.empty(shape, dtype=kind, device=self.device)
+                )
+                dist.broadcast(tensor, src=src, group=group)
+                yield name, tensor
+
+    def _stage_full_tensors(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+        """This pipeline stage's weights under Hugging Face names, gathered over TP and EP."""
         from megatron.core import parallel_state as mpu
 
         tp_group = mpu.get_tensor_model_parallel_group()
@@ -252,6 +367,8 @@ class MegatronEngine(OptimizedEngine):
         tp, ep = dist.get_world_size(tp_group), dist.get_world_size(ep_group)
         per_rank = self.layout.num_experts // ep if self.layout.num_experts else 0
         for name, param in self._named_params():
+            if name == "output_layer.weight" and self.layout.tie_word_embeddings:
+                continue  # the last stage's copy of the embedding, which the first stage yields
             local = param.detach().to(dtype or param.dtype)
             full = self._gather_tp(name, local, tp_group, tp)
             if _is_expert(param) and ep > 1:
@@ -322,3 +439,26 @@ def _all_gather(tensor: torch.Tensor, group: Any, size: int) -> list[torch.Tenso
     shards = [torch.empty_like(tensor) for _ in range(size)]
     dist.all_gather(shards, tensor.contiguous(), group=group)
     return shards
+
+
+_LAYER_PREFIX = "decoder.layers."
+
+
+def _global_layer(name: str, offset: int) -> str:
+    """A stage-local ``decoder.layers.{i}.`` name with the layer numbered over the whole model."""
+    if offset == 0 or not name.startswith(_LAYER_PREFIX):
+        return name
+    index, _, rest = name[len(_LAYER_PREFIX) :].partition(".")
+    return f"{_LAYER_PREFIX}{int(index) + offset}.{rest}"
+
+
+def _last_stage_group() -> Any:
+    """A process group of the ranks on the last pipeline stage (those that compute the losses).
+
+    Collective over the world: every rank says whether it is on a last stage, then all create it.
+    """
+    from megatron.core import parallel_state as mpu
+
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, mpu.is_pipeline_last_stage())
+    return dist.new_group(ranks=[r for r, last in enumerate(flags) if last])

@@ -33,7 +33,14 @@ from rlkit.config.rules import MEGATRON_INSTALL
 from rlkit.errors import UserError
 from rlkit.models.logprobs import token_logprobs
 from rlkit.models.topk import token_logprobs_at, token_sum_pi_squared
-from rlkit.training.megatron_convert import MegatronLayout, hf_to_megatron, shard_ep, shard_tp, tp_split_dim
+from rlkit.training.megatron_convert import (
+    MegatronLayout,
+    hf_to_megatron,
+    shard_ep,
+    shard_pp,
+    shard_tp,
+    tp_split_dim,
+)
 
 #: the pip line the error for a missing megatron-core names
 INSTALL_HINT = (
@@ -148,6 +155,13 @@ def transformer_config(
         "expert_tensor_parallel_size": 1,
         "sequence_parallel": False,  # the local spec's torch norms refuse it
     }
+    if sizes.pipeline > 1:
+        kwargs.update(
+            pipeline_dtype=torch.float32,  # the residual stream of fp32 weights under autocast
+            variable_seq_lengths=True,  # each micro-batch is (longest row, rows): stages swap shapes first
+            calculate_per_token_loss=True,  # the schedule must not rescale rlkit's global-batch losses
+        )
+        kwargs.setdefault("moe_token_dispatcher_type", "alltoall")  # (checked for dense models too)
     if recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if layout.num_experts:
@@ -158,14 +172,16 @@ def transformer_config(
             moe_router_pre_softmax=not hf.get("norm_topk_prob", True),
             moe_router_load_balancing_type="none",
             moe_aux_loss_coeff=0.0,
-            moe_token_dispatcher_type="alltoall" if sizes.expert > 1 else "allgather",
+            # allgather does not take the pipeline's variable sequence lengths
+            moe_token_dispatcher_type="alltoall" if sizes.expert > 1 or sizes.pipeline > 1 else "allgather",
             moe_grouped_gemm=False,
         )
     return TransformerConfig(**kwargs)
 
 
-def build_gpt(hf: dict[str, Any], config: Any) -> Any:
-    """A whole ``GPTModel`` (one pipeline stage) with Megatron-core's local layer spec."""
+def build_gpt(hf: dict[str, Any], config: Any, *, pre_process: bool = True, post_process: bool = True) -> Any:
+    """A ``GPTModel`` (this rank's pipeline stage: the embedding with ``pre_process``, the final
+    norm and LM head with ``post_process``) with Megatron-core's local layer spec."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
@@ -183,8 +199,8 @@ def build_gpt(hf: dict[str, Any], config: Any) -> Any:
         transformer_layer_spec=spec,
         vocab_size=layout.vocab_size,
         max_sequence_length=int(hf.get("max_position_embeddings", 4096)),
-        pre_process=True,
-        post_process=True,
+        pre_process=pre_process,
+        post_process=post_process,
         share_embeddings_and_output_weights=layout.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_base=float(theta),
@@ -258,6 +274,8 @@ def megatron_shard(
     from megatron.core import parallel_state as mpu
 
     mg = shard_tp(hf_to_megatron(hf_sd, layout), sizes.tensor, mpu.get_tensor_model_parallel_rank())
+    if sizes.pipeline > 1:
+        mg = shard_pp(mg, layout, sizes.pipeline, 1, mpu.get_pipeline_model_parallel_rank())[0]
     if layout.num_experts:
         mg = shard_ep(mg, layout.num_experts, sizes.expert, mpu.get_expert_model_parallel_rank())
     return mg
@@ -334,21 +352,42 @@ class _MegatronRoot(nn.Module):
             for layer in self.gpt.decoder.layers:
                 layer.forward = _under_autocast(layer.forward, compute_dtype)
 
+    @property
+    def config(self) -> Any:
+        """The ``TransformerConfig`` (Megatron's pipeline schedule reads it from the model it runs)."""
+        return self.gpt.config
+
+    @property
+    def model_type(self) -> Any:
+        return self.gpt.model_type
+
+    def set_input_tensor(self, tensors: list[torch.Tensor | None]) -> None:
+        """The previous pipeline stage's output, which this stage's decoder starts from (the schedule sets it)."""
+        self.gpt.set_input_tensor(tensors)
+
     def hidden_states(
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
-        """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike)."""
+        """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike).
+
+        On a pipeline stage before the last, the stage's output instead: (S, B, D) fp32 in the
+        padded layout, what the schedule sends to the next stage (a stage after the first starts
+        from the tensor the schedule received, see :meth:`set_input_tensor`).
+        """
         rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T)
         ids_BS = input_ids_T.new_zeros(rows * longest)
         ids_BS[index_T] = input_ids_T
         ids_BS = ids_BS.view(rows, longest)
         positions_BS = torch.arange(longest, device=ids_BS.device).expand(rows, longest)
         gpt = self.gpt
-        hidden_SBD = gpt.embedding(input_ids=ids_BS, position_ids=positions_BS)
+        hidden_SBD = gpt.embedding(input_ids=ids_BS, position_ids=positions_BS) if gpt.pre_process else None
         rotary = gpt.rotary_pos_emb(longest)
         # Megatron's default causal mask is built on "cuda"; this one is the same on any device.
         causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
         hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
+        if not gpt.post_process:
+            stage_out: torch.Tensor = hidden_SBD.float()
+            return stage_out
         hidden_TD: torch.Tensor = (
             hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
         )
@@ -375,12 +414,14 @@ class MegatronPolicy(_MegatronRoot):
 
         Shape:
             input_ids_T, position_ids_T: (T,); cu_seqlens: (num_seqs + 1,); gather_idx_N, labels_N:
-            (N,). Returns log-probs (N,) fp32, entropy (N,) fp32 or None, then the extras.
+            (N,). Returns log-probs (N,) fp32, entropy (N,) fp32 or None, then the extras; on a
+            pipeline stage before the last, the stage's output (S, B, D) alone.
         """
         with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
-            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
-                0, gather_idx_N
-            )
+            hidden = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens)
+        if not self.gpt.post_process:
+            return hidden  # type: ignore[return-value]  # a stage before the last: its output, for the next stage
+        hidden_ND = hidden.index_select(0, gather_idx_N)
         weight_VD = (
             self.gpt.shared_embedding_or_output_weight()
             if self.gpt.share_embeddings_and_output_weights
@@ -425,9 +466,11 @@ class MegatronValue(_MegatronRoot):
     Face name a value-model folder uses (``score.weight`` / ``score.bias``).
     """
 
-    def __init__(self, gpt: nn.Module, score: nn.Linear, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, gpt: nn.Module, score: nn.Linear | None, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__(gpt, compute_dtype)
-        self.score = score
+        self.score = score  # on the last pipeline stage only
 
     def forward(
         self,
@@ -438,10 +481,10 @@ class MegatronValue(_MegatronRoot):
     ) -> torch.Tensor:
         """Values (N,) fp32 at packed positions ``gather_idx_N`` (as :class:`rlkit.training.heads.PackedValue`)."""
         with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
-            hidden_ND = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens).index_select(
-                0, gather_idx_N
-            )
-            values_N: torch.Tensor = self.score(hidden_ND).squeeze(-1).float()
+            hidden = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens)
+            if self.score is None:
+                return hidden  # a stage before the last: its output, for the next stage
+            values_N: torch.Tensor = self.score(hidden.index_select(0, gather_idx_N)).squeeze(-1).float()
         return values_N
 
 

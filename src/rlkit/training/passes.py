@@ -12,7 +12,7 @@ from torch import nn
 
 from rlkit.data.batch import Batch
 from rlkit.training.distributed import all_reduce_max
-from rlkit.training.engine_base import MicroBatchLoop
+from rlkit.training.engine_base import MicroBatchLoop, MicroBatchRunner
 from rlkit.training.micro_batches import PackedMicroBatch, count_micro_batches, micro_batch_rows, pack_rows
 
 #: the loop of a module every rank holds whole (the reference model, a teacher)
@@ -86,7 +86,7 @@ def response_logprobs(
     chunk_tokens: int,
     device: torch.device,
     sum_pi_squared: torch.Tensor | None = None,
-    runner: MicroBatchLoop = PLAIN_LOOP,
+    runner: MicroBatchRunner = PLAIN_LOOP,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of every response token, in micro-batches; padding gets 0.
 
@@ -145,7 +145,7 @@ def response_values(
     *,
     budget: int,
     device: torch.device,
-    runner: MicroBatchLoop = PLAIN_LOOP,
+    runner: MicroBatchRunner = PLAIN_LOOP,
 ) -> torch.Tensor:
     """Values of every response token (read at the position before it, as verl); padding gets 0.
 

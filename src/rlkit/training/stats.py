@@ -12,6 +12,7 @@ micro-batch would stall the host until the device catches up, between forward an
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -47,8 +48,9 @@ class MiniBatchStats:
         else:
             self._means[name] = (weighted, weight)
 
-    def reduce(self) -> dict[str, float]:
-        """The mini-batch's metrics over all ranks (one all-reduce and one host read; collective)."""
+    def reduce(self, group: Any = None) -> dict[str, float]:
+        """The mini-batch's metrics over all ranks, or those of ``group`` (one all-reduce and one host
+        read; collective over them)."""
         share_keys, mean_keys = sorted(self._shares), sorted(self._means)
         parts = [self._shares[k] for k in share_keys]
         for k in mean_keys:
@@ -57,10 +59,10 @@ class MiniBatchStats:
         if not parts:
             return {}
         flat = torch.stack(parts)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        world = world_size() if group is None else dist.get_world_size(group)
+        if dist.is_initialized() and world > 1:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         sums: list[float] = flat.tolist()
-        world = world_size()
         out = {k: sums[i] / world for i, k in enumerate(share_keys)}
         base = len(share_keys)
         for j, k in enumerate(mean_keys):

@@ -48,7 +48,20 @@ def test_missing_megatron_core_names_the_install(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["actor.megatron.pipeline_parallel=2"], "actor.megatron.pipeline_parallel=2 is not built"),
+        (
+            ["actor.megatron.pipeline_parallel=2"],
+            "actor.megatron.pipeline_parallel=2 does not divide the 1 training",
+        ),
+        (
+            [
+                "actor.megatron.tensor_parallel=2",
+                "actor.megatron.pipeline_parallel=2",
+                "hardware.devices_per_node=6",
+                "data.batch_size=24",
+                "actor.mini_batch_size=24",
+            ],
+            "tensor_parallel x pipeline_parallel = 4 does not divide the 6 training devices",
+        ),
         (["actor.megatron.virtual_pipeline=2"], "actor.megatron.virtual_pipeline=2 is not built"),
         (["actor.megatron.context_parallel=2"], "actor.megatron.context_parallel=2 is not built"),
         (["actor.megatron.sequence_parallel=true"], "actor.megatron.sequence_parallel=True is not built"),
@@ -123,7 +136,15 @@ def test_model_shape_is_checked_against_the_sizes(monkeypatch: pytest.MonkeyPatc
     lines = _preflight(
         monkeypatch, "cuda", model, "actor.megatron.tensor_parallel=2", "hardware.devices_per_node=2"
     )
-    assert lines == ["training engine: Megatron-core for the actor, TP 2 x EP 1, data parallel 1"]
+    assert lines == ["training engine: Megatron-core for the actor, TP 2 x PP 1 x EP 1, data parallel 1"]
+    lines = _preflight(
+        monkeypatch, "cuda", model, "actor.megatron.pipeline_parallel=2", "hardware.devices_per_node=4"
+    )
+    assert lines == ["training engine: Megatron-core for the actor, TP 1 x PP 2 x EP 1, data parallel 2"]
+    with pytest.raises(UserError, match="pipeline_parallel=4 does not divide the model's 2 layers"):
+        _preflight(
+            monkeypatch, "cuda", model, "actor.megatron.pipeline_parallel=4", "hardware.devices_per_node=4"
+        )
     with pytest.raises(UserError, match="tensor_parallel=4 does not divide the model's 6 attention heads"):
         _preflight(
             monkeypatch, "cuda", model, "actor.megatron.tensor_parallel=4", "hardware.devices_per_node=4"
@@ -145,5 +166,5 @@ def test_the_critic_can_train_on_megatron_with_the_run_sizes() -> None:
     settings = critic_settings(cfg, "cuda")
     assert settings["strategy"] == "megatron" and settings["megatron"]["tensor_parallel"] == 1
     assert actor_settings(cfg, "cuda")["strategy"] == "fsdp"
-    err = _refused("critic.strategy=megatron", "actor.megatron.pipeline_parallel=2")
-    assert "pipeline_parallel=2 is not built" in err.message
+    err = _refused("critic.strategy=megatron", "actor.megatron.virtual_pipeline=2")
+    assert "virtual_pipeline=2 is not built" in err.message

@@ -1,8 +1,9 @@
 """Test-only shims that let Megatron-core run on the CPU with gloo (the product never patches Megatron).
 
 Megatron-core assumes CUDA in a few places that have CPU equivalents: it places tensors on
-``torch.cuda.current_device()`` (the rotary frequencies, communication buffers) and keeps its
-RNG-tracker states with ``torch.cuda`` RNG calls. Here those calls are redirected to the CPU for
+``torch.cuda.current_device()`` (the rotary frequencies, communication buffers) or on ``"cuda"``
+(the pipeline schedule's token counter), synchronises CUDA, moves a tensor with ``.cuda()`` and
+keeps its RNG-tracker states with ``torch.cuda`` RNG calls. Here those calls are redirected to the CPU for
 the duration of a test; nothing else of Megatron is changed.
 """
 
@@ -29,6 +30,16 @@ def megatron_on_cpu(seed: int = 0) -> Iterator[None]:
 
     mp = pytest.MonkeyPatch()
     mp.setattr(torch.cuda, "current_device", lambda: "cpu")
+    # the pipeline schedule: a token counter made on "cuda", a sync after the shape exchange, and
+    # the last stage's copy of a tied embedding moved with .cuda() before its first all-reduce
+    mp.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    mp.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    zeros = torch.zeros
+    mp.setattr(
+        torch,
+        "zeros",
+        lambda *a, **k: zeros(*a, **{**k, "device": "cpu"} if k.get("device") == "cuda" else k),
+    )
     mp.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.get_rng_state())
     mp.setattr(torch.cuda, "manual_seed", lambda s: None)
     mp.setattr(mrandom, "_get_cuda_rng_state", lambda *a, **k: torch.get_rng_state())

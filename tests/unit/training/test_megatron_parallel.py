@@ -1,13 +1,16 @@
-"""Megatron's tensor parallelism (TP=2) and data parallelism (DP=2) on the CPU: two gloo processes.
+"""Megatron's tensor (TP), pipeline (PP) and data parallelism (DP) on the CPU: gloo processes.
 
 The actor and the critic (``critic.strategy=megatron``) of one process share its Megatron layout.
 
-Each process gets its own half of the batch, as the controller deals it. Log-probs, the update's
-metrics and the updated weights must equal one process with the whole batch (TP=1): with TP=2
-the two ranks join their halves and compute on the same rows (``replica_batch``), the LM head is
-vocab-parallel, and the weights come back gathered into Hugging Face names. Skips without
-megatron-core. TP=2 runs in the default run (about 12 s: two processes start Megatron); DP=2,
-whose path is the plain gradient average, is marked slow.
+Each process gets its own share of the batch, as the controller deals it. Log-probs, the update's
+metrics and the updated weights must equal one process with the whole batch: the ranks of one
+model replica (TP x PP) join their shares and compute on the same rows (``replica_batch``); with
+TP = 2 the LM head is vocab-parallel; with PP = 2 the micro-batches run through Megatron's 1F1B
+schedule, the last stage computes the losses and holds a copy of the tied embedding as its LM
+head, and the weights come back gathered over the stages into Hugging Face names. A checkpoint
+of two stages resumes exactly and merges to the exported model. Skips without megatron-core.
+TP = 2 and PP = 2 run in the default run (about 10 s each: two processes start Megatron); DP = 2,
+whose path is the plain gradient average, and TP = 2 x PP = 2 (four processes) are marked slow.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("megatron.core")
 
+from rlkit.data.batch import Batch  # noqa: E402
 from rlkit.training.actor import ActorRole  # noqa: E402
 from rlkit.training.critic import CriticRole  # noqa: E402
 
@@ -37,10 +41,10 @@ RESPONSES = [5, 2, 4, 5, 1, 3, 5, 2]
 UPDATE = {"loss_agg_mode": "seq-mean-token-mean", "entropy_coeff": 0.01, "epochs": 2}
 
 
-def _run(path: str, tensor_parallel: int, rank: int, world: int) -> dict[str, object]:
+def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, object]:
     """The actor's log-probs of this rank's rows, an update of them and its gathered weights; the
     critic's values, an update and its weights."""
-    actor = _actor(path, tensor_parallel)
+    actor = _actor(path, sizes)
     full = rl_batch(PROMPTS, RESPONSES, P, R, seed=1)
     full.set("returns", torch.linspace(-1.0, 1.0, len(full))[:, None] * full["response_mask"])
     batch = full.chunk(world)[rank]
@@ -54,7 +58,7 @@ def _run(path: str, tensor_parallel: int, rank: int, world: int) -> dict[str, ob
         total_steps=10,
         micro_batch_tokens=40,
         strategy="megatron",
-        megatron={"tensor_parallel": tensor_parallel},
+        megatron=sizes,
     )
     values = critic.compute_values(batch)["values"]
     batch.set("values", values)
@@ -69,7 +73,7 @@ def _run(path: str, tensor_parallel: int, rank: int, world: int) -> dict[str, ob
     }
 
 
-def _actor(path: str, tensor_parallel: int) -> ActorRole:
+def _actor(path: str, sizes: dict[str, int]) -> ActorRole:
     return ActorRole(
         path,
         lr=1e-3,
@@ -78,32 +82,42 @@ def _actor(path: str, tensor_parallel: int) -> ActorRole:
         logprob_chunk_tokens=7,
         grad_clip=0.5,
         strategy="megatron",
-        megatron={"tensor_parallel": tensor_parallel},
+        megatron=sizes,
     )
 
 
-def _worker(rank: int, world: int, path: str, out_dir: str, tensor_parallel: int) -> None:
+def _worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str, int]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     try:
         with megatron_on_cpu():
-            result = _run(path, tensor_parallel, rank, world)
+            result = _run(path, sizes, rank, world)
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("tensor_parallel", [2, pytest.param(1, marks=pytest.mark.slow)], ids=["tp2", "dp2"])
-def test_two_ranks_equal_one(tiny_model_dir: Path, tmp_path: Path, tensor_parallel: int) -> None:
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {"tensor_parallel": 2},
+        {"pipeline_parallel": 2},
+        pytest.param({}, marks=pytest.mark.slow),
+        pytest.param({"tensor_parallel": 2, "pipeline_parallel": 2}, marks=pytest.mark.slow),
+    ],
+    ids=["tp2", "pp2", "dp2", "tp2-pp2"],
+)
+def test_ranks_equal_one_process(tiny_model_dir: Path, tmp_path: Path, sizes: dict[str, int]) -> None:
+    world = max(2, sizes.get("tensor_parallel", 1) * sizes.get("pipeline_parallel", 1))
     with megatron_on_cpu():
-        expected = _run(str(tiny_model_dir), 1, 0, 1)
+        expected = _run(str(tiny_model_dir), {}, 0, 1)
     reset_megatron()
     env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
     try:
-        mp.spawn(_worker, args=(2, str(tiny_model_dir), str(tmp_path), tensor_parallel), nprocs=2)
+        mp.spawn(_worker, args=(world, str(tiny_model_dir), str(tmp_path), sizes), nprocs=world)
     finally:
         os.environ.update(env)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for key in ("logp", "entropy", "values"):
         joined = torch.cat([r[key] for r in ranks])  # type: ignore[misc]
         torch.testing.assert_close(joined, expected[key], atol=1e-5, rtol=1e-5)
@@ -118,4 +132,70 @@ def test_two_ranks_equal_one(tiny_model_dir: Path, tmp_path: Path, tensor_parall
         ):
             assert rank["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-4, abs=1e-6), key  # type: ignore[index]
         for name, tensor in expected["weights"].items():  # type: ignore[union-attr]
+            torch.testing.assert_close(rank["weights"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)  # type: ignore[index]
+
+
+def _off_policy_batch(seed: int) -> Batch:
+    batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=seed)
+    batch.set("old_log_probs", torch.full((len(batch), R), -3.0))
+    return batch
+
+
+def _resume(path: str, sizes: dict[str, int], rank: int, world: int, ckpt: Path) -> dict[str, object]:
+    """One update, a checkpoint, a fresh actor resumed from it, a second update; and the merge."""
+    from rlkit.ckpt import load_role_state, save_role_state
+    from rlkit.ckpt.dcp_io import load_full_tensors
+    from rlkit.ckpt.layout import DCP_DIR
+    from rlkit.training.megatron_convert import checkpoint_to_hf
+
+    first, second = (_off_policy_batch(s).chunk(world)[rank] for s in (3, 4))
+    interrupted = _actor(path, sizes)
+    interrupted.update(first, **UPDATE)
+    save_role_state(interrupted, ckpt)
+    dist.barrier()
+    merged = checkpoint_to_hf(load_full_tensors(ckpt / DCP_DIR, "model."), interrupted.hf_config)
+    saved = {k: v.clone() for k, v in interrupted.named_full_tensors(torch.float32)}
+    resumed = _actor(path, sizes)
+    problem = load_role_state(resumed, ckpt)
+    assert problem is None, problem
+    metrics = resumed.update(second, **UPDATE)
+    weights = {k: v.clone() for k, v in resumed.named_full_tensors(torch.float32)}
+    return {"merged": merged, "saved": saved, "metrics": metrics, "weights": weights}
+
+
+def _resume_worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str, int]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
+    try:
+        with megatron_on_cpu():
+            result = _resume(path, sizes, rank, world, Path(out_dir) / "actor")
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_pipeline_stages_resume_exactly_and_merge(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """PP = 2: the checkpoint holds both stages (and the last stage's copy of the tied embedding);
+    a resumed pair of stages continues as one process that never stopped, and the merged
+    checkpoint is the exported model."""
+    with megatron_on_cpu():
+        straight = _actor(str(tiny_model_dir), {})
+        for seed in (3, 4):
+            metrics = straight.update(_off_policy_batch(seed), **UPDATE)
+        expected = {k: v.clone() for k, v in straight.named_full_tensors(torch.float32)}
+    reset_megatron()
+    env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
+    try:
+        mp.spawn(
+            _resume_worker, args=(2, str(tiny_model_dir), str(tmp_path), {"pipeline_parallel": 2}), nprocs=2
+        )
+    finally:
+        os.environ.update(env)
+    for rank in (torch.load(tmp_path / f"rank{r}.pt") for r in range(2)):
+        assert rank["merged"].keys() == rank["saved"].keys()  # type: ignore[union-attr]
+        for name, tensor in rank["saved"].items():  # type: ignore[union-attr]
+            torch.testing.assert_close(rank["merged"][name], tensor, atol=0, rtol=0, msg=name)  # type: ignore[index]
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+            assert rank["metrics"][key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key  # type: ignore[index]
+        for name, tensor in expected.items():
             torch.testing.assert_close(rank["weights"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)  # type: ignore[index]
