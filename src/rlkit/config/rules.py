@@ -170,16 +170,15 @@ def _bypass(cfg: DictConfig) -> None:
 #: what ``actor.strategy=megatron`` needs installed (training/megatron_model raises the same line)
 MEGATRON_INSTALL = 'pip install "rlkit[megatron]" (megatron-core >= 0.19 needs Python >= 3.12; 0.16.1 is the newest for 3.11)'
 _MEGATRON_NOT_BUILT = {
-    "virtual_pipeline": 1,
     "context_parallel": 1,
     "sequence_parallel": False,
 }
 
 
 def _megatron(cfg: DictConfig) -> None:
-    # training/megatron_engine.MegatronEngine: TP, PP (Megatron's 1F1B schedule) and EP over the
-    # training world (the rest is data parallel); no virtual stages, context or sequence
-    # parallelism; no LoRA; top-k
+    # training/megatron_engine.MegatronEngine: TP, PP (Megatron's 1F1B schedule, interleaved with
+    # virtual stages) and EP over the training world (the rest is data parallel); no context or
+    # sequence parallelism; no LoRA; top-k
     # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
     actor, sizes = cfg.actor, cfg.actor.megatron
     users = [role for role in ("actor", "critic") if cfg[role].strategy == "megatron"]
@@ -189,6 +188,7 @@ def _megatron(cfg: DictConfig) -> None:
             for k, v in {
                 "tensor_parallel": 1,
                 "pipeline_parallel": 1,
+                "virtual_pipeline": 1,
                 "expert_parallel": 1,
                 **_MEGATRON_NOT_BUILT,
             }.items()
@@ -209,9 +209,14 @@ def _megatron(cfg: DictConfig) -> None:
     for key, built in _MEGATRON_NOT_BUILT.items():
         if sizes[key] != built:
             raise UserError(
-                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor, pipeline and expert parallelism only",
+                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor, pipeline (with virtual stages) and expert parallelism only",
                 hint=f"set actor.megatron.{key}={str(built).lower()}; use actor.megatron.tensor_parallel or pipeline_parallel to split a large model",
             )
+    if sizes.virtual_pipeline > 1 and sizes.pipeline_parallel == 1:
+        raise UserError(
+            f"actor.megatron.virtual_pipeline={sizes.virtual_pipeline} needs actor.megatron.pipeline_parallel > 1",
+            hint="set actor.megatron.pipeline_parallel, or actor.megatron.virtual_pipeline=1",
+        )
     hw = cfg.hardware
     world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
     for key in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):

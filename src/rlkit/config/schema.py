@@ -92,7 +92,8 @@ class MegatronConfig:
     """Pipeline stages: each holds an equal run of the layers (must divide the layers and, times
     ``tensor_parallel``, the world); the micro-batches of a pass run through Megatron's 1F1B schedule."""
     virtual_pipeline: int = bounded(1, ge=1, profile=True)
-    """Model chunks per pipeline stage (interleaved schedule). Only 1 is built."""
+    """Model chunks per pipeline stage (Megatron's interleaved schedule: a smaller pipeline bubble);
+    needs ``pipeline_parallel > 1``, and ``pipeline_parallel x virtual_pipeline`` must divide the layers."""
     context_parallel: int = bounded(1, ge=1, profile=True)
     """Context-parallel size (sequences split over devices). Only 1 is built: Megatron supports it
     only in transformer-engine's attention, which the engine does not use."""

@@ -309,7 +309,7 @@ RULES: tuple[Rule, ...] = (
             ("tensor_model_parallel_size", "tensor_parallel", ""),
             ("expert_model_parallel_size", "expert_parallel", ""),
             ("pipeline_model_parallel_size", "pipeline_parallel", ""),
-            ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "only 1 (verl's null) is built"),
+            ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "verl's null is 1"),
             ("context_parallel_size", "context_parallel", "only 1 is built"),
             ("sequence_parallel", "sequence_parallel", "only false is built"),
         )

@@ -345,7 +345,7 @@ class ActorRole(LoraRole):
             out_loss: torch.Tensor = loss * 0.0 if mb.is_padding else loss
             return out_loss
 
-        micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
+        micro = packed_micro_batches(mini, self.micro_batch_tokens, device, self.engine.min_micro_batches)
         self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
         metrics: dict[str, float] = self.engine.reduce_stats(stats)

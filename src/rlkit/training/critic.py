@@ -169,7 +169,7 @@ class CriticRole:
                 stats.add_mean("critic/vpred_mean", vmean, weight)
             return vf_loss * 0.0 if mb.is_padding else vf_loss
 
-        micro = packed_micro_batches(mini, self.micro_batch_tokens, device)
+        micro = packed_micro_batches(mini, self.micro_batch_tokens, device, self.engine.min_micro_batches)
         self.engine.run_micro_batches(micro, forward, consume, backward=True)
         grad_norm, _ = self.engine.optimizer_step()
         metrics: dict[str, float] = self.engine.reduce_stats(stats)

@@ -68,11 +68,15 @@ class TrainingEngine(Protocol):
     ) -> None: ...
     def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]: ...
     def from_last_stage(self, value: T) -> T: ...
+    @property
+    def min_micro_batches(self) -> int: ...
 
 
 class MicroBatchRunner(Protocol):
     """What a pass over micro-batches needs of the engine holding the module (see :class:`MicroBatchLoop`)."""
 
+    @property
+    def min_micro_batches(self) -> int: ...
     def run_micro_batches(
         self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
     ) -> None: ...
@@ -88,6 +92,11 @@ T = TypeVar("T")
 
 class MicroBatchLoop:
     """The micro-batch loop of an engine whose every rank holds all layers (no pipeline stages)."""
+
+    @property
+    def min_micro_batches(self) -> int:
+        """The fewest micro-batches a pass may be cut into (a pipeline schedule may need more than one)."""
+        return 1
 
     def run_micro_batches(
         self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool

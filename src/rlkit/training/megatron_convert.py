@@ -115,13 +115,17 @@ class MegatronLayout:
 
 
 def parallel_shape_problem(
-    hf: Mapping[str, Any], tensor_parallel: int, expert_parallel: int, pipeline_parallel: int = 1
+    hf: Mapping[str, Any],
+    tensor_parallel: int,
+    expert_parallel: int,
+    pipeline_parallel: int = 1,
+    virtual_pipeline: int = 1,
 ) -> str | None:
     """Why a ``config.json`` cannot be split by the given sizes (None: it can).
 
     Tensor parallelism splits attention by whole heads and GQA groups, the MLP's rows and the
-    vocabulary; expert parallelism splits the experts; pipeline parallelism gives each stage an
-    equal run of layers.
+    vocabulary; expert parallelism splits the experts; pipeline parallelism gives each stage (each
+    model chunk, with virtual stages) an equal run of layers.
     """
     try:
         layout = MegatronLayout.from_hf(hf)
@@ -137,11 +141,12 @@ def parallel_shape_problem(
     for what, count in counts.items():
         if count % tp:
             return f"actor.megatron.tensor_parallel={tp} does not divide the model's {count} {what}"
-    if layout.num_layers % pipeline_parallel:
-        return (
-            f"actor.megatron.pipeline_parallel={pipeline_parallel} does not divide the model's "
-            f"{layout.num_layers} layers"
+    stages = pipeline_parallel * virtual_pipeline
+    if layout.num_layers % stages:
+        sizes = f"pipeline_parallel={pipeline_parallel}" + (
+            f" x virtual_pipeline={virtual_pipeline} = {stages}" if virtual_pipeline > 1 else ""
         )
+        return f"actor.megatron.{sizes} does not divide the model's {layout.num_layers} layers"
     if ep > 1 and (not layout.num_experts or layout.num_experts % ep):
         experts = layout.num_experts or "no"
         return f"actor.megatron.expert_parallel={ep} does not divide the model's {experts} experts"

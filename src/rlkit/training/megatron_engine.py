@@ -51,6 +51,7 @@ from rlkit.training.megatron_model import (
     init_parallel_state,
     load_into,
     megatron_shard,
+    padded_shape,
     require_megatron,
     transformer_config,
 )
@@ -114,14 +115,19 @@ class MegatronEngine(OptimizedEngine):
     ) -> None:
         del param_offload  # FSDP's knob
         require_megatron()
-        if (virtual_pipeline, context_parallel, sequence_parallel) != (1, 1, False):
-            raise ValueError(
-                "the Megatron engine runs virtual_pipeline = context_parallel = 1 and sequence_parallel = false"
-            )
+        if (context_parallel, sequence_parallel) != (1, False):
+            raise ValueError("the Megatron engine runs context_parallel = 1 and sequence_parallel = false")
+        if virtual_pipeline > 1 and pipeline_parallel == 1:
+            raise ValueError("virtual pipeline stages need pipeline_parallel > 1")
         ensure_process_group()
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
-        self.sizes = ParallelSizes(tensor=tensor_parallel, pipeline=pipeline_parallel, expert=expert_parallel)
+        self.sizes = ParallelSizes(
+            tensor=tensor_parallel,
+            pipeline=pipeline_parallel,
+            virtual_pipeline=virtual_pipeline,
+            expert=expert_parallel,
+        )
         init_parallel_state(self.sizes)
         self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
         # the LM head of a tied policy on the last stage is a copy of the first stage's embedding
@@ -137,8 +143,9 @@ class MegatronEngine(OptimizedEngine):
         config = transformer_config(hf_config, self.sizes, recompute=gradient_checkpointing)
         self.module = self._build_root(hf_config, hf_state_dict, config, head).to(self.device)
         if torch_compile:
-            for layer in self.module.gpt.decoder.layers:
-                layer.forward = torch.compile(layer.forward)
+            for stage in self.module.stages:
+                for layer in stage.decoder.layers:
+                    layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         self._setup_optimizer(
             [p for p in self.module.parameters() if p.requires_grad],
@@ -155,48 +162,59 @@ class MegatronEngine(OptimizedEngine):
     def _build_root(
         self, hf: dict[str, Any], hf_sd: dict[str, torch.Tensor], config: Any, head: str
     ) -> nn.Module:
-        """The GPTModel with this rank's converted shard loaded, under the policy's or the value head."""
-        from megatron.core import parallel_state as mpu
-
-        first, last = mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
-        gpt = build_gpt(hf, config, pre_process=first, post_process=last)
-        shard = megatron_shard(hf_sd, self.layout, self.sizes)
-        if head == "policy":
-            load_into(gpt, shard)
-            return MegatronPolicy(gpt, self.compute_dtype)
-        if head != "value":
+        """This rank's GPTModel chunks with its converted shards loaded, under the policy's or the value head."""
+        if head not in ("policy", "value"):
             raise ValueError(f"unknown head {head!r}; valid: policy, value")
-        score = None
-        if last:
-            del gpt.output_layer  # the critic reads hidden states into its own head
-            score = nn.Linear(self.layout.hidden_size, 1)
-            score.load_state_dict(
-                {k.removeprefix("score."): shard.pop(k) for k in list(shard) if k.startswith("score.")}
+        chunks, score = [], None
+        for vp, shard in enumerate(megatron_shard(hf_sd, self.layout, self.sizes)):
+            first, last = _chunk_ends(vp, self.sizes.virtual_pipeline)
+            gpt = build_gpt(
+                hf,
+                config,
+                pre_process=first,
+                post_process=last,
+                vp_stage=vp if self.sizes.pipeline > 1 else None,
             )
-        shard.pop("output_layer.weight", None)  # a tied last stage's copy of the embedding: no LM head here
-        load_into(gpt, shard)
-        return MegatronValue(gpt, score, self.compute_dtype)
+            if head == "value" and last:
+                del gpt.output_layer  # the critic reads hidden states into its own head
+                score = nn.Linear(self.layout.hidden_size, 1)
+                score.load_state_dict(
+                    {k.removeprefix("score."): shard.pop(k) for k in list(shard) if k.startswith("score.")}
+                )
+            if head == "value":
+                shard.pop("output_layer.weight", None)  # a tied last stage's embedding copy: no LM head here
+            load_into(gpt, shard)
+            chunks.append(gpt)
+        if head == "policy":
+            return MegatronPolicy(chunks, self.compute_dtype)
+        return MegatronValue(chunks, score, self.compute_dtype)
 
     def _named_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters under their Megatron names (the GPTModel's, layers numbered over the whole
         model) and the value head's HF names."""
-        offset = self._layer_offset()
         for name, param in self.module.named_parameters():
-            yield _global_layer(name.removeprefix("gpt."), offset), param
+            stage, _, rest = name.removeprefix("stages.").partition(".")
+            if not stage.isdigit():  # the value head
+                yield name, param
+                continue
+            yield _global_layer(rest, self._layer_offset(int(stage))), param
 
-    def _layer_offset(self) -> int:
-        """The global number of this pipeline stage's first layer."""
+    def _layer_offset(self, chunk: int) -> int:
+        """The global number of the first layer of this rank's model chunk ``chunk``."""
         from megatron.core import parallel_state as mpu
 
-        pp = self.sizes.pipeline
-        return stage_layers(self.layout.num_layers, pp, 1, mpu.get_pipeline_model_parallel_rank(), 0).start
+        pp, vpp = self.sizes.pipeline, self.sizes.virtual_pipeline
+        return stage_layers(
+            self.layout.num_layers, pp, vpp, mpu.get_pipeline_model_parallel_rank(), chunk
+        ).start
 
     # ------------------------------------------------------------------ the pipeline schedule
 
     def run_micro_batches(
         self, micro_batches: list[PackedMicroBatch], forward: Forward, consume: Consume, *, backward: bool
     ) -> None:
-        """The plain loop without pipeline stages; with them, Megatron's 1F1B schedule.
+        """The plain loop without pipeline stages; with them, Megatron's 1F1B schedule (interleaved
+        over the model chunks with virtual stages).
 
         Every stage runs ``forward`` (a stage before the last returns its output, which the
         schedule sends on); the last stage hands the heads' outputs to ``consume`` and the
@@ -210,9 +228,10 @@ class MegatronEngine(OptimizedEngine):
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         no_tokens = torch.zeros((), dtype=torch.int, device=self.device)
+        chunks = list(self.module.stages)
 
-        def step(data: Iterator[PackedMicroBatch], model: nn.Module) -> tuple[Any, Any]:
-            del model  # forward calls self.module, which is it
+        def step(data: Iterator[PackedMicroBatch], chunk: nn.Module) -> tuple[Any, Any]:
+            self.module.active = next(i for i, c in enumerate(chunks) if c is chunk)
             mb = next(data)
 
             def loss_of(out: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -221,15 +240,28 @@ class MegatronEngine(OptimizedEngine):
 
             return forward(mb), loss_of
 
-        get_forward_backward_func()(
-            forward_step_func=step,
-            data_iterator=iter(micro_batches),
-            model=self.module,
-            num_microbatches=len(micro_batches),
-            seq_length=0,  # shapes are exchanged per micro-batch (variable_seq_lengths)
-            micro_batch_size=0,
-            forward_only=not backward,
-        )
+        rows = width = 0  # shapes are exchanged per micro-batch (variable_seq_lengths) ...
+        if self.sizes.virtual_pipeline > 1:  # ... but the interleaved schedule sends fixed ones
+            shapes = [padded_shape(mb.cu_seqlens) for mb in micro_batches]
+            rows, width = max(r for r, _ in shapes), max(w for _, w in shapes)
+            self.module.pad_to = (rows, width)
+        try:
+            get_forward_backward_func()(
+                forward_step_func=step,
+                data_iterator=[iter(micro_batches) for _ in chunks],
+                model=chunks,
+                num_microbatches=len(micro_batches),
+                seq_length=width,
+                micro_batch_size=rows,
+                forward_only=not backward,
+            )
+        finally:
+            self.module.active, self.module.pad_to = 0, None
+
+    @property
+    def min_micro_batches(self) -> int:
+        """Micro-batches a pass must have: the interleaved schedule runs them in groups of one per stage."""
+        return self.sizes.pipeline if self.sizes.virtual_pipeline > 1 else 1
 
     def reduce_stats(self, stats: MiniBatchStats) -> dict[str, float]:
         """The last stages' metrics (only they ``consume``) over their ranks, then on every rank."""
@@ -462,3 +494,15 @@ def _last_stage_group() -> Any:
     flags: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(flags, mpu.is_pipeline_last_stage())
     return dist.new_group(ranks=[r for r, last in enumerate(flags) if last])
+
+
+def _chunk_ends(chunk: int, chunks: int) -> tuple[bool, bool]:
+    """Whether this rank's model chunk ``chunk`` of ``chunks`` holds the embedding / the final norm and head."""
+    from megatron.core import parallel_state as mpu
+
+    if chunks == 1:
+        return mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
+    return (
+        mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=chunk),
+        mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=chunk),
+    )

@@ -158,10 +158,14 @@ def transformer_config(
     if sizes.pipeline > 1:
         kwargs.update(
             pipeline_dtype=torch.float32,  # the residual stream of fp32 weights under autocast
-            variable_seq_lengths=True,  # each micro-batch is (longest row, rows): stages swap shapes first
+            # each micro-batch is (longest row, rows): stages swap shapes first; the interleaved
+            # schedule's pre-posted receives need one fixed shape (the engine pads to it)
+            variable_seq_lengths=sizes.virtual_pipeline == 1,
             calculate_per_token_loss=True,  # the schedule must not rescale rlkit's global-batch losses
         )
         kwargs.setdefault("moe_token_dispatcher_type", "alltoall")  # (checked for dense models too)
+    if sizes.virtual_pipeline > 1:
+        kwargs["virtual_pipeline_model_parallel_size"] = sizes.virtual_pipeline
     if recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if layout.num_experts:
@@ -179,9 +183,17 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
-def build_gpt(hf: dict[str, Any], config: Any, *, pre_process: bool = True, post_process: bool = True) -> Any:
-    """A ``GPTModel`` (this rank's pipeline stage: the embedding with ``pre_process``, the final
-    norm and LM head with ``post_process``) with Megatron-core's local layer spec."""
+def build_gpt(
+    hf: dict[str, Any],
+    config: Any,
+    *,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: int | None = None,
+) -> Any:
+    """A ``GPTModel`` (this rank's pipeline stage, or its model chunk ``vp_stage``: the embedding
+    with ``pre_process``, the final norm and LM head with ``post_process``) with Megatron-core's
+    local layer spec."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
@@ -201,6 +213,7 @@ def build_gpt(hf: dict[str, Any], config: Any, *, pre_process: bool = True, post
         max_sequence_length=int(hf.get("max_position_embeddings", 4096)),
         pre_process=pre_process,
         post_process=post_process,
+        **({} if vp_stage is None else {"vp_stage": vp_stage}),
         share_embeddings_and_output_weights=layout.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_base=float(theta),
@@ -269,16 +282,20 @@ def _mark_tensor_parallel(gpt: nn.Module) -> None:
 
 def megatron_shard(
     hf_sd: dict[str, torch.Tensor], layout: MegatronLayout, sizes: ParallelSizes
-) -> dict[str, torch.Tensor]:
-    """This rank's part of a Hugging Face state dict, in Megatron names and layouts."""
+) -> list[dict[str, torch.Tensor]]:
+    """This rank's part of a Hugging Face state dict, in Megatron names and layouts: one state
+    dict per model chunk (one without virtual pipeline stages), layers numbered within it."""
     from megatron.core import parallel_state as mpu
 
     mg = shard_tp(hf_to_megatron(hf_sd, layout), sizes.tensor, mpu.get_tensor_model_parallel_rank())
+    chunks = [mg]
     if sizes.pipeline > 1:
-        mg = shard_pp(mg, layout, sizes.pipeline, 1, mpu.get_pipeline_model_parallel_rank())[0]
+        pp_rank = mpu.get_pipeline_model_parallel_rank()
+        chunks = shard_pp(mg, layout, sizes.pipeline, sizes.virtual_pipeline, pp_rank)
     if layout.num_experts:
-        mg = shard_ep(mg, layout.num_experts, sizes.expert, mpu.get_expert_model_parallel_rank())
-    return mg
+        ep_rank = mpu.get_expert_model_parallel_rank()
+        chunks = [shard_ep(c, layout.num_experts, sizes.expert, ep_rank) for c in chunks]
+    return chunks
 
 
 def load_into(gpt: nn.Module, shard: dict[str, torch.Tensor]) -> None:
@@ -302,21 +319,31 @@ def load_into(gpt: nn.Module, shard: dict[str, torch.Tensor]) -> None:
 # ---------------------------------------------------------------- forward
 
 
-def _padded_layout(cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """Rows, longest row and each packed token's index into the flattened (B, S) right-padded layout.
+def padded_shape(cu_seqlens: torch.Tensor) -> tuple[int, int]:
+    """(rows, longest row) of a packed micro-batch's right-padded layout (one host read)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    return int(lengths.numel()), int(lengths.max().item())
 
-    Megatron's RoPE numbers each row's tokens from 0, so the packed positions must do the same.
+
+def _padded_layout(
+    cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor, shape: tuple[int, int] | None = None
+) -> tuple[int, int, torch.Tensor]:
+    """Rows, row width and each packed token's index into the flattened (B, S) right-padded layout.
+
+    The layout is (rows, longest row), or ``shape`` when given (more rows and a wider row than
+    the micro-batch needs: a pipeline schedule with fixed tensor shapes). Megatron's RoPE numbers
+    each row's tokens from 0, so the packed positions must do the same.
 
     Raises:
         ValueError: A sequence's position ids are not 0, 1, 2, ...
     """
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    rows, longest = int(lengths.numel()), int(lengths.max().item())
-    row_T = torch.repeat_interleave(torch.arange(rows, device=lengths.device), lengths)
+    rows, width = shape if shape is not None else padded_shape(cu_seqlens)
+    row_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
     col_T = torch.arange(position_ids_T.numel(), device=lengths.device) - cu_seqlens[:-1].long()[row_T]
     if not torch.equal(col_T, position_ids_T.long()):
         raise ValueError("actor.strategy=megatron needs position ids 0, 1, 2, ... within each sequence")
-    return rows, longest, row_T * longest + col_T
+    return rows, width, row_T * width + col_T
 
 
 def _under_autocast(forward: Any, dtype: torch.dtype) -> Any:
@@ -338,32 +365,31 @@ def _under_autocast(forward: Any, dtype: torch.dtype) -> Any:
 
 
 class _MegatronRoot(nn.Module):
-    """A ``GPTModel`` and the packed forward up to its final norm (the heads are the subclasses')."""
+    """This rank's ``GPTModel`` and the packed forward up to its final norm (the heads are the subclasses').
 
-    gpt: Any  # megatron.core.models.gpt.GPTModel (Megatron is imported only where it is used)
+    With virtual pipeline stages a rank holds several model chunks (``stages``, one ``GPTModel``
+    each); the forward runs the ``active`` one, which the engine's schedule sets before each call,
+    and lays every micro-batch out in the same ``pad_to`` shape (the interleaved schedule sends
+    fixed shapes between stages).
+    """
 
-    def __init__(self, gpt: nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, gpt: nn.Module | list[nn.Module], compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.gpt = gpt
+        self.stages = nn.ModuleList(gpt if isinstance(gpt, list) else [gpt])
+        self.active = 0
+        self.pad_to: tuple[int, int] | None = None  # (rows, width) of every micro-batch, when set
         self.compute_dtype = compute_dtype
         # fp32 master weights computing in a lower dtype run under autocast (as FSDP's one-rank path)
-        self.autocast = any(p.dtype != compute_dtype for p in gpt.parameters() if p.is_floating_point())
+        self.autocast = any(p.dtype != compute_dtype for p in self.parameters() if p.is_floating_point())
         if self.autocast:
-            for layer in self.gpt.decoder.layers:
-                layer.forward = _under_autocast(layer.forward, compute_dtype)
+            for stage in self.stages:
+                for layer in stage.decoder.layers:
+                    layer.forward = _under_autocast(layer.forward, compute_dtype)
 
     @property
-    def config(self) -> Any:
-        """The ``TransformerConfig`` (Megatron's pipeline schedule reads it from the model it runs)."""
-        return self.gpt.config
-
-    @property
-    def model_type(self) -> Any:
-        return self.gpt.model_type
-
-    def set_input_tensor(self, tensors: list[torch.Tensor | None]) -> None:
-        """The previous pipeline stage's output, which this stage's decoder starts from (the schedule sets it)."""
-        self.gpt.set_input_tensor(tensors)
+    def gpt(self) -> Any:
+        """The active model chunk (a ``megatron.core.models.gpt.GPTModel``; the only one without virtual stages)."""
+        return self.stages[self.active]
 
     def hidden_states(
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
@@ -372,9 +398,9 @@ class _MegatronRoot(nn.Module):
 
         On a pipeline stage before the last, the stage's output instead: (S, B, D) fp32 in the
         padded layout, what the schedule sends to the next stage (a stage after the first starts
-        from the tensor the schedule received, see :meth:`set_input_tensor`).
+        from the tensor the schedule received and set on its ``GPTModel``).
         """
-        rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T)
+        rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T, self.pad_to)
         ids_BS = input_ids_T.new_zeros(rows * longest)
         ids_BS[index_T] = input_ids_T
         ids_BS = ids_BS.view(rows, longest)
@@ -470,7 +496,7 @@ class MegatronValue(_MegatronRoot):
         self, gpt: nn.Module, score: nn.Linear | None, compute_dtype: torch.dtype = torch.float32
     ) -> None:
         super().__init__(gpt, compute_dtype)
-        self.score = score  # on the last pipeline stage only
+        self.score = score  # on the rank of the last pipeline stage only (in its last model chunk)
 
     def forward(
         self,
@@ -482,7 +508,7 @@ class MegatronValue(_MegatronRoot):
         """Values (N,) fp32 at packed positions ``gather_idx_N`` (as :class:`rlkit.training.heads.PackedValue`)."""
         with torch.autocast(input_ids_T.device.type, dtype=self.compute_dtype, enabled=self.autocast):
             hidden = self.hidden_states(input_ids_T, position_ids_T, cu_seqlens)
-            if self.score is None:
+            if not self.gpt.post_process or self.score is None:
                 return hidden  # a stage before the last: its output, for the next stage
             values_N: torch.Tensor = self.score(hidden.index_select(0, gather_idx_N)).squeeze(-1).float()
         return values_N

@@ -47,16 +47,19 @@ def temperature_of(batch: Batch, temperature: float | None) -> float:
     return float(batch.meta.get("temperature", 1.0))
 
 
-def packed_micro_batches(batch: Batch, budget: int, device: torch.device) -> list[PackedMicroBatch]:
+def packed_micro_batches(
+    batch: Batch, budget: int, device: torch.device, at_least: int = 1
+) -> list[PackedMicroBatch]:
     """The batch's micro-batches under a token budget, packed and on ``device``.
 
     The count is agreed over ranks (one small all-reduce), so every rank gets the same number of
     micro-batches; this is a collective and all ranks must call it together. All micro-batches are
     packed and sent to the device up front, so no host-to-device copy waits in the middle of the
-    compute loop.
+    compute loop. ``at_least``: the fewest micro-batches (an engine's ``min_micro_batches``; rows
+    cut finer, then padding micro-batches).
     """
     mask = batch.tensors["attention_mask"]
-    num = all_reduce_max(count_micro_batches(mask, budget), device)
+    num = all_reduce_max(max(count_micro_batches(mask, budget), at_least), device)
     positions = batch.tensors.get("position_ids")
     if positions is not None and positions.dim() != 2:
         raise ValueError(
@@ -129,7 +132,12 @@ def response_logprobs(
         if squares is not None:
             squares[rows] = mb.scatter(extra[0].float(), width)
 
-    runner.run_micro_batches(packed_micro_batches(batch, budget, device), forward, consume, backward=False)
+    runner.run_micro_batches(
+        packed_micro_batches(batch, budget, device, runner.min_micro_batches),
+        forward,
+        consume,
+        backward=False,
+    )
     logp_c, entropy_c, squares_c = runner.from_last_stage(
         (logp.cpu(), None if entropy is None else entropy.cpu(), None if squares is None else squares.cpu())
     )
@@ -162,5 +170,10 @@ def response_values(
         if not mb.is_padding:
             values[rows_on(mb, device)] = mb.scatter(v_N.float(), width)
 
-    runner.run_micro_batches(packed_micro_batches(batch, budget, device), forward, consume, backward=False)
+    runner.run_micro_batches(
+        packed_micro_batches(batch, budget, device, runner.min_micro_batches),
+        forward,
+        consume,
+        backward=False,
+    )
     return runner.from_last_stage(values.cpu())

@@ -62,7 +62,10 @@ def test_missing_megatron_core_names_the_install(monkeypatch: pytest.MonkeyPatch
             ],
             "tensor_parallel x pipeline_parallel = 4 does not divide the 6 training devices",
         ),
-        (["actor.megatron.virtual_pipeline=2"], "actor.megatron.virtual_pipeline=2 is not built"),
+        (
+            ["actor.megatron.virtual_pipeline=2"],
+            "virtual_pipeline=2 needs actor.megatron.pipeline_parallel > 1",
+        ),
         (["actor.megatron.context_parallel=2"], "actor.megatron.context_parallel=2 is not built"),
         (["actor.megatron.sequence_parallel=true"], "actor.megatron.sequence_parallel=True is not built"),
         (
@@ -141,6 +144,17 @@ def test_model_shape_is_checked_against_the_sizes(monkeypatch: pytest.MonkeyPatc
         monkeypatch, "cuda", model, "actor.megatron.pipeline_parallel=2", "hardware.devices_per_node=4"
     )
     assert lines == ["training engine: Megatron-core for the actor, TP 1 x PP 2 x EP 1, data parallel 2"]
+    with pytest.raises(
+        UserError, match="pipeline_parallel=2 x virtual_pipeline=2 = 4 does not divide the model's 2 layers"
+    ):
+        _preflight(
+            monkeypatch,
+            "cuda",
+            model,
+            "actor.megatron.pipeline_parallel=2",
+            "actor.megatron.virtual_pipeline=2",
+            "hardware.devices_per_node=2",
+        )
     with pytest.raises(UserError, match="pipeline_parallel=4 does not divide the model's 2 layers"):
         _preflight(
             monkeypatch, "cuda", model, "actor.megatron.pipeline_parallel=4", "hardware.devices_per_node=4"
@@ -166,5 +180,5 @@ def test_the_critic_can_train_on_megatron_with_the_run_sizes() -> None:
     settings = critic_settings(cfg, "cuda")
     assert settings["strategy"] == "megatron" and settings["megatron"]["tensor_parallel"] == 1
     assert actor_settings(cfg, "cuda")["strategy"] == "fsdp"
-    err = _refused("critic.strategy=megatron", "actor.megatron.virtual_pipeline=2")
-    assert "virtual_pipeline=2 is not built" in err.message
+    err = _refused("critic.strategy=megatron", "actor.megatron.context_parallel=2")
+    assert "context_parallel=2 is not built" in err.message

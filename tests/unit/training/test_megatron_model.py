@@ -60,7 +60,7 @@ def _transformers_model(hf: dict) -> torch.nn.Module:
 def _megatron(hf: dict, hf_sd: dict[str, torch.Tensor]) -> MegatronPolicy:
     sizes = ParallelSizes()
     gpt = build_gpt(hf, transformer_config(hf, sizes))
-    load_into(gpt, megatron_shard(dict(hf_sd), MegatronLayout.from_hf(hf), sizes))
+    load_into(gpt, megatron_shard(dict(hf_sd), MegatronLayout.from_hf(hf), sizes)[0])
     return MegatronPolicy(gpt.eval())
 
 

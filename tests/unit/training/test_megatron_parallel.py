@@ -29,7 +29,7 @@ from rlkit.data.batch import Batch  # noqa: E402
 from rlkit.training.actor import ActorRole  # noqa: E402
 from rlkit.training.critic import CriticRole  # noqa: E402
 
-from ._builders import rl_batch  # noqa: E402
+from ._builders import rl_batch, tiny_decoder_config  # noqa: E402
 from .megatron_cpu import megatron_on_cpu, reset_megatron  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("process_group")
@@ -97,24 +97,42 @@ def _worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str, int
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def four_layer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with four layers: two pipeline stages of two model chunks each."""
+    from dataclasses import replace
+
+    from rlkit.models import CausalLM, init_weights, save_hf
+
+    model = CausalLM(replace(tiny_decoder_config(), num_layers=4))
+    init_weights(model, seed=0)
+    out = tmp_path_factory.mktemp("tiny_lm_4")
+    save_hf(model, out)
+    return out
+
+
 @pytest.mark.parametrize(
     "sizes",
     [
         {"tensor_parallel": 2},
         {"pipeline_parallel": 2},
+        {"pipeline_parallel": 2, "virtual_pipeline": 2},
         pytest.param({}, marks=pytest.mark.slow),
         pytest.param({"tensor_parallel": 2, "pipeline_parallel": 2}, marks=pytest.mark.slow),
     ],
-    ids=["tp2", "pp2", "dp2", "tp2-pp2"],
+    ids=["tp2", "pp2", "pp2-vpp2", "dp2", "tp2-pp2"],
 )
-def test_ranks_equal_one_process(tiny_model_dir: Path, tmp_path: Path, sizes: dict[str, int]) -> None:
+def test_ranks_equal_one_process(
+    tiny_model_dir: Path, four_layer_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
+) -> None:
     world = max(2, sizes.get("tensor_parallel", 1) * sizes.get("pipeline_parallel", 1))
+    path = str(four_layer_model_dir if sizes.get("virtual_pipeline", 1) > 1 else tiny_model_dir)
     with megatron_on_cpu():
-        expected = _run(str(tiny_model_dir), {}, 0, 1)
+        expected = _run(path, {}, 0, 1)
     reset_megatron()
     env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
     try:
-        mp.spawn(_worker, args=(world, str(tiny_model_dir), str(tmp_path), sizes), nprocs=world)
+        mp.spawn(_worker, args=(world, path, str(tmp_path), sizes), nprocs=world)
     finally:
         os.environ.update(env)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
