@@ -6,19 +6,23 @@ forwards under ``torch.autocast`` in the compute dtype, as the FSDP engine does 
 roles' micro-batch loops, losses (:mod:`rlkit.algos`) and global-batch loss scaling are shared
 with FSDP unchanged: the engine only changes where the shards live.
 
-Parallelism: tensor parallelism (TP) and expert parallelism (EP) come from Megatron's layers; the data-parallel (DP) ranks are the world over TP x EP. Each
-optimizer step first averages gradients over the DP ranks (dense weights over Megatron's
-data-parallel group, experts over its expert-data-parallel group: the same averaging FSDP's
-reduce-scatter does, so the losses' ``dp_size`` scaling holds), then measures the global norm
-(TP-split weights once per shard, replicated ones once), clips and steps AdamW
-(:class:`~rlkit.training.engine_base.OptimizedEngine`). Pipeline and context parallelism need
-Megatron's pipeline schedule and sequence splitting, which this engine does not drive: the config
-refuses sizes above 1. Sequence parallelism is refused too: Megatron's local layer spec (the one
-that needs no transformer-engine or apex) has norms that do not support it.
+Parallelism: tensor parallelism (TP) and expert parallelism (EP) come from Megatron's layers;
+pipeline parallelism (PP, with virtual stages) from its 1F1B schedule, which runs the roles'
+micro-batches (:meth:`MegatronEngine.run_micro_batches`); the data-parallel (DP) ranks are the
+world over TP x PP (experts: over EP). Each optimizer step first sums the gradients of a tied
+embedding's two copies (first and last stage), averages gradients over the DP ranks (dense
+weights over Megatron's data-parallel group, experts over its expert-data-parallel group: the same
+averaging FSDP's reduce-scatter does, so the losses' ``dp_size`` scaling holds), then measures the
+global norm (TP-split weights once per shard, replicated ones and the embedding copy once), clips
+and steps AdamW (:class:`~rlkit.training.engine_base.OptimizedEngine`). Context parallelism needs
+Megatron's sequence splitting, which this engine does not drive, and sequence parallelism is
+refused: Megatron's local layer spec (the one that needs no transformer-engine or apex) has norms
+that do not support it.
 
 Checkpoints go through rlkit's layer (DCP): each tensor is saved under a name that is unique per
-shard (``...weight@tp1of2`` for a TP-split weight, the global expert number for an expert), so
-replicas write it once and a resume with the same parallel sizes is exact.
+shard (``...weight@tp1of2`` for a TP-split weight, the global layer number on every pipeline
+stage, the global expert number for an expert), so replicas write it once and a resume with the
+same parallel sizes is exact.
 """
 
 from __future__ import annotations
@@ -65,16 +69,16 @@ def _is_expert(param: nn.Parameter) -> bool:
 
 
 class MegatronEngine(OptimizedEngine):
-    """A Megatron-core ``GPTModel`` (TP / SP / EP shards) with AdamW, the schedule and clipping.
+    """A Megatron-core ``GPTModel`` (TP / PP / EP shards) with AdamW, the schedule and clipping.
 
     Args:
         hf_config: the model's Hugging Face ``config.json`` dict.
         hf_state_dict: its weights under Hugging Face names (fp32, on the CPU); converted and sharded here.
         head: ``policy`` (the LM head: :class:`~rlkit.training.megatron_model.MegatronPolicy`) or
             ``value`` (the critic's ``score`` head: :class:`~rlkit.training.megatron_model.MegatronValue`).
-        tensor_parallel, expert_parallel: Megatron's sizes (the rest of the world is data parallel).
-        pipeline_parallel, virtual_pipeline, context_parallel, sequence_parallel: must be 1 / false
-            (see the module docstring).
+        tensor_parallel, pipeline_parallel, virtual_pipeline, expert_parallel: Megatron's sizes
+            (the rest of the world is data parallel; virtual stages need pipeline_parallel > 1).
+        context_parallel, sequence_parallel: must be 1 / false (see the module docstring).
         seed: seeds Megatron's model-parallel RNG tracker on CUDA.
         dtype, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas, warmup_steps,
             total_steps, lr_schedule, min_lr_ratio, grad_clip: as :class:`~rlkit.training.engine.FSDPEngine`
