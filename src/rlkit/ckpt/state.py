@@ -151,6 +151,24 @@ def load_frozen_role(module: torch.nn.Module, role_dir: Path) -> str | None:
     return None
 
 
+def save_frozen_tensors(tensors: dict[str, torch.Tensor], hf_config: dict[str, Any], role_dir: Path) -> None:
+    """:func:`save_frozen_role` for an engine that names its own tensors (the Megatron reference:
+    per-shard names, unique over ranks); collective."""
+    save_state({"model": tensors}, role_dir / DCP_DIR)
+    if _rank() == 0:
+        write_json(role_dir / ROLE_STATE, {"frozen": True})
+        write_json(role_dir / ROLE_HF_CONFIG, dict(hf_config))
+
+
+def load_frozen_tensors(tensors: dict[str, torch.Tensor], role_dir: Path) -> str | None:
+    """Fill ``tensors`` in place from what :func:`save_frozen_tensors` wrote (collective).
+
+    Returns:
+        None on success, else what is wrong (naming the file).
+    """
+    return load_state({"model": tensors}, role_dir / DCP_DIR)
+
+
 # ---------------------------------------------------------------------------------- RNG states
 
 

@@ -181,7 +181,7 @@ def _megatron(cfg: DictConfig) -> None:
     # sequence parallelism; no LoRA; top-k
     # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
     actor, sizes = cfg.actor, cfg.actor.megatron
-    users = [role for role in ("actor", "critic") if cfg[role].strategy == "megatron"]
+    users = [role for role in ("actor", "critic", "ref") if cfg[role].strategy == "megatron"]
     if not users:
         changed = [
             f"{k}={sizes[k]}"
@@ -196,7 +196,7 @@ def _megatron(cfg: DictConfig) -> None:
         ]
         if changed:
             raise UserError(
-                f"actor.megatron.{changed[0]} only applies to actor.strategy=megatron (or critic.strategy)",
+                f"actor.megatron.{changed[0]} only applies to actor.strategy=megatron (or critic.strategy, ref.strategy)",
                 hint="set actor.strategy=megatron",
             )
         return
@@ -230,6 +230,11 @@ def _megatron(cfg: DictConfig) -> None:
         raise UserError(
             f"actor.megatron.tensor_parallel x pipeline_parallel = {replica} does not divide the {world} training devices",
             hint=f"make their product a divisor of {world}",
+        )
+    if cfg.ref.strategy == "megatron" and cfg.ref.param_offload:
+        raise UserError(
+            "ref.param_offload=true needs ref.strategy=fsdp (Megatron keeps the reference on the device)",
+            hint="set ref.param_offload=false, or ref.strategy=fsdp",
         )
     if actor.strategy == "megatron" and cfg.model.lora_rank > 0:
         raise UserError(

@@ -215,6 +215,9 @@ class RefConfig:
     """Keep reference-model parameters on the CPU between uses."""
     update_every: int = bounded(0, ge=0)
     """Copy the actor into the reference model every N steps (SPIN); 0 = never."""
+    strategy: str = choice("fsdp", "megatron", profile=True)
+    """The reference model's engine: ``fsdp`` (FSDP2 shards in the compute dtype) or ``megatron``
+    (Megatron-core with the sizes of ``actor.megatron.*``, which a process's roles share)."""
 
 
 @dataclass

@@ -56,6 +56,10 @@ def _critic_strategy(value: Any) -> list[tuple[str, Any]]:
     return [("critic.strategy", v) for _, v in _strategy(value)]
 
 
+def _ref_strategy(value: Any) -> list[tuple[str, Any]]:
+    return [("ref.strategy", v) for _, v in _strategy(value)]
+
+
 def _loggers(value: Any) -> list[tuple[str, Any]]:
     names = value if isinstance(value, list) else [value]
     known = [str(n) for n in names if str(n) in ("console", "wandb", "tensorboard")]
@@ -433,6 +437,7 @@ RULES: tuple[Rule, ...] = (
     Rule("a_r_r.rollout.multi_turn.max_parallel_calls", "map", "rollout.multi_turn.max_parallel_calls"),
     Rule("a_r_r.rollout.multi_turn.format", "map", "rollout.multi_turn.parser"),
     # ------------------------------------------------------------------ ref
+    Rule("a_r_r.ref.strategy", "map", "ref.strategy", "fsdp / fsdp2 -> fsdp; megatron", _ref_strategy),
     Rule("a_r_r.ref.fsdp_config.param_offload", "map", "ref.param_offload"),
     Rule("a_r_r.ref.log_prob_micro_batch_size", "same", note=TOKEN_BUDGET),
     Rule("a_r_r.ref.log_prob_micro_batch_size_per_gpu", "same", note=TOKEN_BUDGET),

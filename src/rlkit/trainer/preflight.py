@@ -93,7 +93,11 @@ def _hardware(cfg: RlkitConfig) -> str:
 def _training_engine(cfg: RlkitConfig) -> str:
     """``actor.strategy`` / ``critic.strategy`` = megatron: a GPU, and models the sizes split evenly."""
     sizes, hw = cfg.actor.megatron, cfg.hardware
-    models = {"actor": cfg.model.path, "critic": cfg.critic.model_path or cfg.model.path}
+    models = {
+        "actor": cfg.model.path,
+        "critic": cfg.critic.model_path or cfg.model.path,
+        "ref": cfg.model.path,
+    }
     users = [role for role in models if getattr(cfg, role).strategy == "megatron"]
     if not users:
         return "training engine: FSDP2"

@@ -143,6 +143,8 @@ def ref_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
         **engine,
         "param_offload": cfg.ref.param_offload,
         "micro_batch_tokens": cfg.actor.micro_batch_tokens,
+        "strategy": cfg.ref.strategy,
+        "megatron": _plain(cfg.actor.megatron) if cfg.ref.strategy == "megatron" else None,
     }
 
 

@@ -153,7 +153,9 @@ def _trained_roles(cfg: RlkitConfig, roles: list[str]) -> str:
     by_engine: dict[str, list[str]] = {}
     for role in roles:
         strategy = (
-            getattr(getattr(cfg, role, None), "strategy", "fsdp") if role in ("actor", "critic") else "fsdp"
+            getattr(getattr(cfg, role, None), "strategy", "fsdp")
+            if role in ("actor", "critic", "ref")
+            else "fsdp"
         )
         by_engine.setdefault(names.get(strategy, strategy), []).append(role)
     return ", ".join(f"{', '.join(rs)} with {engine}" for engine, rs in by_engine.items())

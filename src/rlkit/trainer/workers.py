@@ -18,10 +18,8 @@ import torch
 from rlkit import hardware
 from rlkit.agents.setup import loop_settings
 from rlkit.ckpt import (
-    load_frozen_role,
     load_role_state,
     load_worker_rng,
-    save_frozen_role,
     save_role_state,
     save_worker_rng,
 )
@@ -156,11 +154,11 @@ class RefWorker:
     @dispatch("broadcast")
     def save_checkpoint(self, step_dir: str) -> None:
         """Write the reference weights (a refreshed reference is part of the run's state)."""
-        save_frozen_role(self.role.module, Path(step_dir) / "ref")
+        self.role.save_frozen(Path(step_dir) / "ref")
 
     @dispatch("broadcast")
     def load_checkpoint(self, step_dir: str) -> str | None:
-        return load_frozen_role(self.role.module, Path(step_dir) / "ref")
+        return self.role.load_frozen(Path(step_dir) / "ref")
 
 
 class TeacherWorker:

@@ -27,7 +27,7 @@ same parallel sizes is exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -436,6 +436,26 @@ class MegatronEngine(OptimizedEngine):
             key = global_expert_name(name, ep_rank, per_rank) if _is_expert(param) else name
             names[shard_key(key, tp_rank, tp)] = param
         return names
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """This rank's weights under their per-shard checkpoint names, for a frozen role's checkpoint
+        (DCP loads into them in place)."""
+        return {k: p.detach() for k, p in self._checkpoint_names().items()}
+
+    @torch.no_grad()
+    def load_hf_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace every weight with full Hugging Face-named tensors (the actor's, for ``ref.update_every``).
+
+        Every rank gets the whole model and keeps its own shards, as at start-up.
+
+        Raises:
+            ValueError: The tensors do not cover this rank's model exactly.
+        """
+        hf_sd = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in named_tensors}
+        for chunk, shard in zip(
+            self.module.stages, megatron_shard(hf_sd, self.layout, self.sizes), strict=True
+        ):
+            load_into(chunk, shard)
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """Model and AdamW state (this rank's shards, under per-shard names) plus the schedule and counters."""

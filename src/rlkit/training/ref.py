@@ -9,6 +9,8 @@ Shape legend: B = rows of the rank's batch, R = response length.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -19,8 +21,9 @@ from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
 from rlkit.training.distributed import ensure_process_group, training_device
 from rlkit.training.engine import resolve_dtype, shard_module
+from rlkit.training.engine_base import MicroBatchRunner
 from rlkit.training.heads import PackedPolicy, PackedTopK
-from rlkit.training.passes import require_columns, response_logprobs, temperature_of
+from rlkit.training.passes import PLAIN_LOOP, require_columns, response_logprobs, temperature_of
 
 
 class RefRole:
@@ -34,6 +37,10 @@ class RefRole:
         micro_batch_tokens: most real tokens per forward pass.
         logprob_chunk_tokens: rows of LM-head logits computed at once.
         init, seed: as for :class:`rlkit.training.actor.ActorRole` (same seed, same weights).
+        strategy: ``fsdp`` (FSDP2 shards in the compute dtype) or ``megatron`` (Megatron-core's
+            ``GPTModel`` with the actor's parallel sizes ``megatron``, fp32 weights computing under
+            autocast as the Megatron actor does; its passes run through the engine's pipeline
+            schedule; ``param_offload`` is FSDP's).
     """
 
     head: type[PackedPolicy] | type[PackedTopK] = PackedPolicy
@@ -50,11 +57,22 @@ class RefRole:
         logprob_chunk_tokens: int = 1024,
         init: str = "pretrained",
         seed: int = 0,
+        strategy: str = "fsdp",
+        megatron: dict[str, Any] | None = None,
     ) -> None:
         ensure_process_group()
         hw.manual_seed_all(seed)
         if micro_batch_tokens <= 0:
             raise UserError(f"ref micro_batch_tokens must be positive, got {micro_batch_tokens}")
+        self.micro_batch_tokens = micro_batch_tokens
+        self.chunk_tokens = logprob_chunk_tokens
+        self.engine: Any = None  # the Megatron engine (ref.strategy=megatron), else None
+        self.runner: MicroBatchRunner = PLAIN_LOOP
+        if strategy == "megatron":
+            self._build_megatron(model_path, dtype, torch_compile, init, seed, megatron or {})
+            return
+        if strategy != "fsdp":
+            raise ValueError(f"unknown ref strategy {strategy!r}; valid: fsdp, megatron")
         # The reference never trains: its parameters are stored in the compute dtype directly.
         compute_dtype = resolve_dtype(dtype)
         model = load_causal_lm(model_path, dtype=compute_dtype, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
@@ -68,8 +86,23 @@ class RefRole:
         self.module.eval()
         self.dtype = compute_dtype
         self.device = training_device()
-        self.micro_batch_tokens = micro_batch_tokens
-        self.chunk_tokens = logprob_chunk_tokens
+
+    def _build_megatron(
+        self, model_path: str, dtype: str, torch_compile: bool, init: str, seed: int, sizes: dict[str, Any]
+    ) -> None:
+        """The reference on Megatron: the actor's engine without ever stepping its optimizer."""
+        from rlkit.training.engine_base import POLICY_ENGINES
+
+        if self.head is not PackedPolicy:
+            raise ValueError("only the reference policy runs on Megatron")
+        model = load_causal_lm(model_path, dtype=torch.float32, device="cpu", init=init, seed=seed)  # type: ignore[arg-type]
+        options = {"dtype": dtype, "torch_compile": torch_compile, "lr": 0.0, "total_steps": 1, "seed": seed}
+        self.engine = POLICY_ENGINES["megatron"](model, options, sizes)
+        self.engine.eval()
+        self.runner = self.engine
+        self.module = self.engine.module
+        self.dtype = self.engine.compute_dtype
+        self.device = self.engine.device
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
         """Log-probs of the response tokens under the reference policy.
@@ -78,6 +111,7 @@ class RefRole:
             A Batch with ``ref_log_prob`` (B, R) fp32.
         """
         require_columns(batch, ("input_ids", "attention_mask", "responses"), "compute_ref_log_prob")
+        batch, own = self.engine.replica_batch(batch) if self.engine is not None else (batch, slice(None))
         logp, _ = response_logprobs(
             self.module,
             batch,
@@ -86,8 +120,9 @@ class RefRole:
             budget=self.micro_batch_tokens,
             chunk_tokens=self.chunk_tokens,
             device=self.device,
+            runner=self.runner,
         )
-        return Batch(tensors={"ref_log_prob": logp})
+        return Batch(tensors={"ref_log_prob": logp[own]})
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -98,6 +133,9 @@ class RefRole:
         Raises:
             ValueError: A name the module does not have, or a parameter left without a tensor.
         """
+        if self.engine is not None:
+            self.engine.load_hf_weights(named_tensors)
+            return
         params = dict(self.module.named_parameters())
         buffers = dict(self.module.named_buffers())
         loaded: set[str] = set()
@@ -114,3 +152,22 @@ class RefRole:
         missing = sorted(set(params) - loaded)
         if missing:
             raise ValueError(f"no weights given for reference parameters {missing[:5]}")
+
+    def save_frozen(self, role_dir: Path) -> None:
+        """Write the reference weights (collective): DCP model tensors, ``state.json`` and its config."""
+        from rlkit.ckpt import save_frozen_role
+        from rlkit.ckpt.state import save_frozen_tensors
+
+        if self.engine is None:
+            save_frozen_role(self.module, role_dir)
+        else:
+            save_frozen_tensors(self.engine.frozen_tensors(), self.engine.hf_config, role_dir)
+
+    def load_frozen(self, role_dir: Path) -> str | None:
+        """Restore what :meth:`save_frozen` wrote (collective); what is wrong instead, if anything."""
+        from rlkit.ckpt import load_frozen_role
+        from rlkit.ckpt.state import load_frozen_tensors
+
+        if self.engine is None:
+            return load_frozen_role(self.module, role_dir)
+        return load_frozen_tensors(self.engine.frozen_tensors(), role_dir)

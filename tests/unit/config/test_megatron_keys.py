@@ -93,6 +93,17 @@ def test_megatron_rules(overrides: list[str], needle: str) -> None:
 
 
 @needs_megatron
+def test_the_reference_can_run_on_megatron_with_the_run_sizes() -> None:
+    from rlkit.trainer.settings import ref_settings
+
+    cfg = load_config("grpo", overrides=["ref.strategy=megatron", "actor.megatron.pipeline_parallel=1"])
+    settings = ref_settings(to_dataclass(cfg), "cuda")
+    assert settings["strategy"] == "megatron" and settings["megatron"]["pipeline_parallel"] == 1
+    err = _refused("ref.strategy=megatron", "ref.param_offload=true")
+    assert "ref.param_offload=true needs ref.strategy=fsdp" in err.message
+
+
+@needs_megatron
 def test_settings_carry_the_strategy_and_sizes() -> None:
     cfg = to_dataclass(
         load_config(

@@ -231,3 +231,32 @@ def test_megatron_critic_equals_fsdp_critic(tiny_model_dir: Path) -> None:
     merged = checkpoint_to_hf(critic.state_dict_for_checkpoint()["model"], critic.hf_config)
     for name, tensor in weights["megatron"].items():
         torch.testing.assert_close(merged[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_megatron_reference_equals_fsdp_reference_refreshes_and_checkpoints(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``ref.strategy=megatron``: the initial policy's log-probs as on FSDP; after ``load_weights``
+    the actor's; a frozen checkpoint restores them."""
+    from rlkit.training.ref import RefRole
+
+    batch = _batch(seed=8)
+    settings = {"micro_batch_tokens": 64, "logprob_chunk_tokens": 7}
+    expected = RefRole(str(tiny_model_dir), **settings).compute_ref_log_prob(batch)["ref_log_prob"]
+    ref = RefRole(str(tiny_model_dir), strategy="megatron", **settings)  # type: ignore[arg-type]
+    torch.testing.assert_close(
+        ref.compute_ref_log_prob(batch)["ref_log_prob"], expected, atol=1e-5, rtol=1e-5
+    )
+
+    actor = _actor(tiny_model_dir)
+    batch.set("old_log_probs", torch.zeros(len(batch), R) - 3.0)
+    actor.update(batch, **UPDATE)
+    ref.load_weights(actor.named_full_tensors(torch.float32))
+    moved = actor.compute_log_prob(batch)["old_log_probs"]
+    torch.testing.assert_close(ref.compute_ref_log_prob(batch)["ref_log_prob"], moved, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(moved, expected, atol=1e-4)
+
+    ref.save_frozen(tmp_path / "ref")
+    restored = RefRole(str(tiny_model_dir), strategy="megatron", **settings)  # type: ignore[arg-type]
+    assert restored.load_frozen(tmp_path / "ref") is None
+    torch.testing.assert_close(restored.compute_ref_log_prob(batch)["ref_log_prob"], moved, atol=0, rtol=0)

@@ -1,6 +1,7 @@
 """Megatron's tensor (TP), pipeline (PP) and data parallelism (DP) on the CPU: gloo processes.
 
-The actor and the critic (``critic.strategy=megatron``) of one process share its Megatron layout.
+The actor, the critic (``critic.strategy=megatron``) and the reference (``ref.strategy=megatron``)
+of one process share its Megatron layout.
 
 Each process gets its own share of the batch, as the controller deals it. Log-probs, the update's
 metrics and the updated weights must equal one process with the whole batch: the ranks of one
@@ -28,6 +29,7 @@ pytest.importorskip("megatron.core")
 from rlkit.data.batch import Batch  # noqa: E402
 from rlkit.training.actor import ActorRole  # noqa: E402
 from rlkit.training.critic import CriticRole  # noqa: E402
+from rlkit.training.ref import RefRole  # noqa: E402
 
 from ._builders import rl_batch, tiny_decoder_config  # noqa: E402
 from .megatron_cpu import megatron_on_cpu, reset_megatron  # noqa: E402
@@ -60,6 +62,8 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, o
         strategy="megatron",
         megatron=sizes,
     )
+    ref = RefRole(path, micro_batch_tokens=40, logprob_chunk_tokens=7, strategy="megatron", megatron=sizes)
+    ref_logp = ref.compute_ref_log_prob(batch)["ref_log_prob"]
     values = critic.compute_values(batch)["values"]
     batch.set("values", values)
     metrics.update(critic.update(batch))
@@ -68,6 +72,7 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, o
         "logp": out["old_log_probs"],
         "entropy": out["entropy"],
         "values": values,
+        "ref": ref_logp,
         "metrics": metrics,
         "weights": weights,
     }
@@ -136,7 +141,7 @@ def test_ranks_equal_one_process(
     finally:
         os.environ.update(env)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
-    for key in ("logp", "entropy", "values"):
+    for key in ("logp", "entropy", "values", "ref"):
         joined = torch.cat([r[key] for r in ranks])  # type: ignore[misc]
         torch.testing.assert_close(joined, expected[key], atol=1e-5, rtol=1e-5)
     for rank in ranks:
