@@ -158,7 +158,8 @@ class RefWorker:
 
     @dispatch("broadcast")
     def load_checkpoint(self, step_dir: str) -> str | None:
-        return self.role.load_frozen(Path(step_dir) / "ref")
+        problem: str | None = self.role.load_frozen(Path(step_dir) / "ref")
+        return problem
 
 
 class TeacherWorker:

@@ -147,9 +147,8 @@ class MegatronEngine(OptimizedEngine):
         config = transformer_config(hf_config, self.sizes, recompute=gradient_checkpointing)
         self.module = self._build_root(hf_config, hf_state_dict, config, head).to(self.device)
         if torch_compile:
-            for stage in self.module.stages:
-                for layer in stage.decoder.layers:
-                    layer.forward = torch.compile(layer.forward)
+            for layer in self.module.decoder_layers():
+                layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         self._setup_optimizer(
             [p for p in self.module.parameters() if p.requires_grad],

@@ -382,9 +382,13 @@ class _MegatronRoot(nn.Module):
         # fp32 master weights computing in a lower dtype run under autocast (as FSDP's one-rank path)
         self.autocast = any(p.dtype != compute_dtype for p in self.parameters() if p.is_floating_point())
         if self.autocast:
-            for stage in self.stages:
-                for layer in stage.decoder.layers:
-                    layer.forward = _under_autocast(layer.forward, compute_dtype)
+            for layer in self.decoder_layers():
+                layer.forward = _under_autocast(layer.forward, compute_dtype)
+
+    def decoder_layers(self) -> list[Any]:
+        """Every ``TransformerLayer`` of this rank's model chunks, in order."""
+        stages: list[Any] = list(self.stages)
+        return [layer for stage in stages for layer in stage.decoder.layers]
 
     @property
     def gpt(self) -> Any:
@@ -493,7 +497,10 @@ class MegatronValue(_MegatronRoot):
     """
 
     def __init__(
-        self, gpt: nn.Module, score: nn.Linear | None, compute_dtype: torch.dtype = torch.float32
+        self,
+        gpt: nn.Module | list[nn.Module],
+        score: nn.Linear | None,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(gpt, compute_dtype)
         self.score = score  # on the rank of the last pipeline stage only (in its last model chunk)
