@@ -12,6 +12,8 @@ head, and the weights come back gathered over the stages into Hugging Face names
 of two stages resumes exactly and merges to the exported model. Skips without megatron-core.
 TP = 2 and PP = 2 run in the default run (about 10 s each: two processes start Megatron); DP = 2,
 whose path is the plain gradient average, and TP = 2 x PP = 2 (four processes) are marked slow.
+On a machine with two GPUs, ``test_two_gpus_equal_one`` (``gpu``) runs TP, PP and PP x VPP over
+NCCL with Megatron unpatched.
 """
 
 from __future__ import annotations
@@ -43,17 +45,17 @@ RESPONSES = [5, 2, 4, 5, 1, 3, 5, 2]
 UPDATE = {"loss_agg_mode": "seq-mean-token-mean", "entropy_coeff": 0.01, "epochs": 2}
 
 
-def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, object]:
+def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "auto") -> dict[str, object]:
     """The actor's log-probs of this rank's rows, an update of them and its gathered weights; the
-    critic's values, an update and its weights."""
-    actor = _actor(path, sizes)
+    critic's values, an update and its weights; the reference's log-probs."""
+    actor = _actor(path, sizes, dtype=dtype)
     full = rl_batch(PROMPTS, RESPONSES, P, R, seed=1)
     full.set("returns", torch.linspace(-1.0, 1.0, len(full))[:, None] * full["response_mask"])
     batch = full.chunk(world)[rank]
     out = actor.compute_log_prob(batch)
     batch.set("old_log_probs", out["old_log_probs"] - 0.05)  # a ratio away from 1: the clip engages
     metrics = actor.update(batch, **UPDATE)
-    weights = {k: v.clone() for k, v in actor.named_full_tensors(torch.float32)}
+    weights = {k: v.cpu() for k, v in actor.named_full_tensors(torch.float32)}
     critic = CriticRole(
         path,
         lr=1e-3,
@@ -61,13 +63,16 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, o
         micro_batch_tokens=40,
         strategy="megatron",
         megatron=sizes,
+        dtype=dtype,
     )
-    ref = RefRole(path, micro_batch_tokens=40, logprob_chunk_tokens=7, strategy="megatron", megatron=sizes)
+    ref = RefRole(
+        path, micro_batch_tokens=40, logprob_chunk_tokens=7, strategy="megatron", megatron=sizes, dtype=dtype
+    )
     ref_logp = ref.compute_ref_log_prob(batch)["ref_log_prob"]
     values = critic.compute_values(batch)["values"]
     batch.set("values", values)
     metrics.update(critic.update(batch))
-    weights.update({f"critic.{k}": v.clone() for k, v in critic.named_full_tensors(torch.float32)})
+    weights.update({f"critic.{k}": v.cpu() for k, v in critic.named_full_tensors(torch.float32)})
     return {
         "logp": out["old_log_probs"],
         "entropy": out["entropy"],
@@ -78,7 +83,7 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int) -> dict[str, o
     }
 
 
-def _actor(path: str, sizes: dict[str, int]) -> ActorRole:
+def _actor(path: str, sizes: dict[str, int], dtype: str = "auto") -> ActorRole:
     return ActorRole(
         path,
         lr=1e-3,
@@ -88,6 +93,7 @@ def _actor(path: str, sizes: dict[str, int]) -> ActorRole:
         grad_clip=0.5,
         strategy="megatron",
         megatron=sizes,
+        dtype=dtype,
     )
 
 
@@ -140,7 +146,11 @@ def test_ranks_equal_one_process(
         mp.spawn(_worker, args=(world, path, str(tmp_path), sizes), nprocs=world)
     finally:
         os.environ.update(env)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    _assert_equal([torch.load(tmp_path / f"rank{r}.pt") for r in range(world)], expected)
+
+
+def _assert_equal(ranks: list[dict[str, object]], expected: dict[str, object]) -> None:
+    """The ranks' rows joined equal the one-process rows; every rank's metrics and weights equal its."""
     for key in ("logp", "entropy", "values", "ref"):
         joined = torch.cat([r[key] for r in ranks])  # type: ignore[misc]
         torch.testing.assert_close(joined, expected[key], atol=1e-5, rtol=1e-5)
@@ -156,6 +166,39 @@ def test_ranks_equal_one_process(
             assert rank["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-4, abs=1e-6), key  # type: ignore[index]
         for name, tensor in expected["weights"].items():  # type: ignore[union-attr]
             torch.testing.assert_close(rank["weights"][name], tensor, atol=1e-5, rtol=1e-4, msg=name)  # type: ignore[index]
+
+
+def _gpu_worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str, int]) -> None:
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
+    try:
+        torch.save(_run(path, sizes, rank, world, dtype="float32"), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize(
+    "sizes",
+    [{"tensor_parallel": 2}, {"pipeline_parallel": 2}, {"pipeline_parallel": 2, "virtual_pipeline": 2}],
+    ids=["tp2", "pp2", "pp2-vpp2"],
+)
+def test_two_gpus_equal_one(
+    tiny_model_dir: Path, four_layer_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
+) -> None:
+    """The same parity over NCCL, Megatron unpatched, in fp32 (bf16 rounding would hide a wrong shard)."""
+    path = str(four_layer_model_dir if sizes.get("virtual_pipeline", 1) > 1 else tiny_model_dir)
+    expected = _run(path, {}, 0, 1, dtype="float32")
+    reset_megatron()
+    torch.cuda.empty_cache()
+    env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if k in os.environ}
+    try:
+        mp.spawn(_gpu_worker, args=(2, path, str(tmp_path), sizes), nprocs=2)
+    finally:
+        os.environ.update(env)
+    _assert_equal([torch.load(tmp_path / f"rank{r}.pt") for r in range(2)], expected)
 
 
 def _off_policy_batch(seed: int) -> Batch:
