@@ -100,6 +100,10 @@ class MegatronConfig:
     sequence_parallel: bool = profile_key(False)
     """Megatron's sequence parallelism under tensor parallelism. Not built: Megatron's local layer
     spec (no transformer-engine) has norms that refuse it; only false is accepted."""
+    distributed_optimizer: bool = profile_key(False)
+    """Shard the AdamW states over the data-parallel replicas (ZeRO-1, as Megatron's distributed
+    optimizer): each replica steps its share of the weights and broadcasts them to the others, so a
+    device holds ``1 / data parallel`` of the 8 bytes per weight of Adam moments."""
 
 
 @dataclass

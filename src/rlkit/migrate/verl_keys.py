@@ -316,6 +316,7 @@ RULES: tuple[Rule, ...] = (
             ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "verl's null is 1"),
             ("context_parallel_size", "context_parallel", "only 1 is built"),
             ("sequence_parallel", "sequence_parallel", "only false is built"),
+            ("use_distributed_optimizer", "distributed_optimizer", "rlkit's ZeRO-1 over the data-parallel replicas"),
         )
     ),
     Rule("a_r_r.actor.fsdp_config.param_offload", "map", "actor.param_offload"),

@@ -117,7 +117,7 @@ class MicroBatchLoop:
 
 
 class OptimizedEngine(MicroBatchLoop):
-    """AdamW over ``self.params`` with the schedule, clipping, step skipping and counters.
+    """AdamW over ``self.params`` (or a share of them) with the schedule, clipping, step skipping and counters.
 
     A subclass sets ``self.device`` and ``self.module``, calls :meth:`_setup_optimizer` and
     implements :meth:`grad_norm` (the global L2 norm over its shards); :meth:`_reduce_grads` runs
@@ -133,6 +133,7 @@ class OptimizedEngine(MicroBatchLoop):
         self,
         params: list[nn.Parameter],
         *,
+        stepped: list[nn.Parameter] | None = None,
         lr: float,
         weight_decay: float,
         betas: tuple[float, float] | list[float],
@@ -148,9 +149,11 @@ class OptimizedEngine(MicroBatchLoop):
             total_steps=total_steps,
             min_lr_ratio=min_lr_ratio,
         )
-        self.params = params
+        self.params = params  # every trained parameter (gradients, norms, clipping)
         betas = (float(betas[0]), float(betas[1]))  # a list from the config
-        self.optimizer = adamw(self.params, lr=lr, betas=betas, weight_decay=weight_decay)
+        # the ones this rank's AdamW steps: all, or its share under a distributed optimizer
+        stepped = self.params if stepped is None else stepped
+        self.optimizer = adamw(stepped, lr=lr, betas=betas, weight_decay=weight_decay)
         self.scheduler = LambdaLR(self.optimizer, schedule_fn)
         # This run's settings: a resumed checkpoint's optimizer state brings its own (see _apply_settings).
         self._settings: dict[str, Any] = {
@@ -194,7 +197,8 @@ class OptimizedEngine(MicroBatchLoop):
         self.module.eval()
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self.params:  # not only the optimizer's: a distributed one steps a share
+            param.grad = None
 
     def optimizer_step(self) -> tuple[float, bool]:
         """Clip by the global norm and step; skip (and count) the step when the norm is not finite.
@@ -219,9 +223,13 @@ class OptimizedEngine(MicroBatchLoop):
         self.optimizer.step()
         if self.optimizer_offload:
             self._move_optimizer_state(torch.device("cpu"))
+        self._after_step()
         self.zero_grad()
         self.optimizer_steps += 1
         return norm, True
+
+    def _after_step(self) -> None:
+        """Make every rank's parameters the stepped ones (nothing to do where each rank stepped all)."""
 
     def scheduler_step(self) -> None:
         """Advance the schedule by one RL step."""

@@ -86,6 +86,8 @@ class MegatronEngine(OptimizedEngine):
         torch_compile: compile each decoder layer's ``forward`` with ``torch.compile``, as the FSDP
             engine does (on one H200 it took the 0.5B update from 0.225 s to 0.163 s).
         param_offload: FSDP-only; accepted so the roles pass one set of keywords, unused.
+        distributed_optimizer: shard the AdamW states over the data-parallel replicas (ZeRO-1):
+            each replica steps its share of the weights and broadcasts them after the step.
     """
 
     module: MegatronPolicy | MegatronValue
@@ -116,6 +118,7 @@ class MegatronEngine(OptimizedEngine):
         min_lr_ratio: float = 0.0,
         grad_clip: float = 1.0,
         torch_compile: bool = False,
+        distributed_optimizer: bool = False,
     ) -> None:
         del param_offload  # FSDP's knob
         require_megatron()
@@ -150,8 +153,12 @@ class MegatronEngine(OptimizedEngine):
             for layer in self.module.decoder_layers():
                 layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
+        trained = [p for p in self.module.parameters() if p.requires_grad]
+        self._owner = _share_out(trained) if distributed_optimizer else {}
+        me = {expert: dist.get_rank(group) for expert, group in _dp_groups().items()}
         self._setup_optimizer(
-            [p for p in self.module.parameters() if p.requires_grad],
+            trained,
+            stepped=[p for p in trained if self._owner.get(id(p), me[_is_expert(p)]) == me[_is_expert(p)]],
             lr=lr,
             weight_decay=weight_decay,
             betas=betas,
@@ -308,6 +315,22 @@ class MegatronEngine(OptimizedEngine):
             for grad, reduced in zip(grads, _unflatten(flat, grads), strict=True):
                 grad.copy_(reduced)
 
+    def _after_step(self) -> None:
+        """Under the distributed optimizer, each parameter from the replica that stepped it, to the others."""
+        if not self._owner:
+            return
+        for expert, group in _dp_groups().items():
+            size, me = dist.get_world_size(group), dist.get_rank(group)
+            for owner in range(size):
+                params = [p for p in self.params if _is_expert(p) == expert and self._owner[id(p)] == owner]
+                if not params:
+                    continue
+                flat: torch.Tensor = _flatten([p.data for p in params])
+                dist.broadcast(flat, src=dist.get_global_rank(group, owner), group=group)
+                if owner != me:
+                    for param, stepped in zip(params, _unflatten(flat, params), strict=True):
+                        param.data.copy_(stepped)
+
     def grad_norm(self) -> float:
         """The L2 norm of all gradients of the model (every rank gets the same value).
 
@@ -463,7 +486,9 @@ class MegatronEngine(OptimizedEngine):
         _init_optim_state(self.optimizer)  # zero moments before the first step, so a load has tensors to fill
         names = self._checkpoint_names()
         key_of = {id(p): k for k, p in names.items()}
-        optim_state = {key_of[id(p)]: dict(self.optimizer.state[p]) for p in self.params}
+        # this rank's share of the Adam states (all of them without the distributed optimizer)
+        stepped = [p for g in self.optimizer.param_groups for p in g["params"]]
+        optim_state = {key_of[id(p)]: dict(self.optimizer.state[p]) for p in stepped}
         groups = [
             {**{k: v for k, v in g.items() if k != "params"}, "params": [key_of[id(p)] for p in g["params"]]}
             for g in self.optimizer.param_groups
@@ -529,3 +554,23 @@ def _chunk_ends(chunk: int, chunks: int) -> tuple[bool, bool]:
         mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=chunk),
         mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=chunk),
     )
+
+
+def _dp_groups() -> dict[bool, Any]:
+    """The data-parallel group of the dense weights (False) and of the experts (True)."""
+    from megatron.core import parallel_state as mpu
+
+    return {False: mpu.get_data_parallel_group(), True: mpu.get_expert_data_parallel_group()}
+
+
+def _share_out(params: list[nn.Parameter]) -> dict[int, int]:
+    """Which data-parallel replica steps each parameter (its rank in the dense or the experts'
+    group): the next largest to the least loaded, the same on every replica (their shards match)."""
+    owner: dict[int, int] = {}
+    for expert, group in _dp_groups().items():
+        load = [0] * dist.get_world_size(group)
+        for param in sorted((p for p in params if _is_expert(p) == expert), key=lambda p: -p.numel()):
+            rank = load.index(min(load))
+            owner[id(param)] = rank
+            load[rank] += param.numel()
+    return owner

@@ -73,7 +73,10 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "
     batch.set("values", values)
     metrics.update(critic.update(batch))
     weights.update({f"critic.{k}": v.cpu() for k, v in critic.named_full_tensors(torch.float32)})
+    engine = actor.engine
     return {
+        "adam_share": sum(p.numel() for g in engine.optimizer.param_groups for p in g["params"])
+        / sum(p.numel() for p in engine.params),
         "logp": out["old_log_probs"],
         "entropy": out["entropy"],
         "values": values,
@@ -128,10 +131,11 @@ def four_layer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"tensor_parallel": 2},
         {"pipeline_parallel": 2},
         {"pipeline_parallel": 2, "virtual_pipeline": 2},
+        {"distributed_optimizer": True},
         pytest.param({}, marks=pytest.mark.slow),
         pytest.param({"tensor_parallel": 2, "pipeline_parallel": 2}, marks=pytest.mark.slow),
     ],
-    ids=["tp2", "pp2", "pp2-vpp2", "dp2", "tp2-pp2"],
+    ids=["tp2", "pp2", "pp2-vpp2", "dp2-distributed-optimizer", "dp2", "tp2-pp2"],
 )
 def test_ranks_equal_one_process(
     tiny_model_dir: Path, four_layer_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
@@ -146,7 +150,11 @@ def test_ranks_equal_one_process(
         mp.spawn(_worker, args=(world, path, str(tmp_path), sizes), nprocs=world)
     finally:
         os.environ.update(env)
-    _assert_equal([torch.load(tmp_path / f"rank{r}.pt") for r in range(world)], expected)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    _assert_equal(ranks, expected)
+    if sizes.get("distributed_optimizer"):  # each replica's AdamW steps about half the weights
+        shares = [r["adam_share"] for r in ranks]
+        assert sum(shares) == pytest.approx(1.0) and max(shares) < 0.75, shares
 
 
 def _assert_equal(ranks: list[dict[str, object]], expected: dict[str, object]) -> None:
@@ -240,10 +248,18 @@ def _resume_worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[s
         dist.destroy_process_group()
 
 
-def test_two_pipeline_stages_resume_exactly_and_merge(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sizes",
+    [{"pipeline_parallel": 2}, {"distributed_optimizer": True}],
+    ids=["pp2", "dp2-distributed-optimizer"],
+)
+def test_two_ranks_resume_exactly_and_merge(
+    tiny_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
+) -> None:
     """PP = 2: the checkpoint holds both stages (and the last stage's copy of the tied embedding);
-    a resumed pair of stages continues as one process that never stopped, and the merged
-    checkpoint is the exported model."""
+    DP = 2 with the distributed optimizer: each replica's share of the Adam states. A resumed pair
+    of ranks continues as one process that never stopped, and the merged checkpoint is the
+    exported model."""
     with megatron_on_cpu():
         straight = _actor(str(tiny_model_dir), {})
         for seed in (3, 4):
@@ -252,9 +268,7 @@ def test_two_pipeline_stages_resume_exactly_and_merge(tiny_model_dir: Path, tmp_
     reset_megatron()
     env = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK") if k in os.environ}
     try:
-        mp.spawn(
-            _resume_worker, args=(2, str(tiny_model_dir), str(tmp_path), {"pipeline_parallel": 2}), nprocs=2
-        )
+        mp.spawn(_resume_worker, args=(2, str(tiny_model_dir), str(tmp_path), sizes), nprocs=2)
     finally:
         os.environ.update(env)
     for rank in (torch.load(tmp_path / f"rank{r}.pt") for r in range(2)):
