@@ -101,7 +101,7 @@ class RefRole:
         self.engine.eval()
         self.runner = self.engine
         self.module = self.engine.module
-        self.dtype = self.engine.compute_dtype
+        self.dtype = torch.float32  # the weights' dtype: a refresh from the actor takes them in full
         self.device = self.engine.device
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
