@@ -287,20 +287,7 @@ class ActorRole(LoraRole):
         stats = MiniBatchStats(device)
 
         def forward(mb: PackedMicroBatch) -> Any:
-            support = None
-            if s["gkd"] is not None:
-                support = columns["teacher_topk_ids"][rows_on(mb, device)][mb.resp_row_N, mb.resp_col_N]
-            return self.engine.module(
-                mb.input_ids_T,
-                mb.position_ids_T,
-                mb.cu_seqlens,
-                mb.gather_idx_N,
-                mb.labels_N,
-                temperature=s["temperature"],
-                with_entropy=s["entropy_coeff"] != 0 or s["entropy_metric"],
-                chunk_tokens=self.chunk_tokens,
-                support_NK=support,
-            )
+            return self._policy_forward(mb, s, columns.get("teacher_topk_ids"))
 
         def consume(mb: PackedMicroBatch, out: Any) -> torch.Tensor:
             lp_N, ent_N, *support_N = out
@@ -351,6 +338,25 @@ class ActorRole(LoraRole):
         metrics: dict[str, float] = self.engine.reduce_stats(stats)
         metrics["actor/grad_norm"] = grad_norm
         return metrics
+
+    def _policy_forward(
+        self, mb: PackedMicroBatch, s: dict[str, Any], teacher_topk_ids: torch.Tensor | None
+    ) -> Any:
+        """The heads' outputs for one micro-batch (log-probs, entropy, the teacher's top-k log-probs)."""
+        support = None
+        if teacher_topk_ids is not None:
+            support = teacher_topk_ids[rows_on(mb, self.engine.device)][mb.resp_row_N, mb.resp_col_N]
+        return self.engine.module(
+            mb.input_ids_T,
+            mb.position_ids_T,
+            mb.cu_seqlens,
+            mb.gather_idx_N,
+            mb.labels_N,
+            temperature=s["temperature"],
+            with_entropy=s["entropy_coeff"] != 0 or s["entropy_metric"],
+            chunk_tokens=self.chunk_tokens,
+            support_NK=support,
+        )
 
     def _gkd_term(
         self,

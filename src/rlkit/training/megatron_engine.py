@@ -137,6 +137,7 @@ class MegatronEngine(OptimizedEngine):
         )
         init_parallel_state(self.sizes)
         self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
+        self._stage_meta: dict[tuple[int, Any], list[Any]] = {}  # see named_full_tensors
         # the LM head of a tied policy on the last stage is a copy of the first stage's embedding
         self._tied_across_stages = (
             head == "policy" and pipeline_parallel > 1 and bool(hf_config.get("tie_word_embeddings"))
@@ -154,11 +155,13 @@ class MegatronEngine(OptimizedEngine):
                 layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         trained = [p for p in self.module.parameters() if p.requires_grad]
-        self._owner = _share_out(trained) if distributed_optimizer else {}
+        # distributed optimizer: (experts?, owner replica) -> the weights that replica steps
+        self._shares = _share_out(trained) if distributed_optimizer else {}
         me = {expert: dist.get_rank(group) for expert, group in _dp_groups().items()}
+        others = {id(p) for (expert, owner), ps in self._shares.items() if owner != me[expert] for p in ps}
         self._setup_optimizer(
             trained,
-            stepped=[p for p in trained if self._owner.get(id(p), me[_is_expert(p)]) == me[_is_expert(p)]],
+            stepped=[p for p in trained if id(p) not in others],
             lr=lr,
             weight_decay=weight_decay,
             betas=betas,
@@ -317,19 +320,14 @@ class MegatronEngine(OptimizedEngine):
 
     def _after_step(self) -> None:
         """Under the distributed optimizer, each parameter from the replica that stepped it, to the others."""
-        if not self._owner:
-            return
-        for expert, group in _dp_groups().items():
-            size, me = dist.get_world_size(group), dist.get_rank(group)
-            for owner in range(size):
-                params = [p for p in self.params if _is_expert(p) == expert and self._owner[id(p)] == owner]
-                if not params:
-                    continue
-                flat: torch.Tensor = _flatten([p.data for p in params])
-                dist.broadcast(flat, src=dist.get_global_rank(group, owner), group=group)
-                if owner != me:
-                    for param, stepped in zip(params, _unflatten(flat, params), strict=True):
-                        param.data.copy_(stepped)
+        groups = _dp_groups()
+        for (expert, owner), params in self._shares.items():
+            group = groups[expert]
+            flat: torch.Tensor = _flatten([p.data for p in params])
+            dist.broadcast(flat, src=dist.get_global_rank(group, owner), group=group)
+            if owner != dist.get_rank(group):
+                for param, stepped in zip(params, _unflatten(flat, params), strict=True):
+                    param.data.copy_(stepped)
 
     def grad_norm(self) -> float:
         """The L2 norm of all gradients of the model (every rank gets the same value).
@@ -399,22 +397,38 @@ class MegatronEngine(OptimizedEngine):
 
         group, me = mpu.get_pipeline_model_parallel_group(), mpu.get_pipeline_model_parallel_rank()
         for stage in range(self.sizes.pipeline):
-            src = dist.get_global_rank(group, stage)
             tensors = self._stage_full_tensors(dtype) if stage == me else None
-            while True:  # the stage's tensors one at a time: (name, shape, dtype), then the tensor
-                item = next(tensors, None) if tensors is not None else None
+            yield from self._broadcast_stage(
+                tensors, (stage, dtype), group, dist.get_global_rank(group, stage)
+            )
+
+    def _broadcast_stage(
+        self, tensors: Iterator[tuple[str, torch.Tensor]] | None, key: tuple[int, Any], group: Any, src: int
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """One stage's tensors (``tensors`` on its ranks, None elsewhere) on every rank of the pipeline.
+
+        The first time, each tensor's ``(name, shape, dtype)`` goes out before it; they are then
+        known, and later weight syncs broadcast the tensors alone.
+        """
+        known = self._stage_meta.get(key)
+        seen: list[tuple[str, torch.Size, torch.dtype]] = []
+        while known is None or len(seen) < len(known):
+            item = next(tensors, None) if tensors is not None else None
+            if known is None:
                 box: list[Any] = [None if item is None else (item[0], item[1].shape, item[1].dtype)]
                 dist.broadcast_object_list(box, src=src, group=group)
                 if box[0] is None:
-                    break
-                name, shape, kind = box[0]
-                tensor = (
-                    item[1].contiguous()
-                    if item is not None
-                    else torch.empty(shape, dtype=kind, device=self.device)
-                )
-                dist.broadcast(tensor, src=src, group=group)
-                yield name, tensor
+                    self._stage_meta[key] = seen
+                    return
+            name, shape, kind = box[0] if known is None else known[len(seen)]
+            seen.append((name, shape, kind))
+            tensor = (
+                item[1].contiguous()
+                if item is not None
+                else torch.empty(shape, dtype=kind, device=self.device)
+            )
+            dist.broadcast(tensor, src=src, group=group)
+            yield name, tensor
 
     def _stage_full_tensors(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         """This pipeline stage's weights under Hugging Face names, gathered over TP and EP."""
@@ -563,14 +577,18 @@ def _dp_groups() -> dict[bool, Any]:
     return {False: mpu.get_data_parallel_group(), True: mpu.get_expert_data_parallel_group()}
 
 
-def _share_out(params: list[nn.Parameter]) -> dict[int, int]:
-    """Which data-parallel replica steps each parameter (its rank in the dense or the experts'
-    group): the next largest to the least loaded, the same on every replica (their shards match)."""
-    owner: dict[int, int] = {}
+def _share_out(params: list[nn.Parameter]) -> dict[tuple[bool, int], list[nn.Parameter]]:
+    """The weights each data-parallel replica steps, by (experts?, its rank in the dense or the
+    experts' group): the next largest to the least loaded, the same on every replica (their shards
+    match). Groups of one replica have nothing to share."""
+    shares: dict[tuple[bool, int], list[nn.Parameter]] = {}
     for expert, group in _dp_groups().items():
-        load = [0] * dist.get_world_size(group)
+        size = dist.get_world_size(group)
+        if size == 1:
+            continue
+        load = [0] * size
         for param in sorted((p for p in params if _is_expert(p) == expert), key=lambda p: -p.numel()):
             rank = load.index(min(load))
-            owner[id(param)] = rank
+            shares.setdefault((expert, rank), []).append(param)
             load[rank] += param.numel()
-    return owner
+    return shares

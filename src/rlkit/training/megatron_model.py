@@ -155,17 +155,7 @@ def transformer_config(
         "expert_tensor_parallel_size": 1,
         "sequence_parallel": False,  # the local spec's torch norms refuse it
     }
-    if sizes.pipeline > 1:
-        kwargs.update(
-            pipeline_dtype=torch.float32,  # the residual stream of fp32 weights under autocast
-            # each micro-batch is (longest row, rows): stages swap shapes first; the interleaved
-            # schedule's pre-posted receives need one fixed shape (the engine pads to it)
-            variable_seq_lengths=sizes.virtual_pipeline == 1,
-            calculate_per_token_loss=True,  # the schedule must not rescale rlkit's global-batch losses
-        )
-        kwargs.setdefault("moe_token_dispatcher_type", "alltoall")  # (checked for dense models too)
-    if sizes.virtual_pipeline > 1:
-        kwargs["virtual_pipeline_model_parallel_size"] = sizes.virtual_pipeline
+    kwargs.update(_pipeline_config(sizes))
     if recompute:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     if layout.num_experts:
@@ -181,6 +171,23 @@ def transformer_config(
             moe_grouped_gemm=False,
         )
     return TransformerConfig(**kwargs)
+
+
+def _pipeline_config(sizes: ParallelSizes) -> dict[str, Any]:
+    """The ``TransformerConfig`` settings of the pipeline schedule (none without pipeline stages)."""
+    if sizes.pipeline == 1:
+        return {}
+    out: dict[str, Any] = {
+        "pipeline_dtype": torch.float32,  # the residual stream of fp32 weights under autocast
+        # each micro-batch is (longest row, rows): stages swap shapes first; the interleaved
+        # schedule's pre-posted receives need one fixed shape (the engine pads to it)
+        "variable_seq_lengths": sizes.virtual_pipeline == 1,
+        "calculate_per_token_loss": True,  # the schedule must not rescale rlkit's global-batch losses
+        "moe_token_dispatcher_type": "alltoall",  # allgather refuses variable lengths (dense models too)
+    }
+    if sizes.virtual_pipeline > 1:
+        out["virtual_pipeline_model_parallel_size"] = sizes.virtual_pipeline
+    return out
 
 
 def build_gpt(

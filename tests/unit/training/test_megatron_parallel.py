@@ -56,6 +56,8 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "
     batch.set("old_log_probs", out["old_log_probs"] - 0.05)  # a ratio away from 1: the clip engages
     metrics = actor.update(batch, **UPDATE)
     weights = {k: v.cpu() for k, v in actor.named_full_tensors(torch.float32)}
+    again = {k: v.cpu() for k, v in actor.named_full_tensors(torch.float32)}  # stage shapes now known
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], w) for k, w in weights.items())
     critic = CriticRole(
         path,
         lr=1e-3,
