@@ -169,17 +169,13 @@ def _bypass(cfg: DictConfig) -> None:
 
 #: what ``actor.strategy=megatron`` needs installed (training/megatron_model raises the same line)
 MEGATRON_INSTALL = 'pip install "rlkit[megatron]" (megatron-core >= 0.19 needs Python >= 3.12; 0.16.1 is the newest for 3.11)'
-_MEGATRON_NOT_BUILT = {
-    "context_parallel": 1,
-    "sequence_parallel": False,
-}
 
 
 def _megatron(cfg: DictConfig) -> None:
-    # training/megatron_engine.MegatronEngine: TP, PP (Megatron's 1F1B schedule, interleaved with
-    # virtual stages) and EP over the training world (the rest is data parallel); no context or
-    # sequence parallelism; no LoRA; top-k
-    # distillation terms and OTB's sum of squares only at TP=1 (megatron_model.MegatronPolicy).
+    # training/megatron_engine.MegatronEngine: TP (with sequence parallelism), PP (Megatron's 1F1B
+    # schedule, interleaved with virtual stages), CP and EP over the training world (the rest is
+    # data parallel); no LoRA; top-k distillation terms and OTB's sum of squares only at TP=1
+    # (megatron_model.MegatronPolicy). The model's shape is checked in trainer/preflight.
     actor, sizes = cfg.actor, cfg.actor.megatron
     users = [role for role in ("actor", "critic", "ref") if cfg[role].strategy == "megatron"]
     if not users:
@@ -190,7 +186,8 @@ def _megatron(cfg: DictConfig) -> None:
                 "pipeline_parallel": 1,
                 "virtual_pipeline": 1,
                 "expert_parallel": 1,
-                **_MEGATRON_NOT_BUILT,
+                "context_parallel": 1,
+                "sequence_parallel": False,
             }.items()
             if sizes[k] != v
         ]
@@ -206,12 +203,11 @@ def _megatron(cfg: DictConfig) -> None:
             f"{users[0]}.strategy=megatron needs megatron-core, not installed here (Python {python})",
             hint=MEGATRON_INSTALL,
         )
-    for key, built in _MEGATRON_NOT_BUILT.items():
-        if sizes[key] != built:
-            raise UserError(
-                f"actor.megatron.{key}={sizes[key]} is not built: the Megatron engine runs tensor, pipeline (with virtual stages) and expert parallelism only",
-                hint=f"set actor.megatron.{key}={str(built).lower()}; use actor.megatron.tensor_parallel or pipeline_parallel to split a large model",
-            )
+    if sizes.sequence_parallel and sizes.tensor_parallel == 1:
+        raise UserError(
+            "actor.megatron.sequence_parallel=true needs actor.megatron.tensor_parallel > 1 (it cuts the sequence over the TP ranks)",
+            hint="set actor.megatron.tensor_parallel, or actor.megatron.sequence_parallel=false",
+        )
     if sizes.virtual_pipeline > 1 and sizes.pipeline_parallel == 1:
         raise UserError(
             f"actor.megatron.virtual_pipeline={sizes.virtual_pipeline} needs actor.megatron.pipeline_parallel > 1",
@@ -219,16 +215,16 @@ def _megatron(cfg: DictConfig) -> None:
         )
     hw = cfg.hardware
     world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
-    for key in ("tensor_parallel", "pipeline_parallel", "expert_parallel"):
+    for key in ("tensor_parallel", "pipeline_parallel", "context_parallel", "expert_parallel"):
         if world % sizes[key]:
             raise UserError(
                 f"actor.megatron.{key}={sizes[key]} does not divide the {world} training devices",
                 hint=f"make actor.megatron.{key} a divisor of {world}",
             )
-    replica = sizes.tensor_parallel * sizes.pipeline_parallel
+    replica = sizes.tensor_parallel * sizes.pipeline_parallel * sizes.context_parallel
     if world % replica:
         raise UserError(
-            f"actor.megatron.tensor_parallel x pipeline_parallel = {replica} does not divide the {world} training devices",
+            f"actor.megatron.tensor_parallel x pipeline_parallel x context_parallel = {replica} does not divide the {world} training devices",
             hint=f"make their product a divisor of {world}",
         )
     if cfg.ref.strategy == "megatron" and cfg.ref.param_offload:

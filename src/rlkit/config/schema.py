@@ -78,8 +78,8 @@ class MegatronConfig:
     """Megatron-core's parallel sizes (``actor.strategy`` / ``critic.strategy`` = ``megatron``; see docs/megatron.md).
 
     The data-parallel size is what the training world (``hardware.nodes x devices_per_node``,
-    less ``rollout_devices`` when split) leaves over ``tensor_parallel x pipeline_parallel``; micro-batches are cut by
-    token budget (``actor.micro_batch_tokens``), as on FSDP.
+    less ``rollout_devices`` when split) leaves over ``tensor_parallel x pipeline_parallel x
+    context_parallel``; micro-batches are cut by token budget (``actor.micro_batch_tokens``), as on FSDP.
     """
 
     tensor_parallel: int = bounded(1, ge=1, profile=True)
@@ -95,11 +95,13 @@ class MegatronConfig:
     """Model chunks per pipeline stage (Megatron's interleaved schedule: a smaller pipeline bubble);
     needs ``pipeline_parallel > 1``, and ``pipeline_parallel x virtual_pipeline`` must divide the layers."""
     context_parallel: int = bounded(1, ge=1, profile=True)
-    """Context-parallel size (sequences split over devices). Only 1 is built: Megatron supports it
-    only in transformer-engine's attention, which the engine does not use."""
+    """Context-parallel size: each sequence split over this many devices (two load-balanced chunks
+    each, keys and values gathered in attention), for long sequences; dense models only.
+    ``tensor_parallel x pipeline_parallel x context_parallel`` must divide the world."""
     sequence_parallel: bool = profile_key(False)
-    """Megatron's sequence parallelism under tensor parallelism. Not built: Megatron's local layer
-    spec (no transformer-engine) has norms that refuse it; only false is accepted."""
+    """Megatron's sequence parallelism: the norms and residual stream between the TP layers cut
+    over the ``tensor_parallel`` ranks by sequence (less activation memory); needs
+    ``tensor_parallel > 1``; dense models only."""
     distributed_optimizer: bool = profile_key(False)
     """Shard the AdamW states over the data-parallel replicas (ZeRO-1, as Megatron's distributed
     optimizer): each replica steps its share of the weights and broadcasts them to the others, so a
@@ -110,9 +112,9 @@ class MegatronConfig:
 class ActorConfig:
     strategy: str = choice("fsdp", "megatron", profile=True)
     """Training engine of the actor: ``fsdp`` (PyTorch FSDP2) or ``megatron`` (Megatron-core
-    ``GPTModel`` with tensor / expert parallelism; needs ``pip install "rlkit[megatron]"`` and a
-    CUDA device; see docs/megatron.md). The reference model always uses FSDP2; the critic has
-    ``critic.strategy``."""
+    ``GPTModel`` with tensor, pipeline, context and expert parallelism; needs ``pip install
+    "rlkit[megatron]"`` and a CUDA device; see docs/megatron.md). The reference has
+    ``ref.strategy``, the critic ``critic.strategy``."""
     megatron: MegatronConfig = field(default_factory=MegatronConfig)
     """Megatron-core parallel sizes of the run (``actor.strategy`` or ``critic.strategy`` = ``megatron``)."""
     lr: float = bounded(1e-6, gt=0)

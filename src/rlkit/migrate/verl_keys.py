@@ -314,9 +314,17 @@ RULES: tuple[Rule, ...] = (
             ("expert_model_parallel_size", "expert_parallel", ""),
             ("pipeline_model_parallel_size", "pipeline_parallel", ""),
             ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "verl's null is 1"),
-            ("context_parallel_size", "context_parallel", "only 1 is built"),
-            ("sequence_parallel", "sequence_parallel", "only false is built"),
-            ("use_distributed_optimizer", "distributed_optimizer", "rlkit's ZeRO-1 over the data-parallel replicas"),
+            (
+                "context_parallel_size",
+                "context_parallel",
+                "dense models; rlkit's attention, no transformer-engine",
+            ),
+            ("sequence_parallel", "sequence_parallel", "dense models"),
+            (
+                "use_distributed_optimizer",
+                "distributed_optimizer",
+                "rlkit's ZeRO-1 over the data-parallel replicas",
+            ),
         )
     ),
     Rule("a_r_r.actor.fsdp_config.param_offload", "map", "actor.param_offload"),
@@ -327,7 +335,11 @@ RULES: tuple[Rule, ...] = (
         note="actor.param_offload keeps gradients on the CPU too",
     ),
     Rule("a_r_r.actor.fsdp_config.fsdp_size", "none", note="FSDP shards over every device of the run"),
-    Rule("a_r_r.actor.ulysses_sequence_parallel_size", "none", note="no sequence parallelism"),
+    Rule(
+        "a_r_r.actor.ulysses_sequence_parallel_size",
+        "none",
+        note="FSDP has no sequence parallelism: use actor.strategy=megatron with actor.megatron.context_parallel",
+    ),
     Rule(
         "a_r_r.actor.checkpoint.*",
         "none",

@@ -108,11 +108,12 @@ def _training_engine(cfg: RlkitConfig) -> str:
             "places its tensors on torch.cuda.current_device()",
             hint=f"run on a GPU machine, or use {users[0]}.strategy=fsdp",
         )
-    tp, ep, pp, vpp = (
+    tp, ep, pp, vpp, cp = (
         sizes.tensor_parallel,
         sizes.expert_parallel,
         sizes.pipeline_parallel,
         sizes.virtual_pipeline,
+        sizes.context_parallel,
     )
     from rlkit.training.megatron_convert import (
         parallel_shape_problem,
@@ -120,16 +121,19 @@ def _training_engine(cfg: RlkitConfig) -> str:
 
     for role in users:
         hf = model_config_json(models[role])
-        problem = None if hf is None else parallel_shape_problem(hf, tp, ep, pp, vpp)
+        problem = (
+            None if hf is None else parallel_shape_problem(hf, tp, ep, pp, vpp, cp, sizes.sequence_parallel)
+        )
         if problem is not None:
             raise UserError(
                 f"{role}: {problem}", hint=f"choose sizes that divide the model, or use {role}.strategy=fsdp"
             )
     world = hw.nodes * hw.devices_per_node - (hw.rollout_devices if hw.placement == "split" else 0)
     return (
-        f"training engine: Megatron-core for the {' and '.join(users)}, TP {tp} x PP {pp}"
-        f"{f' ({vpp} virtual stages each)' if vpp > 1 else ''} x EP {ep}, "
-        f"data parallel {world // (tp * pp)}"
+        f"training engine: Megatron-core for the {' and '.join(users)}, TP {tp}"
+        f"{' (sequence parallel)' if sizes.sequence_parallel else ''} x PP {pp}"
+        f"{f' ({vpp} virtual stages each)' if vpp > 1 else ''} x CP {cp} x EP {ep}, "
+        f"data parallel {world // (tp * pp * cp)}"
     )
 
 

@@ -120,12 +120,15 @@ def parallel_shape_problem(
     expert_parallel: int,
     pipeline_parallel: int = 1,
     virtual_pipeline: int = 1,
+    context_parallel: int = 1,
+    sequence_parallel: bool = False,
 ) -> str | None:
     """Why a ``config.json`` cannot be split by the given sizes (None: it can).
 
     Tensor parallelism splits attention by whole heads and GQA groups, the MLP's rows and the
     vocabulary; expert parallelism splits the experts; pipeline parallelism gives each stage (each
-    model chunk, with virtual stages) an equal run of layers.
+    model chunk, with virtual stages) an equal run of layers. Context and sequence parallelism
+    (any row length: the engine pads rows to fit) are built for dense models only.
     """
     try:
         layout = MegatronLayout.from_hf(hf)
@@ -150,6 +153,9 @@ def parallel_shape_problem(
     if ep > 1 and (not layout.num_experts or layout.num_experts % ep):
         experts = layout.num_experts or "no"
         return f"actor.megatron.expert_parallel={ep} does not divide the model's {experts} experts"
+    if layout.num_experts and (context_parallel > 1 or sequence_parallel):
+        key = f"context_parallel={context_parallel}" if context_parallel > 1 else "sequence_parallel=true"
+        return f"actor.megatron.{key} is built for dense models only, and this one has {layout.num_experts} experts"
     return None
 
 

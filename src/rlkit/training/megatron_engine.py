@@ -6,18 +6,20 @@ forwards under ``torch.autocast`` in the compute dtype, as the FSDP engine does 
 roles' micro-batch loops, losses (:mod:`rlkit.algos`) and global-batch loss scaling are shared
 with FSDP unchanged: the engine only changes where the shards live.
 
-Parallelism: tensor parallelism (TP) and expert parallelism (EP) come from Megatron's layers;
-pipeline parallelism (PP, with virtual stages) from its 1F1B schedule, which runs the roles'
-micro-batches (:meth:`MegatronEngine.run_micro_batches`); the data-parallel (DP) ranks are the
-world over TP x PP (experts: over EP). Each optimizer step first sums the gradients of a tied
-embedding's two copies (first and last stage), averages gradients over the DP ranks (dense
-weights over Megatron's data-parallel group, experts over its expert-data-parallel group: the same
-averaging FSDP's reduce-scatter does, so the losses' ``dp_size`` scaling holds), then measures the
-global norm (TP-split weights once per shard, replicated ones and the embedding copy once), clips
-and steps AdamW (:class:`~rlkit.training.engine_base.OptimizedEngine`). Context parallelism needs
-Megatron's sequence splitting, which this engine does not drive, and sequence parallelism is
-refused: Megatron's local layer spec (the one that needs no transformer-engine or apex) has norms
-that do not support it.
+Parallelism: tensor parallelism (TP, optionally with Megatron's sequence parallelism, SP) and
+expert parallelism (EP) come from Megatron's layers; pipeline parallelism (PP, with virtual
+stages) from its 1F1B schedule, which runs the roles' micro-batches
+(:meth:`MegatronEngine.run_micro_batches`); context parallelism (CP) from rlkit's forward, which
+gives each CP rank two chunks of every padded row and gathers keys and values over the CP group
+in attention (:func:`~rlkit.training.megatron_model.sdpa_attention`). The data-parallel (DP)
+ranks are the world over TP x PP x CP (experts: over EP). Each optimizer step first sums the
+gradients a replica's ranks each hold part of (a tied embedding's two copies on the first and
+last stage; under TP the q / k norms, and with SP every norm), averages gradients over the DP x
+CP ranks (dense weights; experts over Megatron's expert-data-parallel group: the same averaging
+FSDP's reduce-scatter does, so the losses' ``dp_size`` scaling holds), then measures the global
+norm (TP-split weights once per shard, replicated ones and the embedding copy once), clips and
+steps AdamW (:class:`~rlkit.training.engine_base.OptimizedEngine`). CP and SP are built for dense
+models.
 
 Checkpoints go through rlkit's layer (DCP): each tensor is saved under a name that is unique per
 shard (``...weight@tp1of2`` for a TP-split weight, the global layer number on every pipeline
@@ -69,7 +71,7 @@ def _is_expert(param: nn.Parameter) -> bool:
 
 
 class MegatronEngine(OptimizedEngine):
-    """A Megatron-core ``GPTModel`` (TP / PP / EP shards) with AdamW, the schedule and clipping.
+    """A Megatron-core ``GPTModel`` (TP / PP / CP / EP shards) with AdamW, the schedule and clipping.
 
     Args:
         hf_config: the model's Hugging Face ``config.json`` dict.
@@ -78,7 +80,9 @@ class MegatronEngine(OptimizedEngine):
             ``value`` (the critic's ``score`` head: :class:`~rlkit.training.megatron_model.MegatronValue`).
         tensor_parallel, pipeline_parallel, virtual_pipeline, expert_parallel: Megatron's sizes
             (the rest of the world is data parallel; virtual stages need pipeline_parallel > 1).
-        context_parallel, sequence_parallel: must be 1 / false (see the module docstring).
+        context_parallel: sequences split over this many ranks (dense models).
+        sequence_parallel: Megatron's sequence parallelism over the TP ranks (needs
+            ``tensor_parallel > 1``; dense models).
         seed: seeds Megatron's model-parallel RNG tracker on CUDA.
         dtype, optimizer_offload, gradient_checkpointing, lr, weight_decay, betas, warmup_steps,
             total_steps, lr_schedule, min_lr_ratio, grad_clip: as :class:`~rlkit.training.engine.FSDPEngine`
@@ -122,10 +126,12 @@ class MegatronEngine(OptimizedEngine):
     ) -> None:
         del param_offload  # FSDP's knob
         require_megatron()
-        if (context_parallel, sequence_parallel) != (1, False):
-            raise ValueError("the Megatron engine runs context_parallel = 1 and sequence_parallel = false")
         if virtual_pipeline > 1 and pipeline_parallel == 1:
             raise ValueError("virtual pipeline stages need pipeline_parallel > 1")
+        if sequence_parallel and tensor_parallel == 1:
+            raise ValueError("sequence parallelism needs tensor_parallel > 1")
+        if (context_parallel > 1 or sequence_parallel) and MegatronLayout.from_hf(hf_config).num_experts:
+            raise ValueError("context and sequence parallelism are built for dense models only")
         ensure_process_group()
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
@@ -133,7 +139,9 @@ class MegatronEngine(OptimizedEngine):
             tensor=tensor_parallel,
             pipeline=pipeline_parallel,
             virtual_pipeline=virtual_pipeline,
+            context=context_parallel,
             expert=expert_parallel,
+            sequence=sequence_parallel,
         )
         init_parallel_state(self.sizes)
         self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
@@ -155,6 +163,14 @@ class MegatronEngine(OptimizedEngine):
                 layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         trained = [p for p in self.module.parameters() if p.requires_grad]
+        # weights every TP rank holds whole whose gradient each rank has part of (see _reduce_grads)
+        self._tp_partial = [
+            p
+            for name, p in self.module.named_parameters()
+            if tensor_parallel > 1
+            and p.requires_grad
+            and (getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)
+        ]
         # distributed optimizer: (experts?, owner replica) -> the weights that replica steps
         self._shares = _share_out(trained) if distributed_optimizer else {}
         me = {expert: dist.get_rank(group) for expert, group in _dp_groups().items()}
@@ -255,7 +271,7 @@ class MegatronEngine(OptimizedEngine):
 
         rows = width = 0  # shapes are exchanged per micro-batch (variable_seq_lengths) ...
         if self.sizes.virtual_pipeline > 1:  # ... but the interleaved schedule sends fixed ones
-            shapes = [padded_shape(mb.cu_seqlens) for mb in micro_batches]
+            shapes = [padded_shape(mb.cu_seqlens, self.sizes.seq_multiple) for mb in micro_batches]
             rows, width = max(r for r, _ in shapes), max(w for _, w in shapes)
             self.module.pad_to = (rows, width)
         try:
@@ -299,7 +315,15 @@ class MegatronEngine(OptimizedEngine):
     # ------------------------------------------------------------------ gradients
 
     def _reduce_grads(self) -> None:
-        """Average gradients over the data-parallel replicas (dense and expert weights apart)."""
+        """Sum the partial gradients of a model replica's ranks, then average over the data-parallel
+        replicas (dense and expert weights apart).
+
+        Partial within a replica: a tied embedding's two copies (first and last stage); under TP the
+        q / k norms (each rank normalises its own heads with the shared weight) and, with sequence
+        parallelism, every norm (each rank sees its shard of the sequence). The dense average runs
+        over the data-parallel x context-parallel ranks: each CP rank's gradient is its chunks'
+        part of CP times the loss (see :meth:`MegatronPolicy.hidden_states`).
+        """
         from megatron.core import parallel_state as mpu
 
         if self._tied_across_stages and mpu.is_rank_in_embedding_group():
@@ -307,8 +331,13 @@ class MegatronEngine(OptimizedEngine):
             for p in self.params:
                 if getattr(p, "shared_embedding", False) and p.grad is not None:
                     dist.all_reduce(p.grad, group=mpu.get_embedding_group())
-        groups = {False: mpu.get_data_parallel_group(), True: mpu.get_expert_data_parallel_group()}
-        for expert, group in groups.items():
+        partial = [p.grad for p in self._tp_partial if p.grad is not None]
+        if partial:
+            flat_tp: torch.Tensor = _flatten(partial)
+            dist.all_reduce(flat_tp, group=mpu.get_tensor_model_parallel_group())
+            for grad, reduced in zip(partial, _unflatten(flat_tp, partial), strict=True):
+                grad.copy_(reduced)
+        for expert, group in _dp_groups().items():
             grads = [p.grad for p in self.params if p.grad is not None and _is_expert(p) == expert]
             if not grads or dist.get_world_size(group) == 1:
                 continue
@@ -361,22 +390,26 @@ class MegatronEngine(OptimizedEngine):
         return float(total.sqrt().item())
 
     def replica_batch(self, batch: Batch) -> tuple[Batch, slice]:
-        """The rows of this rank's TP group, joined in TP-rank order (the TP ranks compute on the same rows).
+        """The rows of this rank's model replica (TP x PP x CP ranks), joined in rank order: the
+        ranks of one replica compute on the same rows.
 
-        The losses' global-batch keywords then count each row once per TP rank, in the token and
-        sequence totals and in ``dp_size`` (the world) alike, so their ratio, which is all a loss
-        uses, is that of the data-parallel replicas.
+        The losses' global-batch keywords then count each row once per rank of the replica, in the
+        token and sequence totals and in ``dp_size`` (the world) alike, so their ratio, which is
+        all a loss uses, is that of the data-parallel replicas.
         """
         from megatron.core import parallel_state as mpu
 
-        group = mpu.get_model_parallel_group()  # TP x PP: the ranks of one model replica
-        size = dist.get_world_size(group)
-        if size == 1:
-            return batch, slice(None)
-        parts: list[Any] = [None] * size
-        dist.all_gather_object(parts, batch, group=group)
-        start = sum(len(p) for p in parts[: dist.get_rank(group)])
-        return Batch.concat(parts), slice(start, start + len(batch))
+        own = slice(0, len(batch))
+        # the CP ranks' rows, then those of the model-parallel ranks (TP x PP) of each
+        for group in (mpu.get_context_parallel_group(), mpu.get_model_parallel_group()):
+            size = dist.get_world_size(group)
+            if size == 1:
+                continue
+            parts: list[Any] = [None] * size
+            dist.all_gather_object(parts, batch, group=group)
+            offset = sum(len(p) for p in parts[: dist.get_rank(group)])
+            batch, own = Batch.concat(parts), slice(own.start + offset, own.stop + offset)
+        return batch, (slice(None) if own == slice(0, len(batch)) else own)
 
     # ------------------------------------------------------------------ weights
 
@@ -574,7 +607,10 @@ def _dp_groups() -> dict[bool, Any]:
     """The data-parallel group of the dense weights (False) and of the experts (True)."""
     from megatron.core import parallel_state as mpu
 
-    return {False: mpu.get_data_parallel_group(), True: mpu.get_expert_data_parallel_group()}
+    return {
+        False: mpu.get_data_parallel_group(with_context_parallel=True),
+        True: mpu.get_expert_data_parallel_group(),
+    }
 
 
 def _share_out(params: list[nn.Parameter]) -> dict[tuple[bool, int], list[nn.Parameter]]:

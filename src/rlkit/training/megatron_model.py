@@ -70,6 +70,13 @@ class ParallelSizes:
     virtual_pipeline: int = 1
     context: int = 1
     expert: int = 1
+    sequence: bool = False  # Megatron's sequence parallelism over the TP group
+
+    @property
+    def seq_multiple(self) -> int:
+        """What a padded row's width must divide into: 2 x CP chunks (the load-balanced causal
+        split), each cut over the TP ranks under sequence parallelism."""
+        return (2 * self.context if self.context > 1 else 1) * (self.tensor if self.sequence else 1)
 
 
 def init_parallel_state(sizes: ParallelSizes) -> None:
@@ -81,10 +88,14 @@ def init_parallel_state(sizes: ParallelSizes) -> None:
     from megatron.core import parallel_state as mpu
 
     if mpu.model_parallel_is_initialized():
-        have = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
-        if have != (sizes.tensor, sizes.pipeline):
+        have = (
+            mpu.get_tensor_model_parallel_world_size(),
+            mpu.get_pipeline_model_parallel_world_size(),
+            mpu.get_context_parallel_world_size(),
+        )
+        if have != (sizes.tensor, sizes.pipeline, sizes.context):
             raise ValueError(
-                f"Megatron is initialised with (TP, PP) = {have}, not {(sizes.tensor, sizes.pipeline)}"
+                f"Megatron is initialised with (TP, PP, CP) = {have}, not {(sizes.tensor, sizes.pipeline, sizes.context)}"
             )
         return
     mpu.initialize_model_parallel(
@@ -153,7 +164,7 @@ def transformer_config(
         "context_parallel_size": sizes.context,
         "expert_model_parallel_size": sizes.expert,
         "expert_tensor_parallel_size": 1,
-        "sequence_parallel": False,  # the local spec's torch norms refuse it
+        "sequence_parallel": sizes.sequence,
     }
     kwargs.update(_pipeline_config(sizes))
     if recompute:
@@ -200,9 +211,13 @@ def build_gpt(
 ) -> Any:
     """A ``GPTModel`` (this rank's pipeline stage, or its model chunk ``vp_stage``: the embedding
     with ``pre_process``, the final norm and LM head with ``post_process``) with Megatron-core's
-    local layer spec."""
+    local layer spec, rlkit's attention (:func:`sdpa_attention`) and norms (:func:`rms_norm`)."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
 
     layout = MegatronLayout.from_hf(hf)
     spec = get_gpt_layer_local_spec(
@@ -211,11 +226,19 @@ def build_gpt(
         qk_layernorm=config.qk_layernorm,
         normalization="RMSNorm",
     )
-    spec.submodules.self_attention.submodules.core_attention = sdpa_attention()
+    layer = spec.submodules
+    layer.self_attention.submodules.core_attention = sdpa_attention()
+    layer.input_layernorm = layer.pre_mlp_layernorm = rms_norm()
+    if config.qk_layernorm:
+        layer.self_attention.submodules.q_layernorm = rms_norm()
+        layer.self_attention.submodules.k_layernorm = rms_norm()
+    block = TransformerBlockSubmodules(
+        layer_specs=[spec] * get_num_layers_to_build(config, vp_stage=vp_stage), layer_norm=rms_norm()
+    )
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     gpt = GPTModel(
         config=config,
-        transformer_layer_spec=spec,
+        transformer_layer_spec=block,
         vocab_size=layout.vocab_size,
         max_sequence_length=int(hf.get("max_position_embeddings", 4096)),
         pre_process=pre_process,
@@ -231,18 +254,93 @@ def build_gpt(
 
 
 @functools.cache
-def sdpa_attention() -> type:
-    """Megatron's local ``DotProductAttention`` computed by ``F.scaled_dot_product_attention``.
+def rms_norm() -> type:
+    """``torch.nn.RMSNorm`` built as Megatron builds its norms, and usable under sequence parallelism.
 
-    The local spec's attention multiplies out the (B, heads, S, S) scores, masks, softmaxes and
-    multiplies again, one eager kernel each; SDPA runs flash attention on a GPU (and the math path
-    on a CPU) with the same result. It is causal and ignores ``attention_mask``: rlkit's forward
-    only ever passes the causal mask of right-padded rows (see :meth:`_MegatronRoot.hidden_states`),
-    and dropout is off.
+    The local spec's ``WrappedTorchNorm`` refuses ``sequence_parallel`` only because a norm of a
+    sequence shard sees part of the tokens: its weight's gradient is a partial sum. This one tags
+    its weight ``sequence_parallel`` (Megatron's own mark) so the engine sums that gradient over
+    the TP group (:meth:`~rlkit.training.megatron_engine.MegatronEngine._reduce_grads`).
     """
-    from megatron.core.transformer.dot_product_attention import DotProductAttention
 
-    class SDPAttention(DotProductAttention):  # type: ignore[misc]
+    class RMSNorm(nn.RMSNorm):
+        def __init__(self, config: Any, hidden_size: int, eps: float = 1e-5, **_: Any) -> None:
+            super().__init__(hidden_size, eps=eps)
+            if config.sequence_parallel:
+                self.weight.sequence_parallel = True  # type: ignore[attr-defined]
+
+    return RMSNorm
+
+
+def cp_positions(width: int, cp: int, rank: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The positions (width / cp,) of a padded row that context-parallel rank ``rank`` holds.
+
+    Megatron's load-balanced split for causal attention: the row is cut into 2 x CP chunks and
+    rank r holds chunks r and 2 CP - 1 - r, so every rank has the same amount of attention work.
+    """
+    chunk = width // (2 * cp)
+    within = torch.arange(chunk, device=device)
+    return torch.cat([within + rank * chunk, within + (2 * cp - 1 - rank) * chunk])
+
+
+class _GatherSeq(torch.autograd.Function):
+    """All-gather along dim 0 over ``group``; backward: each rank's slice of the gradient summed
+    over the group (``sum_grads``: the ranks computed on the gathered tensor with different
+    parts of the work) or its slice alone (the ranks computed the same thing after the gather)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any, sum_grads: bool) -> torch.Tensor:
+        ctx.group, ctx.sum_grads = group, sum_grads
+        out = tensor.new_empty((dist.get_world_size(group) * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_into_tensor(out, tensor.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        size = dist.get_world_size(ctx.group)
+        if not ctx.sum_grads:
+            return grad.chunk(size)[dist.get_rank(ctx.group)].contiguous(), None, None
+        out = grad.new_empty((grad.shape[0] // size, *grad.shape[1:]))
+        dist.reduce_scatter_tensor(out, grad.contiguous(), group=ctx.group)
+        return out, None, None
+
+
+def gather_seq(tensor: torch.Tensor, group: Any, *, sum_grads: bool) -> torch.Tensor:
+    """``tensor`` of every rank of ``group``, concatenated along dim 0 in rank order (see :class:`_GatherSeq`)."""
+    out: torch.Tensor = _GatherSeq.apply(tensor, group, sum_grads)
+    return out
+
+
+@functools.cache
+def sdpa_attention() -> type:
+    """Megatron's core attention (the local spec's slot) computed by ``F.scaled_dot_product_attention``.
+
+    The local spec's ``DotProductAttention`` multiplies out the (B, heads, S, S) scores, masks,
+    softmaxes and multiplies again, one eager kernel each, and refuses context parallelism; SDPA
+    runs flash attention on a GPU (and the math path on a CPU) with the same result. It is causal
+    and ignores ``attention_mask``: rlkit's forward only ever passes right-padded rows (see
+    :meth:`_MegatronRoot.hidden_states`), and dropout is off.
+
+    With context parallelism each rank holds the queries, keys and values of its two chunks of
+    every row (:func:`cp_positions`): the keys and values are gathered over the CP group (their
+    gradients summed back in backward) and each query attends to the keys at its position and
+    before, by a mask of the gathered positions.
+    """
+    from megatron.core import parallel_state as mpu
+    from megatron.core.transformer.module import MegatronModule
+
+    class SDPAttention(MegatronModule):  # type: ignore[misc]
+        def __init__(
+            self, config: Any, layer_number: int, softmax_scale: float | None = None, **_: Any
+        ) -> None:
+            super().__init__(config=config)
+            tp = config.tensor_model_parallel_size
+            self.heads_per_partition = config.num_attention_heads // tp
+            self.groups_per_partition = max(1, config.num_query_groups // tp)
+            self.hidden_size_per_partition = config.kv_channels * self.heads_per_partition
+            self.softmax_scale = softmax_scale if softmax_scale is not None else config.kv_channels**-0.5
+            self.cp = config.context_parallel_size
+
         def forward(
             self,
             query: torch.Tensor,
@@ -258,14 +356,22 @@ def sdpa_attention() -> type:
                     "rlkit's SDPA attention takes neither an attention bias nor packed sequences"
                 )
             seq, rows = query.shape[0], query.shape[1]
+            mask: torch.Tensor | None = None
+            if self.cp > 1:
+                group = mpu.get_context_parallel_group()
+                key, value = (gather_seq(t, group, sum_grads=True) for t in (key, value))
+                width = seq * self.cp
+                q_pos = cp_positions(width, self.cp, mpu.get_context_parallel_rank(), query.device)
+                k_pos = torch.cat([cp_positions(width, self.cp, r, query.device) for r in range(self.cp)])
+                mask = k_pos[None, :] <= q_pos[:, None]
             # [S, B, heads, d] -> [B, heads, S, d]; GQA: each key/value group serves its run of query heads
             q_BHSd, k_BHSd, v_BHSd = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-            groups = self.num_attention_heads_per_partition // self.num_query_groups_per_partition
+            groups = self.heads_per_partition // self.groups_per_partition
             if groups > 1:
                 k_BHSd = k_BHSd.repeat_interleave(groups, dim=1)
                 v_BHSd = v_BHSd.repeat_interleave(groups, dim=1)
             out_BHSd = F.scaled_dot_product_attention(
-                q_BHSd, k_BHSd, v_BHSd, is_causal=True, scale=self.softmax_scale
+                q_BHSd, k_BHSd, v_BHSd, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale
             )
             return out_BHSd.permute(2, 0, 1, 3).reshape(seq, rows, self.hidden_size_per_partition)
 
@@ -326,18 +432,23 @@ def load_into(gpt: nn.Module, shard: dict[str, torch.Tensor]) -> None:
 # ---------------------------------------------------------------- forward
 
 
-def padded_shape(cu_seqlens: torch.Tensor) -> tuple[int, int]:
-    """(rows, longest row) of a packed micro-batch's right-padded layout (one host read)."""
+def padded_shape(cu_seqlens: torch.Tensor, multiple: int = 1) -> tuple[int, int]:
+    """(rows, row width) of a packed micro-batch's right-padded layout (one host read): the
+    longest row, rounded up to a multiple of ``multiple`` (:attr:`ParallelSizes.seq_multiple`)."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    return int(lengths.numel()), int(lengths.max().item())
+    longest = int(lengths.max().item())
+    return int(lengths.numel()), -(-longest // multiple) * multiple
 
 
 def _padded_layout(
-    cu_seqlens: torch.Tensor, position_ids_T: torch.Tensor, shape: tuple[int, int] | None = None
+    cu_seqlens: torch.Tensor,
+    position_ids_T: torch.Tensor,
+    shape: tuple[int, int] | None = None,
+    multiple: int = 1,
 ) -> tuple[int, int, torch.Tensor]:
     """Rows, row width and each packed token's index into the flattened (B, S) right-padded layout.
 
-    The layout is (rows, longest row), or ``shape`` when given (more rows and a wider row than
+    The layout is :func:`padded_shape`, or ``shape`` when given (more rows and a wider row than
     the micro-batch needs: a pipeline schedule with fixed tensor shapes). Megatron's RoPE numbers
     each row's tokens from 0, so the packed positions must do the same.
 
@@ -345,7 +456,7 @@ def _padded_layout(
         ValueError: A sequence's position ids are not 0, 1, 2, ...
     """
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    rows, width = shape if shape is not None else padded_shape(cu_seqlens)
+    rows, width = shape if shape is not None else padded_shape(cu_seqlens, multiple)
     row_T = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
     col_T = torch.arange(position_ids_T.numel(), device=lengths.device) - cu_seqlens[:-1].long()[row_T]
     if not torch.equal(col_T, position_ids_T.long()):
@@ -402,31 +513,63 @@ class _MegatronRoot(nn.Module):
         """The active model chunk (a ``megatron.core.models.gpt.GPTModel``; the only one without virtual stages)."""
         return self.stages[self.active]
 
+    @property
+    def seq_multiple(self) -> int:
+        """What every padded row's width must divide into (:attr:`ParallelSizes.seq_multiple`)."""
+        config = self.stages[0].config
+        return ParallelSizes(
+            tensor=config.tensor_model_parallel_size,
+            context=config.context_parallel_size,
+            sequence=config.sequence_parallel,
+        ).seq_multiple
+
     def hidden_states(
         self, input_ids_T: torch.Tensor, position_ids_T: torch.Tensor, cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
-        """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP ranks alike).
+        """Final-norm hidden states (T, D) of a packed micro-batch (every token, all TP and CP ranks alike).
 
         On a pipeline stage before the last, the stage's output instead: (S, B, D) fp32 in the
-        padded layout, what the schedule sends to the next stage (a stage after the first starts
-        from the tensor the schedule received and set on its ``GPTModel``).
+        padded layout (this rank's part of it under CP and SP), what the schedule sends to the
+        next stage (a stage after the first starts from the tensor the schedule received and set
+        on its ``GPTModel``).
+
+        With context parallelism this rank runs its two chunks of every row
+        (:func:`cp_positions`); under sequence parallelism Megatron's embedding cuts that over the
+        TP ranks. The last stage gathers the rows back whole: over TP with each rank's slice of the
+        gradient (every TP rank computes the same heads on them), over CP with the gradients
+        summed (the engine averages the weights' gradients over the CP ranks, as Megatron does).
         """
-        rows, longest, index_T = _padded_layout(cu_seqlens, position_ids_T, self.pad_to)
-        ids_BS = input_ids_T.new_zeros(rows * longest)
+        from megatron.core import parallel_state as mpu
+
+        rows, width, index_T = _padded_layout(cu_seqlens, position_ids_T, self.pad_to, self.seq_multiple)
+        ids_BS = input_ids_T.new_zeros(rows * width)
         ids_BS[index_T] = input_ids_T
-        ids_BS = ids_BS.view(rows, longest)
-        positions_BS = torch.arange(longest, device=ids_BS.device).expand(rows, longest)
-        gpt = self.gpt
+        ids_BS = ids_BS.view(rows, width)
+        gpt, config = self.gpt, self.gpt.config
+        cp = config.context_parallel_size
+        if cp > 1:
+            mine = cp_positions(width, cp, mpu.get_context_parallel_rank(), ids_BS.device)
+            ids_BS = ids_BS.index_select(1, mine)
+            rotary = gpt.rotary_pos_emb.get_emb(width).index_select(0, mine)
+        else:
+            rotary = gpt.rotary_pos_emb(width)
+        local = ids_BS.shape[1]
+        positions_BS = torch.arange(local, device=ids_BS.device).expand(rows, local)  # unused by RoPE models
         hidden_SBD = gpt.embedding(input_ids=ids_BS, position_ids=positions_BS) if gpt.pre_process else None
-        rotary = gpt.rotary_pos_emb(longest)
-        # Megatron's default causal mask is built on "cuda"; this one is the same on any device.
-        causal = torch.ones(longest, longest, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
+        # Megatron's default causal mask is built on "cuda"; rlkit's attention does not read it
+        causal = torch.ones(local, local, dtype=torch.bool, device=ids_BS.device).triu(1)[None, None]
         hidden_SBD = gpt.decoder(hidden_states=hidden_SBD, attention_mask=causal, rotary_pos_emb=rotary)
         if not gpt.post_process:
             stage_out: torch.Tensor = hidden_SBD.float()
             return stage_out
+        if config.sequence_parallel:
+            hidden_SBD = gather_seq(hidden_SBD, mpu.get_tensor_model_parallel_group(), sum_grads=False)
+        if cp > 1:
+            hidden_SBD = gather_seq(hidden_SBD, mpu.get_context_parallel_group(), sum_grads=True)
+            held = torch.cat([cp_positions(width, cp, r, ids_BS.device) for r in range(cp)])
+            hidden_SBD = hidden_SBD.index_select(0, torch.argsort(held))
         hidden_TD: torch.Tensor = (
-            hidden_SBD.transpose(0, 1).reshape(rows * longest, -1).index_select(0, index_T)
+            hidden_SBD.transpose(0, 1).reshape(rows * width, -1).index_select(0, index_T)
         )
         return hidden_TD
 

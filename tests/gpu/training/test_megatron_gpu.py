@@ -209,7 +209,8 @@ def test_qwen3_moe_megatron_equals_transformers_in_fp32(tmp_path: Path) -> None:
 
 
 def test_ppo_run_with_megatron_actor_and_critic(ray_session: None, tmp_path: Path) -> None:
-    """`rlkit train ppo` with both trained roles on Megatron: three steps run, both roles' metrics finite."""
+    """`rlkit train ppo` with every role on Megatron (actor, critic and the reference of a KL loss):
+    three steps run, the roles' metrics finite."""
     import math
 
     from typer.testing import CliRunner
@@ -218,9 +219,10 @@ def test_ppo_run_with_megatron_actor_and_critic(ray_session: None, tmp_path: Pat
 
     out = tmp_path / "ppo"
     args = ["train", "ppo", "actor.strategy=megatron", "critic.strategy=megatron", "trainer.total_steps=3"]
+    args += ["ref.strategy=megatron", "actor.use_kl_loss=true"]
     result = CliRunner().invoke(app, [*args, "trainer.val_every=0", f"trainer.out_dir={out}"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
-    for key in ("actor/grad_norm", "critic/grad_norm", "critic/vf_loss", "actor/pg_loss"):
+    for key in ("actor/grad_norm", "critic/grad_norm", "critic/vf_loss", "actor/pg_loss", "actor/kl_loss"):
         assert math.isfinite(last[key]) and (key.endswith("loss") or last[key] > 0), key

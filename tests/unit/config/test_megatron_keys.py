@@ -60,14 +60,30 @@ def test_missing_megatron_core_names_the_install(monkeypatch: pytest.MonkeyPatch
                 "data.batch_size=24",
                 "actor.mini_batch_size=24",
             ],
-            "tensor_parallel x pipeline_parallel = 4 does not divide the 6 training devices",
+            "tensor_parallel x pipeline_parallel x context_parallel = 4 does not divide the 6 training devices",
         ),
         (
             ["actor.megatron.virtual_pipeline=2"],
             "virtual_pipeline=2 needs actor.megatron.pipeline_parallel > 1",
         ),
-        (["actor.megatron.context_parallel=2"], "actor.megatron.context_parallel=2 is not built"),
-        (["actor.megatron.sequence_parallel=true"], "actor.megatron.sequence_parallel=True is not built"),
+        (
+            ["actor.megatron.context_parallel=2"],
+            "actor.megatron.context_parallel=2 does not divide the 1 training",
+        ),
+        (
+            [
+                "actor.megatron.tensor_parallel=2",
+                "actor.megatron.context_parallel=2",
+                "hardware.devices_per_node=6",
+                "data.batch_size=24",
+                "actor.mini_batch_size=24",
+            ],
+            "tensor_parallel x pipeline_parallel x context_parallel = 4 does not divide the 6 training devices",
+        ),
+        (
+            ["actor.megatron.sequence_parallel=true"],
+            "actor.megatron.sequence_parallel=true needs actor.megatron.tensor_parallel > 1",
+        ),
         (
             ["actor.megatron.tensor_parallel=3", "hardware.devices_per_node=4"],
             "does not divide the 4 training devices",
@@ -150,11 +166,27 @@ def test_model_shape_is_checked_against_the_sizes(monkeypatch: pytest.MonkeyPatc
     lines = _preflight(
         monkeypatch, "cuda", model, "actor.megatron.tensor_parallel=2", "hardware.devices_per_node=2"
     )
-    assert lines == ["training engine: Megatron-core for the actor, TP 2 x PP 1 x EP 1, data parallel 1"]
+    assert lines == [
+        "training engine: Megatron-core for the actor, TP 2 x PP 1 x CP 1 x EP 1, data parallel 1"
+    ]
     lines = _preflight(
         monkeypatch, "cuda", model, "actor.megatron.pipeline_parallel=2", "hardware.devices_per_node=4"
     )
-    assert lines == ["training engine: Megatron-core for the actor, TP 1 x PP 2 x EP 1, data parallel 2"]
+    assert lines == [
+        "training engine: Megatron-core for the actor, TP 1 x PP 2 x CP 1 x EP 1, data parallel 2"
+    ]
+    lines = _preflight(
+        monkeypatch,
+        "cuda",
+        model,
+        "actor.megatron.tensor_parallel=2",
+        "actor.megatron.sequence_parallel=true",
+        "actor.megatron.context_parallel=2",
+        "hardware.devices_per_node=8",
+    )
+    assert lines == [
+        "training engine: Megatron-core for the actor, TP 2 (sequence parallel) x PP 1 x CP 2 x EP 1, data parallel 2"
+    ]
     with pytest.raises(
         UserError, match="pipeline_parallel=2 x virtual_pipeline=2 = 4 does not divide the model's 2 layers"
     ):
@@ -192,4 +224,4 @@ def test_the_critic_can_train_on_megatron_with_the_run_sizes() -> None:
     assert settings["strategy"] == "megatron" and settings["megatron"]["tensor_parallel"] == 1
     assert actor_settings(cfg, "cuda")["strategy"] == "fsdp"
     err = _refused("critic.strategy=megatron", "actor.megatron.context_parallel=2")
-    assert "context_parallel=2 is not built" in err.message
+    assert "context_parallel=2 does not divide the 1 training devices" in err.message

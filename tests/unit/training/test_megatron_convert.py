@@ -20,6 +20,7 @@ from rlkit.training.megatron_convert import (
     hf_to_megatron,
     iter_hf_tensors,
     megatron_to_hf,
+    parallel_shape_problem,
     shard_ep,
     shard_pp,
     shard_tp,
@@ -213,3 +214,13 @@ def test_layout_reads_the_expert_count_of_the_installed_transformers_config() ->
     config = transformers.AutoConfig.for_model(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2)
     assert MegatronLayout.from_hf(config.to_dict()).num_experts == 4
     assert MegatronLayout.from_hf({**hf_config("qwen3_moe"), "num_experts": EXPERTS}).num_experts == EXPERTS
+
+
+def test_context_and_sequence_parallel_are_for_dense_models() -> None:
+    assert (
+        parallel_shape_problem(hf_config("qwen3"), 2, 1, context_parallel=2, sequence_parallel=True) is None
+    )
+    problem = parallel_shape_problem(hf_config("qwen3_moe"), 1, 1, context_parallel=2)
+    assert problem is not None and "context_parallel=2 is built for dense models only" in problem
+    problem = parallel_shape_problem(hf_config("qwen3_moe"), 2, 1, sequence_parallel=True)
+    assert problem is not None and "sequence_parallel=true is built for dense models only" in problem

@@ -1,19 +1,23 @@
-"""Megatron's tensor (TP), pipeline (PP) and data parallelism (DP) on the CPU: gloo processes.
+"""Megatron's tensor (TP, with sequence parallelism), pipeline (PP), context (CP) and data
+parallelism (DP) on the CPU: gloo processes.
 
 The actor, the critic (``critic.strategy=megatron``) and the reference (``ref.strategy=megatron``)
 of one process share its Megatron layout.
 
 Each process gets its own share of the batch, as the controller deals it. Log-probs, the update's
 metrics and the updated weights must equal one process with the whole batch: the ranks of one
-model replica (TP x PP) join their shares and compute on the same rows (``replica_batch``); with
-TP = 2 the LM head is vocab-parallel; with PP = 2 the micro-batches run through Megatron's 1F1B
-schedule, the last stage computes the losses and holds a copy of the tied embedding as its LM
-head, and the weights come back gathered over the stages into Hugging Face names. A checkpoint
-of two stages resumes exactly and merges to the exported model. Skips without megatron-core.
-TP = 2 and PP = 2 run in the default run (about 10 s each: two processes start Megatron); DP = 2,
-whose path is the plain gradient average, and TP = 2 x PP = 2 (four processes) are marked slow.
-On a machine with two GPUs, ``test_two_gpus_equal_one`` (``gpu``) runs TP, PP and PP x VPP over
-NCCL with Megatron unpatched.
+model replica (TP x PP x CP) join their shares and compute on the same rows (``replica_batch``);
+with TP = 2 the LM head is vocab-parallel, and a Qwen3's q / k norms (one weight over each rank's
+heads) sum their gradients over TP, as every norm does under sequence parallelism; with CP = 2
+each rank holds two of four chunks of every row and attends over the gathered keys; with PP = 2
+the micro-batches run through Megatron's 1F1B schedule, the last stage computes the losses and
+holds a copy of the tied embedding as its LM head, and the weights come back gathered over the
+stages into Hugging Face names. A checkpoint of two stages, or of two replicas (or two CP ranks)
+sharing the Adam states, resumes exactly and merges to the exported model. Skips without
+megatron-core. Two-process cases run in the default run (about 5 s each); DP = 2, whose path is
+the plain gradient average, and the four-process ones are marked slow. On a machine with two
+GPUs, ``test_two_gpus_equal_one`` (``gpu``) runs TP, SP, CP, PP and PP x VPP over NCCL with
+Megatron unpatched.
 """
 
 from __future__ import annotations
@@ -116,34 +120,71 @@ def _worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str, int
 @pytest.fixture(scope="module")
 def four_layer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with four layers: two pipeline stages of two model chunks each."""
+    return _save_tiny(tmp_path_factory, "tiny_lm_4", num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def qwen3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a Qwen3: q / k norms, whose weight each TP rank applies to its own heads."""
+    return _save_tiny(
+        tmp_path_factory, "tiny_qwen3", architecture="qwen3", qk_norm=True, attention_bias=False
+    )
+
+
+def _save_tiny(factory: pytest.TempPathFactory, name: str, **changes: object) -> Path:
     from dataclasses import replace
 
     from rlkit.models import CausalLM, init_weights, save_hf
 
-    model = CausalLM(replace(tiny_decoder_config(), num_layers=4))
+    model = CausalLM(replace(tiny_decoder_config(), **changes))
     init_weights(model, seed=0)
-    out = tmp_path_factory.mktemp("tiny_lm_4")
+    out = factory.mktemp(name)
     save_hf(model, out)
     return out
 
 
 @pytest.mark.parametrize(
-    "sizes",
+    ("sizes", "model"),
     [
-        {"tensor_parallel": 2},
-        {"pipeline_parallel": 2},
-        {"pipeline_parallel": 2, "virtual_pipeline": 2},
-        {"distributed_optimizer": True},
-        pytest.param({}, marks=pytest.mark.slow),
-        pytest.param({"tensor_parallel": 2, "pipeline_parallel": 2}, marks=pytest.mark.slow),
+        ({"tensor_parallel": 2}, "tiny"),
+        ({"tensor_parallel": 2}, "qwen3"),
+        ({"tensor_parallel": 2, "sequence_parallel": True}, "tiny"),
+        ({"context_parallel": 2}, "tiny"),
+        ({"pipeline_parallel": 2}, "tiny"),
+        ({"pipeline_parallel": 2, "virtual_pipeline": 2}, "four_layer"),
+        ({"distributed_optimizer": True}, "tiny"),
+        pytest.param({}, "tiny", marks=pytest.mark.slow),
+        pytest.param({"tensor_parallel": 2, "pipeline_parallel": 2}, "tiny", marks=pytest.mark.slow),
+        pytest.param(
+            {"tensor_parallel": 2, "context_parallel": 2, "sequence_parallel": True},
+            "qwen3",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"pipeline_parallel": 2, "virtual_pipeline": 2, "context_parallel": 2},
+            "four_layer",
+            marks=pytest.mark.slow,
+        ),
     ],
-    ids=["tp2", "pp2", "pp2-vpp2", "dp2-distributed-optimizer", "dp2", "tp2-pp2"],
+    ids=[
+        "tp2",
+        "tp2-qwen3",
+        "tp2-sp",
+        "cp2",
+        "pp2",
+        "pp2-vpp2",
+        "dp2-distributed-optimizer",
+        "dp2",
+        "tp2-pp2",
+        "tp2-cp2-sp-qwen3",
+        "pp2-vpp2-cp2",
+    ],
 )
 def test_ranks_equal_one_process(
-    tiny_model_dir: Path, four_layer_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
+    request: pytest.FixtureRequest, tmp_path: Path, sizes: dict[str, int], model: str
 ) -> None:
-    world = max(2, sizes.get("tensor_parallel", 1) * sizes.get("pipeline_parallel", 1))
-    path = str(four_layer_model_dir if sizes.get("virtual_pipeline", 1) > 1 else tiny_model_dir)
+    world = max(2, _replica_ranks(sizes))
+    path = str(request.getfixturevalue(f"{model}_model_dir"))
     with megatron_on_cpu():
         expected = _run(path, {}, 0, 1)
     reset_megatron()
@@ -157,6 +198,12 @@ def test_ranks_equal_one_process(
     if sizes.get("distributed_optimizer"):  # each replica's AdamW steps about half the weights
         shares = [r["adam_share"] for r in ranks]
         assert sum(shares) == pytest.approx(1.0) and max(shares) < 0.75, shares
+
+
+def _replica_ranks(sizes: dict[str, int]) -> int:
+    return (
+        sizes.get("tensor_parallel", 1) * sizes.get("pipeline_parallel", 1) * sizes.get("context_parallel", 1)
+    )
 
 
 def _assert_equal(ranks: list[dict[str, object]], expected: dict[str, object]) -> None:
@@ -192,8 +239,14 @@ def _gpu_worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[str,
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize(
     "sizes",
-    [{"tensor_parallel": 2}, {"pipeline_parallel": 2}, {"pipeline_parallel": 2, "virtual_pipeline": 2}],
-    ids=["tp2", "pp2", "pp2-vpp2"],
+    [
+        {"tensor_parallel": 2},
+        {"tensor_parallel": 2, "sequence_parallel": True},
+        {"context_parallel": 2},
+        {"pipeline_parallel": 2},
+        {"pipeline_parallel": 2, "virtual_pipeline": 2},
+    ],
+    ids=["tp2", "tp2-sp", "cp2", "pp2", "pp2-vpp2"],
 )
 def test_two_gpus_equal_one(
     tiny_model_dir: Path, four_layer_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
@@ -252,14 +305,19 @@ def _resume_worker(rank: int, world: int, path: str, out_dir: str, sizes: dict[s
 
 @pytest.mark.parametrize(
     "sizes",
-    [{"pipeline_parallel": 2}, {"distributed_optimizer": True}],
-    ids=["pp2", "dp2-distributed-optimizer"],
+    [
+        {"pipeline_parallel": 2},
+        {"distributed_optimizer": True},
+        {"context_parallel": 2, "distributed_optimizer": True},
+    ],
+    ids=["pp2", "dp2-distributed-optimizer", "cp2-distributed-optimizer"],
 )
 def test_two_ranks_resume_exactly_and_merge(
     tiny_model_dir: Path, tmp_path: Path, sizes: dict[str, int]
 ) -> None:
     """PP = 2: the checkpoint holds both stages (and the last stage's copy of the tied embedding);
-    DP = 2 with the distributed optimizer: each replica's share of the Adam states. A resumed pair
+    DP = 2 with the distributed optimizer: each replica's share of the Adam states (CP = 2: the two
+    context-parallel ranks hold one replica's weights and share its Adam states). A resumed pair
     of ranks continues as one process that never stopped, and the merged checkpoint is the
     exported model."""
     with megatron_on_cpu():
