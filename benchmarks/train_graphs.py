@@ -137,30 +137,37 @@ def eager_variant(model: CausalLM, inp: dict[str, Any]) -> Callable[[], None]:
     return step
 
 
+def capture(body: Callable[[], None], warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """``body`` captured in a CUDA graph, after ``warmup`` runs on a side stream (compilation,
+    autotuning and the allocator settle off the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    return graph
+
+
 def graph_fwd_bwd_variant(model: CausalLM, inp: dict[str, Any]) -> Callable[[], None]:
     """Forward + backward in one CUDA graph; clipping and AdamW launched after each replay."""
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-6, fused=True)
     for p in params:
         p.grad = torch.zeros_like(p)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm up (compilation, autotuning, allocator) off the capture
-            for p in params:
-                p.grad.zero_()
-            loss_fn(model, inp).backward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+
+    def fwd_bwd() -> None:
         for p in params:
             p.grad.zero_()
         loss_fn(model, inp).backward()
+
+    graph = capture(fwd_bwd)
     graph.replay()
     replayed = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad.zero_()
-    loss_fn(model, inp).backward()  # eager, on the same weights
+    fwd_bwd()  # eager, on the same weights
     worst = max(
         ((r - p.grad).norm() / p.grad.norm().clamp(min=1e-30)).item()
         for r, p in zip(replayed, params, strict=True)
@@ -189,16 +196,7 @@ def graph_step_variant(model: CausalLM, inp: dict[str, Any]) -> Callable[[], Non
         clip_(params, 1.0)
         opt.step()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
-    return graph.replay
+    return capture(body).replay
 
 
 def rlkit_update_variant(shape: str, batch: Batch) -> Callable[[], None]:
