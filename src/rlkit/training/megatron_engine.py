@@ -126,15 +126,6 @@ class MegatronEngine(OptimizedEngine):
     ) -> None:
         del param_offload  # FSDP's knob
         require_megatron()
-        if virtual_pipeline > 1 and pipeline_parallel == 1:
-            raise ValueError("virtual pipeline stages need pipeline_parallel > 1")
-        if sequence_parallel and tensor_parallel == 1:
-            raise ValueError("sequence parallelism needs tensor_parallel > 1")
-        if (context_parallel > 1 or sequence_parallel) and MegatronLayout.from_hf(hf_config).num_experts:
-            raise ValueError("context and sequence parallelism are built for dense models only")
-        ensure_process_group()
-        self.device = training_device()
-        self.compute_dtype = resolve_dtype(dtype)
         self.sizes = ParallelSizes(
             tensor=tensor_parallel,
             pipeline=pipeline_parallel,
@@ -143,6 +134,10 @@ class MegatronEngine(OptimizedEngine):
             expert=expert_parallel,
             sequence=sequence_parallel,
         )
+        _check_sizes(self.sizes, hf_config)
+        ensure_process_group()
+        self.device = training_device()
+        self.compute_dtype = resolve_dtype(dtype)
         init_parallel_state(self.sizes)
         self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
         self._stage_meta: dict[tuple[int, Any], list[Any]] = {}  # see named_full_tensors
@@ -163,14 +158,7 @@ class MegatronEngine(OptimizedEngine):
                 layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         trained = [p for p in self.module.parameters() if p.requires_grad]
-        # weights every TP rank holds whole whose gradient each rank has part of (see _reduce_grads)
-        self._tp_partial = [
-            p
-            for name, p in self.module.named_parameters()
-            if tensor_parallel > 1
-            and p.requires_grad
-            and (getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)
-        ]
+        self._tp_partial = _tp_partial(self.module) if tensor_parallel > 1 else []  # see _reduce_grads
         # distributed optimizer: (experts?, owner replica) -> the weights that replica steps
         self._shares = _share_out(trained) if distributed_optimizer else {}
         me = {expert: dist.get_rank(group) for expert, group in _dp_groups().items()}
@@ -601,6 +589,27 @@ def _chunk_ends(chunk: int, chunks: int) -> tuple[bool, bool]:
         mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=chunk),
         mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=chunk),
     )
+
+
+def _check_sizes(sizes: ParallelSizes, hf_config: dict[str, Any]) -> None:
+    """Refuse sizes the engine cannot run (the config rules and preflight refuse them first, in one line)."""
+    if sizes.virtual_pipeline > 1 and sizes.pipeline == 1:
+        raise ValueError("virtual pipeline stages need pipeline_parallel > 1")
+    if sizes.sequence and sizes.tensor == 1:
+        raise ValueError("sequence parallelism needs tensor_parallel > 1")
+    if (sizes.context > 1 or sizes.sequence) and MegatronLayout.from_hf(hf_config).num_experts:
+        raise ValueError("context and sequence parallelism are built for dense models only")
+
+
+def _tp_partial(module: nn.Module) -> list[nn.Parameter]:
+    """Weights every TP rank holds whole while each rank's gradient is a part of theirs: the norms
+    under sequence parallelism (Megatron's ``sequence_parallel`` mark) and the q / k norms."""
+    return [
+        p
+        for name, p in module.named_parameters()
+        if p.requires_grad
+        and (getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)
+    ]
 
 
 def _dp_groups() -> dict[bool, Any]:
