@@ -160,6 +160,7 @@ def _save_tiny(factory: pytest.TempPathFactory, name: str, **changes: object) ->
             "qwen3",
             marks=pytest.mark.slow,
         ),
+        pytest.param({"pipeline_parallel": 2, "context_parallel": 2}, "tiny", marks=pytest.mark.slow),
         pytest.param(
             {"pipeline_parallel": 2, "virtual_pipeline": 2, "context_parallel": 2},
             "four_layer",
@@ -177,6 +178,7 @@ def _save_tiny(factory: pytest.TempPathFactory, name: str, **changes: object) ->
         "dp2",
         "tp2-pp2",
         "tp2-cp2-sp-qwen3",
+        "pp2-cp2",
         "pp2-vpp2-cp2",
     ],
 )
