@@ -103,6 +103,13 @@ def loss_fn(model: CausalLM, inp: dict[str, Any]) -> torch.Tensor:
     return -(logp * inp["weights"]).sum()
 
 
+def zero_and_backward(model: CausalLM, params: list[torch.nn.Parameter], inp: dict[str, Any]) -> None:
+    """Zero the fixed gradient buffers in place (a graph writes into them), then forward and backward."""
+    for p in params:
+        p.grad.zero_()  # type: ignore[union-attr]
+    loss_fn(model, inp).backward()
+
+
 def clip_(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """Global-norm clipping with no host sync (a graph-safe ``clip_grad_norm_``)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -160,9 +167,7 @@ def graph_fwd_bwd_variant(model: CausalLM, inp: dict[str, Any]) -> Callable[[], 
         p.grad = torch.zeros_like(p)
 
     def fwd_bwd() -> None:
-        for p in params:
-            p.grad.zero_()
-        loss_fn(model, inp).backward()
+        zero_and_backward(model, params, inp)
 
     graph = capture(fwd_bwd)
     graph.replay()
@@ -190,9 +195,7 @@ def graph_step_variant(model: CausalLM, inp: dict[str, Any]) -> Callable[[], Non
         p.grad = torch.zeros_like(p)
 
     def body() -> None:
-        for p in params:
-            p.grad.zero_()
-        loss_fn(model, inp).backward()
+        zero_and_backward(model, params, inp)
         clip_(params, 1.0)
         opt.step()
 

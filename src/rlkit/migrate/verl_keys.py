@@ -314,17 +314,9 @@ RULES: tuple[Rule, ...] = (
             ("expert_model_parallel_size", "expert_parallel", ""),
             ("pipeline_model_parallel_size", "pipeline_parallel", ""),
             ("virtual_pipeline_model_parallel_size", "virtual_pipeline", "verl's null is 1"),
-            (
-                "context_parallel_size",
-                "context_parallel",
-                "dense models; rlkit's attention, no transformer-engine",
-            ),
+            ("context_parallel_size", "context_parallel", "dense models; no transformer-engine needed"),
             ("sequence_parallel", "sequence_parallel", "dense models"),
-            (
-                "use_distributed_optimizer",
-                "distributed_optimizer",
-                "rlkit's ZeRO-1 over the data-parallel replicas",
-            ),
+            ("use_distributed_optimizer", "distributed_optimizer", "rlkit's ZeRO-1 over the DP replicas"),
         )
     ),
     Rule("a_r_r.actor.fsdp_config.param_offload", "map", "actor.param_offload"),

@@ -11,7 +11,7 @@ expert parallelism (EP) come from Megatron's layers; pipeline parallelism (PP, w
 stages) from its 1F1B schedule, which runs the roles' micro-batches
 (:meth:`MegatronEngine.run_micro_batches`); context parallelism (CP) from rlkit's forward, which
 gives each CP rank two chunks of every padded row and gathers keys and values over the CP group
-in attention (:func:`~rlkit.training.megatron_model.sdpa_attention`). The data-parallel (DP)
+in attention (:func:`~rlkit.training.megatron_layers.sdpa_attention`). The data-parallel (DP)
 ranks are the world over TP x PP x CP (experts: over EP). Each optimizer step first sums the
 gradients a replica's ranks each hold part of (a tied embedding's two copies on the first and
 last stage; under TP the q / k norms, and with SP every norm), averages gradients over the DP x
@@ -49,6 +49,17 @@ from rlkit.training.megatron_convert import (
     stage_layers,
     tp_split_dim,
 )
+from rlkit.training.megatron_groups import (
+    all_gather,
+    all_reduce_coalesced,
+    broadcast_coalesced,
+    chunk_ends,
+    dp_groups,
+    is_expert,
+    last_stage_group,
+    share_out,
+    tp_partial,
+)
 from rlkit.training.megatron_model import (
     MegatronPolicy,
     MegatronValue,
@@ -63,11 +74,6 @@ from rlkit.training.megatron_model import (
 )
 from rlkit.training.micro_batches import PackedMicroBatch
 from rlkit.training.stats import MiniBatchStats
-
-
-def _is_expert(param: nn.Parameter) -> bool:
-    # Megatron marks expert-parallel weights allreduce=False: they average over the expert-DP group.
-    return not getattr(param, "allreduce", True)
 
 
 class MegatronEngine(OptimizedEngine):
@@ -139,7 +145,7 @@ class MegatronEngine(OptimizedEngine):
         self.device = training_device()
         self.compute_dtype = resolve_dtype(dtype)
         init_parallel_state(self.sizes)
-        self._last_stage_group = _last_stage_group() if pipeline_parallel > 1 else None
+        self._last_stage_group = last_stage_group() if pipeline_parallel > 1 else None
         self._stage_meta: dict[tuple[int, Any], list[Any]] = {}  # see named_full_tensors
         # the LM head of a tied policy on the last stage is a copy of the first stage's embedding
         self._tied_across_stages = (
@@ -158,10 +164,10 @@ class MegatronEngine(OptimizedEngine):
                 layer.forward = torch.compile(layer.forward)
         self.optimizer_offload = optimizer_offload and self.device.type != "cpu"
         trained = [p for p in self.module.parameters() if p.requires_grad]
-        self._tp_partial = _tp_partial(self.module) if tensor_parallel > 1 else []  # see _reduce_grads
+        self._tp_partial = tp_partial(self.module) if tensor_parallel > 1 else []  # see _reduce_grads
         # distributed optimizer: (experts?, owner replica) -> the weights that replica steps
-        self._shares = _share_out(trained) if distributed_optimizer else {}
-        me = {expert: dist.get_rank(group) for expert, group in _dp_groups().items()}
+        self._shares = share_out(trained) if distributed_optimizer else {}
+        me = {expert: dist.get_rank(group) for expert, group in dp_groups().items()}
         others = {id(p) for (expert, owner), ps in self._shares.items() if owner != me[expert] for p in ps}
         self._setup_optimizer(
             trained,
@@ -184,7 +190,7 @@ class MegatronEngine(OptimizedEngine):
             raise ValueError(f"unknown head {head!r}; valid: policy, value")
         chunks, score = [], None
         for vp, shard in enumerate(megatron_shard(hf_sd, self.layout, self.sizes)):
-            first, last = _chunk_ends(vp, self.sizes.virtual_pipeline)
+            first, last = chunk_ends(vp, self.sizes.virtual_pipeline)
             gpt = build_gpt(
                 hf,
                 config,
@@ -320,31 +326,16 @@ class MegatronEngine(OptimizedEngine):
                 if getattr(p, "shared_embedding", False) and p.grad is not None:
                     dist.all_reduce(p.grad, group=mpu.get_embedding_group())
         partial = [p.grad for p in self._tp_partial if p.grad is not None]
-        if partial:
-            flat_tp: torch.Tensor = _flatten(partial)
-            dist.all_reduce(flat_tp, group=mpu.get_tensor_model_parallel_group())
-            for grad, reduced in zip(partial, _unflatten(flat_tp, partial), strict=True):
-                grad.copy_(reduced)
-        for expert, group in _dp_groups().items():
-            grads = [p.grad for p in self.params if p.grad is not None and _is_expert(p) == expert]
-            if not grads or dist.get_world_size(group) == 1:
-                continue
-            flat: torch.Tensor = _flatten(grads)
-            dist.all_reduce(flat, group=group)
-            flat.div_(dist.get_world_size(group))
-            for grad, reduced in zip(grads, _unflatten(flat, grads), strict=True):
-                grad.copy_(reduced)
+        all_reduce_coalesced(partial, mpu.get_tensor_model_parallel_group())
+        for expert, group in dp_groups().items():
+            grads = [p.grad for p in self.params if p.grad is not None and is_expert(p) == expert]
+            all_reduce_coalesced(grads, group, average=True)
 
     def _after_step(self) -> None:
         """Under the distributed optimizer, each parameter from the replica that stepped it, to the others."""
-        groups = _dp_groups()
+        groups = dp_groups()
         for (expert, owner), params in self._shares.items():
-            group = groups[expert]
-            flat: torch.Tensor = _flatten([p.data for p in params])
-            dist.broadcast(flat, src=dist.get_global_rank(group, owner), group=group)
-            if owner != dist.get_rank(group):
-                for param, stepped in zip(params, _unflatten(flat, params), strict=True):
-                    param.data.copy_(stepped)
+            broadcast_coalesced([p.data for p in params], owner, groups[expert])
 
     def grad_norm(self) -> float:
         """The L2 norm of all gradients of the model (every rank gets the same value).
@@ -365,7 +356,7 @@ class MegatronEngine(OptimizedEngine):
                 p.grad.float()
                 for p in self.params
                 if p.grad is not None
-                and _is_expert(p) == expert
+                and is_expert(p) == expert
                 and (expert or param_is_not_tensor_parallel_duplicate(p))
                 and not getattr(p, "shared", False)  # a last stage's copy of the tied embedding
             ]
@@ -464,8 +455,8 @@ class MegatronEngine(OptimizedEngine):
                 continue  # the last stage's copy of the embedding, which the first stage yields
             local = param.detach().to(dtype or param.dtype)
             full = self._gather_tp(name, local, tp_group, tp)
-            if _is_expert(param) and ep > 1:
-                shards = _all_gather(full, ep_group, ep)
+            if is_expert(param) and ep > 1:
+                shards = all_gather(full, ep_group, ep)
                 for ep_rank, shard in enumerate(shards):
                     yield from megatron_tensor_to_hf(
                         global_expert_name(name, ep_rank, per_rank), shard, self.layout
@@ -477,7 +468,7 @@ class MegatronEngine(OptimizedEngine):
     def _gather_tp(name: str, local: torch.Tensor, group: Any, tp: int) -> torch.Tensor:
         if tp == 1 or tp_split_dim(name) is None:
             return local
-        return gather_tensor_tp(name, _all_gather(local, group, tp))
+        return gather_tensor_tp(name, all_gather(local, group, tp))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -490,7 +481,7 @@ class MegatronEngine(OptimizedEngine):
         per_rank = self.layout.num_experts // self.sizes.expert if self.layout.num_experts else 0
         names: dict[str, nn.Parameter] = {}
         for name, param in self._named_params():
-            key = global_expert_name(name, ep_rank, per_rank) if _is_expert(param) else name
+            key = global_expert_name(name, ep_rank, per_rank) if is_expert(param) else name
             names[shard_key(key, tp_rank, tp)] = param
         return names
 
@@ -546,16 +537,6 @@ class MegatronEngine(OptimizedEngine):
         self._restore_schedule(state)
 
 
-_flatten: Any = torch._utils._flatten_dense_tensors  # one buffer per all-reduce (untyped torch helpers)
-_unflatten: Any = torch._utils._unflatten_dense_tensors
-
-
-def _all_gather(tensor: torch.Tensor, group: Any, size: int) -> list[torch.Tensor]:
-    shards = [torch.empty_like(tensor) for _ in range(size)]
-    dist.all_gather(shards, tensor.contiguous(), group=group)
-    return shards
-
-
 _LAYER_PREFIX = "decoder.layers."
 
 
@@ -567,30 +548,6 @@ def _global_layer(name: str, offset: int) -> str:
     return f"{_LAYER_PREFIX}{int(index) + offset}.{rest}"
 
 
-def _last_stage_group() -> Any:
-    """A process group of the ranks on the last pipeline stage (those that compute the losses).
-
-    Collective over the world: every rank says whether it is on a last stage, then all create it.
-    """
-    from megatron.core import parallel_state as mpu
-
-    flags: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(flags, mpu.is_pipeline_last_stage())
-    return dist.new_group(ranks=[r for r, last in enumerate(flags) if last])
-
-
-def _chunk_ends(chunk: int, chunks: int) -> tuple[bool, bool]:
-    """Whether this rank's model chunk ``chunk`` of ``chunks`` holds the embedding / the final norm and head."""
-    from megatron.core import parallel_state as mpu
-
-    if chunks == 1:
-        return mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
-    return (
-        mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=chunk),
-        mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=chunk),
-    )
-
-
 def _check_sizes(sizes: ParallelSizes, hf_config: dict[str, Any]) -> None:
     """Refuse sizes the engine cannot run (the config rules and preflight refuse them first, in one line)."""
     if sizes.virtual_pipeline > 1 and sizes.pipeline == 1:
@@ -599,41 +556,3 @@ def _check_sizes(sizes: ParallelSizes, hf_config: dict[str, Any]) -> None:
         raise ValueError("sequence parallelism needs tensor_parallel > 1")
     if (sizes.context > 1 or sizes.sequence) and MegatronLayout.from_hf(hf_config).num_experts:
         raise ValueError("context and sequence parallelism are built for dense models only")
-
-
-def _tp_partial(module: nn.Module) -> list[nn.Parameter]:
-    """Weights every TP rank holds whole while each rank's gradient is a part of theirs: the norms
-    under sequence parallelism (Megatron's ``sequence_parallel`` mark) and the q / k norms."""
-    return [
-        p
-        for name, p in module.named_parameters()
-        if p.requires_grad
-        and (getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)
-    ]
-
-
-def _dp_groups() -> dict[bool, Any]:
-    """The data-parallel group of the dense weights (False) and of the experts (True)."""
-    from megatron.core import parallel_state as mpu
-
-    return {
-        False: mpu.get_data_parallel_group(with_context_parallel=True),
-        True: mpu.get_expert_data_parallel_group(),
-    }
-
-
-def _share_out(params: list[nn.Parameter]) -> dict[tuple[bool, int], list[nn.Parameter]]:
-    """The weights each data-parallel replica steps, by (experts?, its rank in the dense or the
-    experts' group): the next largest to the least loaded, the same on every replica (their shards
-    match). Groups of one replica have nothing to share."""
-    shares: dict[tuple[bool, int], list[nn.Parameter]] = {}
-    for expert, group in _dp_groups().items():
-        size = dist.get_world_size(group)
-        if size == 1:
-            continue
-        load = [0] * size
-        for param in sorted((p for p in params if _is_expert(p) == expert), key=lambda p: -p.numel()):
-            rank = load.index(min(load))
-            shares.setdefault((expert, rank), []).append(param)
-            load[rank] += param.numel()
-    return shares
