@@ -162,6 +162,8 @@ def spin_advantages(batch: Batch, *, beta: float, loss_type: str) -> tuple[torch
 class SPINHooks(Hooks):
     """Pairs in ``after_generate``; DPO weights in ``before_update``."""
 
+    reads_old_log_probs = True  # the DPO weights are computed from the policy's log-probs
+
     def __init__(self) -> None:
         self.truncated = 0
 

@@ -86,3 +86,17 @@ def test_rollout_log_probs_as_old_log_probs_match_recomputed_ones_on_cpu(
     assert bypassed["reward/mean"] == recomputed["reward/mean"]  # the same samples
     assert abs(bypassed["actor/pg_loss"] - recomputed["actor/pg_loss"]) < 1e-4
     assert "actor/entropy" in bypassed  # from the update's forward pass (test_actor checks its value)
+
+
+def test_auto_takes_the_old_log_probs_from_a_one_pass_update(tmp_path: Path, ray_session: None) -> None:
+    """``actor.old_log_probs=auto`` with one mini-batch: no old-log-prob pass, the same update, and the
+    gap and entropy metrics from the update's forward (fp32 on CPU: equal to a few ulps)."""
+    one_pass = "actor.mini_batch_size=4"
+    recomputed = _first_step(tmp_path / "recompute", "actor.old_log_probs=recompute", one_pass)
+    auto = _first_step(tmp_path / "auto", "actor.old_log_probs=auto", one_pass)
+    assert "timing/old_log_prob_s" in recomputed and "timing/old_log_prob_s" not in auto
+    assert auto["rollout/logprob_gap_abs"] < 1e-5
+    assert auto["reward/mean"] == recomputed["reward/mean"]  # the same samples
+    assert auto["actor/ppo_kl"] == 0.0  # the ratio is exactly 1
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert auto[key] == pytest.approx(recomputed[key], rel=1e-5, abs=1e-7), key

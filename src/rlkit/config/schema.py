@@ -135,12 +135,16 @@ class ActorConfig:
     """Prompts per optimizer step (a multiple dividing ``data.batch_size``)."""
     epochs: int = bounded(1, ge=1)
     """Passes over each RL batch."""
-    old_log_probs: str = choice("recompute", "rollout")
+    old_log_probs: str = choice("auto", "recompute", "rollout")
     """The PPO ratio's denominator: ``recompute`` (a trainer forward pass before the update, verl's
-    default) or ``rollout`` (the rollout engine's log-probs of the sampled tokens, verl's rollout
+    default), ``rollout`` (the rollout engine's log-probs of the sampled tokens, verl's rollout
     correction bypass mode: no extra forward pass; exact where the engine computes in the trainer's
     precision, as on CPU in fp32; the rollout/trainer gap metrics, which that pass computes, are
-    then not logged, and ``actor/entropy`` comes from the update's forward pass)."""
+    then not logged, and ``actor/entropy`` comes from the update's forward pass) or ``auto``:
+    where the update is one on-policy pass (``trainer.mode=sync``, ``actor.mini_batch_size`` equal
+    to ``data.batch_size``, one epoch) and nothing before it reads them, the update's own forward
+    pass, detached (the ratio is exactly 1, the same update without the extra pass; the gap
+    metrics and ``actor/entropy`` come from that pass); ``recompute`` otherwise."""
     micro_batch_tokens: int = bounded(8192, ge=1, profile=True)
     """Token budget of a micro-batch per device (memory knob; the update is the same for any value)."""
     loss_mode: str = choice(

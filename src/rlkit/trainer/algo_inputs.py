@@ -4,6 +4,8 @@
   the rollout engine's log-probs into ``rollout_is_weights``, which the actor's policy loss multiplies in.
 - :func:`apply_distillation`: ``algo.distill`` weighs the task advantages and, in the policy-gradient
   form, adds the per-token reverse-KL advantage against the teacher (the GKD forms are actor losses).
+- :func:`old_log_probs_source`: where the PPO ratio's denominators come from (``actor.old_log_probs``
+  with ``auto`` resolved).
 - :func:`estimator_extras`: GDPO's reward components (``algo.gdpo_reward_keys``, the keys of the dicts
   ``compute_score`` returned, stored as batch columns when the batch was scored), and the columns an
   estimator declares in :data:`rlkit.algos.ESTIMATOR_INPUTS` (OTB's ``sum_pi_squared``).
@@ -85,6 +87,33 @@ def estimator_extras(cfg: RlkitConfig, batch: Batch) -> dict[str, Any]:
     extras["reward_components"] = components
     extras["reward_weights"] = None if weights is None else list(weights)
     return extras
+
+
+def old_log_probs_source(cfg: RlkitConfig, hooks_read_them: bool = False) -> str:
+    """``actor.old_log_probs`` with ``auto`` resolved: ``recompute``, ``rollout`` or ``update``.
+
+    ``auto`` is ``update`` when the update is one on-policy pass (``trainer.mode=sync``, one
+    mini-batch, one epoch) and nothing before it reads the old log-probs (rollout-correction
+    weights, an estimator such as OTB, distillation, a KL penalty in the reward, or a recipe's
+    hooks: ``hooks_read_them``); else ``recompute``. With ``update`` the update's own forward pass is
+    the ratio's denominator, detached (the ratio is exactly 1, as in verl's on-policy branch and in
+    TRL with one iteration), and its log-probs are the batch's ``old_log_probs`` afterwards: the
+    separate forward pass over the batch is skipped and the step computes the same update.
+    """
+    chosen = cfg.actor.old_log_probs
+    if chosen != "auto":
+        return chosen
+    one_pass = cfg.trainer.mode == "sync" and cfg.data.batch_size == cfg.actor.mini_batch_size
+    one_pass = one_pass and cfg.actor.epochs == 1
+    estimator_reads = {"old_log_probs", "sum_pi_squared"} & set(ESTIMATOR_INPUTS.get(cfg.algo.advantage, ()))
+    read_before = (
+        hooks_read_them
+        or rollout_is_level(cfg) != "none"
+        or bool(estimator_reads)
+        or bool(cfg.algo.distill.teachers)
+        or cfg.algo.use_kl_in_reward
+    )
+    return "update" if one_pass and not read_before else "recompute"
 
 
 def needs_sum_pi_squared(cfg: RlkitConfig) -> bool:

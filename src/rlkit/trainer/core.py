@@ -41,6 +41,7 @@ from rlkit.trainer.algo_inputs import (
     apply_rollout_correction,
     estimator_extras,
     needs_sum_pi_squared,
+    old_log_probs_source,
 )
 from rlkit.trainer.feed import RolloutFeed, feed_depth, partial_metrics, staleness_bound, staleness_metrics
 from rlkit.trainer.hooks import Hooks, first_prompts
@@ -58,6 +59,7 @@ class RLTrainer:
     def __init__(self, cfg: RlkitConfig, hooks: Hooks | None = None) -> None:
         self.cfg = cfg
         self.hooks = hooks or Hooks()
+        self.old_log_probs = old_log_probs_source(cfg, self.hooks.reads_old_log_probs)
         self.timer = StageTimer()
         self.signals = StopSignals()
         self.summary: RunSummary | None = None
@@ -243,10 +245,10 @@ class RLTrainer:
         else:
             gen_metrics.update(self._engine_gauges(run))
         temperature = cfg.rollout.temperature
-        with timer("old_log_prob"):
-            if cfg.actor.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
-                batch.set("old_log_probs", batch["rollout_log_probs"])
-            else:
+        if self.old_log_probs == "rollout":  # bypass mode: the engine's log-probs
+            batch.set("old_log_probs", batch["rollout_log_probs"])
+        elif self.old_log_probs == "recompute":
+            with timer("old_log_prob"):
                 batch = batch.union(run.actor.compute_log_prob(batch, temperature, needs_sum_pi_squared(cfg)))
         if run.ref is not None:
             with timer("ref"):
@@ -268,7 +270,7 @@ class RLTrainer:
         if step > cfg.trainer.critic_warmup:
             run.sleep_rollout()
             with timer("update_actor"):
-                metrics.update(run.actor.update(batch, run.actor_update_settings))
+                batch = self._update_actor(run, batch, metrics)
             if cfg.trainer.partial_rollouts == "finish":  # continue: the push reaches them in flight
                 self._settle_rollouts(run)
             with timer("sync"):
@@ -289,6 +291,18 @@ class RLTrainer:
         metrics["throughput/tokens_per_s_per_device"] = metrics["throughput/tokens_per_s"] / run.world_size
         self._trace(run, step, batch)
         return metrics
+
+    def _update_actor(self, run: RunContext, batch: Batch, metrics: dict[str, Any]) -> Batch:
+        """The actor's update (its metrics into ``metrics``); with ``old_log_probs`` from the update
+        itself (``actor.old_log_probs=auto`` on one on-policy pass) the batch gets them from it."""
+        # the old-log-prob pass reports actor/entropy; where it does not run, the update does
+        settings = {**run.actor_update_settings, "entropy_metric": self.old_log_probs != "recompute"}
+        if self.old_log_probs != "update":
+            metrics.update(run.actor.update(batch, settings))
+            return batch
+        out = run.actor.update_on_policy(batch, settings)
+        metrics.update(out.meta)
+        return batch.union(Batch(tensors=out.tensors))
 
     def _settle_rollouts(self, run: RunContext) -> None:
         """Wait for the rollouts generating beside the step (split placement): they finish on the

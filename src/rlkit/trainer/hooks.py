@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 class Hooks:
     """Default behaviour: one generation round per step, keep every group, no extra generations."""
 
+    #: whether :meth:`before_update` reads the batch's ``old_log_probs`` (then ``actor.old_log_probs=auto``
+    #: runs the old-log-prob pass before the update instead of taking them from the update's forward)
+    reads_old_log_probs: bool = False
+
     def after_generate(self, run: Any, prompts: Batch, batch: Batch) -> Batch:
         """Called on each freshly generated batch (``prompts`` are its N prompts, ``batch`` their N x n
         samples) before scoring; e.g. ReMax adds a greedy baseline."""

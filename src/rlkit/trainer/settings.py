@@ -101,8 +101,7 @@ def actor_update_settings(cfg: RlkitConfig) -> dict[str, Any]:
         "clip_ratio_high": a.clip_ratio_high,
         "clip_ratio_c": a.clip_ratio_c,
         "entropy_coeff": a.entropy_coeff,
-        # bypass mode skips the pass that reports actor/entropy: the update reports it instead
-        "entropy_metric": a.old_log_probs == "rollout",
+        # "entropy_metric" is set by the trainer core: on where no old-log-prob pass reports actor/entropy
         "use_kl_loss": a.use_kl_loss,
         "kl_loss_coef": a.kl_loss_coef,
         "kl_loss_type": a.kl_loss_type,

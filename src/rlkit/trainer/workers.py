@@ -70,6 +70,19 @@ class ActorWorker:
         torch allocated during it (every role of this process included)."""
         hardware.reset_peak_memory_stats()
         metrics = self.role.update(batch, **settings)
+        return self._with_peak(metrics)
+
+    @dispatch("shard")
+    def update_on_policy(self, batch: Batch, settings: dict[str, Any]) -> Batch:
+        """One on-policy RL update that returns the forward's log-probs as ``old_log_probs`` (its
+        metrics, with :meth:`update`'s peak memory, in the Batch's ``meta``)."""
+        hardware.reset_peak_memory_stats()
+        out = self.role.update_on_policy(batch, **settings)
+        out.meta = self._with_peak(out.meta)
+        return out
+
+    @staticmethod
+    def _with_peak(metrics: dict[str, Any]) -> dict[str, Any]:
         if worker_context().device.type != "cpu":
             metrics["memory/update_peak_gib"] = hardware.max_memory_allocated() / 2**30
         return metrics

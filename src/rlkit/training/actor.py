@@ -115,6 +115,7 @@ class ActorRole(LoraRole):
         self.micro_batch_tokens = micro_batch_tokens
         self.chunk_tokens = logprob_chunk_tokens
         self.seed = seed
+        self._kept: tuple[torch.Tensor, slice] | None = None  # an on-policy update's log-probs
 
     # ------------------------------------------------------------------ inference
 
@@ -239,10 +240,13 @@ class ActorRole(LoraRole):
         kl_columns = ["ref_log_prob"] if use_kl_loss else []
         needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages", *kl_columns, *_gkd_columns(gkd)]
         require_columns(batch, needed, "actor update")
-        batch, _ = self.engine.replica_batch(batch)
+        batch, own = self.engine.replica_batch(batch)
+        # on-policy, the update's forward log-probs are the batch's old ones: kept for update_on_policy
+        kept = torch.zeros(len(batch), response_len(batch), device=self.engine.device) if on_policy else None
+        self._kept = None if kept is None else (kept, own)
         settings = {
             "temperature": temperature_of(batch, temperature),
-            "on_policy": on_policy,
+            "kept": kept,
             "loss_fn": policy_losses[loss_mode],
             "loss_agg_mode": loss_agg_mode,
             "clip": {
@@ -262,13 +266,31 @@ class ActorRole(LoraRole):
         self.engine.train()
         for epoch in range(epochs):
             seed = self.seed * 1_000_003 + self.engine.step_count * 1_009 + epoch
-            for mini in mini_batches(batch, num_mini_batches, shuffle=shuffle, seed=seed):
+            # one mini-batch of one epoch: a shuffle would only reorder the rows kept above
+            for mini in mini_batches(batch, num_mini_batches, shuffle=shuffle and not on_policy, seed=seed):
                 running.add(self._update_mini_batch(mini, settings))
         self.engine.scheduler_step()
         metrics = running.means()
         metrics["actor/lr"] = lr
         metrics["actor/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
         return metrics
+
+    def update_on_policy(self, batch: Batch, **settings: Any) -> Batch:
+        """:meth:`update` of a batch without ``old_log_probs`` (one mini-batch, one epoch) that also
+        returns what the separate pass would have: the update forward's log-probs.
+
+        Returns:
+            A Batch of ``old_log_probs`` (B, R) fp32, the log-probs under the weights before the
+            step (0 at padding), with the update's metrics as its ``meta``.
+        """
+        if "old_log_probs" in batch.tensors:
+            raise ValueError("update_on_policy: the batch already has old_log_probs; call update")
+        metrics = self.update(batch, **settings)
+        assert self._kept is not None
+        kept, own = self._kept
+        self._kept = None
+        log_probs = self.engine.from_last_stage(kept.cpu())
+        return Batch(tensors={"old_log_probs": log_probs[own]}, meta=metrics)
 
     def _update_mini_batch(self, mini: Batch, s: dict[str, Any]) -> dict[str, float]:
         """Forward/backward over the micro-batches of one mini-batch, then one optimizer step."""
@@ -291,10 +313,13 @@ class ActorRole(LoraRole):
 
         def consume(mb: PackedMicroBatch, out: Any) -> torch.Tensor:
             lp_N, ent_N, *support_N = out
-            col = {n: t[rows_on(mb, device)] for n, t in columns.items()}
+            rows = rows_on(mb, device)
+            col = {n: t[rows] for n, t in columns.items()}
             log_prob = mb.scatter(lp_N, width)
+            if s["kept"] is not None and not mb.is_padding:
+                s["kept"][rows] = log_prob.detach().float()
             pg_loss, pg_metrics = s["loss_fn"](
-                log_prob.detach() if s["on_policy"] else col["old_log_probs"],
+                log_prob.detach() if s["kept"] is not None else col["old_log_probs"],
                 log_prob,
                 col["advantages"],
                 col["response_mask"],
@@ -304,28 +329,14 @@ class ActorRole(LoraRole):
                 **agg,
                 **mode_kwargs,
             )
-            loss = pg_loss
             if not mb.is_padding:
                 stats.add_share("actor/pg_loss", pg_loss)
                 weight = float(mask[mb.rows].sum())  # host copy of the mask: no device sync
                 for key, value in pg_metrics.items():
                     stats.add_mean(key, value, weight)
-            if s["entropy_coeff"] != 0 and ent_N is not None:
-                entropy = agg_loss(mb.scatter(ent_N, width), col["response_mask"], s["loss_agg_mode"], **agg)
-                loss = loss - s["entropy_coeff"] * entropy
-                if not mb.is_padding:
-                    stats.add_share("actor/entropy", entropy)
-            elif s["entropy_metric"] and ent_N is not None and not mb.is_padding:
-                ent = mb.scatter(ent_N.detach(), width)
-                tokens = float(mask[mb.rows].sum())
-                stats.add_mean("actor/entropy", (ent * col["response_mask"]).sum() / max(tokens, 1.0), tokens)
-            if s["kl"] is not None:
-                coef, kind = s["kl"]
-                kld = kl_penalty(log_prob, col["ref_log_prob"], kind)
-                kl = agg_loss(kld, col["response_mask"], s["loss_agg_mode"], **agg)
-                loss = loss + coef * kl
-                if not mb.is_padding:
-                    stats.add_share("actor/kl_loss", kl)
+            loss, extra = pg_loss, self._entropy_and_kl(mb, log_prob, ent_N, col, s, agg, stats, mask)
+            if extra is not None:
+                loss = loss + extra
             if s["gkd"] is not None:
                 loss = loss + self._gkd_term(mb, support_N[0], col, s, agg, stats, mask)
             # A padding micro-batch still runs backward so every rank joins the same collectives.
@@ -357,6 +368,38 @@ class ActorRole(LoraRole):
             chunk_tokens=self.chunk_tokens,
             support_NK=support,
         )
+
+    def _entropy_and_kl(
+        self,
+        mb: PackedMicroBatch,
+        log_prob: torch.Tensor,
+        ent_N: torch.Tensor | None,
+        col: dict[str, torch.Tensor],
+        s: dict[str, Any],
+        agg: dict[str, Any],
+        stats: MiniBatchStats,
+        mask: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The micro-batch's entropy bonus and KL-to-reference terms of the loss (None without them),
+        and their metrics; with ``entropy_metric`` the token-mean entropy as a metric only."""
+        width, term = col["response_mask"].shape[-1], None
+        if s["entropy_coeff"] != 0 and ent_N is not None:
+            entropy = agg_loss(mb.scatter(ent_N, width), col["response_mask"], s["loss_agg_mode"], **agg)
+            term = -s["entropy_coeff"] * entropy
+            if not mb.is_padding:
+                stats.add_share("actor/entropy", entropy)
+        elif s["entropy_metric"] and ent_N is not None and not mb.is_padding:
+            ent = mb.scatter(ent_N.detach(), width)
+            tokens = float(mask[mb.rows].sum())
+            stats.add_mean("actor/entropy", (ent * col["response_mask"]).sum() / max(tokens, 1.0), tokens)
+        if s["kl"] is not None:
+            coef, kind = s["kl"]
+            kld = kl_penalty(log_prob, col["ref_log_prob"], kind)
+            kl = agg_loss(kld, col["response_mask"], s["loss_agg_mode"], **agg)
+            term = coef * kl if term is None else term + coef * kl
+            if not mb.is_padding:
+                stats.add_share("actor/kl_loss", kl)
+        return term
 
     def _gkd_term(
         self,

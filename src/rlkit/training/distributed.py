@@ -66,18 +66,23 @@ def dp_mesh() -> DeviceMesh:
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over all ranks in one collective (fp64, so token counts stay exact)."""
+    """Sum a few scalars over all ranks in one collective (fp64, so token counts stay exact).
+
+    One rank returns them as they are: a round trip through the device would make the host wait
+    for every kernel already queued there."""
+    if world_size() == 1:
+        return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 def all_reduce_max(value: int, device: torch.device) -> int:
-    """The maximum of an integer over all ranks."""
+    """The maximum of an integer over all ranks (one rank: ``value``, without a device round trip)."""
+    if world_size() == 1:
+        return int(value)
     t = torch.tensor([value], dtype=torch.int64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
 

@@ -173,7 +173,7 @@ def test_bypass_mode_is_refused_where_the_old_log_prob_pass_is_needed() -> None:
         load_config("otb", overrides=["actor.old_log_probs=rollout"])
     assert load_config("otb").actor.old_log_probs == "recompute"
     assert load_config("grpo").actor.old_log_probs == "rollout"  # the built-in model's value
-    assert load_config("grpo", overrides=["model.path=/some/real/model"]).actor.old_log_probs == "recompute"
+    assert load_config("grpo", overrides=["model.path=/some/real/model"]).actor.old_log_probs == "auto"
 
 
 def test_rollout_correction_auto_is_on_only_where_rollouts_are_off_policy() -> None:

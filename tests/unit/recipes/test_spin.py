@@ -183,3 +183,13 @@ def test_recipe_config_is_spin() -> None:
     assert cfg.ref.enable and cfg.ref.update_every > 0 and cfg.rollout.n == 1
     assert (cfg.actor.dpo_beta, cfg.actor.dpo_loss_type) == (0.1, "sigmoid")
     assert isinstance(load_hooks(cfg.hooks), SPINHooks)
+
+
+def test_spin_keeps_the_old_log_prob_pass_its_weights_read() -> None:
+    """One mini-batch would let ``actor.old_log_probs=auto`` take them from the update, after the
+    pair weights that need them: SPIN's hooks say they read them, so the pass runs."""
+    from rlkit.trainer.core import RLTrainer
+
+    cfg = to_dataclass(load_config("spin", overrides=["data.batch_size=8", "actor.old_log_probs=auto"]))
+    assert RLTrainer(cfg, load_hooks(cfg.hooks)).old_log_probs == "recompute"
+    assert RLTrainer(cfg).old_log_probs == "update"

@@ -13,7 +13,7 @@ from rlkit.config.load import load_config
 from rlkit.config.schema import RlkitConfig
 from rlkit.data.batch import Batch
 from rlkit.errors import UserError
-from rlkit.trainer.algo_inputs import apply_rollout_correction, estimator_extras
+from rlkit.trainer.algo_inputs import apply_rollout_correction, estimator_extras, old_log_probs_source
 
 
 def _cfg(recipe: str = "grpo", *overrides: str) -> RlkitConfig:
@@ -131,3 +131,32 @@ def test_distillation_weighs_the_task_advantages_and_adds_the_reverse_kl() -> No
     gkd = Batch(tensors={k: v.clone() for k, v in batch.tensors.items()})
     apply_distillation(_cfg("distill", teachers, "algo.distill.loss=jsd", "algo.distill.task_coef=0"), gkd)
     assert torch.equal(gkd["advantages"], torch.zeros_like(mask))  # GKD: the divergence is an actor loss
+
+
+ONE_PASS = ("actor.old_log_probs=auto", "data.batch_size=16", "actor.mini_batch_size=16")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "source"),
+    [
+        (ONE_PASS, "update"),  # one on-policy pass: the update's forward gives the old log-probs
+        (("actor.old_log_probs=auto", "data.batch_size=32", "actor.mini_batch_size=16"), "recompute"),
+        ((*ONE_PASS, "actor.epochs=2"), "recompute"),
+        ((*ONE_PASS, "trainer.mode=one_step_off"), "recompute"),
+        ((*ONE_PASS, "algo.rollout_correction.rollout_is=token"), "recompute"),
+        ((*ONE_PASS, "algo.advantage=optimal_token_baseline"), "recompute"),
+        ((*ONE_PASS, "algo.use_kl_in_reward=true"), "recompute"),
+        ((*ONE_PASS, "algo.distill.teachers=[builtin:tiny-arith]"), "recompute"),
+        ((*ONE_PASS[1:], "actor.old_log_probs=recompute"), "recompute"),
+        ((*ONE_PASS[1:], "actor.old_log_probs=rollout"), "rollout"),
+    ],
+)
+def test_old_log_probs_auto_uses_the_update_only_on_one_on_policy_pass(
+    overrides: tuple[str, ...], source: str
+) -> None:
+    assert old_log_probs_source(_cfg("grpo", *overrides)) == source
+
+
+def test_a_recipe_whose_hooks_read_old_log_probs_gets_the_pass() -> None:
+    cfg = _cfg("grpo", *ONE_PASS)
+    assert old_log_probs_source(cfg, hooks_read_them=True) == "recompute"

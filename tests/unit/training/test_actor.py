@@ -102,6 +102,30 @@ def test_update_reports_the_entropy_the_skipped_pass_would(tiny_model_dir: Path)
     assert "actor/entropy" not in actor.update(batch)
 
 
+def test_update_on_policy_is_the_update_after_the_old_pass(tiny_model_dir: Path) -> None:
+    """``update_on_policy`` returns the log-probs the old-log-prob pass would have given and takes
+    the step that pass's denominators would have: the weights before the step are the same."""
+    batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=6)
+    recomputed, on_policy = (
+        _actor(tiny_model_dir, micro_batch_tokens=20),
+        _actor(tiny_model_dir, micro_batch_tokens=20),
+    )
+    old = recomputed.compute_log_prob(batch, temperature=0.7)
+    with_old = batch.union(old.select(["old_log_probs"]))
+    expected = recomputed.update(with_old, temperature=0.7, entropy_metric=True)
+    out = on_policy.update_on_policy(batch, temperature=0.7, entropy_metric=True)
+    assert set(out.keys()) == {"old_log_probs"}
+    torch.testing.assert_close(out["old_log_probs"], old["old_log_probs"])
+    assert out.meta["actor/ppo_kl"] == 0.0 and out.meta["actor/pg_clipfrac"] == 0.0  # the ratio is 1
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert out.meta[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+    after, want = _params(on_policy), _params(recomputed)
+    for name in want:
+        torch.testing.assert_close(after[name], want[name])
+    with pytest.raises(ValueError, match="already has old_log_probs"):
+        on_policy.update_on_policy(with_old)
+
+
 def test_update_moves_logprobs_along_the_advantage(tiny_model_dir: Path) -> None:
     batch = rl_batch(PROMPTS, RESPONSES, P, R, seed=2)
     actor = _actor(tiny_model_dir, lr=3e-3)

@@ -59,7 +59,7 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "
     out = actor.compute_log_prob(batch)
     batch.set("old_log_probs", out["old_log_probs"] - 0.05)  # a ratio away from 1: the clip engages
     metrics = actor.update(batch, **UPDATE)
-    weights = {k: v.cpu() for k, v in actor.named_full_tensors(torch.float32)}
+    weights = {k: v.cpu().clone() for k, v in actor.named_full_tensors(torch.float32)}
     again = {k: v.cpu() for k, v in actor.named_full_tensors(torch.float32)}  # stage shapes now known
     assert again.keys() == weights.keys() and all(torch.equal(again[k], w) for k, w in weights.items())
     critic = CriticRole(
@@ -79,6 +79,10 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "
     batch.set("values", values)
     metrics.update(critic.update(batch))
     weights.update({f"critic.{k}": v.cpu() for k, v in critic.named_full_tensors(torch.float32)})
+    # an on-policy update keeps its forward's log-probs: what the old-log-prob pass gives
+    on_policy = full.chunk(world)[rank]
+    recomputed = actor.compute_log_prob(on_policy, with_entropy=False)["old_log_probs"]
+    kept = actor.update_on_policy(on_policy, loss_agg_mode="seq-mean-token-mean")["old_log_probs"]
     engine = actor.engine
     return {
         "adam_share": sum(p.numel() for g in engine.optimizer.param_groups for p in g["params"])
@@ -87,6 +91,8 @@ def _run(path: str, sizes: dict[str, int], rank: int, world: int, dtype: str = "
         "entropy": out["entropy"],
         "values": values,
         "ref": ref_logp,
+        "recomputed": recomputed,
+        "kept": kept,
         "metrics": metrics,
         "weights": weights,
     }
@@ -210,9 +216,11 @@ def _replica_ranks(sizes: dict[str, int]) -> int:
 
 def _assert_equal(ranks: list[dict[str, object]], expected: dict[str, object]) -> None:
     """The ranks' rows joined equal the one-process rows; every rank's metrics and weights equal its."""
-    for key in ("logp", "entropy", "values", "ref"):
+    for key in ("logp", "entropy", "values", "ref", "kept"):
         joined = torch.cat([r[key] for r in ranks])  # type: ignore[misc]
         torch.testing.assert_close(joined, expected[key], atol=1e-5, rtol=1e-5)
+    for result in (expected, *ranks):
+        torch.testing.assert_close(result["kept"], result["recomputed"], atol=1e-5, rtol=1e-5)
     for rank in ranks:
         for key in (
             "actor/pg_loss",
