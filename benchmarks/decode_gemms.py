@@ -170,7 +170,7 @@ def _best_split_k(
     acc = acc[0] if atomic else acc
     out = torch.empty_like(ref)
     best_us, best = float("inf"), None
-    for config in itertools.product((64, 128), (32, 64, 128), (64, 128), (2, 3, 4, 6, 8), (2, 3), (4,)):
+    for config in itertools.product((64, 128), (32, 64), (64, 128), (2, 4, 8), (3,), (4,)):
         try:
             split_k_mm(a, w, acc, out, config, atomic)
         except Exception:  # out of shared memory or registers at this configuration

@@ -124,9 +124,16 @@ def placement_overrides(args: argparse.Namespace) -> list[str]:
     return ["hardware.placement=split", "hardware.rollout_devices=1", *devices]
 
 
-def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
+def recorded_checkpointing(run_dir: Path) -> bool:
+    """The gradient checkpointing an rlkit run used (its config.yaml records a profile's null resolved)."""
+    from omegaconf import OmegaConf
+
+    return bool(OmegaConf.load(run_dir / "config.yaml").model.gradient_checkpointing)
+
+
+def run_trl(model: Path, texts: list[str], args: argparse.Namespace, checkpointing: bool) -> float:
     """Median seconds per steady step of TRL's GRPOTrainer with transformers generation (every step
-    printed; the first ``args.warmup`` discarded, as for rlkit)."""
+    printed; the first ``args.warmup`` discarded, as for rlkit), with rlkit's gradient checkpointing."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -143,7 +150,7 @@ def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts * args.n, num_generations=args.n,
         max_completion_length=args.response_tokens, max_prompt_length=args.prompt_tokens + 64, learning_rate=1e-6,
         bf16=True, logging_steps=1, max_steps=args.steps, report_to=[], use_vllm=False, save_strategy="no",
-        gradient_checkpointing=True, beta=0.0,
+        gradient_checkpointing=checkpointing, beta=0.0,
     )  # fmt: skip
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
     config = GRPOConfig(**{k: v for k, v in wanted.items() if k in fields})
@@ -240,8 +247,10 @@ def main() -> None:
             print(
                 f"| {mode} | {s:.2f} | {got['throughput/tokens_per_s']:,.0f} | {lag:.2f} | {step / s:.2f}x |"
             )
+    checkpointing = recorded_checkpointing(work / f"run-{args.mode[0]}")
+    print(f"rlkit model.gradient_checkpointing: {checkpointing} (TRL runs with the same)")
     if args.vs == "trl":
-        trl_step = run_trl(work / "model", texts, args)
+        trl_step = run_trl(work / "model", texts, args, checkpointing)
         print(f"| TRL GRPOTrainer | {trl_step:.2f} | {tokens / trl_step:,.0f} |")
         print(f"\nrlkit speed-up over TRL: {trl_step / step:.2f}x")
     print("\n| rlkit stage | s |\n|---|---|")

@@ -25,8 +25,12 @@ class ModelConfig:
     """Tokenizer folder or hub id; defaults to ``model.path``."""
     dtype: str = choice("auto", "bfloat16", "float32", profile=True)
     """Compute dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``bfloat16`` or ``float32``."""
-    gradient_checkpointing: bool = profile_key(False)
-    """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing: bool | None = profile_key(False)
+    """Recompute activations in the backward pass to save memory. ``null`` (the one-GPU profiles'
+    value): an RL run turns it off where ``rlkit plan``'s estimate of the actor's update without it
+    fits in 75% of ``hardware.memory_per_device_gb``, and on otherwise (a 0.5B model on an H200: off,
+    1.5B and up: on); the run's config.yaml records the choice. SFT: on where the profile names the
+    device's memory, else off."""
     torch_compile: bool = profile_key(True)
     """On accelerators, compile each decoder layer of the trained and reference models with
     ``torch.compile``: fewer, fused kernels (1.1x to 1.7x the update throughput of a 0.5B model on

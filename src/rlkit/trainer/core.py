@@ -94,7 +94,7 @@ class RLTrainer:
                 settle()
                 self.signals.install()  # a local Ray's node replaced the SIGTERM handler
                 self.summary = RunSummary(run.run_dir, run.start_step)
-                console.print(opening(self.cfg, run))
+                console.print(opening(self.cfg, run, self.old_log_probs))
                 self._loop(run)
                 self.summary.checkpoint = _newest_checkpoint(run.run_dir)
                 console.print(self.summary.closing())

@@ -20,6 +20,11 @@ from rlkit.trainer.settings import compute_dtype
 GIB = 2**30
 # Rows of LM-head logits the actor and ref compute at once (rlkit.training.actor's default).
 LOGPROB_CHUNK_TOKENS = 1024
+#: ``model.gradient_checkpointing=null`` turns checkpointing off when the update without it, beside
+#: everything resident then, is estimated at most this share of ``hardware.memory_per_device_gb``
+#: (the rest is for what the estimate leaves out: allocator caching, CUDA graphs, kernel workspaces;
+#: the estimate was within 9 % of the measured peaks on one GPU, docs/multi-node.md)
+AUTO_CHECKPOINTING_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -107,12 +112,58 @@ def plan(cfg: RlkitConfig) -> Plan:
         result.notes.append(f"memory: {cfg.model.path} is not cached here; fetch it to see the estimate")
         return result
     shape = mem.ModelShape.from_hf(hf)
-    result.phases = _phases(cfg, shape, batch, device)
+    ckpt, why = checkpointing_choice(cfg, device)
+    result.phases = _phases(cfg, shape, batch, device, ckpt)
     result.notes.insert(
         0, f"model: {shape.num_params / 1e6:.1f}M parameters, {compute_dtype(cfg, device)} compute"
     )
+    if cfg.model.gradient_checkpointing is None:
+        result.notes.insert(1, f"model.gradient_checkpointing=null -> {str(ckpt).lower()}: {why}")
     _warn(cfg, result)
     return result
+
+
+def checkpointing_choice(cfg: RlkitConfig, device: str | None = None) -> tuple[bool, str]:
+    """``model.gradient_checkpointing`` with null resolved for an RL run, and why, in words.
+
+    Null is off where the actor's update without checkpointing fits: its estimated peak (the
+    colocated rollout engine's KV cache included, as the engine stays awake through the update
+    when it fits) at most :data:`AUTO_CHECKPOINTING_SHARE` of ``hardware.memory_per_device_gb``;
+    on otherwise, and where nothing sizes it (no config.json here, the Megatron engine, which the
+    estimate does not model). Without ``hardware.memory_per_device_gb`` (no profile) it is off.
+    """
+    chosen = cfg.model.gradient_checkpointing
+    if chosen is not None:
+        return bool(chosen), "set"
+    memory = cfg.hardware.memory_per_device_gb
+    if memory is None:
+        return False, "no hardware.memory_per_device_gb to size the update against"
+    if "megatron" in (cfg.actor.strategy, cfg.critic.strategy):
+        return True, "the memory estimate does not model the Megatron engine"
+    hf = model_config_json(cfg.model.path)
+    if hf is None:
+        return True, f"{cfg.model.path} is not here to size the update"
+    device = device or (cfg.hardware.device if cfg.hardware.device != "auto" else _local_device())
+    shape, batch = mem.ModelShape.from_hf(hf), batch_math(cfg)
+    phases = _phases(cfg, shape, batch, device, False)
+    rollout, update = phases[0], phases[2]  # the rollout, the actor's update without checkpointing
+    need = update.total
+    if cfg.hardware.placement == "colocated":
+        need += sum(v for k, v in rollout.parts.items() if k.startswith("KV cache"))
+    limit = AUTO_CHECKPOINTING_SHARE * memory * GIB
+    if need <= limit:
+        return False, f"the update needs ~{need / GIB:.0f} of {memory:g} GiB per device without it"
+    return True, (
+        f"the update would need ~{need / GIB:.0f} GiB per device without it, more than "
+        f"{AUTO_CHECKPOINTING_SHARE:.0%} of {memory:g} GiB"
+    )
+
+
+def resolve_checkpointing(cfg: RlkitConfig) -> bool:
+    """Set ``model.gradient_checkpointing`` to :func:`checkpointing_choice`'s in place (the run's
+    config.yaml then records it); returns it."""
+    cfg.model.gradient_checkpointing = checkpointing_choice(cfg)[0]
+    return cfg.model.gradient_checkpointing
 
 
 def _local_device() -> str:
@@ -121,8 +172,11 @@ def _local_device() -> str:
     return device_type()
 
 
-def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: str) -> list[mem.PhaseMemory]:
-    """Rollout, log-probs and the updates, each with what stays resident on the device meanwhile."""
+def _phases(
+    cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: str, ckpt: bool
+) -> list[mem.PhaseMemory]:
+    """Rollout, log-probs and the updates (``ckpt``: with gradient checkpointing), each with what
+    stays resident on the device meanwhile."""
     world, dtype_b = batch.world, mem.DTYPE_BYTES[compute_dtype(cfg, device)]
     state = mem.training_state(shape, world)
     resident = {"actor weights": state["weights"], "actor optimizer": state["optimizer"]}
@@ -139,12 +193,11 @@ def _phases(cfg: RlkitConfig, shape: mem.ModelShape, batch: BatchMath, device: s
     resident["rollout weights"] = shape.num_params * dtype_b
     slots = _kv_slots(cfg, shape, batch, device, sum(resident.values()), dtype_b)
     kv = mem.rollout_cache(shape, slots, batch.max_tokens_per_sample, dtype_b)
-    step = _micro_batch_pass(cfg, batch, device, dtype_b)
+    step = _micro_batch_pass(cfg, batch, device, dtype_b, ckpt)
     # the optimizer step: all gradients, and AdamW's state when it comes back from the host for it
     optimizer = {"gradients": int(shape.num_params * step.grad_bytes)}
     if optimizer_offload:
         optimizer["optimizer state (from the host)"] = state["optimizer"]
-    ckpt = cfg.model.gradient_checkpointing
     logprobs_at, logprobs = mem.peak_of(mem.logprob_pass_moments(shape, step))
     phases = [
         mem.PhaseMemory("rollout", {**resident, f"KV cache ({slots} slots)": kv}),
@@ -166,7 +219,9 @@ def _offloads(cfg: RlkitConfig, device: str) -> tuple[bool, bool]:
     return param, cfg.actor.optimizer_offload and on_accelerator and not param
 
 
-def _micro_batch_pass(cfg: RlkitConfig, batch: BatchMath, device: str, dtype_b: int) -> mem.MicroBatchPass:
+def _micro_batch_pass(
+    cfg: RlkitConfig, batch: BatchMath, device: str, dtype_b: int, ckpt: bool
+) -> mem.MicroBatchPass:
     """How the actor runs a micro-batch here (see :class:`rlkit.training.engine.FSDPEngine`).
 
     One rank trains the plain module (fp32 parameters, autocast to a lower compute dtype); several
@@ -177,7 +232,7 @@ def _micro_batch_pass(cfg: RlkitConfig, batch: BatchMath, device: str, dtype_b: 
     return mem.MicroBatchPass(
         tokens=batch.tokens_per_micro_batch,
         dtype_bytes=dtype_b,
-        checkpointing=cfg.model.gradient_checkpointing,
+        checkpointing=ckpt,
         chunk_tokens=LOGPROB_CHUNK_TOKENS,
         cuda=device == "cuda",
         param_bytes=4,

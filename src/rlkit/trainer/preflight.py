@@ -62,6 +62,7 @@ def preflight(cfg: RlkitConfig, command: str = "train") -> list[str]:
             _model_readable,
             _lora,
             _training_engine,
+            _checkpointing,
             _teachers,
             _rollout_engine,
             _rl_data_and_scorers,
@@ -135,6 +136,14 @@ def _training_engine(cfg: RlkitConfig) -> str:
         f"{f' ({vpp} virtual stages each)' if vpp > 1 else ''} x CP {cp} x EP {ep}, "
         f"data parallel {world // (tp * pp * cp)}"
     )
+
+
+def _checkpointing(cfg: RlkitConfig) -> str:
+    """``model.gradient_checkpointing``, null resolved as the run will (:mod:`rlkit.trainer.plan`)."""
+    from rlkit.trainer.plan import checkpointing_choice
+
+    on, why = checkpointing_choice(cfg)
+    return f"gradient checkpointing: {'on' if on else 'off'}" + ("" if why == "set" else f" (null: {why})")
 
 
 def _model_readable(cfg: RlkitConfig) -> str:

@@ -34,6 +34,7 @@ from rlkit.trainer.data import TrainData, build_train_data
 from rlkit.trainer.feed import RolloutFeed
 from rlkit.trainer.lane import RolloutLane
 from rlkit.trainer.lifecycle import deadlines
+from rlkit.trainer.plan import resolve_checkpointing
 from rlkit.trainer.run_start import RunStart, open_run, restore_sampler
 from rlkit.trainer.settings import (
     actor_settings,
@@ -302,6 +303,7 @@ def open_rl_run(cfg: RlkitConfig) -> RunStart:
     _ref_enabled(cfg)
     _critic_enabled(cfg)
     resolve_rollout_engine(cfg)  # `auto` -> the engine used, so the saved config.yaml names it
+    resolve_checkpointing(cfg)  # null -> the choice, the same
     resolve_weight_transfer(cfg, resolve_device(cfg))  # the same for the transport
     check_multi_turn(dataclasses.asdict(cfg.rollout.multi_turn))
     return open_run(cfg, trainer="rl", hf_configs=lambda: _trained_hf_configs(cfg))

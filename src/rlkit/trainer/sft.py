@@ -64,7 +64,12 @@ def sft_settings(cfg: RlkitConfig, device: str) -> dict[str, Any]:
     return {
         "model_path": m.path,
         "dtype": compute_dtype(cfg, device),
-        "gradient_checkpointing": m.gradient_checkpointing,
+        # null: on where the profile names the device's memory (the RL runs size their update instead)
+        "gradient_checkpointing": (
+            m.gradient_checkpointing
+            if m.gradient_checkpointing is not None
+            else cfg.hardware.memory_per_device_gb is not None
+        ),
         "torch_compile": m.torch_compile and device != "cpu",
         "param_offload": a.param_offload,
         "optimizer_offload": a.optimizer_offload,

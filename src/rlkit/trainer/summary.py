@@ -65,12 +65,15 @@ def first_line(cfg: RlkitConfig) -> str:
     )
 
 
-def opening(cfg: RlkitConfig, run: Any) -> str:
-    """After the run is built: model, engines, device, data sizes, run folder, fresh start or resume.
+def opening(cfg: RlkitConfig, run: Any, old_log_probs: str = "recompute") -> str:
+    """After the run is built: model, engines, device, data sizes, the update, run folder, fresh
+    start or resume.
 
     Args:
         cfg: The run's config.
         run: The :class:`~rlkit.trainer.setup.RunContext`.
+        old_log_probs: Where the PPO ratio's denominators come from
+            (:func:`rlkit.trainer.algo_inputs.old_log_probs_source`).
     """
     val = len(run.data.val) if run.data.val is not None else 0
     roles = _trained_roles(cfg, [r for r in run.group.roles if r not in ("rollout", "profiler")])
@@ -86,6 +89,8 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
         f"[bold]nodes[/]    {run.group.placement()}",
         f"[bold]data[/]     {len(run.data.train)} train / {val} val prompts; "
         f"{cfg.data.batch_size} prompts x {cfg.rollout.n} samples per step",
+        f"[bold]update[/]   gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}; "
+        f"old log-probs: {_OLD_LOG_PROBS[old_log_probs]}",
     ]
     if cfg.algo.distill.teachers:
         teachers = ", ".join(str(t) for t in cfg.algo.distill.teachers)
@@ -93,6 +98,13 @@ def opening(cfg: RlkitConfig, run: Any) -> str:
             f"[bold]teacher[/]  {teachers} (frozen; {cfg.algo.distill.loss}, top-{cfg.algo.distill.topk})"
         )
     return "\n".join(lines)
+
+
+_OLD_LOG_PROBS = {
+    "recompute": "a forward pass before the update",
+    "rollout": "the rollout engine's",
+    "update": "the update's own forward (one on-policy pass)",
+}
 
 
 @dataclass

@@ -129,3 +129,40 @@ def test_a_megatron_actor_is_told_the_estimate_models_the_fsdp_engine(tmp_path: 
     (note,) = [n for n in result.notes if "strategy=megatron" in n]
     assert note.startswith("actor.strategy=megatron: the memory estimate models the FSDP engine")
     assert "memory/update_peak_gib" in note and "note: actor.strategy=megatron" in render(result)
+
+
+def _qwen(folder: Path, **sizes: int) -> str:
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**QWEN_0_5B, **sizes}))
+    return f"model.path={folder}"
+
+
+def test_null_checkpointing_is_off_where_the_update_fits_and_on_where_it_does_not(tmp_path: Path) -> None:
+    """The one-GPU profiles leave ``model.gradient_checkpointing`` null: the plan sizes the update."""
+    from rlkit.trainer.plan import checkpointing_choice, resolve_checkpointing
+
+    def choice(model: str, *overrides: str) -> tuple[bool, str]:
+        cfg = to_dataclass(load_config("grpo", profile="h200x1", overrides=[model, *overrides]))
+        return checkpointing_choice(cfg, "cuda")
+
+    small = _qwen(tmp_path / "small")  # Qwen2.5-0.5B: ~57 GiB without checkpointing here
+    wide = _qwen(tmp_path / "wide", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28)
+    off, why = choice(small)
+    assert (
+        not off and why.startswith("the update needs ~") and why.endswith(" of 141 GiB per device without it")
+    )
+    on, why = choice(wide)
+    assert on and why.startswith("the update would need ~") and "more than 75% of 141 GiB" in why
+    assert choice(small, "hardware.memory_per_device_gb=40")[0]  # the same model on a smaller card
+    assert choice(small, "actor.strategy=megatron") == (
+        True,
+        "the memory estimate does not model the Megatron engine",
+    )
+    assert choice(small, "model.gradient_checkpointing=true") == (True, "set")
+    cpu = to_dataclass(load_config("grpo", overrides=[small, "model.gradient_checkpointing=null"]))
+    assert checkpointing_choice(cpu) == (False, "no hardware.memory_per_device_gb to size the update against")
+    cfg = to_dataclass(load_config("grpo", profile="h200x1", overrides=[small, "hardware.device=cuda"]))
+    assert cfg.model.gradient_checkpointing is None
+    assert resolve_checkpointing(cfg) is False and cfg.model.gradient_checkpointing is False
+    notes = plan(to_dataclass(load_config("grpo", profile="h200x1", overrides=[wide]))).notes
+    assert notes[1].startswith("model.gradient_checkpointing=null -> true: the update would need")
