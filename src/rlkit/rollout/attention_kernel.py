@@ -246,8 +246,8 @@ def decode_attention(
     num_splits: int | None = None,
     unpacked_out: bool = False,
     block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Attention of one query per slot 0..B-1 over that slot's first ``lengths_B[b]`` keys.
 
@@ -268,14 +268,11 @@ def decode_attention(
         unpacked_out: Write the output as (B, H, Dh), query head j * G + g at [b, j * G + g] (the
             model's layout, what the out projection reads), instead of the packed layout: saves
             the copy that would unpack it.
-        block_n: Keys per loop iteration (a power of two, at least 16); None: 64 (bounds the
-            shared memory of the pipelined key loop).
-        num_warps: Warps per program; None: 2 for head dims up to 64, else 4.
-        num_stages: Software-pipelining stages of the key loop; None: 3 for head dims up to 64,
-            else 2. (At the Qwen2.5-0.5B decode shape on an H200, 256 slots of ~256 keys, 64 keys x
-            2 warps x 3 stages took 9.10 us against 9.94 us for 128 x 4 x 2 and 7.85 us for the
-            keys and values alone at 4.2 TB/s; flash's varlen kernel takes 28 us:
-            ``benchmarks/decode_attention.py``.)
+        block_n: Keys per loop iteration (a power of two, at least 16); None: 128 for head dims up
+            to 64 (9.8 us against 11.1 us at 64 on an H200 at the Qwen2.5-0.5B decode shape, where
+            flash takes 28 us), else 64 (bounds the shared memory of the pipelined key loop).
+        num_warps: Warps per program.
+        num_stages: Software-pipelining stages of the key loop.
 
     Returns:
         The attention output in the packed layout of ``q_packed`` (or unpacked), in its dtype.
@@ -287,10 +284,8 @@ def decode_attention(
     """
     rows, kv_heads, head_dim = q_packed.shape
     b = lengths_B.shape[0]
-    small = head_dim <= 64
-    block_n = 64 if block_n is None else block_n
-    num_warps = (2 if small else 4) if num_warps is None else num_warps
-    num_stages = (3 if small else 2) if num_stages is None else num_stages
+    if block_n is None:
+        block_n = 128 if head_dim <= 64 else 64
     _check_inputs(q_packed, k_cache_layer, v_cache_layer, b, max_len, block_n)
     group = rows // b if b else 1
     block_g = max(16, triton.next_power_of_2(group))  # tl.dot needs 16 rows at least
