@@ -29,7 +29,8 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory. ``null`` (the one-GPU profiles'
     value): an RL run turns it off where ``rlkit plan``'s estimate of the actor's update without it
     fits in 75% of ``hardware.memory_per_device_gb``, and on otherwise (a 0.5B model on an H200: off,
-    1.5B and up: on); the run's config.yaml records the choice. SFT: on where the profile names the
+    1.5B and up: on; on for the Megatron engine and for architectures rlkit's decoder does not run,
+    which the estimate does not model); the run's config.yaml records the choice. SFT: on where the profile names the
     device's memory, else off."""
     torch_compile: bool = profile_key(True)
     """On accelerators, compile each decoder layer of the trained and reference models with

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from rlkit.config.schema import RlkitConfig
 from rlkit.models import memory as mem
+from rlkit.models import native_unsupported_reason
 from rlkit.trainer.preflight import model_config_json
 from rlkit.trainer.settings import compute_dtype
 
@@ -129,8 +130,9 @@ def checkpointing_choice(cfg: RlkitConfig, device: str | None = None) -> tuple[b
     Null is off where the actor's update without checkpointing fits: its estimated peak (the
     colocated rollout engine's KV cache included, as the engine stays awake through the update
     when it fits) at most :data:`AUTO_CHECKPOINTING_SHARE` of ``hardware.memory_per_device_gb``;
-    on otherwise, and where nothing sizes it (no config.json here, the Megatron engine, which the
-    estimate does not model). Without ``hardware.memory_per_device_gb`` (no profile) it is off.
+    on otherwise, and where nothing sizes it (no config.json here, the Megatron engine or an
+    architecture the native decoder does not run, which the estimate does not model). Without
+    ``hardware.memory_per_device_gb`` (no profile) it is off.
     """
     chosen = cfg.model.gradient_checkpointing
     if chosen is not None:
@@ -143,6 +145,11 @@ def checkpointing_choice(cfg: RlkitConfig, device: str | None = None) -> tuple[b
     hf = model_config_json(cfg.model.path)
     if hf is None:
         return True, f"{cfg.model.path} is not here to size the update"
+    if native_unsupported_reason(hf) is not None:  # trained through transformers' own modules
+        return (
+            True,
+            "the memory estimate models rlkit's decoder, not this architecture's transformers modules",
+        )
     device = device or (cfg.hardware.device if cfg.hardware.device != "auto" else _local_device())
     shape, batch = mem.ModelShape.from_hf(hf), batch_math(cfg)
     phases = _phases(cfg, shape, batch, device, False)

@@ -131,7 +131,7 @@ def test_a_megatron_actor_is_told_the_estimate_models_the_fsdp_engine(tmp_path: 
     assert "memory/update_peak_gib" in note and "note: actor.strategy=megatron" in render(result)
 
 
-def _qwen(folder: Path, **sizes: int) -> str:
+def _qwen(folder: Path, **sizes: object) -> str:
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text(json.dumps({**QWEN_0_5B, **sizes}))
     return f"model.path={folder}"
@@ -159,6 +159,8 @@ def test_null_checkpointing_is_off_where_the_update_fits_and_on_where_it_does_no
         "the memory estimate does not model the Megatron engine",
     )
     assert choice(small, "model.gradient_checkpointing=true") == (True, "set")
+    gemma = _qwen(tmp_path / "gemma", model_type="gemma", architectures=["GemmaForCausalLM"])
+    assert choice(gemma)[0] and "not this architecture's transformers modules" in choice(gemma)[1]
     cpu = to_dataclass(load_config("grpo", overrides=[small, "model.gradient_checkpointing=null"]))
     assert checkpointing_choice(cpu) == (False, "no hardware.memory_per_device_gb to size the update against")
     cfg = to_dataclass(load_config("grpo", profile="h200x1", overrides=[small, "hardware.device=cuda"]))
