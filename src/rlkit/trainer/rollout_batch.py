@@ -12,6 +12,7 @@ masks agree and the batch is exactly what it always was.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -103,17 +104,7 @@ def trajectories_to_batch(
     if any(len(group) != n for group in groups):
         raise ValueError("every prompt must have the same number of completions")
     flat = [t for group in groups for t in group]
-    rows, width = len(flat), max_response_length
-    responses = torch.full((rows, width), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(rows, width, dtype=torch.float32)
-    present = torch.zeros(rows, width, dtype=torch.long)
-    logprobs = torch.zeros(rows, width, dtype=torch.float32)
-    for i, traj in enumerate(flat):
-        ids = traj.response_ids[:width]
-        responses[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        loss_mask[i, : len(ids)] = torch.tensor(traj.loss_mask[: len(ids)], dtype=torch.float32)
-        present[i, : len(ids)] = 1
-        logprobs[i, : len(ids)] = torch.tensor(traj.logprobs[: len(ids)], dtype=torch.float32)
+    responses, loss_mask, present, logprobs = _response_columns(flat, max_response_length, pad_id)
     out = prompt_batch.repeat(n, interleave=True)
     _set_prompts(out, flat, pad_id, prompt_width)
     attention_mask = torch.cat([out["prompt_attention_mask"].long(), present], dim=1)
@@ -125,8 +116,29 @@ def trajectories_to_batch(
     out.set("position_ids", (attention_mask.cumsum(-1) - 1).clamp(min=0))
     out.set("finished", torch.tensor([t.finish_reason != "length" for t in flat]))
     if multi_turn:
-        _set_multi_turn_columns(out, flat, width)
+        _set_multi_turn_columns(out, flat, max_response_length)
     return out
+
+
+def _response_columns(
+    flat: list[Trajectory], width: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``responses``, the loss mask, the present-token mask and ``rollout_log_probs`` (B, R) of the
+    trajectories, each response cut to ``width``: one flat host array per column (no tensor per row)."""
+    lengths = np.fromiter((min(len(t.response_ids), width) for t in flat), dtype=np.int64, count=len(flat))
+    total = int(lengths.sum())
+    present = np.arange(width)[None, :] < lengths[:, None]
+
+    def column(values: Any, dtype: Any, fill: float) -> torch.Tensor:
+        out = np.full((len(flat), width), fill, dtype=dtype)
+        out[present] = np.fromiter(chain.from_iterable(values), dtype=dtype, count=total)
+        return torch.from_numpy(out)
+
+    cut = [(t, int(n)) for t, n in zip(flat, lengths, strict=True)]
+    responses = column((t.response_ids[:n] for t, n in cut), np.int64, pad_id)
+    loss_mask = column((t.loss_mask[:n] for t, n in cut), np.float32, 0.0)
+    logprobs = column((t.logprobs[:n] for t, n in cut), np.float32, 0.0)
+    return responses, loss_mask, torch.from_numpy(present.astype(np.int64)), logprobs
 
 
 def _set_prompts(out: Batch, flat: list[Trajectory], pad_id: int, prompt_width: int | None) -> None:

@@ -65,6 +65,25 @@ def test_a_multi_turn_response_attends_to_every_token_and_trains_on_the_model_s(
     assert metrics["agent/num_turns/mean"] == 1.5 and metrics["agent/tokens/template_mean"] == 1.5
 
 
+def test_responses_past_the_width_are_cut_and_an_empty_one_is_all_padding() -> None:
+    long, empty, short = Trajectory(prompt_ids=[1]), Trajectory(prompt_ids=[1]), Trajectory(prompt_ids=[1])
+    long.add_model_tokens(list(range(10, 17)), [-0.5] * 7)  # 7 tokens into a width of 4
+    short.add_model_tokens([30], [-2.0])
+    short.add_template_tokens([31])
+    batch = trajectories_to_batch(
+        _prompts([[1]] * 3), [[long], [empty], [short]], pad_id=PAD, max_response_length=4
+    )
+    assert batch["responses"].tolist() == [[10, 11, 12, 13], [PAD] * 4, [30, 31, PAD, PAD]]
+    assert batch["response_mask"].tolist() == [[1, 1, 1, 1], [0] * 4, [1, 0, 0, 0]]
+    assert batch["attention_mask"][:, 1:].tolist() == [[1, 1, 1, 1], [0] * 4, [1, 1, 0, 0]]
+    assert batch["rollout_log_probs"].tolist() == [[-0.5] * 4, [0.0] * 4, [-2.0, 0.0, 0.0, 0.0]]
+    assert (batch["responses"].dtype, batch["response_mask"].dtype, batch["attention_mask"].dtype) == (
+        torch.long,
+        torch.float32,
+        torch.long,
+    )
+
+
 def test_a_loop_s_own_prompt_replaces_the_batch_s() -> None:
     prompts = _prompts([[1, 2]])
     with_tools = _two_turns([7, 7, 7, 1, 2])
