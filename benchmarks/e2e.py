@@ -174,7 +174,7 @@ def run_trl(model: Path, texts: list[str], args: argparse.Namespace) -> float:
     return statistics.median(gaps[args.warmup :] or gaps)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -214,6 +214,11 @@ def main() -> None:
         parser.error(
             f"--steps {args.steps} leaves {args.steps - args.warmup} steady steps: the median needs >= 4"
         )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="rlkit-e2e-"))
     make_model(work / "model", TINY if args.tiny else SHAPES[args.shape])
     texts = make_prompts(work / "train.parquet", args.prompts * max(args.steps, 1), args.prompt_tokens)

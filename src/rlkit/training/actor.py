@@ -49,6 +49,22 @@ _LOSS_COLUMNS = (
 )
 
 
+def _check_update_inputs(
+    batch: Batch, loss_mode: str, optimizer_steps: int, use_kl_loss: bool, gkd: dict[str, Any] | None
+) -> bool:
+    """Whether the update is on-policy (no ``old_log_probs`` in the batch); raises for a bad loss
+    mode, an on-policy batch of several optimizer steps, or a missing column."""
+    if loss_mode not in policy_losses:
+        raise UserError(f"actor.loss_mode: unknown {loss_mode!r}; valid: {', '.join(sorted(policy_losses))}")
+    on_policy = "old_log_probs" not in batch.tensors
+    if on_policy and optimizer_steps != 1:
+        raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
+    kl_columns = ["ref_log_prob"] if use_kl_loss else []
+    needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages", *kl_columns, *_gkd_columns(gkd)]
+    require_columns(batch, needed, "actor update")
+    return on_policy
+
+
 def _gkd_columns(gkd: dict[str, Any] | None) -> list[str]:
     """The batch columns the GKD term reads (none without one); a UserError for an unknown loss."""
     if gkd is None:
@@ -216,7 +232,8 @@ class ActorRole(LoraRole):
         The ratio's denominator is the batch's ``old_log_probs`` when it has them (in verl's bypass
         mode the trainer puts the rollout log-probs there). Without them the update must be
         on-policy (one mini-batch, one epoch) and the denominator is the current log-prob itself,
-        detached, so the ratio is exactly 1 (verl's on-policy case; it saves a forward pass).
+        detached, so the ratio is exactly 1 (verl's on-policy case; :meth:`update_on_policy` also
+        returns those log-probs, which saves the old-log-prob pass).
         ``rollout_is_weights`` (B, R), when in the batch, multiplies the per-token policy loss.
         ``gkd`` (``{"loss", "coef", "beta"}``) adds ``coef`` times the GKD divergence to the teacher's
         top-k columns (:func:`rlkit.algos.compute_gkd_loss`). Micro-batch losses carry the whole
@@ -230,16 +247,7 @@ class ActorRole(LoraRole):
             ``actor/kl_loss``, ``distill/*`` (with ``gkd``), ``actor/grad_norm``, ``actor/lr`` (this
             step's) and ``actor/skipped_steps`` (steps skipped for a non-finite gradient norm).
         """
-        if loss_mode not in policy_losses:
-            raise UserError(
-                f"actor.loss_mode: unknown {loss_mode!r}; valid: {', '.join(sorted(policy_losses))}"
-            )
-        on_policy = "old_log_probs" not in batch.tensors
-        if on_policy and (num_mini_batches != 1 or epochs != 1):
-            raise ValueError("an update with several mini-batches or epochs needs old_log_probs in the batch")
-        kl_columns = ["ref_log_prob"] if use_kl_loss else []
-        needed = [*_LOG_PROB_INPUTS, "response_mask", "advantages", *kl_columns, *_gkd_columns(gkd)]
-        require_columns(batch, needed, "actor update")
+        on_policy = _check_update_inputs(batch, loss_mode, num_mini_batches * epochs, use_kl_loss, gkd)
         batch, own = self.engine.replica_batch(batch)
         # on-policy, the update's forward log-probs are the batch's old ones: kept for update_on_policy
         kept = torch.zeros(len(batch), response_len(batch), device=self.engine.device) if on_policy else None
