@@ -161,7 +161,7 @@ def decode_step_seconds(
     ``rounds`` of the mean of ``repeats`` back-to-back steps, after a warm-up round.
 
     The forward is a graph replay on GPU; sampling is what the engine runs for temperature 1 without
-    truncation (the one-pass kernel where Triton runs, else the PyTorch sampler).
+    truncation (the fused kernels where Triton runs, else the PyTorch sampler).
     """
     b = engine.num_slots
     buf = engine._buf  # noqa: SLF001 - a benchmark may look inside
@@ -175,9 +175,9 @@ def decode_step_seconds(
 
     def sample() -> None:
         if use_triton(engine.device):
-            from rlkit.rollout.sampling_kernel import gumbel_sample
+            from rlkit.rollout.sampling_kernel import fused_sample
 
-            gumbel_sample(buf.logits[:b], buf.temperature[:b], buf.keys[:b], buf.positions[:b])
+            fused_sample(buf.logits[:b], buf.temperature[:b], buf.keys[:b], buf.positions[:b])
         else:
             noise = torch.empty(b, buf.logits.shape[1], device=engine.device).exponential_()
             params = RowParams(temperature=buf.temperature[:b], divide=False, any_greedy=False)

@@ -18,8 +18,8 @@ Weights pushed while a generation runs (:meth:`NativeEngine.update_weights_in_fl
 two steps; the running sequences' KV cache is then recomputed, so each token is one policy's.
 
 Sampling: where Triton runs and no row of a step needs truncation (top-k/p, min-p) or a repetition
-penalty, one kernel (:mod:`rlkit.rollout.sampling_kernel`) samples every row in a single pass over
-the logits, with counter-based noise keyed by the sequence and the position; otherwise
+penalty, the fused kernels of :mod:`rlkit.rollout.sampling_kernel` sample every row with one read
+of the logits, each draw keyed by the sequence and the position; otherwise
 :func:`~rlkit.rollout.sampling.sample_tokens` runs in fp32 with noise from generators.
 
 Determinism: with ``SamplingParams.seed`` each sample has its own noise stream (fixed by the request
@@ -90,7 +90,7 @@ class EngineStats:
 @dataclass
 class _Buffers:
     """Per-slot device state: the next input token and its position, sampling parameters (``keys``:
-    each sequence's noise stream for the one-pass sampler), and the last logits in the model's dtype."""
+    each sequence's random stream for the fused sampler), and the last logits in the model's dtype."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
@@ -430,17 +430,17 @@ class NativeEngine(VersionedWeights):
         """Sample the next token of each row (idle rows included) from its logits.
 
         Rows that need neither truncation nor a repetition penalty (the RL case) go through the
-        one-pass Triton sampler where it runs, its noise keyed by each sequence's key and the
+        fused Triton sampler where it runs, its draw keyed by each sequence's key and the
         position fed; otherwise through :func:`sample_tokens` in fp32 with generator noise.
         """
         assert self._buf is not None
         buf = self._buf
         params = self._row_params([seq for seq in rows if seq is not None], slots)
         if params.temperature_only and use_triton(self.device):
-            from rlkit.rollout.sampling_kernel import gumbel_sample
+            from rlkit.rollout.sampling_kernel import fused_sample
 
             keys = buf.keys[slots] if isinstance(slots, slice) else buf.keys.index_select(0, slots)
-            return gumbel_sample(logits_RV, params.temperature, keys, positions_R)
+            return fused_sample(logits_RV, params.temperature, keys, positions_R)
         return sample_tokens(logits_RV.float(), params, row_noise(rows, self.config.vocab_size, self.device))
 
     def _consume(

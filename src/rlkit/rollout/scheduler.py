@@ -47,7 +47,7 @@ def sample_stream(
     """The random stream of sample ``sample`` of a request: a generator (seeded, non-greedy) and a key.
 
     Each sample of a seeded request has its own stream, fixed by (seed, prompt, sample index)
-    (:func:`stream_key`): a generator for the PyTorch sampler, a key for the one-pass sampler.
+    (:func:`stream_key`): a generator for the PyTorch sampler, a key for the fused sampler.
     Unseeded, the key comes from torch's default generator (so ``torch.manual_seed`` still fixes
     it) and there is no generator.
     """

@@ -1,4 +1,4 @@
-"""Checks of ``rlkit.rollout.sampling_kernel`` (the one-pass sampler), run under Triton's CPU interpreter.
+"""Checks of ``rlkit.rollout.sampling_kernel`` (the fused sampler), run under Triton's CPU interpreter.
 
 ``test_sampling_kernel.py`` runs this module in a subprocess with ``TRITON_INTERPRET=1`` (see
 ``_interpreter.py``); the GPU tests call the same checks with ``device="cuda"``. Each check raises on
@@ -17,10 +17,10 @@ from .conftest import chisquare_pvalue
 
 
 def _sample(logits: torch.Tensor, temperature: torch.Tensor, keys: torch.Tensor, counters: torch.Tensor):
-    from rlkit.rollout.sampling_kernel import gumbel_sample
+    from rlkit.rollout.sampling_kernel import fused_sample
 
     dev = logits.device
-    return gumbel_sample(logits, temperature.to(dev), keys.to(dev), counters.to(dev))
+    return fused_sample(logits, temperature.to(dev), keys.to(dev), counters.to(dev))
 
 
 def check_greedy_and_logprobs(dtype: torch.dtype, device: str = "cpu", vocab: int = 3001) -> None:
@@ -55,7 +55,26 @@ def check_frequencies(device: str = "cpu", rows: int = 300, temperature: float =
     assert p_value > 1e-3, f"chi-square p = {p_value:.2g}: counts {counts.tolist()} vs {expected.tolist()}"
 
 
-def check_noise_is_keyed_by_key_and_counter(device: str = "cpu") -> None:
+def check_frequencies_across_splits(device: str = "cpu", rows: int = 500, vocab: int = 17_000) -> None:
+    """Hot tokens in every split of a row (17,000 columns: splits of 8,192, 8,192 and 616, the
+    first and last columns among them) are drawn in proportion to softmax (chi-square p > 0.001),
+    and no cold token is drawn: the draw finds the split, then the column inside it."""
+    logits_row = torch.full((vocab,), -40.0)
+    hot = torch.tensor([0, 900, 8191, 8192, 12_000, 16_383, 16_384, 16_700, vocab - 1])
+    logits_row[hot] = torch.linspace(-1.0, 1.5, len(hot))
+    tokens, logprobs, _ = _sample(
+        logits_row.to(device).repeat(rows, 1), torch.ones(rows), torch.full((rows,), 5), torch.arange(rows)
+    )
+    assert bool(torch.isin(tokens.cpu(), hot).all()), "a cold token was drawn"
+    probs = torch.softmax(logits_row.double(), -1)
+    counts = torch.bincount(tokens.cpu(), minlength=vocab)[hot]
+    p_value = chisquare_pvalue(counts, probs[hot] * rows)
+    assert p_value > 1e-3, f"chi-square p = {p_value:.2g}: counts {counts.tolist()}"
+    ref = torch.log(probs.float())[tokens.cpu()]
+    torch.testing.assert_close(logprobs.cpu(), ref, atol=1e-5, rtol=1e-5)
+
+
+def check_draw_is_keyed_by_key_and_counter(device: str = "cpu") -> None:
     """A row's token depends on (key, counter) and its logits only, not on its batch or row index."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(8, 50, generator=g).to(device)
@@ -68,7 +87,7 @@ def check_noise_is_keyed_by_key_and_counter(device: str = "cpu") -> None:
     assert torch.equal(shuffled.cpu(), tokens.cpu()[order]), "the token depends on the row's place"
     alone, _, _ = _sample(logits[3:4], ones[:1], keys[3:4], counters[3:4])
     assert int(alone) == int(tokens[3]), "the token depends on the other rows"
-    # The same row at 40 counters (positions) draws different tokens: the counter reaches the noise.
+    # The same row at 40 counters (positions) draws different tokens: the counter reaches the draw.
     same = logits[:1].repeat(40, 1)
     drawn, _, _ = _sample(same, torch.ones(40), torch.full((40,), 7), torch.arange(40))
     assert len(set(drawn.tolist())) > 5, f"40 counters drew only {sorted(set(drawn.tolist()))}"
@@ -83,13 +102,13 @@ def check_engine_sampling_uses_the_kernel() -> None:
     from .conftest import hf_tiny, native_copy, random_prompts
 
     calls = []
-    original = sampling_kernel.gumbel_sample
+    original = sampling_kernel.fused_sample
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    sampling_kernel.gumbel_sample = counting
+    sampling_kernel.fused_sample = counting
     try:
         model = native_copy(hf_tiny("qwen2", seed=41))
         prompts = random_prompts(3, seed=42)
@@ -97,8 +116,8 @@ def check_engine_sampling_uses_the_kernel() -> None:
         outs = NativeEngine(model, max_num_seqs=8).generate(prompts, params)
         again = NativeEngine(model, max_num_seqs=3).generate(prompts, params)
     finally:
-        sampling_kernel.gumbel_sample = original
-    assert calls, "the engine did not call the one-pass sampler"
+        sampling_kernel.fused_sample = original
+    assert calls, "the engine did not call the fused sampler"
     for group, other in zip(outs, again, strict=True):
         for completion, repeat in zip(group, other, strict=True):
             assert completion.token_ids == repeat.token_ids, "seeded samples changed with the batching"
@@ -116,7 +135,8 @@ CHECKS: dict[str, Callable[[], None]] = {
     "greedy_and_logprobs_bf16": lambda: check_greedy_and_logprobs(torch.bfloat16),
     "frequencies": check_frequencies,
     "frequencies_hot": lambda: check_frequencies(temperature=1.7),
-    "noise_is_keyed_by_key_and_counter": check_noise_is_keyed_by_key_and_counter,
+    "frequencies_across_splits": check_frequencies_across_splits,
+    "draw_is_keyed_by_key_and_counter": check_draw_is_keyed_by_key_and_counter,
     "engine_sampling_uses_the_kernel": check_engine_sampling_uses_the_kernel,
 }
 

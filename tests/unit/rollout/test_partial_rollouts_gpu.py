@@ -1,4 +1,4 @@
-"""Partial rollouts on the native engine's CUDA path: graph-captured decode, the one-pass sampler,
+"""Partial rollouts on the native engine's CUDA path: graph-captured decode, the fused sampler,
 and the host one step behind the device (the update waits for the step in flight to land)."""
 
 from __future__ import annotations

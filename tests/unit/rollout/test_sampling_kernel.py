@@ -1,4 +1,4 @@
-"""The one-pass Triton sampler under Triton's CPU interpreter (checks in ``_sampling_kernel_check.py``)."""
+"""The fused Triton sampler under Triton's CPU interpreter (checks in ``_sampling_kernel_check.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one-pass Triton sampler on a GPU: the interpreter checks at GPU sizes, and the engine with it."""
+"""The fused Triton sampler on a GPU: the interpreter checks at GPU sizes, and the engine with it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_frequencies(temperature: float) -> None:
 
 
 def test_frequencies_over_many_tokens() -> None:
-    """16 tokens spread over a 5000-column row (three loop steps), 40k draws, chi-square p > 0.001."""
+    """16 tokens spread over a 5000-column row (three loop steps of one split), 40k draws, chi-square p > 0.001."""
     logits_row = torch.full((5000,), -30.0)
     hot = torch.arange(16) * 311 + 7
     logits_row[hot] = torch.linspace(-1.0, 2.0, 16)
@@ -41,5 +41,9 @@ def test_frequencies_over_many_tokens() -> None:
     assert chisquare_pvalue(counts, probs[hot] * rows) > 1e-3
 
 
-def test_noise_is_keyed_by_key_and_counter() -> None:
-    checks.check_noise_is_keyed_by_key_and_counter("cuda")
+def test_frequencies_across_splits() -> None:
+    checks.check_frequencies_across_splits("cuda", rows=40_000)
+
+
+def test_draw_is_keyed_by_key_and_counter() -> None:
+    checks.check_draw_is_keyed_by_key_and_counter("cuda")
