@@ -15,12 +15,11 @@ from dataclasses import dataclass, field, replace
 from rlkit.config.schema import RlkitConfig
 from rlkit.models import memory as mem
 from rlkit.models import native_unsupported_reason
+from rlkit.models.logprobs import FUSED_CHUNK_TOKENS, TORCH_CHUNK_TOKENS
 from rlkit.trainer.preflight import model_config_json
 from rlkit.trainer.settings import compute_dtype
 
 GIB = 2**30
-# Rows of LM-head logits the actor and ref compute at once (rlkit.training.actor's default).
-LOGPROB_CHUNK_TOKENS = 1024
 #: ``model.gradient_checkpointing=null`` turns checkpointing off when the update without it, beside
 #: everything resident then, is estimated at most this share of ``hardware.memory_per_device_gb``
 #: (the rest is for what the estimate leaves out: allocator caching, CUDA graphs, kernel workspaces;
@@ -240,7 +239,7 @@ def _micro_batch_pass(
         tokens=batch.tokens_per_micro_batch,
         dtype_bytes=dtype_b,
         checkpointing=ckpt,
-        chunk_tokens=LOGPROB_CHUNK_TOKENS,
+        chunk_tokens=FUSED_CHUNK_TOKENS if device == "cuda" else TORCH_CHUNK_TOKENS,
         cuda=device == "cuda",
         param_bytes=4,
         grad_bytes=0.0 if param_offload else 4 / batch.world,

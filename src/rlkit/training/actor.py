@@ -19,6 +19,7 @@ from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
+from rlkit.models.logprobs import default_chunk_tokens
 from rlkit.training.distributed import all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions
 from rlkit.training.engine_base import POLICY_ENGINES, hf_config_dict
@@ -86,7 +87,8 @@ class ActorRole(LoraRole):
             offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` is
             required, ``lr`` defaults to 1e-6.
         micro_batch_tokens: most real tokens per micro-batch (per forward/backward pass).
-        logprob_chunk_tokens: rows of LM-head logits computed at once (memory vs. speed).
+        logprob_chunk_tokens: rows of LM-head logits computed at once (memory vs. speed); None: the
+            device's default (:func:`rlkit.models.logprobs.default_chunk_tokens`).
         init: ``"pretrained"`` or ``"random"`` (benchmarks).
         seed: seeds the random init, the LoRA ``A`` matrices and the mini-batch shuffle.
         lora_rank: LoRA rank; 0 trains every weight. With adapters only they train and sit in the
@@ -101,7 +103,7 @@ class ActorRole(LoraRole):
         model_path: str,
         *,
         micro_batch_tokens: int = 8192,
-        logprob_chunk_tokens: int = 1024,
+        logprob_chunk_tokens: int | None = None,
         init: str = "pretrained",
         seed: int = 0,
         lora_rank: int = 0,
@@ -129,7 +131,7 @@ class ActorRole(LoraRole):
         self.hf_config = hf_config_dict(model)  # what exports and checkpoints write as config.json
         self.engine = POLICY_ENGINES[strategy](model, dict(engine), dict(megatron or {}))
         self.micro_batch_tokens = micro_batch_tokens
-        self.chunk_tokens = logprob_chunk_tokens
+        self.chunk_tokens = logprob_chunk_tokens or default_chunk_tokens(self.engine.device)
         self.seed = seed
         self._kept: tuple[torch.Tensor, slice] | None = None  # an on-policy update's log-probs
 

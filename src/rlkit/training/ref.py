@@ -19,6 +19,7 @@ from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
+from rlkit.models.logprobs import default_chunk_tokens
 from rlkit.training.distributed import ensure_process_group, training_device
 from rlkit.training.engine import resolve_dtype, shard_module
 from rlkit.training.engine_base import MicroBatchRunner
@@ -35,7 +36,7 @@ class RefRole:
         param_offload: keep the parameters on the CPU between layers (CPUOffloadPolicy).
         torch_compile: compile each decoder layer's forward (see :class:`FSDPEngine`).
         micro_batch_tokens: most real tokens per forward pass.
-        logprob_chunk_tokens: rows of LM-head logits computed at once.
+        logprob_chunk_tokens: rows of LM-head logits computed at once; None: the device's default.
         init, seed: as for :class:`rlkit.training.actor.ActorRole` (same seed, same weights).
         strategy: ``fsdp`` (FSDP2 shards in the compute dtype) or ``megatron`` (Megatron-core's
             ``GPTModel`` with the actor's parallel sizes ``megatron``, fp32 weights computing under
@@ -54,7 +55,7 @@ class RefRole:
         param_offload: bool = False,
         torch_compile: bool = False,
         micro_batch_tokens: int = 8192,
-        logprob_chunk_tokens: int = 1024,
+        logprob_chunk_tokens: int | None = None,
         init: str = "pretrained",
         seed: int = 0,
         strategy: str = "fsdp",
@@ -65,7 +66,7 @@ class RefRole:
         if micro_batch_tokens <= 0:
             raise UserError(f"ref micro_batch_tokens must be positive, got {micro_batch_tokens}")
         self.micro_batch_tokens = micro_batch_tokens
-        self.chunk_tokens = logprob_chunk_tokens
+        self._chunk_tokens = logprob_chunk_tokens
         self.engine: Any = None  # the Megatron engine (ref.strategy=megatron), else None
         self.runner: MicroBatchRunner = PLAIN_LOOP
         if strategy == "megatron":
@@ -86,6 +87,7 @@ class RefRole:
         self.module.eval()
         self.dtype = compute_dtype
         self.device = training_device()
+        self.chunk_tokens = self._chunk_tokens or default_chunk_tokens(self.device)
 
     def _build_megatron(
         self, model_path: str, dtype: str, torch_compile: bool, init: str, seed: int, sizes: dict[str, Any]
@@ -103,6 +105,7 @@ class RefRole:
         self.module = self.engine.module
         self.dtype = torch.float32  # the weights' dtype: a refresh from the actor takes them in full
         self.device = self.engine.device
+        self.chunk_tokens = self._chunk_tokens or default_chunk_tokens(self.device)
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
         """Log-probs of the response tokens under the reference policy.

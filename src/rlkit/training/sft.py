@@ -30,6 +30,7 @@ from rlkit.data.batch import Batch
 from rlkit.errors import UserError
 from rlkit.hardware import device as hw
 from rlkit.models import load_causal_lm
+from rlkit.models.logprobs import default_chunk_tokens
 from rlkit.training.distributed import all_reduce_max, all_reduce_sum, ensure_process_group, world_size
 from rlkit.training.engine import EngineOptions, FSDPEngine
 from rlkit.training.heads import PackedPolicy
@@ -140,7 +141,7 @@ class SFTRole(LoraRole):
             offload, checkpointing, AdamW, schedule, clipping, compile); ``total_steps`` (SFT
             steps) is required, ``lr`` defaults to 1e-5.
         micro_batch_tokens: most tokens per micro-batch (per forward/backward pass).
-        logprob_chunk_tokens: rows of LM-head logits computed at once.
+        logprob_chunk_tokens: rows of LM-head logits computed at once; None: the device's default.
         init: ``"pretrained"`` or ``"random"``.
         seed: seeds the random init and the LoRA ``A`` matrices.
         lora_rank: LoRA rank; 0 trains every weight.
@@ -153,7 +154,7 @@ class SFTRole(LoraRole):
         model_path: str,
         *,
         micro_batch_tokens: int = 8192,
-        logprob_chunk_tokens: int = 1024,
+        logprob_chunk_tokens: int | None = None,
         init: str = "pretrained",
         seed: int = 0,
         lora_rank: int = 0,
@@ -173,7 +174,7 @@ class SFTRole(LoraRole):
         self.engine = FSDPEngine(PackedPolicy(model), **engine)
         self.config = model.config
         self.micro_batch_tokens = micro_batch_tokens
-        self.chunk_tokens = logprob_chunk_tokens
+        self.chunk_tokens = logprob_chunk_tokens or default_chunk_tokens(self.engine.device)
 
     # ------------------------------------------------------------------ training and evaluation
 

@@ -19,7 +19,7 @@ import torch
 
 from rlkit.models import CausalLM, DecoderConfig, token_logprobs
 from rlkit.models import memory as mem
-from rlkit.trainer.plan import LOGPROB_CHUNK_TOKENS
+from rlkit.models.logprobs import FUSED_CHUNK_TOKENS
 
 # (parameter dtype, autocast dtype or None)
 SETTINGS = {"bf16": (torch.bfloat16, None), "fp32-autocast": (torch.float32, torch.bfloat16)}
@@ -66,13 +66,13 @@ def test_estimate_agrees_with_the_measured_peak_of_the_0_5b_shape(checkpointing:
     with torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         hidden = model.forward_packed(ids, pos, cu)
         weight = model.lm_head.weight.to(hidden.dtype)  # as rlkit.training.heads.PackedPolicy
-        logprobs, _ = token_logprobs(hidden, weight, ids, chunk_tokens=LOGPROB_CHUNK_TOKENS)
+        logprobs, _ = token_logprobs(hidden, weight, ids, chunk_tokens=FUSED_CHUNK_TOKENS)
     logprobs.sum().backward()
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - before
     param_b = param_dtype.itemsize
     step = mem.MicroBatchPass(
-        tokens, 2, checkpointing, LOGPROB_CHUNK_TOKENS, cuda=True, param_bytes=param_b, grad_bytes=param_b
+        tokens, 2, checkpointing, FUSED_CHUNK_TOKENS, cuda=True, param_bytes=param_b, grad_bytes=param_b
     )
     moment, parts = mem.update_peak(shape, step)
     estimate = sum(parts.values())

@@ -14,7 +14,8 @@ from rlkit.config.compose import to_dataclass
 from rlkit.config.load import load_config
 from rlkit.models import load_hf_config
 from rlkit.models import memory as mem
-from rlkit.trainer.plan import LOGPROB_CHUNK_TOKENS, plan, render
+from rlkit.models.logprobs import TORCH_CHUNK_TOKENS
+from rlkit.trainer.plan import plan, render
 
 # Qwen2.5-0.5B's config.json, the sizes that matter (the real one has 494M parameters).
 QWEN_0_5B = {
@@ -109,7 +110,7 @@ def test_the_update_phase_is_the_peak_moment_of_a_micro_batch_over_the_resident_
         b.tokens_per_micro_batch,
         4,
         True,
-        LOGPROB_CHUNK_TOKENS,
+        TORCH_CHUNK_TOKENS,
         grads_resident=b.micro_batches_per_mini_batch > 1,
     )
     moment, parts = mem.update_peak(shape, step)
