@@ -14,7 +14,7 @@ from rlkit.data.batch import Batch
 from rlkit.rewards import token_level_scores
 from rlkit.rollout.async_batcher import AsyncBatcher
 from rlkit.rollout.base import Completion, SamplingParams
-from rlkit.trainer.rollout_batch import trajectories_to_batch
+from rlkit.trainer.rollout_batch import prompt_token_lists, trajectories_to_batch
 from rlkit.trainer.setup import _with_turn_scores
 from rlkit.trainer.stats import agent_metrics
 
@@ -105,6 +105,13 @@ class _Recorder:
         if self.fail:
             raise RuntimeError("engine down")
         return [[Completion([len(p)], [0.0], [0.0], "stop")] for p in prompts]
+
+
+def test_prompt_token_lists_keeps_each_row_s_real_tokens_in_order() -> None:
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 0], [0, 0, 4]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 0], [0, 0, 1]])
+    assert prompt_token_lists(ids, mask) == [[5, 6], [7, 8, 9], [], [4]]
+    assert prompt_token_lists(ids[:0], mask[:0]) == []
 
 
 def test_the_batcher_waits_for_live_trajectories_but_not_for_one_busy_with_a_tool() -> None:
