@@ -148,19 +148,23 @@ def pack_rows(
         positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
     else:
         positions = position_ids_BL.index_select(0, idx)
-    packed_pos = keep.flatten().long().cumsum(0).view_as(keep) - 1
+    # Two nonzero calls, then gathers by flat index (a boolean-mask index runs its own nonzero).
+    width = ids.shape[1]
+    keep_T = keep.flatten().nonzero().squeeze(1)
+    packed_pos = keep.flatten().long().cumsum(0) - 1
     # Response token t is predicted by the token before it; a response token with no real token
     # before it (an empty prompt) has nothing to predict it from and stays masked out.
     valid = keep[:, prompt_len:] & keep[:, prompt_len - 1 : -1]
     resp_row, resp_col = valid.nonzero(as_tuple=True)
+    at_N = resp_row * width + resp_col + prompt_len  # flat index of each response token
     lengths = keep.sum(-1)
     return PackedMicroBatch(
         rows=list(rows),
-        input_ids_T=ids[keep],
-        position_ids_T=positions[keep],
+        input_ids_T=ids.flatten().index_select(0, keep_T),
+        position_ids_T=positions.flatten().index_select(0, keep_T),
         cu_seqlens=F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
-        gather_idx_N=packed_pos[:, prompt_len - 1 : -1][valid],
-        labels_N=ids[:, prompt_len:][valid],
+        gather_idx_N=packed_pos.index_select(0, at_N - 1),
+        labels_N=ids.flatten().index_select(0, at_N),
         resp_row_N=resp_row,
         resp_col_N=resp_col,
         num_tokens=int(lengths.sum().item()),

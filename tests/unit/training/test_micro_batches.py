@@ -92,3 +92,32 @@ def test_empty_prompt_tokens_have_no_predictor() -> None:
     # Row 0's first response token has nothing before it; its second one is still predicted.
     assert mb.resp_row_N.tolist() == [0, 1, 1]
     assert mb.resp_col_N.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pack_rows_matches_a_row_by_row_reference(seed: int) -> None:
+    # Random widths, masks (empty prompts and responses included) and row subsets, against the
+    # definition written out one row and one token at a time.
+    gen = random.Random(seed)
+    for _ in range(20):
+        b, p, r = gen.randint(1, 6), gen.randint(1, 5), gen.randint(1, 5)
+        ids, mask = _rl_batch(
+            [gen.randint(0, p) for _ in range(b)], [gen.randint(0, r) for _ in range(b)], p, r
+        )
+        rows = sorted(gen.sample(range(b), gen.randint(1, b)))
+        mb = pack_rows(ids, mask, None, r, rows)
+        packed, gather, labels, where = [], [], [], []
+        for i, row in enumerate(rows):
+            start = len(packed)
+            real = [c for c in range(p + r) if mask[row, c]]
+            packed += [int(ids[row, c]) for c in real]
+            for t in range(r):
+                c = p + t
+                if mask[row, c] and mask[row, c - 1]:
+                    gather.append(start + real.index(c - 1))
+                    labels.append(int(ids[row, c]))
+                    where.append((i, t))
+        assert mb.input_ids_T.tolist() == packed
+        assert mb.gather_idx_N.tolist() == gather
+        assert mb.labels_N.tolist() == labels
+        assert list(zip(mb.resp_row_N.tolist(), mb.resp_col_N.tolist(), strict=True)) == where
