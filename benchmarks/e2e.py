@@ -108,8 +108,13 @@ def run_rlkit(model: Path, data: Path, out: Path, args: argparse.Namespace, mode
     keys |= {k for r in steady for k in r if k in ("async/staleness_mean", "memory/update_peak_gib")}
     for r in rows:
         tag = "steady" if r in steady and len(steady) < len(rows) else "warm-up"
+        stages = ", ".join(
+            f"{k[len('timing/') : -len('_s')]} {r[k]:.3f}"
+            for k in ("timing/gen_s", "timing/old_log_prob_s", "timing/update_actor_s", "timing/sync_s")
+            if k in r
+        )
         print(
-            f"rlkit {mode} step {r['step']} ({tag}): {r.get('timing/step_s', 0):.2f} s, "
+            f"rlkit {mode} step {r['step']} ({tag}): {r.get('timing/step_s', 0):.2f} s ({stages}), "
             f"reward {r.get('reward/mean')}"
         )
     return {k: statistics.median(r[k] for r in steady if k in r) for k in sorted(keys)}
