@@ -27,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("process_group")
 P, R = 6, 5
 PROMPTS = [6, 3, 5, 1, 4, 6, 2, 5]
 RESPONSES = [5, 2, 4, 5, 1, 3, 5, 2]
+LR = 1e-3
 UPDATE = {"loss_agg_mode": "token-mean", "entropy_coeff": 0.01, "use_kl_loss": True, "kl_loss_coef": 0.1}
 
 
@@ -39,7 +40,7 @@ def megatron_cpu() -> Iterator[None]:
 
 def _actor(path: Path, strategy: str = "megatron", **kw: object) -> ActorRole:
     settings: dict[str, object] = {
-        "lr": 1e-3,
+        "lr": LR,
         "total_steps": 10,
         "micro_batch_tokens": 64,
         "logprob_chunk_tokens": 7,
@@ -85,13 +86,21 @@ def test_megatron_actor_equals_fsdp_actor(tiny_model_dir: Path) -> None:
 def test_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir: Path) -> None:
     batch = _batch(seed=2)
     batch.set("old_log_probs", torch.zeros(len(batch), R) - 3.0)
-    weights = []
+    weights, metrics = [], []
     for budget in (11, 200):
         actor = _actor(tiny_model_dir, micro_batch_tokens=budget)
-        actor.update(batch, **UPDATE)
+        metrics.append(actor.update(batch, **UPDATE))
         weights.append(_weights(actor))
+    # The split only reorders fp32 sums: the losses and the gradient norm (which a wrong scale of
+    # one micro-batch's loss would change) agree to rounding.
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-5), key
+    # AdamW's first step is lr * g / (|g| + eps) per element, so where a gradient is rounding noise
+    # (the k-projection bias's is zero in exact arithmetic: softmax ignores a shift shared by all
+    # keys) a reordered sum moves the step by up to noise / eps of lr (noise ~1e-10, eps 1e-8):
+    # the weights agree to a few percent of one step, whatever the thread count.
     for name, tensor in weights[0].items():
-        torch.testing.assert_close(weights[1][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(weights[1][name], tensor, atol=0.05 * LR, rtol=0.0, msg=name)
 
 
 def test_save_and_resume_are_exact(tiny_model_dir: Path, tmp_path: Path) -> None:
