@@ -55,7 +55,7 @@ def check_frequencies(device: str = "cpu", rows: int = 300, temperature: float =
     assert p_value > 1e-3, f"chi-square p = {p_value:.2g}: counts {counts.tolist()} vs {expected.tolist()}"
 
 
-def check_frequencies_across_splits(device: str = "cpu", rows: int = 500, vocab: int = 17_000) -> None:
+def check_frequencies_across_splits(device: str = "cpu", rows: int = 300, vocab: int = 17_000) -> None:
     """Hot tokens in every split of a row (17,000 columns: splits of 8,192, 8,192 and 616, the
     first and last columns among them) are drawn in proportion to softmax (chi-square p > 0.001),
     and no cold token is drawn: the draw finds the split, then the column inside it."""
