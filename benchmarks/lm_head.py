@@ -61,9 +61,10 @@ def gemms_alone(hidden: torch.Tensor, weight: torch.Tensor, chunk: int):
             logits = h @ weight.T
             logits = h @ weight.T
             _ = logits @ weight
-            torch.addmm(grad_w, logits.T, h, out_dtype=torch.float32) if hidden.is_cuda else grad_w.addmm_(
-                logits.T.float(), h.float()
-            )
+            if hidden.is_cuda:  # bf16 operands, fp32 output: what the fused backward accumulates
+                torch.addmm(grad_w, logits.T, h, out_dtype=torch.float32)
+            else:
+                grad_w.addmm_(logits.T.float(), h.float())
 
     return run
 
