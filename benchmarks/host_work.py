@@ -13,11 +13,9 @@ responses), the median of ``--repeats`` calls after one warm-up call, at each th
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from _timing import median_seconds
 
 from rlkit.data.batch import Batch
 from rlkit.rollout.base import Completion
@@ -48,16 +46,6 @@ def _completions(gen: torch.Generator) -> list[list[Completion]]:
     return out
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -74,11 +62,13 @@ def main() -> None:
     print("|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
-        build = _median_ms(
+        build = 1e3 * median_seconds(
             lambda: completions_to_batch(prompts, completions, pad_id=0, max_response_length=RESPONSE),
             args.repeats,
         )
-        pack = _median_ms(lambda: packed_micro_batches(batch, MICRO_BATCH_TOKENS, cpu), args.repeats)
+        pack = 1e3 * median_seconds(
+            lambda: packed_micro_batches(batch, MICRO_BATCH_TOKENS, cpu), args.repeats
+        )
         print(f"| {threads} | {build:.2f} | {pack:.2f} |")
 
 

@@ -17,26 +17,12 @@ chunk cannot avoid), and reports the peak memory above the inputs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from rlkit.hardware import device as hw
 from rlkit.models.logprobs import token_logprobs
-
-
-def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of ``fn`` over ``repeats`` calls after ``warmup``."""
-    times = []
-    for i in range(warmup + repeats):
-        hw.synchronize()
-        start = time.perf_counter()
-        fn()
-        hw.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def head_step(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int, entropy: bool):
@@ -100,10 +86,10 @@ def main() -> None:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        seconds = timed(run, args.repeats)
+        seconds = median_seconds(run, args.repeats, warmup=2, sync=True)
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if device.type == "cuda" else float("nan")
         print(f"| {chunk} | {seconds * 1e3:.2f} | {flop / seconds / 1e12:.0f} | {peak:.2f} |")
-    floor = timed(gemms_alone(hidden, weight, max(args.chunks)), args.repeats)
+    floor = median_seconds(gemms_alone(hidden, weight, max(args.chunks)), args.repeats, warmup=2, sync=True)
     print(
         f"four GEMMs alone at chunk {max(args.chunks)}: {floor * 1e3:.2f} ms ({flop / floor / 1e12:.0f} TFLOP/s)"
     )

@@ -20,21 +20,9 @@ The actor's gather (``named_full_tensors``) is left out: it costs the same with 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
-
-
-def _median_s(fn: Callable[[], object], rounds: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from _timing import median_seconds
 
 
 def main() -> None:
@@ -66,9 +54,9 @@ def main() -> None:
 
     step = iter(range(1, 10**6))
     results = {
-        "copy": _median_s(copy, args.rounds),
-        "checked": _median_s(lambda: push_checked(next(step), engine, pairs), args.rounds),
-        "tap": _median_s(tap, args.rounds),
+        "copy": median_seconds(copy, args.rounds),
+        "checked": median_seconds(lambda: push_checked(next(step), engine, pairs), args.rounds),
+        "tap": median_seconds(tap, args.rounds),
     }
     numel = sum(t.numel() for _, t in pairs)
     print(

@@ -66,7 +66,7 @@ class RefRole:
         if micro_batch_tokens <= 0:
             raise UserError(f"ref micro_batch_tokens must be positive, got {micro_batch_tokens}")
         self.micro_batch_tokens = micro_batch_tokens
-        self._chunk_tokens = logprob_chunk_tokens
+        self.chunk_tokens = logprob_chunk_tokens or default_chunk_tokens(training_device())
         self.engine: Any = None  # the Megatron engine (ref.strategy=megatron), else None
         self.runner: MicroBatchRunner = PLAIN_LOOP
         if strategy == "megatron":
@@ -87,7 +87,6 @@ class RefRole:
         self.module.eval()
         self.dtype = compute_dtype
         self.device = training_device()
-        self.chunk_tokens = self._chunk_tokens or default_chunk_tokens(self.device)
 
     def _build_megatron(
         self, model_path: str, dtype: str, torch_compile: bool, init: str, seed: int, sizes: dict[str, Any]
@@ -105,7 +104,6 @@ class RefRole:
         self.module = self.engine.module
         self.dtype = torch.float32  # the weights' dtype: a refresh from the actor takes them in full
         self.device = self.engine.device
-        self.chunk_tokens = self._chunk_tokens or default_chunk_tokens(self.device)
 
     def compute_ref_log_prob(self, batch: Batch, temperature: float | None = None) -> Batch:
         """Log-probs of the response tokens under the reference policy.
